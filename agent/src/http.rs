@@ -1,0 +1,303 @@
+//! The HTTP API: a thin router over the process table and the shared renderers.
+// Handlers bail out with a ready `Response`, as axum handlers do; boxing it buys nothing here.
+#![allow(clippy::result_large_err)]
+
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{Path, Query, State as AxState},
+    http::{StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::get,
+};
+use futures_util::StreamExt as _;
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+
+use crate::{
+    state::{Snapshot, State},
+    table::Process,
+    view::{self, Host, ViewError},
+};
+
+#[derive(Clone)]
+pub struct App {
+    pub state: State,
+    pub host: Host,
+}
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/processes", get(list))
+        .route("/v1/processes/{pid}", get(one))
+        .route("/v1/processes/{pid}/{file}", get(file))
+        .route("/v1/processes/{pid}/task/{tid}/stat", get(task_stat))
+        .route("/v1/exited", get(exited))
+        .route("/v1/events", get(events))
+        .route("/v1/stats", get(stats))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(app)
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: App,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|&s| s).await;
+        })
+        .await
+}
+
+fn error(code: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "error": msg.to_string() }).to_string(),
+    )
+        .into_response()
+}
+
+fn unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the process table is shutting down",
+    )
+}
+
+fn json_bytes(body: impl Into<bytes::Bytes>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body.into()).into_response()
+}
+
+/// `?comm=`, `?uid=`, `?ppid=`, `?pid=`; anything else, or a value that does not parse, is a 400.
+#[derive(Default)]
+struct Filter {
+    comm: Option<String>,
+    uid: Option<u32>,
+    ppid: Option<u32>,
+    pid: Option<u32>,
+}
+
+impl Filter {
+    fn parse(q: &HashMap<String, String>) -> Result<Self, Response> {
+        let mut f = Filter::default();
+        let num = |k: &str, v: &str| -> Result<u32, Response> {
+            v.parse().map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{k}={v:?} is not a non-negative integer"),
+                )
+            })
+        };
+        for (k, v) in q {
+            match k.as_str() {
+                "comm" => f.comm = Some(v.clone()),
+                "uid" => f.uid = Some(num(k, v)?),
+                "ppid" => f.ppid = Some(num(k, v)?),
+                "pid" => f.pid = Some(num(k, v)?),
+                _ => {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown filter {k:?} (known: comm, uid, ppid, pid)"),
+                    ));
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.comm.is_none() && self.uid.is_none() && self.ppid.is_none() && self.pid.is_none()
+    }
+
+    fn matches(&self, p: &Process) -> bool {
+        self.comm
+            .as_ref()
+            .is_none_or(|c| c.as_bytes() == view::process_name(p))
+            && self.uid.is_none_or(|u| u == p.uid)
+            && self.ppid.is_none_or(|u| u == p.ppid)
+            && self.pid.is_none_or(|u| u == p.pid)
+    }
+}
+
+fn render_list<'a>(items: impl Iterator<Item = &'a Arc<Process>>, host: &Host) -> Vec<u8> {
+    let list: Vec<_> = items.map(|p| view::json::process(p, host)).collect();
+    serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+async fn list(AxState(app): AxState<App>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let filter = match Filter::parse(&q) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let Ok(snap) = app.state.snapshot().await else {
+        return unavailable();
+    };
+    if filter.is_empty() {
+        let body = snap
+            .listing_json
+            .get_or_init(|| render_list(snap.processes.iter(), &app.host).into())
+            .clone();
+        return json_bytes(body);
+    }
+    json_bytes(render_list(
+        snap.processes.iter().filter(|p| filter.matches(p)),
+        &app.host,
+    ))
+}
+
+async fn exited(AxState(app): AxState<App>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let filter = match Filter::parse(&q) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let Ok(snap) = app.state.snapshot_within(Duration::MAX).await else {
+        return unavailable();
+    };
+    json_bytes(render_list(
+        snap.exited.iter().filter(|p| filter.matches(p)),
+        &app.host,
+    ))
+}
+
+fn parse_pid(raw: &str) -> Result<u32, Response> {
+    raw.parse::<u32>()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("{raw:?} is not a pid")))
+}
+
+/// The snapshot and the process for `pid`, making sure its numbers have been read at least
+/// once (a process that forked after the last refresh has none yet).
+async fn lookup(app: &App, raw: &str) -> Result<(Arc<Snapshot>, Arc<Process>), Response> {
+    let pid = parse_pid(raw)?;
+    let mut snap = app.state.snapshot().await.map_err(|_| unavailable())?;
+    if snap.get(pid).is_some_and(|p| p.tasks.is_empty()) {
+        snap = app
+            .state
+            .snapshot_within(Duration::ZERO)
+            .await
+            .map_err(|_| unavailable())?;
+    }
+    let p = snap
+        .get(pid)
+        .cloned()
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no process {pid}")))?;
+    Ok((snap, p))
+}
+
+async fn one(AxState(app): AxState<App>, Path(pid): Path<String>) -> Response {
+    match lookup(&app, &pid).await {
+        Ok((_, p)) => {
+            json_bytes(serde_json::to_vec(&view::json::process(&p, &app.host)).unwrap_or_default())
+        }
+        Err(r) => r,
+    }
+}
+
+async fn file(AxState(app): AxState<App>, Path((pid, name)): Path<(String, String)>) -> Response {
+    let (_, p) = match lookup(&app, &pid).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let host = app.host;
+    let rendered: Result<Vec<u8>, ViewError> = match name.as_str() {
+        "stat" => view::linux::stat(&p, &host),
+        "statm" => view::linux::statm(&p),
+        "status" => view::linux::status(&p),
+        "cmdline" => view::linux::cmdline(&p),
+        "comm" => view::linux::comm(&p),
+        "maps" => {
+            // Reads the kernel's file: keep it off the async workers.
+            let p = p.clone();
+            match tokio::task::spawn_blocking(move || view::linux::maps(&p)).await {
+                Ok(r) => r,
+                Err(_) => Err(ViewError::NoProcess),
+            }
+        }
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no file {name:?} (known: stat, statm, status, cmdline, comm, maps)"),
+            );
+        }
+    };
+    match rendered {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response(),
+        Err(e) if e.errno() == libc::ENOENT => {
+            error(StatusCode::NOT_FOUND, format!("process {}: {e}", p.pid))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn task_stat(
+    AxState(app): AxState<App>,
+    Path((pid, tid)): Path<(String, String)>,
+) -> Response {
+    let tid = match parse_pid(&tid) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match lookup(&app, &pid).await {
+        Ok((_, p)) => match view::linux::task_stat(&p, tid, &app.host) {
+            Ok(bytes) => {
+                ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response()
+            }
+            Err(e) => error(
+                StatusCode::NOT_FOUND,
+                format!("process {} thread {tid}: {e}", p.pid),
+            ),
+        },
+        Err(r) => r,
+    }
+}
+
+async fn stats(AxState(app): AxState<App>) -> Response {
+    match app.state.stats().await {
+        Ok(s) => json_bytes(serde_json::to_vec(&s).unwrap_or_default()),
+        Err(_) => unavailable(),
+    }
+}
+
+/// Server-Sent Events: one `data:` line of JSON per fork, exec and exit, filtered like the
+/// listing. A subscriber too slow to keep up gets a `lagged` event saying how many it missed.
+async fn events(AxState(app): AxState<App>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let filter = match Filter::parse(&q) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let host = app.host;
+    let stream = BroadcastStream::new(app.state.subscribe()).filter_map(move |item| {
+        let out = match item {
+            Ok(change) => {
+                let p = match &*change {
+                    crate::table::Change::Fork(p)
+                    | crate::table::Change::Exec(p)
+                    | crate::table::Change::Exit(p) => p,
+                };
+                filter.matches(p).then(|| {
+                    let ev = view::json::event(&change, &host);
+                    Event::default()
+                        .event(ev.event)
+                        .data(serde_json::to_string(&ev).unwrap_or_default())
+                })
+            }
+            Err(BroadcastStreamRecvError::Lagged(n)) => Some(
+                Event::default()
+                    .event("lagged")
+                    .data(serde_json::json!({ "missed": n }).to_string()),
+            ),
+        };
+        std::future::ready(out.map(Ok::<_, Infallible>))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

@@ -1,0 +1,349 @@
+//! Loading and talking to the BPF programs: attach the scheduler hooks, read the ring buffer,
+//! run the task iterator, read the failure counters.
+
+use std::{io::Read as _, os::fd::AsRawFd as _};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, Iter, iter::IterLink},
+};
+use bpfproc_common::{Event, ExecEvent, ProcEntry, TaskInfo, TaskRecord, kind, stat};
+
+use crate::btf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("loading BPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("BPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("reading BTF for program load: {0}")]
+    AyaBtf(#[from] aya::BtfError),
+    #[error("task iterator: {0}")]
+    Iter(String),
+    #[error("reading task iterator: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone, Debug)]
+pub struct KernelConfig {
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ringbuf_bytes: u32,
+    /// Capacity of the in-kernel process map.
+    pub max_processes: u32,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            ringbuf_bytes: 8 << 20,
+            max_processes: 65536,
+        }
+    }
+}
+
+const HOOKS: [(&str, &str); 5] = [
+    ("sched_process_fork", "sched_process_fork"),
+    ("sched_process_exec", "sched_process_exec"),
+    ("sched_process_exit", "sched_process_exit"),
+    ("sched_process_free", "sched_process_free"),
+    ("task_rename", "task_rename"),
+];
+
+/// The loaded and attached programs. Dropping it detaches everything.
+pub struct Kernel {
+    ebpf: Ebpf,
+    iter_link: Option<IterLinkHolder>,
+}
+
+/// The attached iterator's link (aya's handle, and our own fd to the same link, since aya does
+/// not expose its fd); each snapshot creates a fresh iterator fd from it.
+struct IterLinkHolder {
+    _link: aya::programs::links::FdLink,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Kernel {
+    /// Loads the object, resolves offsets from the running kernel's BTF and attaches the
+    /// hooks. Events flow into the ring buffer from the moment this returns.
+    pub fn load(cfg: &KernelConfig) -> Result<Self, KernelError> {
+        let vmlinux = btf_rs::Btf::from_file(btf::VMLINUX).map_err(btf::BtfError::from)?;
+        let offsets = btf::resolve(&vmlinux)?;
+        drop(vmlinux);
+        let wake_bytes: u64 = u64::from(cfg.ringbuf_bytes) / 4;
+        let ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("WAKE_BYTES", &wake_bytes, true)
+            .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+            .map_max_entries("PROCS", cfg.max_processes)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/bpfproc"
+            )))?;
+        let mut kernel = Self {
+            ebpf,
+            iter_link: None,
+        };
+        let aya_btf = Btf::from_sys_fs()?;
+        for (prog, tp) in HOOKS {
+            let p: &mut BtfTracePoint = kernel
+                .ebpf
+                .program_mut(prog)
+                .ok_or(KernelError::Iter(format!(
+                    "program {prog} missing from object"
+                )))?
+                .try_into()
+                .map_err(|source| KernelError::Program { name: prog, source })?;
+            p.load(tp, &aya_btf)
+                .map_err(|source| KernelError::Program { name: prog, source })?;
+            p.attach()
+                .map_err(|source| KernelError::Program { name: prog, source })?;
+        }
+        let iter: &mut Iter = kernel
+            .ebpf
+            .program_mut("dump_task")
+            .ok_or(KernelError::Iter("program dump_task missing".into()))?
+            .try_into()
+            .map_err(|source| KernelError::Program {
+                name: "dump_task",
+                source,
+            })?;
+        iter.load("task", &aya_btf)
+            .map_err(|source| KernelError::Program {
+                name: "dump_task",
+                source,
+            })?;
+        let link_id = iter.attach().map_err(|source| KernelError::Program {
+            name: "dump_task",
+            source,
+        })?;
+        let link: IterLink = iter
+            .take_link(link_id)
+            .map_err(|source| KernelError::Program {
+                name: "dump_task",
+                source,
+            })?;
+        let fd_link: aya::programs::links::FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| KernelError::Iter(e.to_string()))?;
+        let id = fd_link
+            .info()
+            .map_err(|e| KernelError::Iter(e.to_string()))?
+            .id();
+        let fd = bpf_cmd(BPF_LINK_GET_FD_BY_ID, &[id, 0, 0])?;
+        kernel.iter_link = Some(IterLinkHolder { _link: fd_link, fd });
+        Ok(kernel)
+    }
+
+    /// Takes the ring buffer out of the object so a reader task can own it.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, KernelError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(KernelError::Iter("EVENTS map missing".into()))?;
+        RingBuf::try_from(map).map_err(|source| KernelError::Map {
+            name: "EVENTS",
+            source,
+        })
+    }
+
+    /// One pass of the task iterator: every task on the host, threads included.
+    pub fn tasks(&self) -> Result<Vec<TaskRecord>, KernelError> {
+        let holder = self
+            .iter_link
+            .as_ref()
+            .ok_or(KernelError::Iter("iterator not attached".into()))?;
+        let fd = bpf_cmd(BPF_ITER_CREATE, &[holder.fd.as_raw_fd() as u32, 0])?;
+        let mut file = std::fs::File::from(fd);
+        let mut buf = Vec::with_capacity(4096 * size_of::<TaskRecord>());
+        file.read_to_end(&mut buf)?;
+        Ok(buf
+            .as_chunks::<{ size_of::<TaskRecord>() }>()
+            .0
+            .iter()
+            .map(|chunk| {
+                // SAFETY: TaskRecord is repr(C) plain data written by our own program, and
+                // read_unaligned copes with the Vec's byte alignment.
+                unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<TaskRecord>()) }
+            })
+            .collect())
+    }
+
+    /// The failure and activity counters, summed over CPUs, in `stat` index order.
+    pub fn stats(&self) -> Result<[u64; stat::COUNT as usize], KernelError> {
+        let map = self
+            .ebpf
+            .map("STATS")
+            .ok_or(KernelError::Iter("STATS missing".into()))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| KernelError::Map {
+                name: "STATS",
+                source,
+            })?;
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = arr.get(&(i as u32), 0).map_err(|source| KernelError::Map {
+                name: "STATS",
+                source,
+            })?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Keys of the in-kernel process map.
+    pub fn map_pids(&self) -> Result<Vec<u32>, KernelError> {
+        let map = self
+            .ebpf
+            .map("PROCS")
+            .ok_or(KernelError::Iter("PROCS missing".into()))?;
+        let procs: HashMap<&MapData, u32, ProcEntry> =
+            HashMap::try_from(map).map_err(|source| KernelError::Map {
+                name: "PROCS",
+                source,
+            })?;
+        Ok(procs.keys().filter_map(Result::ok).collect())
+    }
+
+    /// Drops map entries of processes that are gone: the iterator (which began at boot-clock
+    /// `started`) did not see them and they began before it. An entry can outlive its process
+    /// when the iterator's backfill insert races the exit. Returns how many were dropped.
+    pub fn gc(
+        &mut self,
+        seen: &std::collections::HashSet<u32>,
+        started: u64,
+    ) -> Result<usize, KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("PROCS")
+            .ok_or(KernelError::Iter("PROCS missing".into()))?;
+        let mut procs: HashMap<&mut MapData, u32, ProcEntry> =
+            HashMap::try_from(map).map_err(|source| KernelError::Map {
+                name: "PROCS",
+                source,
+            })?;
+        let stale: Vec<u32> = procs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(pid, e)| !seen.contains(pid) && e.task.start_boottime < started)
+            .map(|(pid, _)| pid)
+            .collect();
+        for pid in &stale {
+            let _ = procs.remove(pid);
+        }
+        Ok(stale.len())
+    }
+}
+
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_ITER_CREATE: libc::c_long = 33;
+
+/// A bpf(2) command whose attribute is a few u32s and whose result is a new fd.
+fn bpf_cmd(cmd: libc::c_long, words: &[u32]) -> Result<std::os::fd::OwnedFd, KernelError> {
+    let mut attr = [0u32; 32];
+    attr[..words.len()].copy_from_slice(words);
+    // SAFETY: attr outlives the call and is larger than any union member these commands read.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), size_of_val(&attr) as u32) };
+    if fd < 0 {
+        return Err(KernelError::Io(std::io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// A decoded ring-buffer record.
+#[derive(Clone, Debug)]
+pub enum KernelEvent {
+    Fork {
+        ts: u64,
+        forker: u32,
+        task: TaskInfo,
+    },
+    Exec {
+        ts: u64,
+        entry: Box<ProcEntry>,
+    },
+    Exit {
+        ts: u64,
+        task: TaskInfo,
+    },
+    Free {
+        ts: u64,
+        pid: u32,
+        start_boottime: u64,
+    },
+    Rename {
+        ts: u64,
+        pid: u32,
+        start_boottime: u64,
+        comm: [u8; 16],
+    },
+}
+
+impl KernelEvent {
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+        let read_event = || -> Option<Event> {
+            (bytes.len() >= size_of::<Event>())
+                // SAFETY: length checked; Event is repr(C) plain data.
+                .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+        };
+        Some(match kind {
+            kind::FORK => {
+                let e = read_event()?;
+                KernelEvent::Fork {
+                    ts: e.ts,
+                    forker: e.aux,
+                    task: e.task,
+                }
+            }
+            kind::EXEC => {
+                if bytes.len() < size_of::<ExecEvent>() {
+                    return None;
+                }
+                // SAFETY: as above.
+                let e = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ExecEvent>()) };
+                KernelEvent::Exec {
+                    ts: e.ts,
+                    entry: Box::new(e.entry),
+                }
+            }
+            kind::EXIT => {
+                let e = read_event()?;
+                KernelEvent::Exit {
+                    ts: e.ts,
+                    task: e.task,
+                }
+            }
+            kind::FREE => {
+                let e = read_event()?;
+                KernelEvent::Free {
+                    ts: e.ts,
+                    pid: e.task.tgid,
+                    start_boottime: e.task.start_boottime,
+                }
+            }
+            kind::RENAME => {
+                let e = read_event()?;
+                KernelEvent::Rename {
+                    ts: e.ts,
+                    pid: e.task.tgid,
+                    start_boottime: e.task.start_boottime,
+                    comm: e.task.comm,
+                }
+            }
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,450 @@
+//! The actor that owns the process table: it applies ring-buffer events in order, refreshes
+//! the fast-changing numbers from the task iterator on demand (never older than the staleness
+//! bound), rescans when the kernel side counts a loss, and answers queries with immutable
+//! snapshots.
+
+use std::{
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use bpfproc_common::stat;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::{
+    kernel::{Kernel, KernelEvent},
+    procfs,
+    table::{Change, Exited, Process, ProcessTable, TableCounters},
+};
+
+/// Boot-clock nanoseconds (CLOCK_BOOTTIME), the clock of every kernel timestamp we get.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// An immutable view of the table at one moment.
+pub struct Snapshot {
+    pub version: u64,
+    /// Boot-clock ns the numbers were read at.
+    pub refreshed_at: u64,
+    pub processes: Vec<Arc<Process>>,
+    pub exited: Vec<Exited>,
+    /// The unfiltered `/v1/processes` body, rendered once per snapshot.
+    pub listing_json: OnceLock<bytes::Bytes>,
+}
+
+impl Snapshot {
+    pub fn get(&self, pid: u32) -> Option<&Arc<Process>> {
+        self.processes
+            .binary_search_by_key(&pid, |p| p.pid)
+            .ok()
+            .map(|i| &self.processes[i])
+    }
+}
+
+/// The agent's own counters, for `/v1/stats` and `/metrics`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct AgentStats {
+    pub events_received: u64,
+    pub events_undecodable: u64,
+    /// Rescans triggered by a kernel-side loss counter moving.
+    pub rescans: u64,
+    /// Kernel-side counters, summed over CPUs.
+    pub kernel: std::collections::BTreeMap<&'static str, u64>,
+    pub table: TableCounters,
+    pub live_processes: usize,
+    pub exited_retained: usize,
+    pub bpf_map_entries: usize,
+}
+
+/// argv and exe read for (pid, start) of a process that predates the agent.
+pub(crate) struct Identity {
+    pid: u32,
+    start: u64,
+    cmdline: Vec<u8>,
+    exe: Option<Vec<u8>>,
+}
+
+pub(crate) enum Msg {
+    Events(Vec<KernelEvent>),
+    Snapshot {
+        max_age: Duration,
+        reply: oneshot::Sender<Arc<Snapshot>>,
+    },
+    Refreshed {
+        started: u64,
+        records: Vec<bpfproc_common::TaskRecord>,
+        procfs: Vec<bpfproc_common::TaskRecord>,
+        procfs_gone: Vec<u32>,
+    },
+    Identities(Vec<Identity>),
+    Rescan,
+    Stats(oneshot::Sender<AgentStats>),
+}
+
+/// A cheap handle to the actor.
+#[derive(Clone)]
+pub struct State {
+    tx: mpsc::Sender<Msg>,
+    /// Queries go through the ring-buffer reader, which drains the ring before forwarding
+    /// them: an answer reflects every event that happened before the question.
+    queries: mpsc::Sender<Msg>,
+    events: broadcast::Sender<Arc<Change>>,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the process table has shut down")]
+pub struct Gone;
+
+impl State {
+    /// A snapshot whose numbers are at most `max_age` old.
+    pub async fn snapshot(&self) -> Result<Arc<Snapshot>, Gone> {
+        self.snapshot_within(self.max_age).await
+    }
+
+    pub async fn snapshot_within(&self, max_age: Duration) -> Result<Arc<Snapshot>, Gone> {
+        let (reply, rx) = oneshot::channel();
+        self.queries
+            .send(Msg::Snapshot { max_age, reply })
+            .await
+            .map_err(|_| Gone)?;
+        rx.await.map_err(|_| Gone)
+    }
+
+    pub async fn stats(&self) -> Result<AgentStats, Gone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Stats(reply)).await.map_err(|_| Gone)?;
+        rx.await.map_err(|_| Gone)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.events.subscribe()
+    }
+
+    /// Feeds decoded ring-buffer records to the table.
+    pub async fn push_events(&self, events: Vec<KernelEvent>) -> Result<(), Gone> {
+        self.tx.send(Msg::Events(events)).await.map_err(|_| Gone)
+    }
+
+    /// Passes on a query the ring reader held until it had drained the ring.
+    pub(crate) async fn forward(&self, msg: Msg) -> Result<(), Gone> {
+        self.tx.send(msg).await.map_err(|_| Gone)
+    }
+}
+
+pub struct Config {
+    pub exited_cap: usize,
+    pub max_age: Duration,
+    pub loss_check: Duration,
+}
+
+/// Starts the actor. The initial backfill is done before this returns, so the first query
+/// already sees every process; events that raced the backfill are applied after it in order.
+/// The returned receiver carries queries for the ring reader to forward (see `State`).
+pub fn spawn(
+    kernel: Arc<Mutex<Kernel>>,
+    cfg: Config,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(State, mpsc::Receiver<Msg>)> {
+    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    let (queries, queries_rx) = mpsc::channel::<Msg>(1024);
+    let (events, _) = broadcast::channel(8192);
+    let state = State {
+        queries,
+        tx: tx.clone(),
+        events: events.clone(),
+        max_age: cfg.max_age,
+    };
+    let mut table = ProcessTable::new(cfg.exited_cap);
+    let ns_per_tick = 1_000_000_000 / clock_ticks();
+
+    // Backfill synchronously: the hooks are already attached, so anything that starts from
+    // here on is in the ring buffer, and the snapshot/event ordering rules reconcile the two.
+    let started = boot_ns();
+    let records = kernel.lock().expect("kernel lock").tasks()?;
+    let needs = table.apply_snapshot(started, &records, true);
+    let (extra, _) = procfs_missing(&records, ns_per_tick);
+    for rec in &extra {
+        table.upsert_procfs(rec, started);
+    }
+    for pid in needs.into_iter().chain(extra.iter().map(|r| r.tgid)) {
+        fill_identity(&mut table, pid);
+    }
+    tracing::info!(
+        processes = table.live().len(),
+        from_procfs = extra.len(),
+        "backfilled"
+    );
+
+    let mut stats = AgentStats::default();
+    let mut last_refresh = started;
+    let mut refreshing = false;
+    let mut waiters: Vec<(Duration, oneshot::Sender<Arc<Snapshot>>)> = Vec::new();
+    let mut cached: Option<Arc<Snapshot>> = None;
+    let mut last_losses = 0u64;
+
+    let ticker_tx = tx.clone();
+    let loss_check = cfg.loss_check;
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(loss_check);
+        loop {
+            every.tick().await;
+            if ticker_tx.send(Msg::Rescan).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => break },
+                _ = shutdown.changed() => break,
+            };
+            match msg {
+                Msg::Events(batch) => {
+                    stats.events_received += batch.len() as u64;
+                    for ev in &batch {
+                        if let Some(change) = table.apply(ev) {
+                            let _ = events.send(Arc::new(change));
+                        }
+                    }
+                }
+                Msg::Snapshot { max_age, reply } => {
+                    let age = Duration::from_nanos(boot_ns().saturating_sub(last_refresh));
+                    if age <= max_age {
+                        let _ = reply.send(current(&table, &mut cached, last_refresh));
+                    } else {
+                        waiters.push((max_age, reply));
+                        if !refreshing {
+                            refreshing = true;
+                            start_refresh(kernel.clone(), tx.clone(), &table, ns_per_tick);
+                        }
+                    }
+                }
+                Msg::Refreshed {
+                    started,
+                    records,
+                    procfs,
+                    procfs_gone,
+                } => {
+                    refreshing = false;
+                    if records.is_empty() {
+                        // The iterator failed: answer with what we have rather than hang.
+                        let snap = current(&table, &mut cached, last_refresh);
+                        for (_, w) in waiters.drain(..) {
+                            let _ = w.send(snap.clone());
+                        }
+                        continue;
+                    }
+                    let needs = table.apply_snapshot(started, &records, false);
+                    for rec in &procfs {
+                        table.upsert_procfs(rec, started);
+                    }
+                    for pid in procfs_gone {
+                        table.drop_procfs(pid, started);
+                    }
+                    last_refresh = started;
+                    if !needs.is_empty() {
+                        start_identities(&table, needs, tx.clone());
+                    }
+                    let snap = current(&table, &mut cached, last_refresh);
+                    for (_, w) in waiters.drain(..) {
+                        let _ = w.send(snap.clone());
+                    }
+                }
+                Msg::Identities(list) => {
+                    for Identity {
+                        pid,
+                        start,
+                        cmdline,
+                        exe,
+                    } in list
+                    {
+                        table.set_identity(pid, start, cmdline, exe);
+                    }
+                }
+                Msg::Rescan => {
+                    // A moved loss counter means some record never reached us: reconcile now
+                    // rather than at the next query.
+                    let losses = kernel_losses(&kernel);
+                    if losses > last_losses {
+                        last_losses = losses;
+                        stats.rescans += 1;
+                        if !refreshing {
+                            refreshing = true;
+                            start_refresh(kernel.clone(), tx.clone(), &table, ns_per_tick);
+                        }
+                    }
+                }
+                Msg::Stats(reply) => {
+                    let mut s = stats.clone();
+                    s.table = table.counters;
+                    s.live_processes = table.live().len();
+                    s.exited_retained = table.exited().len();
+                    if let Ok(k) = kernel.lock() {
+                        if let Ok(counters) = k.stats() {
+                            for (i, v) in counters.iter().enumerate() {
+                                s.kernel.insert(stat::NAMES[i], *v);
+                            }
+                        }
+                        s.bpf_map_entries = k.map_pids().map(|p| p.len()).unwrap_or(0);
+                    }
+                    let _ = reply.send(s);
+                }
+            }
+        }
+        tracing::debug!("process table actor stopped");
+    });
+    Ok((state, queries_rx))
+}
+
+fn current(table: &ProcessTable, cached: &mut Option<Arc<Snapshot>>, at: u64) -> Arc<Snapshot> {
+    if let Some(c) = cached
+        && c.version == table.version()
+        && c.refreshed_at == at
+    {
+        return c.clone();
+    }
+    let snap = Arc::new(Snapshot {
+        version: table.version(),
+        refreshed_at: at,
+        processes: table.live().values().cloned().collect(),
+        exited: table.exited().iter().cloned().collect(),
+        listing_json: OnceLock::new(),
+    });
+    *cached = Some(snap.clone());
+    snap
+}
+
+fn kernel_losses(kernel: &Arc<Mutex<Kernel>>) -> u64 {
+    let Ok(k) = kernel.lock() else { return 0 };
+    k.stats()
+        .map(|s| {
+            s[stat::RINGBUF_FULL as usize]
+                + s[stat::MAP_FULL as usize]
+                + s[stat::READ_ERROR as usize]
+        })
+        .unwrap_or(0)
+}
+
+fn start_refresh(
+    kernel: Arc<Mutex<Kernel>>,
+    tx: mpsc::Sender<Msg>,
+    table: &ProcessTable,
+    ns_per_tick: u64,
+) {
+    let procfs_known: Vec<u32> = table
+        .live()
+        .values()
+        .filter(|p| p.origin == crate::table::Origin::Procfs)
+        .map(|p| p.pid)
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let started = boot_ns();
+        let records = match kernel.lock().map(|k| k.tasks()) {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!("task iterator failed: {e}");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
+        if !records.is_empty() {
+            let seen: std::collections::HashSet<u32> = records.iter().map(|r| r.tgid).collect();
+            if let Ok(mut k) = kernel.lock() {
+                match k.gc(&seen, started) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(entries = n, "dropped stale process-map entries"),
+                    Err(e) => tracing::warn!("process-map gc failed: {e}"),
+                }
+            }
+        }
+        if records.is_empty() {
+            // Never apply an empty snapshot: it would declare every process gone.
+            let _ = tx.blocking_send(Msg::Refreshed {
+                started: 0,
+                records: Vec::new(),
+                procfs: Vec::new(),
+                procfs_gone: Vec::new(),
+            });
+            return;
+        }
+        let procfs: Vec<_> = procfs_known
+            .iter()
+            .filter_map(|&pid| procfs::record(pid, ns_per_tick))
+            .collect();
+        let procfs_gone = procfs_known
+            .iter()
+            .copied()
+            .filter(|pid| !procfs.iter().any(|r| r.tgid == *pid))
+            .collect();
+        let _ = tx.blocking_send(Msg::Refreshed {
+            started,
+            records,
+            procfs,
+            procfs_gone,
+        });
+    });
+}
+
+fn start_identities(table: &ProcessTable, pids: Vec<u32>, tx: mpsc::Sender<Msg>) {
+    let wanted: Vec<(u32, u64)> = pids
+        .into_iter()
+        .filter_map(|pid| table.get(pid).map(|p| (pid, p.start_boottime)))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let list = wanted
+            .into_iter()
+            .map(|(pid, start)| {
+                let (cmdline, exe) = procfs::identity(pid);
+                Identity {
+                    pid,
+                    start,
+                    cmdline,
+                    exe,
+                }
+            })
+            .collect();
+        let _ = tx.blocking_send(Msg::Identities(list));
+    });
+}
+
+fn fill_identity(table: &mut ProcessTable, pid: u32) {
+    if let Some(p) = table.get(pid) {
+        let start = p.start_boottime;
+        let (cmdline, exe) = procfs::identity(pid);
+        table.set_identity(pid, start, cmdline, exe);
+    }
+}
+
+/// Processes /proc lists that the iterator did not return (seen here: pid 1 of a sandbox
+/// whose init is outside our reach), read from /proc instead.
+fn procfs_missing(
+    records: &[bpfproc_common::TaskRecord],
+    ns_per_tick: u64,
+) -> (Vec<bpfproc_common::TaskRecord>, Vec<u32>) {
+    let seen: std::collections::HashSet<u32> = records.iter().map(|r| r.tgid).collect();
+    let missing: Vec<u32> = procfs::pids()
+        .into_iter()
+        .filter(|p| !seen.contains(p))
+        .collect();
+    let recs = missing
+        .iter()
+        .filter_map(|&pid| procfs::record(pid, ns_per_tick))
+        .collect();
+    (recs, missing)
+}
+
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}

@@ -1,0 +1,720 @@
+//! The mirrored process table: a pure state machine fed by kernel events and iterator
+//! snapshots. It owns every rule about ordering (exit before exec, fork of a forgotten parent,
+//! pid reuse, a snapshot racing live events); the actor in `state.rs` only feeds it.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+};
+
+use bpfproc_common::{ProcEntry, TaskInfo, TaskRecord, cstr, pflag};
+
+use crate::kernel::KernelEvent;
+
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// How a live entry came to be known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Seen forking (or exec'ing) while the agent ran.
+    Event,
+    /// Found by the task iterator: it predates the agent, or its fork record was lost.
+    Iterator,
+    /// Invisible to the iterator and read from the kernel's /proc instead (see README).
+    Procfs,
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// Boot-clock ns.
+    pub ts: u64,
+    /// Raw wait status; `None` when the exit record was lost and the end was found by a rescan.
+    pub status: Option<u32>,
+    pub utime_ns: u64,
+    pub stime_ns: u64,
+}
+
+impl ExitInfo {
+    pub fn exit_code(&self) -> Option<i32> {
+        let s = self.status?;
+        (s & 0x7f == 0).then_some(((s >> 8) & 0xff) as i32)
+    }
+
+    pub fn signal(&self) -> Option<i32> {
+        let s = self.status?;
+        (s & 0x7f != 0).then_some((s & 0x7f) as i32)
+    }
+
+    pub fn core_dumped(&self) -> bool {
+        self.status.is_some_and(|s| s & 0x80 != 0)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: Vec<u8>,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    /// With `pid`, the identity of the process: a reused pid has a different start.
+    pub start_boottime: u64,
+    pub exe: Option<Vec<u8>>,
+    /// NUL-separated argv as in /proc/PID/cmdline.
+    pub cmdline: Vec<u8>,
+    pub cmdline_truncated: bool,
+    pub kthread: bool,
+    pub origin: Origin,
+    /// Boot-clock ns of the last exec seen, if any.
+    pub exec_ts: Option<u64>,
+    /// Set once the process has exited (a zombie until it is reaped).
+    pub exit: Option<ExitInfo>,
+    /// The latest iterator record of every thread, the leader first.
+    pub tasks: Vec<TaskRecord>,
+    /// Boot-clock ns of the snapshot `tasks` came from.
+    pub refreshed_at: u64,
+    /// Boot-clock ns of the last event applied to this entry.
+    pub event_ts: u64,
+    /// Whether identity (argv, exe) still needs filling from outside the event stream.
+    pub needs_identity: bool,
+}
+
+impl Process {
+    fn from_task(info: &TaskInfo, ts: u64, origin: Origin) -> Self {
+        Self {
+            pid: info.tgid,
+            ppid: info.ppid,
+            comm: cstr(&info.comm).to_vec(),
+            uid: info.uid,
+            gid: info.gid,
+            euid: info.euid,
+            egid: info.egid,
+            start_boottime: info.start_boottime,
+            exe: None,
+            cmdline: Vec::new(),
+            cmdline_truncated: false,
+            kthread: info.pf_flags & PF_KTHREAD != 0,
+            origin,
+            exec_ts: None,
+            exit: None,
+            tasks: Vec::new(),
+            refreshed_at: 0,
+            event_ts: ts,
+            needs_identity: false,
+        }
+    }
+
+    fn from_record(rec: &TaskRecord, ts: u64, origin: Origin) -> Self {
+        Self {
+            pid: rec.tgid,
+            ppid: rec.ppid,
+            comm: cstr(&rec.comm).to_vec(),
+            uid: rec.uid,
+            gid: rec.gid,
+            euid: rec.euid,
+            egid: rec.egid,
+            start_boottime: rec.start_boottime,
+            exe: None,
+            cmdline: Vec::new(),
+            cmdline_truncated: false,
+            kthread: rec.pf_flags & PF_KTHREAD != 0,
+            origin,
+            exec_ts: None,
+            exit: None,
+            tasks: Vec::new(),
+            refreshed_at: 0,
+            event_ts: ts,
+            needs_identity: rec.pf_flags & PF_KTHREAD == 0,
+        }
+    }
+
+    /// The leader's latest iterator record.
+    pub fn leader(&self) -> Option<&TaskRecord> {
+        self.tasks.first()
+    }
+
+    pub fn argv(&self) -> impl Iterator<Item = &[u8]> {
+        let trimmed = self.cmdline.strip_suffix(b"\0").unwrap_or(&self.cmdline);
+        trimmed
+            .split(|&b| b == 0)
+            .filter(move |_| !self.cmdline.is_empty())
+    }
+
+    fn apply_entry(&mut self, e: &ProcEntry) {
+        self.comm = cstr(&e.task.comm).to_vec();
+        self.uid = e.task.uid;
+        self.gid = e.task.gid;
+        self.euid = e.task.euid;
+        self.egid = e.task.egid;
+        self.ppid = e.task.ppid;
+        let name = &e.filename[..(e.filename_len as usize).min(e.filename.len())];
+        let name = cstr(name);
+        if !name.is_empty() {
+            self.exe = Some(name.to_vec());
+        }
+        if e.task.flags & pflag::EXECED != 0 || e.args_len > 0 {
+            self.cmdline = e.args[..(e.args_len as usize).min(e.args.len())].to_vec();
+            self.cmdline_truncated = e.task.flags & pflag::ARGS_TRUNCATED != 0;
+            self.needs_identity = false;
+        }
+    }
+}
+
+/// A process that has exited: what /proc can no longer show.
+pub type Exited = Arc<Process>;
+
+/// Counters the table keeps about itself.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct TableCounters {
+    pub forks: u64,
+    pub execs: u64,
+    pub exits: u64,
+    pub reaps: u64,
+    pub renames: u64,
+    /// Processes found by the first snapshot.
+    pub backfilled: u64,
+    /// Processes a later snapshot found that no event had announced (a lost fork record).
+    pub found_by_rescan: u64,
+    /// Processes that vanished without an exit record (found gone by a snapshot).
+    pub lost_exits: u64,
+    /// Live entries replaced because their pid now belongs to a newer process.
+    pub pid_reuse: u64,
+    pub snapshots: u64,
+}
+
+/// A change worth telling subscribers about.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Fork(Arc<Process>),
+    Exec(Arc<Process>),
+    Exit(Arc<Process>),
+}
+
+pub struct ProcessTable {
+    live: BTreeMap<u32, Arc<Process>>,
+    exited: VecDeque<Exited>,
+    exited_cap: usize,
+    /// pid → start of processes that are gone, so a snapshot taken before they went cannot
+    /// bring them back. Pruned once a snapshot taken after they went has been applied.
+    tombstones: HashMap<u32, (u64, u64)>,
+    pub counters: TableCounters,
+    version: u64,
+}
+
+impl ProcessTable {
+    pub fn new(exited_cap: usize) -> Self {
+        Self {
+            live: BTreeMap::new(),
+            exited: VecDeque::with_capacity(exited_cap.min(65536)),
+            exited_cap: exited_cap.max(1),
+            tombstones: HashMap::new(),
+            counters: TableCounters::default(),
+            version: 0,
+        }
+    }
+
+    /// Bumped on every change; caches of rendered output key on it.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn live(&self) -> &BTreeMap<u32, Arc<Process>> {
+        &self.live
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Arc<Process>> {
+        self.live.get(&pid)
+    }
+
+    pub fn exited(&self) -> &VecDeque<Exited> {
+        &self.exited
+    }
+
+    pub fn apply(&mut self, ev: &KernelEvent) -> Option<Change> {
+        self.version += 1;
+        match ev {
+            KernelEvent::Fork { ts, forker, task } => {
+                self.counters.forks += 1;
+                let pid = task.tgid;
+                self.retire_if_reused(pid, task.start_boottime, *ts);
+                self.tombstones.remove(&pid);
+                let mut p = Process::from_task(task, *ts, Origin::Event);
+                // The child is a copy of the forking process's image.
+                if let Some(parent) = self.live.get(forker) {
+                    p.exe.clone_from(&parent.exe);
+                    p.cmdline.clone_from(&parent.cmdline);
+                    p.cmdline_truncated = parent.cmdline_truncated;
+                    p.exec_ts = parent.exec_ts;
+                    p.needs_identity = parent.needs_identity;
+                } else {
+                    p.needs_identity = !p.kthread;
+                }
+                let p = Arc::new(p);
+                self.live.insert(pid, p.clone());
+                Some(Change::Fork(p))
+            }
+            KernelEvent::Exec { ts, entry, .. } => {
+                self.counters.execs += 1;
+                let pid = entry.task.tgid;
+                self.retire_if_reused(pid, entry.task.start_boottime, *ts);
+                self.tombstones.remove(&pid);
+                let slot = self.live.entry(pid).or_insert_with(|| {
+                    Arc::new(Process::from_task(&entry.task, *ts, Origin::Event))
+                });
+                let p = Arc::make_mut(slot);
+                p.apply_entry(entry);
+                p.exec_ts = Some(*ts);
+                p.event_ts = *ts;
+                Some(Change::Exec(slot.clone()))
+            }
+            KernelEvent::Exit { ts, task } => {
+                self.counters.exits += 1;
+                let pid = task.tgid;
+                self.retire_if_reused(pid, task.start_boottime, *ts);
+                let exit = ExitInfo {
+                    ts: *ts,
+                    status: Some(task.exit_code),
+                    utime_ns: task.utime,
+                    stime_ns: task.stime,
+                };
+                let p = match self.live.get_mut(&pid) {
+                    Some(slot) => {
+                        let p = Arc::make_mut(slot);
+                        p.exit = Some(exit);
+                        p.event_ts = *ts;
+                        p.comm = cstr(&task.comm).to_vec();
+                        p.ppid = task.ppid;
+                        slot.clone()
+                    }
+                    None => {
+                        // Started before the agent and not yet backfilled: record what the
+                        // exit tells us, and make sure the backfill does not revive it.
+                        let mut p = Process::from_task(task, *ts, Origin::Event);
+                        p.exit = Some(exit);
+                        self.tombstones.insert(pid, (task.start_boottime, *ts));
+                        Arc::new(p)
+                    }
+                };
+                self.push_exited(p.clone());
+                Some(Change::Exit(p))
+            }
+            KernelEvent::Free {
+                ts,
+                pid,
+                start_boottime,
+            } => {
+                self.counters.reaps += 1;
+                if let Some(p) = self.live.get(pid)
+                    && p.start_boottime == *start_boottime
+                {
+                    let p = self.live.remove(pid).expect("just looked up");
+                    if p.exit.is_none() {
+                        self.counters.lost_exits += 1;
+                        self.push_exited(with_unknown_exit(&p, *ts));
+                    }
+                }
+                self.tombstones.insert(*pid, (*start_boottime, *ts));
+                None
+            }
+            KernelEvent::Rename {
+                ts,
+                pid,
+                start_boottime,
+                comm,
+            } => {
+                self.counters.renames += 1;
+                if let Some(slot) = self.live.get_mut(pid)
+                    && slot.start_boottime == *start_boottime
+                {
+                    let p = Arc::make_mut(slot);
+                    p.comm = cstr(comm).to_vec();
+                    p.event_ts = *ts;
+                }
+                None
+            }
+        }
+    }
+
+    /// A live entry for `pid` that started at another time is a previous process whose end we
+    /// never saw: retire it so two processes' data never mix.
+    fn retire_if_reused(&mut self, pid: u32, start: u64, ts: u64) {
+        if let Some(old) = self.live.get(&pid)
+            && old.start_boottime != start
+        {
+            let old = self.live.remove(&pid).expect("just looked up");
+            self.counters.pid_reuse += 1;
+            if old.exit.is_none() {
+                self.counters.lost_exits += 1;
+                self.push_exited(with_unknown_exit(&old, ts));
+            }
+        }
+    }
+
+    fn push_exited(&mut self, p: Arc<Process>) {
+        if self.exited.len() == self.exited_cap {
+            self.exited.pop_front();
+        }
+        self.exited.push_back(p);
+    }
+
+    /// Applies a task-iterator snapshot taken starting at boot-clock `started`.
+    ///
+    /// Updates the numbers of every known process, adds processes no event announced, and
+    /// drops entries the snapshot proves gone. Entries touched by an event after `started` are
+    /// newer than the snapshot and win. Returns the pids whose argv/exe must be read from
+    /// outside (processes that predate the agent).
+    pub fn apply_snapshot(
+        &mut self,
+        started: u64,
+        records: &[TaskRecord],
+        first: bool,
+    ) -> Vec<u32> {
+        self.version += 1;
+        self.counters.snapshots += 1;
+        let mut groups: BTreeMap<u32, Vec<TaskRecord>> = BTreeMap::new();
+        for r in records {
+            groups.entry(r.tgid).or_default().push(*r);
+        }
+        let mut needs_identity = Vec::new();
+        for (pid, mut tasks) in groups {
+            // Leader first, then threads by tid.
+            tasks.sort_by_key(|t| (t.tid != pid, t.tid));
+            let leader = tasks[0];
+            if let Some(&(start, _)) = self.tombstones.get(&pid)
+                && start == leader.start_boottime
+            {
+                continue;
+            }
+            match self.live.get_mut(&pid) {
+                Some(slot) if slot.start_boottime == leader.start_boottime => {
+                    let p = Arc::make_mut(slot);
+                    // Reparenting has no event; the snapshot is the source.
+                    if p.event_ts < started {
+                        p.ppid = leader.ppid;
+                        p.uid = leader.uid;
+                        p.gid = leader.gid;
+                        p.euid = leader.euid;
+                        p.egid = leader.egid;
+                    }
+                    p.tasks = tasks;
+                    p.refreshed_at = started;
+                }
+                Some(slot) if slot.event_ts >= started => {
+                    // The live entry is a newer process than the snapshot saw.
+                }
+                _ => {
+                    self.retire_if_reused(pid, leader.start_boottime, started);
+                    let origin = Origin::Iterator;
+                    let mut p = Process::from_record(&leader, started, origin);
+                    p.tasks = tasks;
+                    p.refreshed_at = started;
+                    if p.needs_identity {
+                        needs_identity.push(pid);
+                    }
+                    if first {
+                        self.counters.backfilled += 1;
+                    } else {
+                        self.counters.found_by_rescan += 1;
+                    }
+                    self.live.insert(pid, Arc::new(p));
+                }
+            }
+        }
+        // Whatever the snapshot did not see, and no event touched since it began, is gone.
+        let gone: Vec<u32> = self
+            .live
+            .iter()
+            .filter(|(_, p)| {
+                p.refreshed_at != started && p.event_ts < started && p.origin != Origin::Procfs
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            let p = self.live.remove(&pid).expect("listed above");
+            self.tombstones.insert(pid, (p.start_boottime, started));
+            if p.exit.is_none() {
+                self.counters.lost_exits += 1;
+                self.push_exited(with_unknown_exit(&p, started));
+            }
+        }
+        self.tombstones.retain(|_, (_, at)| *at >= started);
+        needs_identity
+    }
+
+    /// Adds or refreshes a process the iterator cannot see, from a record built out of /proc.
+    pub fn upsert_procfs(&mut self, rec: &TaskRecord, at: u64) -> bool {
+        self.version += 1;
+        let pid = rec.tgid;
+        let fresh =
+            !matches!(self.live.get(&pid), Some(p) if p.start_boottime == rec.start_boottime);
+        if fresh {
+            let mut p = Process::from_record(rec, at, Origin::Procfs);
+            p.tasks = vec![*rec];
+            p.refreshed_at = at;
+            self.live.insert(pid, Arc::new(p));
+            self.counters.backfilled += 1;
+        } else if let Some(slot) = self.live.get_mut(&pid) {
+            let p = Arc::make_mut(slot);
+            p.ppid = rec.ppid;
+            p.tasks = vec![*rec];
+            p.refreshed_at = at;
+        }
+        fresh
+    }
+
+    /// Removes a /proc-sourced entry that has disappeared from /proc.
+    pub fn drop_procfs(&mut self, pid: u32, at: u64) {
+        if let Some(p) = self.live.get(&pid)
+            && p.origin == Origin::Procfs
+        {
+            let p = self.live.remove(&pid).expect("just looked up");
+            self.version += 1;
+            self.counters.lost_exits += 1;
+            self.push_exited(with_unknown_exit(&p, at));
+        }
+    }
+
+    /// Fills argv and exe for a process that predates the agent.
+    pub fn set_identity(&mut self, pid: u32, start: u64, cmdline: Vec<u8>, exe: Option<Vec<u8>>) {
+        if let Some(slot) = self.live.get_mut(&pid)
+            && slot.start_boottime == start
+            && slot.needs_identity
+        {
+            self.version += 1;
+            let p = Arc::make_mut(slot);
+            p.cmdline = cmdline;
+            if p.exe.is_none() {
+                p.exe = exe;
+            }
+            p.needs_identity = false;
+        }
+    }
+}
+
+fn with_unknown_exit(p: &Process, ts: u64) -> Arc<Process> {
+    let mut p = p.clone();
+    p.exit = Some(ExitInfo {
+        ts,
+        status: None,
+        utime_ns: 0,
+        stime_ns: 0,
+    });
+    Arc::new(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use bpfproc_common::{ARGS_LEN, FILENAME_LEN};
+
+    use super::*;
+
+    fn info(pid: u32, ppid: u32, start: u64, comm: &str) -> TaskInfo {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        TaskInfo {
+            tgid: pid,
+            tid: pid,
+            ppid,
+            uid: 1000,
+            gid: 1000,
+            euid: 1000,
+            egid: 1000,
+            pf_flags: 0,
+            exit_code: 0,
+            nr_threads: 1,
+            flags: 0,
+            _pad: 0,
+            start_boottime: start,
+            utime: 0,
+            stime: 0,
+            cutime: 0,
+            cstime: 0,
+            comm: c,
+        }
+    }
+
+    fn fork(ts: u64, pid: u32, ppid: u32, start: u64) -> KernelEvent {
+        KernelEvent::Fork {
+            ts,
+            forker: ppid,
+            task: info(pid, ppid, start, "sh"),
+        }
+    }
+
+    fn exec(ts: u64, pid: u32, ppid: u32, start: u64, argv: &[&str]) -> KernelEvent {
+        let mut e = ProcEntry {
+            task: info(pid, ppid, start, argv[0]),
+            exec_ts: ts,
+            filename_len: 0,
+            args_len: 0,
+            filename: [0; FILENAME_LEN],
+            args: [0; ARGS_LEN],
+        };
+        let path = format!("/bin/{}", argv[0]);
+        e.filename[..path.len()].copy_from_slice(path.as_bytes());
+        e.filename_len = path.len() as u32 + 1;
+        let mut n = 0;
+        for a in argv {
+            e.args[n..n + a.len()].copy_from_slice(a.as_bytes());
+            n += a.len() + 1;
+        }
+        e.args_len = n as u32;
+        e.task.flags = pflag::EXECED;
+        KernelEvent::Exec {
+            ts,
+            entry: Box::new(e),
+        }
+    }
+
+    fn exit(ts: u64, pid: u32, ppid: u32, start: u64, status: u32) -> KernelEvent {
+        let mut t = info(pid, ppid, start, "x");
+        t.exit_code = status;
+        KernelEvent::Exit { ts, task: t }
+    }
+
+    fn free(ts: u64, pid: u32, start: u64) -> KernelEvent {
+        KernelEvent::Free {
+            ts,
+            pid,
+            start_boottime: start,
+        }
+    }
+
+    fn record(pid: u32, tid: u32, ppid: u32, start: u64) -> TaskRecord {
+        // SAFETY: plain integers and arrays.
+        let mut r: TaskRecord = unsafe { std::mem::zeroed() };
+        r.tid = tid;
+        r.tgid = pid;
+        r.ppid = ppid;
+        r.start_boottime = start;
+        r.nr_threads = 1;
+        r.comm[..4].copy_from_slice(b"init");
+        r
+    }
+
+    #[test]
+    fn lifecycle_fork_exec_exit_reap() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&fork(10, 100, 1, 5));
+        t.apply(&exec(11, 100, 1, 5, &["ls", "-l"]));
+        let p = t.get(100).unwrap();
+        assert_eq!(p.comm, b"ls");
+        assert_eq!(p.argv().collect::<Vec<_>>(), [b"ls".as_slice(), b"-l"]);
+        assert_eq!(p.exe.as_deref(), Some(b"/bin/ls".as_slice()));
+        t.apply(&exit(12, 100, 1, 5, 3 << 8));
+        // A zombie stays listed until reaped.
+        assert!(t.get(100).unwrap().exit.is_some());
+        t.apply(&free(13, 100, 5));
+        assert!(t.get(100).is_none());
+        let gone = &t.exited()[0];
+        assert_eq!(gone.exit.unwrap().exit_code(), Some(3));
+        assert_eq!(gone.exit.unwrap().signal(), None);
+    }
+
+    #[test]
+    fn death_by_signal_is_reported_as_signal() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&fork(10, 100, 1, 5));
+        t.apply(&exit(12, 100, 1, 5, 9));
+        let e = t.exited()[0].exit.unwrap();
+        assert_eq!(
+            (e.exit_code(), e.signal(), e.core_dumped()),
+            (None, Some(9), false)
+        );
+    }
+
+    #[test]
+    fn exit_before_exec_keeps_exit_code_and_parent_image() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&fork(1, 50, 1, 1));
+        t.apply(&exec(2, 50, 1, 1, &["make", "all"]));
+        // The child exits before it ever execs: it still carries its parent's argv.
+        t.apply(&fork(3, 51, 50, 3));
+        t.apply(&exit(4, 51, 50, 3, 2 << 8));
+        let e = t.exited().back().unwrap();
+        assert_eq!(e.argv().collect::<Vec<_>>(), [b"make".as_slice(), b"all"]);
+        assert_eq!(e.exit.unwrap().exit_code(), Some(2));
+    }
+
+    #[test]
+    fn fork_of_unknown_parent_asks_for_identity() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&fork(1, 70, 69, 1));
+        assert!(t.get(70).unwrap().needs_identity);
+        t.apply(&exec(2, 70, 69, 1, &["true"]));
+        assert!(!t.get(70).unwrap().needs_identity);
+    }
+
+    #[test]
+    fn pid_reuse_never_mixes_two_processes() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&fork(1, 200, 1, 100));
+        t.apply(&exec(2, 200, 1, 100, &["old", "--secret"]));
+        // The free record was lost; the pid comes back with a new start time.
+        t.apply(&fork(3, 200, 1, 300));
+        let p = t.get(200).unwrap();
+        assert_eq!(p.start_boottime, 300);
+        assert_eq!(p.cmdline, b"");
+        assert_eq!(t.counters.pid_reuse, 1);
+        let old = t.exited().back().unwrap();
+        assert_eq!(old.start_boottime, 100);
+        assert_eq!(
+            old.exit.unwrap().status,
+            None,
+            "an unseen exit is unknown, not 0"
+        );
+        // A late free of the old process must not remove the new one.
+        t.apply(&free(4, 200, 100));
+        assert_eq!(t.get(200).unwrap().start_boottime, 300);
+    }
+
+    #[test]
+    fn snapshot_racing_an_exit_does_not_revive_the_process() {
+        let mut t = ProcessTable::new(16);
+        t.apply_snapshot(10, &[record(300, 300, 1, 5)], true);
+        // The snapshot started at 20 and saw 300 alive; the exit and reap arrived first.
+        t.apply(&exit(21, 300, 1, 5, 0));
+        t.apply(&free(22, 300, 5));
+        t.apply_snapshot(20, &[record(300, 300, 1, 5)], false);
+        assert!(t.get(300).is_none());
+    }
+
+    #[test]
+    fn backfill_racing_a_fork_keeps_the_newer_process() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&fork(15, 400, 1, 14));
+        // A snapshot that began before the fork does not list it; the entry is newer, so it stays.
+        let needs = t.apply_snapshot(10, &[record(1, 1, 0, 0)], true);
+        assert!(t.get(400).is_some());
+        assert_eq!(needs, vec![1]);
+        assert_eq!(t.counters.backfilled, 1);
+    }
+
+    #[test]
+    fn snapshot_removes_ghosts_and_finds_missed_processes() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&fork(5, 500, 1, 4));
+        t.apply_snapshot(10, &[record(501, 501, 1, 6), record(501, 502, 1, 7)], false);
+        assert!(t.get(500).is_none(), "gone without an exit record");
+        assert_eq!(t.counters.lost_exits, 1);
+        let p = t.get(501).unwrap();
+        assert_eq!(p.tasks.len(), 2, "threads are kept with the leader first");
+        assert_eq!(p.tasks[0].tid, 501);
+        assert_eq!(t.counters.found_by_rescan, 1);
+    }
+
+    #[test]
+    fn exited_ring_is_bounded() {
+        let mut t = ProcessTable::new(3);
+        for pid in 1..=10 {
+            t.apply(&fork(pid as u64, pid, 1, pid as u64));
+            t.apply(&exit(pid as u64 + 100, pid, 1, pid as u64, 0));
+        }
+        assert_eq!(t.exited().len(), 3);
+        assert_eq!(t.exited()[0].pid, 8);
+    }
+}

@@ -1,0 +1,357 @@
+//! Linux-format per-process files (proc(5), fs/proc/array.c), byte for byte where the data
+//! exists; the README lists the fields that differ.
+
+use std::fmt::Write as _;
+
+use bpfproc_common::TaskRecord;
+
+use super::{Host, ViewError, process_state, state_letter, state_name};
+use crate::table::Process;
+
+/// CPU time and faults of one task, or of the whole thread group as `thread_group_cputime`
+/// sums them; utime/stime already scaled as the kernel reports them.
+pub struct Totals {
+    pub utime: u64,
+    pub stime: u64,
+    pub min_flt: u64,
+    pub maj_flt: u64,
+    pub gtime: u64,
+}
+
+pub fn totals(p: &Process, t: &TaskRecord, whole: bool) -> Totals {
+    if !whole {
+        let (utime, stime) = cputime_adjust(
+            t.sum_exec_runtime,
+            t.utime,
+            t.stime,
+            t.prev_utime,
+            t.prev_stime,
+        );
+        return Totals {
+            utime,
+            stime,
+            min_flt: t.min_flt,
+            maj_flt: t.maj_flt,
+            gtime: t.gtime,
+        };
+    }
+    let (mut ut, mut st, mut rt) = (t.sig_utime, t.sig_stime, t.sig_sum_sched_runtime);
+    let mut out = Totals {
+        utime: 0,
+        stime: 0,
+        min_flt: t.sig_min_flt,
+        maj_flt: t.sig_maj_flt,
+        gtime: 0,
+    };
+    for th in &p.tasks {
+        ut += th.utime;
+        st += th.stime;
+        rt += th.sum_exec_runtime;
+        out.min_flt += th.min_flt;
+        out.maj_flt += th.maj_flt;
+        out.gtime += th.gtime;
+    }
+    (out.utime, out.stime) = cputime_adjust(rt, ut, st, t.sig_prev_utime, t.sig_prev_stime);
+    out
+}
+
+/// kernel/sched/cputime.c `cputime_adjust`: scale the tick-sampled utime/stime so they add up
+/// to the precise runtime, never going below what was reported before (`prev`).
+pub fn cputime_adjust(rtime: u64, utime: u64, stime: u64, prev_u: u64, prev_s: u64) -> (u64, u64) {
+    if prev_u + prev_s >= rtime {
+        return (prev_u, prev_s);
+    }
+    let mut stime = if stime == 0 {
+        0
+    } else if utime == 0 {
+        rtime
+    } else {
+        ((u128::from(stime) * u128::from(rtime)) / u128::from(stime + utime)) as u64
+    }
+    .min(rtime);
+    if stime < prev_s {
+        stime = prev_s;
+    }
+    let mut utime = rtime - stime;
+    if utime < prev_u {
+        utime = prev_u;
+        stime = rtime - utime;
+    }
+    (utime, stime)
+}
+
+/// Pages of text, as `VmExe` and statm count them (whole pages spanned by the code segment).
+fn text_pages(t: &TaskRecord) -> u64 {
+    let end = (t.end_code + 4095) & !4095;
+    end.saturating_sub(t.start_code & !4095) / 4096
+}
+
+fn leader(p: &Process) -> Result<&TaskRecord, ViewError> {
+    p.leader().ok_or(ViewError::NoProcess)
+}
+
+fn rss_pages(t: &TaskRecord) -> u64 {
+    t.rss_file + t.rss_anon + t.rss_shmem
+}
+
+/// `/proc/PID/stat`.
+pub fn stat(p: &Process, host: &Host) -> Result<Vec<u8>, ViewError> {
+    Ok(stat_line(p, leader(p)?, true, host))
+}
+
+/// `/proc/PID/task/TID/stat`.
+pub fn task_stat(p: &Process, tid: u32, host: &Host) -> Result<Vec<u8>, ViewError> {
+    let t = p
+        .tasks
+        .iter()
+        .find(|t| t.tid == tid)
+        .ok_or(ViewError::NoFile)?;
+    Ok(stat_line(p, t, false, host))
+}
+
+fn stat_line(p: &Process, t: &TaskRecord, whole: bool, host: &Host) -> Vec<u8> {
+    let sum = totals(p, t, whole);
+    let mm = t.has_mm != 0;
+    let (cutime, cstime, cmin, cmaj, cgtime) = if whole {
+        (t.cutime, t.cstime, t.cmin_flt, t.cmaj_flt, t.cgtime)
+    } else {
+        (0, 0, 0, 0, 0)
+    };
+    let state = state_letter(t.state, t.exit_state);
+    let mut out = format!("{} (", if whole { t.tgid } else { t.tid }).into_bytes();
+    out.extend_from_slice(&if whole {
+        super::process_name(p)
+    } else {
+        super::task_name(t)
+    });
+    let mask = 0x7fff_ffffu64;
+    let line = format!(
+        ") {state} {ppid} {pgid} {sid} {tty} {tpgid} {flags} {minflt} {cmin} {majflt} {cmaj} \
+         {utime} {stime} {cutime} {cstime} {prio} {nice} {threads} 0 {start} {vsize} {rss} {rsslim} \
+         {scode} {ecode} {sstack} 0 0 {sig} {blocked} {ign} {caught} {wchan} 0 0 {exit_signal} {cpu} \
+         {rtprio} {policy} 0 {gtime} {cgtime} {sdata} {edata} {sbrk} {astart} {aend} {estart} {eend} \
+         {exit_code}\n",
+        ppid = t.ppid,
+        pgid = t.pgid,
+        sid = t.sid,
+        tty = t.tty_nr,
+        tpgid = t.tpgid,
+        flags = t.pf_flags,
+        minflt = sum.min_flt,
+        majflt = sum.maj_flt,
+        utime = host.ticks(sum.utime),
+        stime = host.ticks(sum.stime),
+        cutime = host.ticks(cutime),
+        cstime = host.ticks(cstime),
+        prio = t.prio - 100,
+        nice = t.static_prio - 120,
+        threads = t.nr_threads,
+        start = host.ticks(t.start_boottime),
+        vsize = t.total_vm * host.page_size,
+        rss = rss_pages(t),
+        rsslim = t.rlim[2 * 5],
+        scode = if mm { t.start_code } else { 0 },
+        ecode = if mm { t.end_code } else { 0 },
+        sstack = if mm { t.start_stack } else { 0 },
+        sig = t.sig_pending & mask,
+        blocked = t.sig_blocked & mask,
+        ign = t.sig_ignored & mask,
+        caught = t.sig_caught & mask,
+        // 1 when the task is blocked somewhere, as get_wchan() reports it to a permitted reader.
+        wchan = u8::from(state != 'R'),
+        exit_signal = t.exit_signal,
+        cpu = t.cpu,
+        rtprio = t.rt_priority,
+        policy = t.policy,
+        gtime = host.ticks(sum.gtime),
+        cgtime = host.ticks(cgtime),
+        sdata = if mm { t.start_data } else { 0 },
+        edata = if mm { t.end_data } else { 0 },
+        sbrk = if mm { t.start_brk } else { 0 },
+        astart = if mm { t.arg_start } else { 0 },
+        aend = if mm { t.arg_end } else { 0 },
+        estart = if mm { t.env_start } else { 0 },
+        eend = if mm { t.env_end } else { 0 },
+        exit_code = t.exit_code,
+    );
+    out.extend_from_slice(line.as_bytes());
+    out
+}
+
+/// `/proc/PID/statm`, in pages.
+pub fn statm(p: &Process) -> Result<Vec<u8>, ViewError> {
+    let t = leader(p)?;
+    let text = text_pages(t);
+    Ok(format!(
+        "{} {} {} {} 0 {} 0\n",
+        t.total_vm,
+        rss_pages(t),
+        t.rss_file + t.rss_shmem,
+        text,
+        t.data_vm + t.stack_vm
+    )
+    .into_bytes())
+}
+
+/// `/proc/PID/cmdline`: NUL-separated argv as captured at exec (or read at backfill).
+pub fn cmdline(p: &Process) -> Result<Vec<u8>, ViewError> {
+    if p.cmdline_truncated {
+        // Longer than the kernel side keeps: the rest is only in the process's memory.
+        if let Ok(full) = crate::procfs::read_file(p.pid, "cmdline") {
+            return Ok(full);
+        }
+    }
+    Ok(p.cmdline.clone())
+}
+
+/// `/proc/PID/comm`.
+pub fn comm(p: &Process) -> Result<Vec<u8>, ViewError> {
+    let mut out = super::process_name(p);
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// `/proc/PID/maps` has no BPF source (an `iter/task_vma` walk was no faster): the kernel's own
+/// file is read, checked against the identity we serve so a reused pid is never shown.
+pub fn maps(p: &Process) -> Result<Vec<u8>, ViewError> {
+    let bytes = crate::procfs::read_file(p.pid, "maps")?;
+    Ok(bytes)
+}
+
+fn escape_name(name: &[u8], out: &mut String) {
+    for &b in name {
+        match b {
+            b'\n' => out.push_str("\\n"),
+            b'\\' => out.push_str("\\\\"),
+            _ => out.push(b as char),
+        }
+    }
+}
+
+fn kb(pages: u64) -> u64 {
+    pages * 4
+}
+
+/// `/proc/PID/status`.
+pub fn status(p: &Process) -> Result<Vec<u8>, ViewError> {
+    let t = leader(p)?;
+    let mut s = String::with_capacity(1400);
+    s.push_str("Name:\t");
+    escape_name(&super::process_name(p), &mut s);
+    s.push('\n');
+    if t.has_mm != 0 || t.umask != 0 {
+        let _ = writeln!(s, "Umask:\t{:04o}", t.umask);
+    }
+    let _ = writeln!(s, "State:\t{}", state_name(process_state(p)));
+    let _ = writeln!(s, "Tgid:\t{}", t.tgid);
+    let _ = writeln!(s, "Ngid:\t0");
+    let _ = writeln!(s, "Pid:\t{}", t.tid);
+    let _ = writeln!(s, "PPid:\t{}", t.ppid);
+    let _ = writeln!(s, "TracerPid:\t{}", t.tracer_pid);
+    let _ = writeln!(s, "Uid:\t{}\t{}\t{}\t{}", t.uid, t.euid, t.suid, t.fsuid);
+    let _ = writeln!(s, "Gid:\t{}\t{}\t{}\t{}", t.gid, t.egid, t.sgid, t.fsgid);
+    let _ = writeln!(s, "FDSize:\t{}", t.max_fds);
+    s.push_str("Groups:\t");
+    let groups: Vec<String> = t
+        .groups
+        .iter()
+        .take(t.ngroups as usize)
+        .map(u32::to_string)
+        .collect();
+    s.push_str(&groups.join(" "));
+    // Linux always ends the list with a space.
+    s.push_str(" \n");
+    let _ = writeln!(s, "NStgid:\t{}", t.tgid);
+    let _ = writeln!(s, "NSpid:\t{}", t.tid);
+    let _ = writeln!(s, "NSpgid:\t{}", t.pgid);
+    let _ = writeln!(s, "NSsid:\t{}", t.sid);
+    let _ = writeln!(s, "Kthread:\t{}", u8::from(p.kthread));
+    if t.has_mm != 0 {
+        let rss = rss_pages(t);
+        let text = text_pages(t);
+        let lib = t.exec_vm.saturating_sub(text);
+        for (name, pages) in [
+            ("VmPeak", t.hiwater_vm.max(t.total_vm)),
+            ("VmSize", t.total_vm),
+            ("VmLck", t.locked_vm),
+            ("VmPin", t.pinned_vm),
+            ("VmHWM", t.hiwater_rss.max(rss)),
+            ("VmRSS", rss),
+            ("RssAnon", t.rss_anon),
+            ("RssFile", t.rss_file),
+            ("RssShmem", t.rss_shmem),
+            ("VmData", t.data_vm),
+            ("VmStk", t.stack_vm),
+            ("VmExe", text),
+            ("VmLib", lib),
+        ] {
+            let _ = writeln!(s, "{name}:\t{:>8} kB", kb(pages));
+        }
+        let _ = writeln!(s, "VmPTE:\t{:>8} kB", t.pgtables_bytes >> 10);
+        let _ = writeln!(s, "VmSwap:\t{:>8} kB", kb(t.rss_swapents));
+    }
+    let _ = writeln!(s, "Threads:\t{}", t.nr_threads);
+    let _ = writeln!(s, "SigPnd:\t{:016x}", t.sig_pending);
+    let _ = writeln!(s, "ShdPnd:\t{:016x}", t.sig_shared_pending);
+    let _ = writeln!(s, "SigBlk:\t{:016x}", t.sig_blocked);
+    let _ = writeln!(s, "SigIgn:\t{:016x}", t.sig_ignored);
+    let _ = writeln!(s, "SigCgt:\t{:016x}", t.sig_caught);
+    let _ = writeln!(s, "CapInh:\t{:016x}", t.cap_inheritable);
+    let _ = writeln!(s, "CapPrm:\t{:016x}", t.cap_permitted);
+    let _ = writeln!(s, "CapEff:\t{:016x}", t.cap_effective);
+    let _ = writeln!(s, "CapBnd:\t{:016x}", t.cap_bset);
+    let _ = writeln!(s, "CapAmb:\t{:016x}", t.cap_ambient);
+    let _ = writeln!(s, "NoNewPrivs:\t{}", t.atomic_flags & 1);
+    let _ = writeln!(s, "Seccomp:\t{}", t.seccomp);
+    let _ = writeln!(s, "Cpus_allowed:\t{:x}", t.cpus_allowed);
+    let _ = writeln!(s, "Cpus_allowed_list:\t{}", cpu_list(t.cpus_allowed));
+    let _ = writeln!(s, "voluntary_ctxt_switches:\t{}", t.nvcsw);
+    let _ = writeln!(s, "nonvoluntary_ctxt_switches:\t{}", t.nivcsw);
+    Ok(s.into_bytes())
+}
+
+/// `0-3,8` style list of set bits.
+fn cpu_list(mask: u64) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < 64 {
+        if mask & (1 << i) != 0 {
+            let start = i;
+            while i + 1 < 64 && mask & (1 << (i + 1)) != 0 {
+                i += 1;
+            }
+            if !out.is_empty() {
+                out.push(',');
+            }
+            if start == i {
+                let _ = write!(out, "{start}");
+            } else {
+                let _ = write!(out, "{start}-{i}");
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cputime_adjust_scales_to_runtime_and_respects_prev() {
+        // Ticks say 3:1 user:system; the precise runtime is 80.
+        assert_eq!(cputime_adjust(80, 30, 10, 0, 0), (60, 20));
+        // Never below what was reported before.
+        assert_eq!(cputime_adjust(80, 30, 10, 10, 30), (50, 30));
+        assert_eq!(cputime_adjust(80, 30, 10, 70, 20), (70, 20));
+        assert_eq!(cputime_adjust(80, 0, 0, 0, 0), (80, 0));
+    }
+
+    #[test]
+    fn cpu_list_compresses_ranges() {
+        assert_eq!(cpu_list(0b11), "0-1");
+        assert_eq!(cpu_list(0b1011), "0-1,3");
+        assert_eq!(cpu_list(1), "0");
+    }
+}

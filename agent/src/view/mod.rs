@@ -1,0 +1,161 @@
+//! The proc view: pure functions from a process snapshot to the bytes of a file. The HTTP API
+//! and the FUSE adapter both call these; neither formats text itself.
+
+pub mod json;
+pub mod linux;
+
+use bpfproc_common::TaskRecord;
+
+use crate::table::Process;
+
+/// Why a file cannot be rendered, with the errno a file system would return.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("no such process")]
+    NoProcess,
+    #[error("no such file")]
+    NoFile,
+    #[error("reading the kernel's file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ViewError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            ViewError::NoProcess | ViewError::NoFile => libc::ENOENT,
+            ViewError::Io(e) => match e.raw_os_error() {
+                // The process went away between the lookup and the read.
+                Some(libc::ESRCH) | None => libc::ENOENT,
+                Some(n) => n,
+            },
+        }
+    }
+}
+
+/// Host facts the renderers need, read once at start.
+#[derive(Clone, Copy, Debug)]
+pub struct Host {
+    /// Realtime ns at boot (what /proc/stat calls btime, in ns).
+    pub boot_epoch_ns: u64,
+    pub clock_ticks: u64,
+    pub page_size: u64,
+}
+
+impl Host {
+    pub fn detect() -> Self {
+        let boot = crate::state::boot_ns();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        Self {
+            boot_epoch_ns: now.saturating_sub(boot),
+            clock_ticks: crate::state::clock_ticks(),
+            page_size: if page > 0 { page as u64 } else { 4096 },
+        }
+    }
+
+    pub fn ticks(&self, ns: u64) -> u64 {
+        ns / (1_000_000_000 / self.clock_ticks)
+    }
+
+    pub fn epoch_secs(&self, boot_ns: u64) -> f64 {
+        (self.boot_epoch_ns + boot_ns) as f64 / 1e9
+    }
+}
+
+/// The Linux state letter from `__state` and `exit_state` (fs/proc/array.c task_state_array).
+pub fn state_letter(state: u32, exit_state: u32) -> char {
+    const TASK_REPORT: u32 = 0x7f;
+    const TASK_IDLE: u32 = 0x402;
+    const TASK_RTLOCK_WAIT: u32 = 0x1000;
+    let mut s = (state | exit_state) & TASK_REPORT;
+    if state & TASK_IDLE == TASK_IDLE {
+        s = TASK_REPORT + 1;
+    }
+    if state & TASK_RTLOCK_WAIT != 0 {
+        s = 2;
+    }
+    let index = 32 - s.leading_zeros();
+    b"RSDTtXZPI"[index as usize] as char
+}
+
+pub fn state_name(letter: char) -> &'static str {
+    match letter {
+        'R' => "R (running)",
+        'S' => "S (sleeping)",
+        'D' => "D (disk sleep)",
+        'T' => "T (stopped)",
+        't' => "t (tracing stop)",
+        'X' => "X (dead)",
+        'Z' => "Z (zombie)",
+        'P' => "P (parked)",
+        _ => "I (idle)",
+    }
+}
+
+/// A task's name as /proc shows it (fs/proc/array.c `proc_task_name`): a workqueue worker's
+/// comm with its current work, a kernel thread's untruncated name, or comm.
+pub fn task_name(t: &TaskRecord) -> Vec<u8> {
+    use bpfproc_common::cstr;
+    const PF_WQ_WORKER: u32 = 0x20;
+    let comm = cstr(&t.comm);
+    let desc = cstr(&t.wq_desc);
+    let full = cstr(&t.full_name);
+    let mut name = if t.pf_flags & PF_WQ_WORKER != 0 && !desc.is_empty() {
+        let mut n = comm.to_vec();
+        n.push(if t.wq_busy != 0 { b'+' } else { b'-' });
+        n.extend_from_slice(desc);
+        n
+    } else if !full.is_empty() {
+        full.to_vec()
+    } else {
+        comm.to_vec()
+    };
+    // The kernel formats into a 64-byte buffer.
+    name.truncate(63);
+    name
+}
+
+/// A process's name as /proc shows it: its leader's, or the event-tracked comm before the first
+/// snapshot.
+pub fn process_name(p: &Process) -> Vec<u8> {
+    match p.leader() {
+        Some(t) if t.start_boottime == p.start_boottime && cstr_eq(&t.comm, &p.comm) => {
+            task_name(t)
+        }
+        _ => p.comm.clone(),
+    }
+}
+
+fn cstr_eq(raw: &[u8], comm: &[u8]) -> bool {
+    bpfproc_common::cstr(raw) == comm
+}
+
+/// The state of a process: its leader's, or zombie once it has exited.
+pub fn process_state(p: &Process) -> char {
+    match p.leader() {
+        Some(t) => state_letter(t.state, t.exit_state),
+        None if p.exit.is_some() => 'Z',
+        None => 'S',
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_letters_match_linux() {
+        assert_eq!(state_letter(0, 0), 'R');
+        assert_eq!(state_letter(1, 0), 'S');
+        assert_eq!(state_letter(2, 0), 'D');
+        assert_eq!(state_letter(0x104, 0), 'T');
+        assert_eq!(state_letter(8, 0), 't');
+        assert_eq!(state_letter(0, 32), 'Z');
+        assert_eq!(state_letter(0x40, 0), 'P');
+        assert_eq!(state_letter(0x402, 0), 'I');
+    }
+}

@@ -1,0 +1,363 @@
+//! End-to-end tests of the agent against the real kernel: real BPF programs, real processes.
+//! They need root (CI runs them as root) and skip with a message otherwise.
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::BufRead as _,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{Agent, eventually, kill, proc_stat};
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum End {
+    Code(i64),
+    Signal(i64),
+}
+
+fn quiet(cmd: &mut Command) -> &mut Command {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+}
+
+#[test]
+fn every_short_lived_child_appears_in_exited_with_its_status() {
+    require_root!();
+    let agent = Agent::start();
+    let me = std::process::id();
+    let mut expected: HashMap<u32, (&str, End)> = HashMap::new();
+    for i in 0..400 {
+        let (comm, end, mut child) = match i % 4 {
+            0 => (
+                "true",
+                End::Code(0),
+                quiet(&mut Command::new("true")).spawn().unwrap(),
+            ),
+            1 => (
+                "false",
+                End::Code(1),
+                quiet(&mut Command::new("false")).spawn().unwrap(),
+            ),
+            2 => (
+                "sh",
+                End::Code(7),
+                quiet(Command::new("sh").args(["-c", "exit 7"]))
+                    .spawn()
+                    .unwrap(),
+            ),
+            _ => {
+                let c = quiet(Command::new("sleep").arg("30")).spawn().unwrap();
+                ("sleep", End::Signal(9), c)
+            }
+        };
+        if let End::Signal(_) = end {
+            // Let it exec first, so its name is the new program's.
+            eventually(5, "sleep to exec", || {
+                proc_stat(child.id())
+                    .filter(|(c, _)| c == "sleep")
+                    .map(drop)
+            });
+            kill(child.id(), 9);
+        }
+        expected.insert(child.id(), (comm, end));
+        child.wait().unwrap();
+    }
+    let seen: HashMap<u32, Value> = eventually(20, "all children in /v1/exited", || {
+        let list = agent.json(&format!("/v1/exited?ppid={me}"));
+        let seen: HashMap<u32, Value> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| expected.contains_key(&(p["pid"].as_u64().unwrap() as u32)))
+            .map(|p| (p["pid"].as_u64().unwrap() as u32, p.clone()))
+            .collect();
+        (seen.len() == expected.len()).then_some(seen)
+    });
+    for (pid, (comm, end)) in &expected {
+        let p = &seen[pid];
+        assert_eq!(p["ppid"].as_u64(), Some(u64::from(me)), "{p}");
+        assert_eq!(p["comm"].as_str(), Some(*comm), "{p}");
+        match end {
+            End::Code(c) => {
+                assert_eq!(p["exit_code"].as_i64(), Some(*c), "{p}");
+                assert!(p["signal"].is_null(), "{p}");
+            }
+            End::Signal(s) => {
+                assert_eq!(p["signal"].as_i64(), Some(*s), "{p}");
+                assert!(p["exit_code"].is_null(), "{p}");
+            }
+        }
+    }
+    let stats = agent.json("/v1/stats");
+    assert_eq!(stats["kernel"]["ringbuf_full"].as_u64(), Some(0), "{stats}");
+}
+
+const PF_WQ_WORKER: u64 = 0x20;
+
+#[test]
+fn listing_matches_proc_for_every_stable_process() {
+    require_root!();
+    let agent = Agent::start();
+    let before = proc_table();
+    let list = agent.json("/v1/processes");
+    let after = proc_table();
+    let listed: HashMap<u64, &Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["pid"].as_u64().unwrap(), p))
+        .collect();
+    let mut compared = 0;
+    for (pid, (comm, ppid, start, flags)) in &before {
+        // Only processes that lived across the whole query, and not workqueue kworkers, whose
+        // /proc name carries the work item they are running right now.
+        if after.get(pid) != Some(&(comm.clone(), *ppid, *start, *flags))
+            || flags & PF_WQ_WORKER != 0
+        {
+            continue;
+        }
+        let p = listed
+            .get(pid)
+            .unwrap_or_else(|| panic!("pid {pid} ({comm}) not listed"));
+        assert_eq!(p["ppid"].as_u64(), Some(*ppid), "pid {pid}: {p}");
+        assert_eq!(p["comm"].as_str(), Some(comm.as_str()), "pid {pid}: {p}");
+        assert_eq!(p["start_ticks"].as_u64(), Some(*start), "pid {pid}: {p}");
+        compared += 1;
+    }
+    assert!(compared > 10, "compared only {compared} processes");
+}
+
+/// pid → (comm, ppid, start ticks, flags) from the kernel's /proc.
+fn proc_table() -> HashMap<u64, (String, u64, u64, u64)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let (comm, f) = proc_stat(pid)?;
+            let n = |i: usize| f[i - 3].parse::<u64>().unwrap_or(0);
+            Some((u64::from(pid), (comm, n(4), n(22), n(9))))
+        })
+        .collect()
+}
+
+#[test]
+fn agent_started_during_a_spawn_storm_misses_none() {
+    require_root!();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut children = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                children.push(quiet(Command::new("sleep").arg("20")).spawn().unwrap());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            children
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let agent = Agent::start();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let mut children = spawner.join().unwrap();
+    let pids: HashSet<u64> = children.iter().map(|c| u64::from(c.id())).collect();
+    let mut missing = Vec::new();
+    for _ in 0..100 {
+        let list = agent.json("/v1/processes");
+        let listed: HashSet<u64> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_u64().unwrap())
+            .collect();
+        missing = pids.difference(&listed).copied().collect();
+        if missing.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let detail: Vec<String> = missing
+        .iter()
+        .map(|p| format!("{p}: {:?}", proc_stat(*p as u32)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} not listed: {detail:?}",
+        missing.len(),
+        pids.len()
+    );
+    assert!(pids.len() > 100, "the storm spawned only {}", pids.len());
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn bad_requests_get_4xx_and_the_agent_keeps_serving() {
+    require_root!();
+    let agent = Agent::start();
+    for (path, want) in [
+        ("/v1/processes/abc", 400),
+        ("/v1/processes/0", 400),
+        ("/v1/processes/-1", 400),
+        ("/v1/processes/99999999999", 400),
+        ("/v1/processes/4000000", 404),
+        ("/v1/processes/4000000/status", 404),
+        ("/v1/processes/1/nosuchfile", 404),
+        ("/v1/processes?uid=root", 400),
+        ("/v1/processes?ppid=", 400),
+        ("/v1/processes?colour=blue", 400),
+        ("/v1/exited?pid=x", 400),
+        ("/v1/events?uid=-3", 400),
+        ("/nope", 404),
+    ] {
+        let (status, body) = agent.get(path);
+        assert_eq!(status, want, "{path}: {}", String::from_utf8_lossy(&body));
+        let err: Value = serde_json::from_slice(&body).expect("JSON error body");
+        assert!(err["error"].is_string(), "{path}: {err}");
+    }
+    assert_eq!(agent.get("/healthz").0, 200);
+    assert!(!agent.json("/v1/processes").as_array().unwrap().is_empty());
+}
+
+#[test]
+fn rendered_files_match_the_kernels_for_a_sleeping_child() {
+    require_root!();
+    let agent = Agent::start();
+    let mut child = quiet(Command::new("sleep").args(["15", "15"]))
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    eventually(5, "exec", || {
+        proc_stat(pid).filter(|(c, _)| c == "sleep").map(drop)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    for file in ["stat", "statm", "cmdline", "maps", "comm"] {
+        let kernel =
+            String::from_utf8(std::fs::read(format!("/proc/{pid}/{file}")).unwrap()).unwrap();
+        let (status, ours) = agent.get(&format!("/v1/processes/{pid}/{file}"));
+        assert_eq!(status, 200, "{file}");
+        let ours = String::from_utf8(ours).unwrap();
+        // Resident pages: the kernel sums the per-CPU parts of the rss counters, which the
+        // BPF side cannot reach yet (see README, "Known differences"); compare the rest exactly.
+        let skip: &[usize] = match file {
+            "stat" => &[23],
+            "statm" => &[1, 2],
+            _ => &[],
+        };
+        let fields = |s: &str| -> Vec<String> {
+            s.split(' ')
+                .enumerate()
+                .map(|(i, f)| {
+                    if skip.contains(&i) {
+                        "_".into()
+                    } else {
+                        f.to_string()
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(
+            fields(&ours),
+            fields(&kernel),
+            "{file} differs from the kernel's"
+        );
+    }
+    // status: every line we render is the kernel's line, and the lines tools read are there.
+    let kernel = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let (_, ours) = agent.get(&format!("/v1/processes/{pid}/status"));
+    let ours = String::from_utf8(ours).unwrap();
+    let kernel_lines: HashSet<&str> = kernel.lines().collect();
+    for line in ours.lines() {
+        if ["VmHWM:", "VmRSS:", "RssAnon:", "RssFile:", "RssShmem:"]
+            .iter()
+            .any(|k| line.starts_with(k))
+        {
+            continue;
+        }
+        assert!(
+            kernel_lines.contains(line),
+            "status line {line:?} not in the kernel's:\n{kernel}"
+        );
+    }
+    for key in [
+        "Name:", "State:", "Tgid:", "PPid:", "Uid:", "Gid:", "VmRSS:", "Threads:",
+    ] {
+        assert!(ours.lines().any(|l| l.starts_with(key)), "no {key} line");
+    }
+    let one = agent.json(&format!("/v1/processes/{pid}"));
+    assert_eq!(one["cmdline"], serde_json::json!(["sleep", "15", "15"]));
+    assert_eq!(one["ppid"].as_u64(), Some(u64::from(std::process::id())));
+    assert!(one["exe"].as_str().unwrap().ends_with("sleep"), "{one}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (status, _) = eventually(5, "404 after exit", || {
+        let r = agent.get(&format!("/v1/processes/{pid}"));
+        (r.0 == 404).then_some(r)
+    });
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn event_stream_reports_fork_exec_and_exit_in_order() {
+    require_root!();
+    let agent = Agent::start();
+    let me = std::process::id();
+    let mut stream = agent.sse(&format!("/v1/events?ppid={me}"));
+    // Give the subscription a moment to be registered before the child starts.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut child = quiet(Command::new("sh").args(["-c", "exit 3"]))
+        .spawn()
+        .unwrap();
+    let pid = u64::from(child.id());
+    child.wait().unwrap();
+    let mut kinds = Vec::new();
+    let mut line = String::new();
+    while kinds.last() != Some(&"exit".to_string()) {
+        line.clear();
+        stream
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let n = stream.read_line(&mut line).expect("event stream stalled");
+        assert!(n > 0, "stream closed");
+        let Some(data) = line.trim().strip_prefix("data:") else {
+            continue;
+        };
+        // Chunk-size lines of the chunked encoding are not "data:" lines; skip them above.
+        let ev: Value = serde_json::from_str(data.trim()).unwrap();
+        if ev["pid"].as_u64() != Some(pid) {
+            continue;
+        }
+        kinds.push(ev["event"].as_str().unwrap().to_string());
+        if ev["event"] == "exit" {
+            assert_eq!(ev["exit_code"].as_i64(), Some(3), "{ev}");
+            assert_eq!(ev["comm"], "sh", "{ev}");
+        }
+    }
+    assert_eq!(kinds, ["fork", "exec", "exit"]);
+}
+
+#[test]
+fn sigterm_shuts_the_agent_down_cleanly() {
+    require_root!();
+    let agent = Agent::start();
+    let stats = agent.json("/v1/stats");
+    assert!(
+        stats["table"]["backfilled"].as_u64().unwrap() > 10,
+        "{stats}"
+    );
+    assert!(stats["bpf_map_entries"].as_u64().unwrap() > 10, "{stats}");
+    let status = agent.stop();
+    assert!(status.success(), "agent exited with {status}");
+}

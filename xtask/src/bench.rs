@@ -1,0 +1,279 @@
+//! Side-by-side benchmarks. Each comparison alternates the contenders in one run and reports
+//! medians, spread and the ratio; results go to BENCHMARKS.md with the machine's facts.
+
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// A short smoke run (fewer processes and rounds).
+    #[arg(long)]
+    quick: bool,
+    /// Target process counts on the host.
+    #[arg(long, value_delimiter = ',', default_value = "3000")]
+    processes: Vec<usize>,
+    /// Rounds per contender.
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// Where to write the report (default: BENCHMARKS.md in the workspace).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+struct Sleepers(Vec<Child>);
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SIGTERM for a clean detach; then make sure.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn count_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn grow_to(target: usize, sleepers: &mut Sleepers) -> anyhow::Result<()> {
+    while count_processes() < target {
+        let child = Command::new("sleep")
+            .arg("3600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning a sleeper")?;
+        sleepers.0.push(child);
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 GET over a fresh connection; returns the body length.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<usize> {
+    let mut s = TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    s.read_to_end(&mut buf)?;
+    if !buf.starts_with(b"HTTP/1.1 200") {
+        bail!(
+            "GET {path}: {}",
+            String::from_utf8_lossy(&buf[..buf.len().min(80)])
+        );
+    }
+    Ok(buf.len())
+}
+
+fn time<F: FnMut() -> anyhow::Result<()>>(mut f: F) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed())
+}
+
+struct Series {
+    name: String,
+    samples: Vec<Duration>,
+}
+
+impl Series {
+    fn median(&self) -> Duration {
+        let mut s = self.samples.clone();
+        s.sort();
+        s[s.len() / 2]
+    }
+
+    fn spread(&self) -> (Duration, Duration) {
+        let mut s = self.samples.clone();
+        s.sort();
+        (s[s.len() / 10], s[s.len() * 9 / 10])
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn table(title: &str, series: &[Series], out: &mut String) {
+    let base = series[0].median();
+    let _ = writeln!(out, "\n### {title}\n");
+    let _ = writeln!(out, "| contender | median (ms) | p10–p90 (ms) | vs first |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for s in series {
+        let (lo, hi) = s.spread();
+        let _ = writeln!(
+            out,
+            "| {} | {:.3} | {:.3}–{:.3} | {:.1}× slower |",
+            s.name,
+            ms(s.median()),
+            ms(lo),
+            ms(hi),
+            s.median().as_secs_f64() / base.as_secs_f64()
+        );
+    }
+}
+
+fn read_proc_stats() -> anyhow::Result<()> {
+    let mut buf = Vec::with_capacity(512);
+    for e in std::fs::read_dir("/proc")? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { continue };
+        if !n.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        buf.clear();
+        if let Ok(mut f) = std::fs::File::open(format!("/proc/{n}/stat")) {
+            let _ = f.read_to_end(&mut buf);
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !crate::is_root() {
+        bail!("the benchmarks load BPF programs: run as root");
+    }
+    let (counts, rounds) = if args.quick {
+        (vec![500], 5)
+    } else {
+        (args.processes.clone(), args.rounds)
+    };
+    let port = 19464;
+    let addr = format!("127.0.0.1:{port}");
+    let bin = crate::root().join("target/release/bpfproc");
+    let mut report = String::new();
+    let mut sleepers = Sleepers(Vec::new());
+    for &target in &counts {
+        grow_to(target, &mut sleepers)?;
+        let start = Instant::now();
+        let agent = Agent(
+            Command::new(&bin)
+                .args(["agent", "--listen", &addr])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting the agent")?,
+        );
+        while http_get(&addr, "/healthz").is_err() {
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("agent did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let startup = start.elapsed();
+        let n = count_processes();
+        let mut api = Series {
+            name: "`GET /v1/processes` (bpfproc)".into(),
+            samples: vec![],
+        };
+        let mut ps = Series {
+            name: "`ps -e -o pid,ppid,comm,stat,rss`".into(),
+            samples: vec![],
+        };
+        let mut loop_ = Series {
+            name: "read /proc/*/stat in a loop".into(),
+            samples: vec![],
+        };
+        // Warm-up, then alternate the contenders round by round.
+        http_get(&addr, "/v1/processes")?;
+        for _ in 0..rounds {
+            api.samples
+                .push(time(|| http_get(&addr, "/v1/processes").map(drop))?);
+            ps.samples.push(time(|| {
+                let out = Command::new("ps")
+                    .args(["-e", "-o", "pid,ppid,comm,stat,rss"])
+                    .output()?;
+                if !out.status.success() {
+                    bail!("ps failed");
+                }
+                Ok(())
+            })?);
+            loop_.samples.push(time(read_proc_stats)?);
+        }
+        let ratio = ps.median().as_secs_f64() / api.median().as_secs_f64();
+        println!(
+            "{n} processes: listing {:.3} ms vs ps {:.3} ms = {ratio:.1}x faster; agent start-up {:.0} ms",
+            ms(api.median()),
+            ms(ps.median()),
+            ms(startup)
+        );
+        table(
+            &format!(
+                "Full listing at {n} processes ({rounds} rounds, alternated) — bpfproc is {ratio:.1}× faster than ps"
+            ),
+            &[api, ps, loop_],
+            &mut report,
+        );
+        let _ = writeln!(
+            report,
+            "\nAgent start-up (exec to first healthy HTTP answer, including BPF load, attach and backfill): {:.0} ms.",
+            ms(startup)
+        );
+        drop(agent);
+    }
+    drop(sleepers);
+    write_report(&args, &report)
+}
+
+fn write_report(args: &BenchArgs, body: &str) -> anyhow::Result<()> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mut out = String::new();
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Written by `cargo xtask bench{}`. Kernel {}, {cores} cores. Each table alternates its contenders round by round in one run; ratios are of medians.",
+        if args.quick { " --quick" } else { "" },
+        kernel.trim()
+    );
+    out.push_str(body);
+    let path = args
+        .out
+        .clone()
+        .unwrap_or_else(|| crate::root().join("BENCHMARKS.md"));
+    std::fs::write(&path, out)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Idempotent machine set-up: every tool and package the build and the tests need.
+
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::TOOLCHAIN;
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests drive for real: procps (ps, top, pgrep, free, uptime, w), psmisc
+/// (pstree, pidof's sibling killall), fuse3 (fusermount3), curl, gdb, util-linux (setpriv,
+/// unshare).
+const APT_PACKAGES: &[&str] = &["procps", "psmisc", "fuse3", "curl", "gdb", "util-linux"];
+
+pub fn run() -> anyhow::Result<()> {
+    toolchain()?;
+    bpf_linker()?;
+    apt()?;
+    Ok(())
+}
+
+fn ok(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn stdout(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn toolchain() -> anyhow::Result<()> {
+    let sysroot = stdout(
+        Command::new("rustc")
+            .arg(format!("+{TOOLCHAIN}"))
+            .args(["--print", "sysroot"]),
+    );
+    let complete = sysroot.as_ref().is_some_and(|s| {
+        Path::new(s)
+            .join("lib/rustlib/src/rust/library/core")
+            .exists()
+            && Path::new(s).join("bin/cargo-clippy").exists()
+            && Path::new(s).join("bin/rustfmt").exists()
+    });
+    if complete {
+        return Ok(());
+    }
+    eprintln!("setup: installing toolchain {TOOLCHAIN}");
+    let status = Command::new("rustup")
+        .args(["toolchain", "install", TOOLCHAIN, "--profile", "minimal"])
+        .args(["--component", "rust-src,rustfmt,clippy", "--no-self-update"])
+        .status()
+        .context("running rustup")?;
+    if !status.success() {
+        bail!("rustup toolchain install {TOOLCHAIN} failed");
+    }
+    Ok(())
+}
+
+/// bpf-linker must be linked against the pinned toolchain's own LLVM; a stamp records which.
+fn bpf_linker() -> anyhow::Result<()> {
+    let sysroot = stdout(
+        Command::new("rustc")
+            .arg(format!("+{TOOLCHAIN}"))
+            .args(["--print", "sysroot"]),
+    )
+    .context("pinned toolchain missing after install")?;
+    let home = std::env::var("CARGO_HOME")
+        .or_else(|_| std::env::var("HOME").map(|h| format!("{h}/.cargo")))
+        .context("no CARGO_HOME or HOME")?;
+    let stamp = Path::new(&home).join(".bpfproc-bpf-linker");
+    let want = format!("{BPF_LINKER_VERSION} {TOOLCHAIN}");
+    // bpf-linker finds libLLVM through the toolchain's library path, which rustup sets.
+    let have_linker =
+        ok(Command::new("rustup").args(["run", TOOLCHAIN, "bpf-linker", "--version"]));
+    if have_linker && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {
+        return Ok(());
+    }
+    let libdir = Path::new(&sysroot).join("lib");
+    let llvm = fs::read_dir(&libdir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                // The real library; `libLLVM-N-….so` beside it is a linker script naming it.
+                n.starts_with("libLLVM.so.")
+            })
+        })
+        .context("the pinned toolchain ships no libLLVM")?;
+    let major = llvm_major(&llvm).context("cannot tell the LLVM version")?;
+    let prefix = Path::new(&home).join("bpfproc-llvm-prefix");
+    fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link)?;
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} of {TOOLCHAIN}"
+    );
+    let status = Command::new("cargo")
+        .arg(format!("+{TOOLCHAIN}"))
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !status.success() {
+        bail!("installing bpf-linker failed");
+    }
+    fs::write(&stamp, want)?;
+    Ok(())
+}
+
+fn apt() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.ends_with("installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !crate::is_root() {
+        eprintln!("setup: missing packages {missing:?}; run as root to install them");
+        return Ok(());
+    }
+    eprintln!("setup: apt-get install {missing:?}");
+    let env = [("DEBIAN_FRONTEND", "noninteractive")];
+    let update = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .envs(env)
+        .status()?;
+    if !update.success() {
+        bail!("apt-get update failed");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .envs(env)
+        .status()?;
+    if !status.success() {
+        bail!("apt-get install {missing:?} failed");
+    }
+    Ok(())
+}
+
+/// `libLLVM.so.23.1-rust-…` or `libLLVM-23-rust-….so` → "23".
+fn llvm_major(lib: &Path) -> Option<String> {
+    let name = lib.file_name()?.to_str()?.strip_prefix("libLLVM")?;
+    let digits = name.trim_start_matches(|c: char| !c.is_ascii_digit());
+    let major: String = digits.chars().take_while(char::is_ascii_digit).collect();
+    (!major.is_empty()).then_some(major)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_reads_both_library_names() {
+        let v = |s: &str| llvm_major(Path::new(s));
+        assert_eq!(
+            v("/x/libLLVM.so.23.1-rust-1.101.0-nightly").as_deref(),
+            Some("23")
+        );
+        assert_eq!(
+            v("libLLVM-22-rust-1.97.0-nightly.so").as_deref(),
+            Some("22")
+        );
+        assert_eq!(v("libfoo.so"), None);
+    }
+}
