@@ -126,6 +126,14 @@ impl Filter {
     }
 }
 
+/// Renders the unfiltered listing of a fresh snapshot ahead of the request that will want it.
+pub fn prewarm(host: Host) -> crate::state::Prewarm {
+    Arc::new(move |snap: &Snapshot| {
+        snap.listing_json
+            .get_or_init(|| render_list(snap.processes.iter(), &host).into());
+    })
+}
+
 fn render_list<'a>(items: impl Iterator<Item = &'a Arc<Process>>, host: &Host) -> Vec<u8> {
     let list: Vec<_> = items.map(|p| view::json::process(p, host)).collect();
     serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())

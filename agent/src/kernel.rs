@@ -80,6 +80,15 @@ impl Kernel {
     pub fn load(cfg: &KernelConfig) -> Result<Self, KernelError> {
         let vmlinux = btf_rs::Btf::from_file(btf::VMLINUX).map_err(btf::BtfError::from)?;
         let offsets = btf::resolve(&vmlinux)?;
+        btf::check_fits(&offsets)?;
+        tracing::debug!(
+            task = offsets.task_size,
+            signal = offsets.signal_size,
+            mm = offsets.mm_size,
+            cred = offsets.cred_size,
+            k_sigaction = offsets.k_sigaction_size,
+            "kernel structure sizes"
+        );
         drop(vmlinux);
         let wake_bytes: u64 = u64::from(cfg.ringbuf_bytes) / 4;
         let ebpf = EbpfLoader::new()

@@ -88,12 +88,14 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let loaded = t0.elapsed();
 
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let host = view::Host::detect();
     let (state, queries) = state::spawn(
         kernel.clone(),
         state::Config {
             exited_cap: args.exited,
             max_age: Duration::from_millis(args.max_staleness_ms),
             loss_check: Duration::from_millis(250),
+            prewarm: Some(http::prewarm(host)),
         },
         shutdown.clone(),
     )?;
@@ -114,10 +116,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
-    let app = http::App {
-        state,
-        host: view::Host::detect(),
-    };
+    let app = http::App { state, host };
     let server = tokio::spawn(http::serve(listener, app, shutdown.clone()));
 
     wait_for_signal().await?;

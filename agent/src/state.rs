@@ -84,7 +84,8 @@ pub(crate) enum Msg {
         procfs_gone: Vec<u32>,
     },
     Identities(Vec<Identity>),
-    Rescan,
+    /// Periodic: loss check, and refresh-ahead while clients are polling.
+    Tick,
     Stats(oneshot::Sender<AgentStats>),
 }
 
@@ -139,11 +140,21 @@ impl State {
     }
 }
 
+/// Renders whatever a fresh snapshot is likely to be asked for, off the actor.
+pub type Prewarm = Arc<dyn Fn(&Snapshot) + Send + Sync>;
+
 pub struct Config {
     pub exited_cap: usize,
     pub max_age: Duration,
     pub loss_check: Duration,
+    pub prewarm: Option<Prewarm>,
 }
+
+/// While some client asked within this long, the numbers are refreshed ahead of its next
+/// question instead of on it; an idle agent does no iterator passes at all.
+const HOT_FOR: Duration = Duration::from_secs(2);
+/// The process map is swept for entries that outlived their process this often.
+const GC_EVERY: Duration = Duration::from_secs(10);
 
 /// Starts the actor. The initial backfill is done before this returns, so the first query
 /// already sees every process; events that raced the backfill are applied after it in order.
@@ -189,14 +200,21 @@ pub fn spawn(
     let mut waiters: Vec<(Duration, oneshot::Sender<Arc<Snapshot>>)> = Vec::new();
     let mut cached: Option<Arc<Snapshot>> = None;
     let mut last_losses = 0u64;
+    let mut last_loss_check = std::time::Instant::now();
+    let mut last_query = std::time::Instant::now() - HOT_FOR;
+    let mut last_gc = std::time::Instant::now();
+    let max_age = cfg.max_age;
+    let prewarm = cfg.prewarm;
 
     let ticker_tx = tx.clone();
+    let tick = (max_age / 2).clamp(Duration::from_millis(5), cfg.loss_check);
     let loss_check = cfg.loss_check;
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(loss_check);
+        let mut every = tokio::time::interval(tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            if ticker_tx.send(Msg::Rescan).await.is_err() {
+            if ticker_tx.send(Msg::Tick).await.is_err() {
                 break;
             }
         }
@@ -218,6 +236,7 @@ pub fn spawn(
                     }
                 }
                 Msg::Snapshot { max_age, reply } => {
+                    last_query = std::time::Instant::now();
                     let age = Duration::from_nanos(boot_ns().saturating_sub(last_refresh));
                     if age <= max_age {
                         let _ = reply.send(current(&table, &mut cached, last_refresh));
@@ -225,7 +244,8 @@ pub fn spawn(
                         waiters.push((max_age, reply));
                         if !refreshing {
                             refreshing = true;
-                            start_refresh(kernel.clone(), tx.clone(), &table, ns_per_tick);
+                            let gc = take_gc(&mut last_gc);
+                            start_refresh(kernel.clone(), tx.clone(), &table, ns_per_tick, gc);
                         }
                     }
                 }
@@ -244,7 +264,9 @@ pub fn spawn(
                         }
                         continue;
                     }
+                    let t0 = std::time::Instant::now();
                     let needs = table.apply_snapshot(started, &records, false);
+                    tracing::debug!(us = t0.elapsed().as_micros() as u64, "snapshot applied");
                     for rec in &procfs {
                         table.upsert_procfs(rec, started);
                     }
@@ -259,6 +281,12 @@ pub fn spawn(
                     for (_, w) in waiters.drain(..) {
                         let _ = w.send(snap.clone());
                     }
+                    if let Some(prewarm) = &prewarm
+                        && last_query.elapsed() < HOT_FOR
+                    {
+                        let prewarm = prewarm.clone();
+                        tokio::task::spawn_blocking(move || prewarm(&snap));
+                    }
                 }
                 Msg::Identities(list) => {
                     for Identity {
@@ -271,17 +299,28 @@ pub fn spawn(
                         table.set_identity(pid, start, cmdline, exe);
                     }
                 }
-                Msg::Rescan => {
+                Msg::Tick => {
+                    let now = std::time::Instant::now();
                     // A moved loss counter means some record never reached us: reconcile now
                     // rather than at the next query.
-                    let losses = kernel_losses(&kernel);
-                    if losses > last_losses {
-                        last_losses = losses;
-                        stats.rescans += 1;
-                        if !refreshing {
-                            refreshing = true;
-                            start_refresh(kernel.clone(), tx.clone(), &table, ns_per_tick);
+                    let mut due = false;
+                    if now.duration_since(last_loss_check) >= loss_check {
+                        last_loss_check = now;
+                        let losses = kernel_losses(&kernel);
+                        if losses > last_losses {
+                            last_losses = losses;
+                            stats.rescans += 1;
+                            due = true;
                         }
+                    }
+                    let age = Duration::from_nanos(boot_ns().saturating_sub(last_refresh));
+                    if now.duration_since(last_query) < HOT_FOR && age >= max_age / 2 {
+                        due = true;
+                    }
+                    if due && !refreshing {
+                        refreshing = true;
+                        let gc = take_gc(&mut last_gc);
+                        start_refresh(kernel.clone(), tx.clone(), &table, ns_per_tick, gc);
                     }
                 }
                 Msg::Stats(reply) => {
@@ -335,11 +374,21 @@ fn kernel_losses(kernel: &Arc<Mutex<Kernel>>) -> u64 {
         .unwrap_or(0)
 }
 
+fn take_gc(last: &mut std::time::Instant) -> bool {
+    if last.elapsed() >= GC_EVERY {
+        *last = std::time::Instant::now();
+        true
+    } else {
+        false
+    }
+}
+
 fn start_refresh(
     kernel: Arc<Mutex<Kernel>>,
     tx: mpsc::Sender<Msg>,
     table: &ProcessTable,
     ns_per_tick: u64,
+    gc: bool,
 ) {
     let procfs_known: Vec<u32> = table
         .live()
@@ -349,6 +398,7 @@ fn start_refresh(
         .collect();
     tokio::task::spawn_blocking(move || {
         let started = boot_ns();
+        let t0 = std::time::Instant::now();
         let records = match kernel.lock().map(|k| k.tasks()) {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -357,7 +407,12 @@ fn start_refresh(
             }
             Err(_) => Vec::new(),
         };
-        if !records.is_empty() {
+        tracing::debug!(
+            tasks = records.len(),
+            us = t0.elapsed().as_micros() as u64,
+            "task iterator pass"
+        );
+        if gc && !records.is_empty() {
             let seen: std::collections::HashSet<u32> = records.iter().map(|r| r.tgid).collect();
             if let Ok(mut k) = kernel.lock() {
                 match k.gc(&seen, started) {
