@@ -52,6 +52,29 @@ pub fn check_fits(o: &Offsets) -> Result<(), BtfError> {
     Ok(())
 }
 
+/// Offset of per-CPU variable `b` minus that of `a` in the `.data..percpu` section. A real
+/// pointer to CPU c's copy of `a` plus this is CPU c's copy of `b`.
+pub fn percpu_distance(btf: &Btf, a: &str, b: &str) -> Option<i64> {
+    let sections = btf.resolve_types_by_name(".data..percpu").ok()?;
+    let sec = sections.into_iter().find_map(|t| match t {
+        Type::Datasec(d) => Some(d),
+        _ => None,
+    })?;
+    let mut found = (None, None);
+    for v in &sec.variables {
+        let Ok(var) = btf.resolve_chained_type(v) else {
+            continue;
+        };
+        let name = var.as_btf_type().and_then(|t| btf.resolve_name(t).ok());
+        match name.as_deref() {
+            Some(n) if n == a => found.0 = Some(i64::from(v.offset())),
+            Some(n) if n == b => found.1 = Some(i64::from(v.offset())),
+            _ => {}
+        }
+    }
+    Some(found.1? - found.0?)
+}
+
 fn resolve_spec(btf: &Btf, spec: &str) -> Result<u32, BtfError> {
     let (optional, spec) = match spec.strip_prefix('?') {
         Some(rest) => (true, rest),

@@ -81,6 +81,11 @@ impl Kernel {
         let vmlinux = btf_rs::Btf::from_file(btf::VMLINUX).map_err(btf::BtfError::from)?;
         let offsets = btf::resolve(&vmlinux)?;
         btf::check_fits(&offsets)?;
+        // How to find each CPU's per-CPU offset from a runqueue pointer (see ebpf/src/iter.rs);
+        // 0 disables the per-CPU part of the rss sums.
+        let rq_to_this_cpu_off =
+            btf::percpu_distance(&vmlinux, "runqueues", "this_cpu_off").unwrap_or(0);
+        let nr_cpus = possible_cpus();
         tracing::debug!(
             task = offsets.task_size,
             signal = offsets.signal_size,
@@ -94,6 +99,8 @@ impl Kernel {
         let ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKE_BYTES", &wake_bytes, true)
+            .override_global("RQ_TO_THIS_CPU_OFF", &rq_to_this_cpu_off, true)
+            .override_global("NR_CPUS", &nr_cpus, true)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
             .map_max_entries("PROCS", cfg.max_processes)
             .load(aya::include_bytes_aligned!(concat!(
@@ -253,6 +260,19 @@ impl Kernel {
         }
         Ok(stale.len())
     }
+}
+
+/// Number of possible CPUs (highest id in /sys/devices/system/cpu/possible, plus one).
+fn possible_cpus() -> u32 {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| {
+            s.trim()
+                .split([',', '-'])
+                .filter_map(|n| n.parse::<u32>().ok())
+                .max()
+        })
+        .map_or(1, |m| m + 1)
 }
 
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;

@@ -1,16 +1,19 @@
 //! bpfproc: a live /proc kept by eBPF, served over HTTP (and, later, FUSE and Prometheus).
 
 mod btf;
+mod fs;
 mod http;
 mod kernel;
 mod procfs;
 mod ring;
+mod socket;
 mod state;
 mod table;
 mod view;
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -32,6 +35,27 @@ struct Cli {
 enum Command {
     /// Load the BPF programs and serve the process table.
     Agent(AgentArgs),
+    /// Mount a proc view at DIR (through the running agent); returns once it is live.
+    Mount {
+        /// Comma-separated options: personality=linux, cgroup=PATH or pid=PID (show one cgroup
+        /// subtree), umask=OCTAL, noallow_other, nolinux.
+        #[arg(short = 'o', default_value = "")]
+        options: String,
+        dir: PathBuf,
+        #[arg(long, default_value = socket::DEFAULT_SOCKET, env = "BPFPROC_SOCKET")]
+        socket: PathBuf,
+    },
+    /// Unmount a proc view the agent mounted.
+    Umount {
+        dir: PathBuf,
+        #[arg(long, default_value = socket::DEFAULT_SOCKET, env = "BPFPROC_SOCKET")]
+        socket: PathBuf,
+    },
+    /// List the agent's mounts.
+    Mounts {
+        #[arg(long, default_value = socket::DEFAULT_SOCKET, env = "BPFPROC_SOCKET")]
+        socket: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -54,6 +78,15 @@ struct AgentArgs {
     /// How often the ring buffer is drained when no wake-up comes, in milliseconds.
     #[arg(long, default_value_t = 10)]
     drain_ms: u64,
+    /// Mount a proc view here at start (repeatable; created if missing).
+    #[arg(long)]
+    mount: Vec<PathBuf>,
+    /// Options for the --mount views (as `bpfproc mount -o`).
+    #[arg(long, default_value = "")]
+    mount_options: String,
+    /// The local control socket (`bpfproc mount` etc. connect to it).
+    #[arg(long, default_value = socket::DEFAULT_SOCKET, env = "BPFPROC_SOCKET")]
+    socket: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +103,41 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(agent(args)),
+        Command::Mount {
+            options,
+            dir,
+            socket,
+        } => {
+            // Validate locally first, for a clear error without a round trip.
+            fs::MountOptions::parse(&options)?;
+            let dir = std::path::absolute(&dir)?;
+            answer(socket::call(
+                &socket,
+                &socket::Request::Mount { dir, options },
+            )?)
+        }
+        Command::Umount { dir, socket } => {
+            let dir = std::path::absolute(&dir)?;
+            answer(socket::call(&socket, &socket::Request::Umount { dir })?)
+        }
+        Command::Mounts { socket } => {
+            let resp = socket::call(&socket, &socket::Request::List)?;
+            for (dir, opts) in &resp.mounts {
+                println!(
+                    "{} {}",
+                    dir.display(),
+                    if opts.is_empty() { "defaults" } else { opts }
+                );
+            }
+            answer(resp)
+        }
+    }
+}
+
+fn answer(resp: socket::Response) -> anyhow::Result<()> {
+    match resp.error {
+        Some(e) => anyhow::bail!("{e}"),
+        None => Ok(()),
     }
 }
 
@@ -112,6 +180,27 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let mounts = Arc::new(fs::Mounts::new(
+        state.clone(),
+        host,
+        tokio::runtime::Handle::current(),
+    ));
+    let control = socket::bind(&args.socket).await?;
+    let control_task = tokio::spawn(socket::serve(control, mounts.clone(), shutdown.clone()));
+    let mount_options = fs::MountOptions::parse(&args.mount_options)?;
+    for dir in &args.mount {
+        // A dead mount left by a killed agent fails every access (ENOTCONN): mount() recovers
+        // it, so only a directory that truly cannot be made is an error here.
+        if let Err(e) = std::fs::create_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+            && e.raw_os_error() != Some(libc::ENOTCONN)
+        {
+            return Err(e).with_context(|| format!("creating {}", dir.display()));
+        }
+        let (m, dir, o) = (mounts.clone(), dir.clone(), mount_options.clone());
+        tokio::task::spawn_blocking(move || m.mount(&dir, o)).await??;
+    }
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -122,6 +211,12 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
+    let _ = control_task.await;
+    let _ = std::fs::remove_file(&args.socket);
+    {
+        let m = mounts.clone();
+        tokio::task::spawn_blocking(move || m.unmount_all()).await?;
+    }
     let _ = server.await;
     let _ = reader.await;
     drop(kernel);

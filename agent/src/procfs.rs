@@ -28,11 +28,44 @@ pub fn read_file(pid: u32, name: &str) -> std::io::Result<Vec<u8>> {
     fs::read(Path::new("/proc").join(pid.to_string()).join(name))
 }
 
-/// A `TaskRecord` for a process the iterator does not return, built from /proc/PID/stat and
-/// /proc/PID/status. `None` if it is gone.
-pub fn record(pid: u32, ns_per_tick: u64) -> Option<TaskRecord> {
-    let stat = fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+/// `TaskRecord`s (leader first) for a process the iterator does not return, built from each
+/// thread's stat and status under /proc/PID/task. Empty if it is gone.
+pub fn records(pid: u32, ns_per_tick: u64) -> Vec<TaskRecord> {
+    let mut tids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    tids.sort_by_key(|&t| (t != pid, t));
+    let mut recs: Vec<TaskRecord> = tids
+        .into_iter()
+        .filter_map(|tid| record(pid, tid, ns_per_tick))
+        .collect();
+    // Threads that already exited count in the process's totals but in no thread's file:
+    // carry the difference the way signal_struct does.
+    if let (Some(total), false) = (fs::read(format!("/proc/{pid}/stat")).ok(), recs.is_empty())
+        && let Some((_, f)) = split_stat(&total)
+    {
+        let n = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * ns_per_tick
+        };
+        let (ut, st): (u64, u64) = recs
+            .iter()
+            .fold((0, 0), |a, r| (a.0 + r.utime, a.1 + r.stime));
+        recs[0].sig_utime = n(14).saturating_sub(ut);
+        recs[0].sig_stime = n(15).saturating_sub(st);
+        recs[0].sig_sum_sched_runtime = recs[0].sig_utime + recs[0].sig_stime;
+    }
+    recs
+}
+
+fn record(pid: u32, tid: u32, ns_per_tick: u64) -> Option<TaskRecord> {
+    let stat = fs::read(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
     let (comm, fields) = split_stat(&stat)?;
     let num = |i: usize| -> u64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
     let inum = |i: usize| -> i64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
@@ -63,7 +96,7 @@ pub fn record(pid: u32, ns_per_tick: u64) -> Option<TaskRecord> {
     };
     // SAFETY: TaskRecord is plain integers and arrays; all-zero is a valid value.
     let mut r: TaskRecord = unsafe { std::mem::zeroed() };
-    r.tid = pid;
+    r.tid = tid;
     r.tgid = pid;
     r.ppid = f(4) as u32;
     r.pgid = f(5) as u32;
@@ -81,6 +114,8 @@ pub fn record(pid: u32, ns_per_tick: u64) -> Option<TaskRecord> {
     r.cmaj_flt = f(13);
     r.utime = f(14) * ns_per_tick;
     r.stime = f(15) * ns_per_tick;
+    // Already scaled by the kernel: make the renderers' cputime_adjust a no-op.
+    r.sum_exec_runtime = r.utime + r.stime;
     r.cutime = f(16) * ns_per_tick;
     r.cstime = f(17) * ns_per_tick;
     r.prio = inum(18 - 3) as i32 + 100;
@@ -114,6 +149,22 @@ pub fn record(pid: u32, ns_per_tick: u64) -> Option<TaskRecord> {
     r.env_start = f(50);
     r.env_end = f(51);
     r.exit_code = f(52) as u32;
+    let kb = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    r.locked_vm = kb("VmLck:") / 4;
+    r.rss_sum = [
+        kb("RssFile:") / 4,
+        kb("RssAnon:") / 4,
+        kb("VmSwap:") / 4,
+        kb("RssShmem:") / 4,
+    ];
+    r.nvcsw = kb("voluntary_ctxt_switches:");
+    r.nivcsw = kb("nonvoluntary_ctxt_switches:");
     let n = comm.len().min(15);
     r.comm[..n].copy_from_slice(&comm[..n]);
     Some(r)

@@ -80,7 +80,7 @@ pub(crate) enum Msg {
     Refreshed {
         started: u64,
         records: Vec<bpfproc_common::TaskRecord>,
-        procfs: Vec<bpfproc_common::TaskRecord>,
+        procfs: Vec<Vec<bpfproc_common::TaskRecord>>,
         procfs_gone: Vec<u32>,
     },
     Identities(Vec<Identity>),
@@ -185,7 +185,7 @@ pub fn spawn(
     for rec in &extra {
         table.upsert_procfs(rec, started);
     }
-    for pid in needs.into_iter().chain(extra.iter().map(|r| r.tgid)) {
+    for pid in needs.into_iter().chain(extra.iter().map(|r| r[0].tgid)) {
         fill_identity(&mut table, pid);
     }
     tracing::info!(
@@ -434,12 +434,13 @@ fn start_refresh(
         }
         let procfs: Vec<_> = procfs_known
             .iter()
-            .filter_map(|&pid| procfs::record(pid, ns_per_tick))
+            .map(|&pid| procfs::records(pid, ns_per_tick))
+            .filter(|r| !r.is_empty())
             .collect();
         let procfs_gone = procfs_known
             .iter()
             .copied()
-            .filter(|pid| !procfs.iter().any(|r| r.tgid == *pid))
+            .filter(|pid| !procfs.iter().any(|r| r[0].tgid == *pid))
             .collect();
         let _ = tx.blocking_send(Msg::Refreshed {
             started,
@@ -485,7 +486,7 @@ fn fill_identity(table: &mut ProcessTable, pid: u32) {
 fn procfs_missing(
     records: &[bpfproc_common::TaskRecord],
     ns_per_tick: u64,
-) -> (Vec<bpfproc_common::TaskRecord>, Vec<u32>) {
+) -> (Vec<Vec<bpfproc_common::TaskRecord>>, Vec<u32>) {
     let seen: std::collections::HashSet<u32> = records.iter().map(|r| r.tgid).collect();
     let missing: Vec<u32> = procfs::pids()
         .into_iter()
@@ -493,7 +494,8 @@ fn procfs_missing(
         .collect();
     let recs = missing
         .iter()
-        .filter_map(|&pid| procfs::record(pid, ns_per_tick))
+        .map(|&pid| procfs::records(pid, ns_per_tick))
+        .filter(|r| !r.is_empty())
         .collect();
     (recs, missing)
 }

@@ -446,21 +446,24 @@ impl ProcessTable {
     }
 
     /// Adds or refreshes a process the iterator cannot see, from a record built out of /proc.
-    pub fn upsert_procfs(&mut self, rec: &TaskRecord, at: u64) -> bool {
+    pub fn upsert_procfs(&mut self, tasks: &[TaskRecord], at: u64) -> bool {
         self.version += 1;
+        let Some(rec) = tasks.first() else {
+            return false;
+        };
         let pid = rec.tgid;
         let fresh =
             !matches!(self.live.get(&pid), Some(p) if p.start_boottime == rec.start_boottime);
         if fresh {
             let mut p = Process::from_record(rec, at, Origin::Procfs);
-            p.tasks = vec![*rec];
+            p.tasks = tasks.to_vec();
             p.refreshed_at = at;
             self.live.insert(pid, Arc::new(p));
             self.counters.backfilled += 1;
         } else if let Some(slot) = self.live.get_mut(&pid) {
             let p = Arc::make_mut(slot);
             p.ppid = rec.ppid;
-            p.tasks = vec![*rec];
+            p.tasks = tasks.to_vec();
             p.refreshed_at = at;
         }
         fresh

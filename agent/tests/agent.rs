@@ -248,30 +248,7 @@ fn rendered_files_match_the_kernels_for_a_sleeping_child() {
         let (status, ours) = agent.get(&format!("/v1/processes/{pid}/{file}"));
         assert_eq!(status, 200, "{file}");
         let ours = String::from_utf8(ours).unwrap();
-        // Resident pages: the kernel sums the per-CPU parts of the rss counters, which the
-        // BPF side cannot reach yet (see README, "Known differences"); compare the rest exactly.
-        let skip: &[usize] = match file {
-            "stat" => &[23],
-            "statm" => &[1, 2],
-            _ => &[],
-        };
-        let fields = |s: &str| -> Vec<String> {
-            s.split(' ')
-                .enumerate()
-                .map(|(i, f)| {
-                    if skip.contains(&i) {
-                        "_".into()
-                    } else {
-                        f.to_string()
-                    }
-                })
-                .collect()
-        };
-        assert_eq!(
-            fields(&ours),
-            fields(&kernel),
-            "{file} differs from the kernel's"
-        );
+        assert_eq!(ours, kernel, "{file} differs from the kernel's");
     }
     // status: every line we render is the kernel's line, and the lines tools read are there.
     let kernel = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -215,6 +215,10 @@ offsets! {
     signal_sum_sched_runtime => "signal_struct.sum_sched_runtime",
     signal_prev_utime => "signal_struct.prev_cputime.utime",
     signal_prev_stime => "signal_struct.prev_cputime.stime",
+    task_se_cfs_rq => "?task_struct.se.cfs_rq",
+    cfs_rq_rq => "?cfs_rq.rq",
+    rq_cpu => "?rq.cpu",
+    percpu_counter_counters => "percpu_counter.counters",
     task_size => "task_struct.#size",
     signal_size => "signal_struct.#size",
     mm_size => "mm_struct.#size",
@@ -369,6 +373,10 @@ pub struct TaskRecord {
     pub rss_anon: u64,
     pub rss_swapents: u64,
     pub rss_shmem: u64,
+    /// The same four counters (file, anon, swap entries, shmem) with every CPU's unfolded delta
+    /// added, as status and statm report them; the fields above are the central counts that
+    /// stat reports.
+    pub rss_sum: [u64; 4],
     pub pgtables_bytes: u64,
     pub start_code: u64,
     pub end_code: u64,
@@ -443,7 +451,7 @@ mod tests {
         assert_eq!(size_of::<ExecEvent>(), 16 + size_of::<ProcEntry>());
         assert_eq!(
             size_of::<TaskRecord>(),
-            34 * 4 + GROUPS_MAX * 4 + 60 * 8 + 2 * RLIM_NLIMITS * 8 + 16 + 64 + 32 + 8
+            34 * 4 + GROUPS_MAX * 4 + 64 * 8 + 2 * RLIM_NLIMITS * 8 + 16 + 64 + 32 + 8
         );
         assert_eq!(size_of::<Offsets>(), Offsets::SPECS.len() * 4);
     }

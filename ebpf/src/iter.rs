@@ -7,7 +7,7 @@ use aya_ebpf::helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_seq_writ
 use bpfproc_common::{ProcEntry, TaskRecord, pflag, stat};
 
 use crate::{
-    ITER_SCRATCH, PROCS, SCRATCH, bump,
+    ITER_SCRATCH, MAX_CPUS, NR_CPUS, PCPU_OFF, PROCS, RQ_TO_THIS_CPU_OFF, SCRATCH, bump,
     kread::{Fail, ptr, rd, rd_into, task_info},
     off,
 };
@@ -205,6 +205,7 @@ fn fill(task: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
         ptr_at(t, private)
     };
 
+    learn_cpu_offset(ptr_at(t, off!(task_se_cfs_rq)));
     fill_cred(b, cred, r)?;
     r.cgroup_id = 0;
     if !cgroups.is_null() {
@@ -393,6 +394,7 @@ fn clear_mm(r: &mut TaskRecord) {
     r.rss_anon = 0;
     r.rss_swapents = 0;
     r.rss_shmem = 0;
+    r.rss_sum = [0; 4];
     r.pgtables_bytes = 0;
     r.start_code = 0;
     r.end_code = 0;
@@ -407,11 +409,47 @@ fn clear_mm(r: &mut TaskRecord) {
     r.env_end = 0;
 }
 
-fn rss(m: &[u8; MM_CAP + SLACK], counter: u32) -> u64 {
-    let at_ = off!(mm_rss_stat) + counter * off!(percpu_counter_size) + off!(percpu_counter_count);
-    let v: i64 = at(m, at_);
-    // percpu_counter_read_positive(): per-CPU deltas can make the global count dip below 0.
-    if v < 0 { 0 } else { v as u64 }
+/// The kernel's per-CPU offset of the CPU whose runqueue `cfs_rq` belongs to, remembered in
+/// `PCPU_OFF`. The per-CPU copy of `this_cpu_off` holds exactly that offset, and it sits at a
+/// fixed distance (from BTF) from the CPU's runqueue.
+fn learn_cpu_offset(cfs_rq: *const u8) {
+    let distance = unsafe { core::ptr::read_volatile(&RQ_TO_THIS_CPU_OFF) };
+    let (rq_off, cpu_off) = (off!(cfs_rq_rq), off!(rq_cpu));
+    if cfs_rq.is_null() || distance == 0 || rq_off == u32::MAX || cpu_off == u32::MAX {
+        return;
+    }
+    let Ok(rq) = ptr(cfs_rq, rq_off) else { return };
+    let Ok(cpu) = rd::<u32>(rq, cpu_off) else {
+        return;
+    };
+    if cpu >= MAX_CPUS || PCPU_OFF.get(cpu).is_some_and(|v| *v != 0) {
+        return;
+    }
+    if let Ok(offset) = rd::<u64>(rq.wrapping_offset(distance as isize), 0) {
+        let _ = PCPU_OFF.set(cpu, &offset, 0);
+    }
+}
+
+/// `percpu_counter_sum_positive()`, as /proc reports rss: the central count plus every CPU's
+/// not-yet-folded delta (the central count alone can be off by a batch per CPU).
+fn rss(m: &[u8; MM_CAP + SLACK], counter: u32) -> (u64, u64) {
+    let base = off!(mm_rss_stat) + counter * off!(percpu_counter_size);
+    let central: i64 = at(m, base + off!(percpu_counter_count));
+    let mut v = central;
+    let counters = at::<u64, _>(m, base + off!(percpu_counter_counters));
+    let ncpu = unsafe { core::ptr::read_volatile(&NR_CPUS) }.min(MAX_CPUS);
+    if counters != 0 {
+        for cpu in 0..ncpu {
+            let Some(off) = PCPU_OFF.get(cpu) else { break };
+            if *off == 0 {
+                continue;
+            }
+            if let Ok(delta) = rd::<i32>(counters.wrapping_add(*off) as *const u8, 0) {
+                v += i64::from(delta);
+            }
+        }
+    }
+    (central.max(0) as u64, v.max(0) as u64)
 }
 
 fn fill_mm(b: &mut IterBufs, mm: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
@@ -425,10 +463,10 @@ fn fill_mm(b: &mut IterBufs, mm: *const u8, r: &mut TaskRecord) -> Result<(), Fa
     r.stack_vm = at(m, off!(mm_stack_vm));
     r.hiwater_rss = at(m, off!(mm_hiwater_rss));
     r.hiwater_vm = at(m, off!(mm_hiwater_vm));
-    r.rss_file = rss(m, MM_FILEPAGES);
-    r.rss_anon = rss(m, MM_ANONPAGES);
-    r.rss_swapents = rss(m, MM_SWAPENTS);
-    r.rss_shmem = rss(m, MM_SHMEMPAGES);
+    (r.rss_file, r.rss_sum[0]) = rss(m, MM_FILEPAGES);
+    (r.rss_anon, r.rss_sum[1]) = rss(m, MM_ANONPAGES);
+    (r.rss_swapents, r.rss_sum[2]) = rss(m, MM_SWAPENTS);
+    (r.rss_shmem, r.rss_sum[3]) = rss(m, MM_SHMEMPAGES);
     let pgtables = off!(mm_pgtables_bytes);
     r.pgtables_bytes = if pgtables == u32::MAX {
         0

@@ -28,6 +28,15 @@ static OFFSETS: Offsets = Offsets::zeroed();
 #[unsafe(no_mangle)]
 static WAKE_BYTES: u64 = 0;
 
+/// `this_cpu_off` minus `runqueues` in the per-CPU section: from CPU c's runqueue (a real
+/// pointer) this finds CPU c's `this_cpu_off`, whose value is CPU c's per-CPU offset.
+#[unsafe(no_mangle)]
+static RQ_TO_THIS_CPU_OFF: i64 = 0;
+
+/// Possible CPUs; the per-CPU rss deltas of CPUs up to this are summed.
+#[unsafe(no_mangle)]
+static NR_CPUS: u32 = 1;
+
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
@@ -42,6 +51,12 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 /// Per-CPU scratch space for values too large for the 512-byte BPF stack.
 #[map]
 static SCRATCH: PerCpuArray<ProcEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// Each CPU's per-CPU offset (`__per_cpu_offset[cpu]`), learnt by the iterator; 0 = not yet.
+#[map]
+static PCPU_OFF: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(MAX_CPUS, 0);
+
+pub(crate) const MAX_CPUS: u32 = 256;
 
 #[map]
 static ITER_SCRATCH: PerCpuArray<TaskRecord> = PerCpuArray::with_max_entries(1, 0);

@@ -16,6 +16,23 @@ pub fn run() -> anyhow::Result<()> {
     toolchain()?;
     bpf_linker()?;
     apt()?;
+    pip()?;
+    Ok(())
+}
+
+/// psutil for the `python3` on PATH (the tests check that psutil works on a mounted view).
+fn pip() -> anyhow::Result<()> {
+    if ok(Command::new("python3").args(["-c", "import psutil"])) {
+        return Ok(());
+    }
+    eprintln!("setup: pip install psutil");
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "psutil"])
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install psutil failed");
+    }
     Ok(())
 }
 

@@ -91,7 +91,7 @@ pub fn process(p: &Process, host: &Host) -> ProcessJson {
         exe: p.exe.as_deref().map(lossy),
         kthread: p.kthread,
         rss_bytes: leader
-            .map(|t| (t.rss_anon + t.rss_file + t.rss_shmem) * host.page_size)
+            .map(|t| (t.rss_sum[0] + t.rss_sum[1] + t.rss_sum[3]) * host.page_size)
             .unwrap_or(0),
         vsize_bytes: leader.map(|t| t.total_vm * host.page_size).unwrap_or(0),
         utime: utime as f64 / 1e9,

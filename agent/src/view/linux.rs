@@ -90,8 +90,15 @@ fn leader(p: &Process) -> Result<&TaskRecord, ViewError> {
     p.leader().ok_or(ViewError::NoProcess)
 }
 
+/// Resident pages as stat reports them (central counts, `get_mm_rss`).
 fn rss_pages(t: &TaskRecord) -> u64 {
     t.rss_file + t.rss_anon + t.rss_shmem
+}
+
+/// Resident pages as status and statm report them (with per-CPU deltas summed).
+fn rss_sum(t: &TaskRecord) -> (u64, u64, u64, u64) {
+    let [file, anon, swap, shmem] = t.rss_sum;
+    (file, anon, swap, shmem)
 }
 
 /// `/proc/PID/stat`.
@@ -182,11 +189,12 @@ fn stat_line(p: &Process, t: &TaskRecord, whole: bool, host: &Host) -> Vec<u8> {
 pub fn statm(p: &Process) -> Result<Vec<u8>, ViewError> {
     let t = leader(p)?;
     let text = text_pages(t);
+    let (file, anon, _, shmem) = rss_sum(t);
     Ok(format!(
         "{} {} {} {} 0 {} 0\n",
         t.total_vm,
-        rss_pages(t),
-        t.rss_file + t.rss_shmem,
+        file + anon + shmem,
+        file + shmem,
         text,
         t.data_vm + t.stack_vm
     )
@@ -207,6 +215,18 @@ pub fn cmdline(p: &Process) -> Result<Vec<u8>, ViewError> {
 /// `/proc/PID/comm`.
 pub fn comm(p: &Process) -> Result<Vec<u8>, ViewError> {
     let mut out = super::process_name(p);
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// `/proc/PID/task/TID/comm`.
+pub fn task_comm(p: &Process, tid: u32) -> Result<Vec<u8>, ViewError> {
+    let t = p
+        .tasks
+        .iter()
+        .find(|t| t.tid == tid)
+        .ok_or(ViewError::NoFile)?;
+    let mut out = super::task_name(t);
     out.push(b'\n');
     Ok(out)
 }
@@ -234,15 +254,38 @@ fn kb(pages: u64) -> u64 {
 
 /// `/proc/PID/status`.
 pub fn status(p: &Process) -> Result<Vec<u8>, ViewError> {
-    let t = leader(p)?;
+    status_of(p, leader(p)?, true)
+}
+
+/// `/proc/PID/task/TID/status`.
+pub fn task_status(p: &Process, tid: u32) -> Result<Vec<u8>, ViewError> {
+    let t = p
+        .tasks
+        .iter()
+        .find(|t| t.tid == tid)
+        .ok_or(ViewError::NoFile)?;
+    status_of(p, t, t.tid == t.tgid)
+}
+
+fn status_of(p: &Process, t: &TaskRecord, whole: bool) -> Result<Vec<u8>, ViewError> {
     let mut s = String::with_capacity(1400);
     s.push_str("Name:\t");
-    escape_name(&super::process_name(p), &mut s);
+    let name = if whole {
+        super::process_name(p)
+    } else {
+        super::task_name(t)
+    };
+    escape_name(&name, &mut s);
     s.push('\n');
     if t.has_mm != 0 || t.umask != 0 {
         let _ = writeln!(s, "Umask:\t{:04o}", t.umask);
     }
-    let _ = writeln!(s, "State:\t{}", state_name(process_state(p)));
+    let state = if whole {
+        process_state(p)
+    } else {
+        state_letter(t.state, t.exit_state)
+    };
+    let _ = writeln!(s, "State:\t{}", state_name(state));
     let _ = writeln!(s, "Tgid:\t{}", t.tgid);
     let _ = writeln!(s, "Ngid:\t0");
     let _ = writeln!(s, "Pid:\t{}", t.tid);
@@ -267,7 +310,8 @@ pub fn status(p: &Process) -> Result<Vec<u8>, ViewError> {
     let _ = writeln!(s, "NSsid:\t{}", t.sid);
     let _ = writeln!(s, "Kthread:\t{}", u8::from(p.kthread));
     if t.has_mm != 0 {
-        let rss = rss_pages(t);
+        let (file, anon, swap, shmem) = rss_sum(t);
+        let rss = file + anon + shmem;
         let text = text_pages(t);
         let lib = t.exec_vm.saturating_sub(text);
         for (name, pages) in [
@@ -277,9 +321,9 @@ pub fn status(p: &Process) -> Result<Vec<u8>, ViewError> {
             ("VmPin", t.pinned_vm),
             ("VmHWM", t.hiwater_rss.max(rss)),
             ("VmRSS", rss),
-            ("RssAnon", t.rss_anon),
-            ("RssFile", t.rss_file),
-            ("RssShmem", t.rss_shmem),
+            ("RssAnon", anon),
+            ("RssFile", file),
+            ("RssShmem", shmem),
             ("VmData", t.data_vm),
             ("VmStk", t.stack_vm),
             ("VmExe", text),
@@ -288,7 +332,7 @@ pub fn status(p: &Process) -> Result<Vec<u8>, ViewError> {
             let _ = writeln!(s, "{name}:\t{:>8} kB", kb(pages));
         }
         let _ = writeln!(s, "VmPTE:\t{:>8} kB", t.pgtables_bytes >> 10);
-        let _ = writeln!(s, "VmSwap:\t{:>8} kB", kb(t.rss_swapents));
+        let _ = writeln!(s, "VmSwap:\t{:>8} kB", kb(swap));
     }
     let _ = writeln!(s, "Threads:\t{}", t.nr_threads);
     let _ = writeln!(s, "SigPnd:\t{:016x}", t.sig_pending);
@@ -307,6 +351,55 @@ pub fn status(p: &Process) -> Result<Vec<u8>, ViewError> {
     let _ = writeln!(s, "Cpus_allowed_list:\t{}", cpu_list(t.cpus_allowed));
     let _ = writeln!(s, "voluntary_ctxt_switches:\t{}", t.nvcsw);
     let _ = writeln!(s, "nonvoluntary_ctxt_switches:\t{}", t.nivcsw);
+    Ok(s.into_bytes())
+}
+
+/// `/proc/PID/limits` from the rlimits the iterator copies.
+pub fn limits(p: &Process) -> Result<Vec<u8>, ViewError> {
+    const NAMES: [(&str, &str); bpfproc_common::RLIM_NLIMITS] = [
+        ("Max cpu time", "seconds"),
+        ("Max file size", "bytes"),
+        ("Max data size", "bytes"),
+        ("Max stack size", "bytes"),
+        ("Max core file size", "bytes"),
+        ("Max resident set", "bytes"),
+        ("Max processes", "processes"),
+        ("Max open files", "files"),
+        ("Max locked memory", "bytes"),
+        ("Max address space", "bytes"),
+        ("Max file locks", "locks"),
+        ("Max pending signals", "signals"),
+        ("Max msgqueue size", "bytes"),
+        ("Max nice priority", ""),
+        ("Max realtime priority", ""),
+        ("Max realtime timeout", "us"),
+    ];
+    let t = leader(p)?;
+    let mut s = format!(
+        "{:<25} {:<20} {:<20} {:<10}\n",
+        "Limit", "Soft Limit", "Hard Limit", "Units"
+    );
+    let value = |v: u64| {
+        if v == u64::MAX {
+            "unlimited".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    for (i, (name, unit)) in NAMES.iter().enumerate() {
+        let _ = write!(
+            s,
+            "{:<25} {:<20} {:<20} ",
+            name,
+            value(t.rlim[2 * i]),
+            value(t.rlim[2 * i + 1])
+        );
+        if unit.is_empty() {
+            s.push('\n');
+        } else {
+            let _ = writeln!(s, "{unit:<10}");
+        }
+    }
     Ok(s.into_bytes())
 }
 

@@ -35,6 +35,9 @@ macro_rules! require_root {
 pub struct Agent {
     child: Option<Child>,
     pub addr: String,
+    /// A private directory for this agent's socket and mount points.
+    pub dir: std::path::PathBuf,
+    pub socket: std::path::PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -48,9 +51,20 @@ impl Agent {
     }
 
     pub fn start_with(extra: &[&str]) -> Agent {
-        let addr = format!("127.0.0.1:{}", free_port());
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let dir = std::env::temp_dir().join(format!("bpfproc-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        Self::start_in(dir, addr, extra)
+    }
+
+    /// Starts an agent reusing `dir` (its socket and mount points), e.g. after a crash.
+    pub fn start_in(dir: std::path::PathBuf, addr: String, extra: &[&str]) -> Agent {
+        let socket = dir.join("bpfproc.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_bpfproc"))
             .args(["agent", "--listen", &addr])
+            .arg("--socket")
+            .arg(&socket)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -59,6 +73,8 @@ impl Agent {
         let agent = Agent {
             child: Some(child),
             addr,
+            dir,
+            socket,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -135,6 +151,22 @@ impl Agent {
     /// SIGTERM and wait: the agent must exit cleanly.
     pub fn stop(mut self) -> ExitStatus {
         self.terminate()
+    }
+
+    /// SIGKILL: no clean-up at all, as after a crash.
+    pub fn crash(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
+
+    /// Runs the `bpfproc` CLI against this agent's socket.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_bpfproc"))
+            .args(args)
+            .env("BPFPROC_SOCKET", &self.socket)
+            .output()
+            .expect("run bpfproc CLI")
     }
 
     fn terminate(&mut self) -> ExitStatus {

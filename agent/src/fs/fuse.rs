@@ -1,0 +1,901 @@
+//! The `fuser::Filesystem` adapter: a thin layer that decodes inodes, asks the process table
+//! for a snapshot, and calls the shared renderers. File contents are rendered once at open and
+//! served from that copy (direct_io, so the size 0 that getattr reports never truncates a read).
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use super::{
+    options::{MountOptions, Scope},
+    tree::{
+        Entry, GLOBALS, GlobalKind, Kind, Node, PROC_FILES, Source, THREAD_FILES, entry_index,
+        global_child, global_children,
+    },
+};
+use crate::{
+    procfs,
+    state::{Snapshot, State},
+    table::Process,
+    view::{self, Host, ViewError},
+};
+
+/// No kernel-side caching of entries or attributes: the default view is never stale.
+const TTL: Duration = Duration::ZERO;
+
+pub struct ProcFs {
+    state: State,
+    host: Host,
+    rt: tokio::runtime::Handle,
+    opts: MountOptions,
+    scope: Mutex<ScopeCache>,
+    files: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
+    next_fh: AtomicU64,
+}
+
+struct DirEnt {
+    ino: u64,
+    kind: FileType,
+    name: Vec<u8>,
+}
+
+/// The cgroup ids (cgroup2 directory inode numbers, which are the kernfs ids BPF reports) in
+/// the mount's scope, re-read at most once a second so new child cgroups join the view.
+struct ScopeCache {
+    root: Option<PathBuf>,
+    ids: HashSet<u64>,
+    read_at: Option<Instant>,
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// hybrid hosts).
+fn cgroup2_root() -> std::io::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no cgroup v2 hierarchy is mounted",
+            )
+        })
+}
+
+impl ScopeCache {
+    fn new(scope: &Scope) -> std::io::Result<Self> {
+        let root = match scope {
+            Scope::All => None,
+            Scope::Cgroup(p) => {
+                let base = cgroup2_root()?;
+                // Either a path inside the hierarchy or one relative to its root.
+                Some(if p.starts_with(&base) {
+                    p.clone()
+                } else {
+                    base.join(p.strip_prefix("/").unwrap_or(p))
+                })
+            }
+            Scope::CgroupOf(pid) => {
+                let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+                let path = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!("process {pid} has no cgroup v2 path"))
+                    })?;
+                Some(cgroup2_root()?.join(path.trim_start_matches('/')))
+            }
+        };
+        if let Some(r) = &root
+            && !r.is_dir()
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("cgroup {} does not exist", r.display()),
+            ));
+        }
+        Ok(Self {
+            root,
+            ids: HashSet::new(),
+            read_at: None,
+        })
+    }
+
+    fn contains(&mut self, cgroup_id: u64) -> bool {
+        let Some(root) = &self.root else {
+            return true;
+        };
+        if self
+            .read_at
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+        {
+            self.ids.clear();
+            collect_cgroup_ids(root, &mut self.ids);
+            self.read_at = Some(Instant::now());
+        }
+        self.ids.contains(&cgroup_id)
+    }
+}
+
+fn collect_cgroup_ids(dir: &Path, out: &mut HashSet<u64>) {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(md) = std::fs::metadata(dir) {
+        out.insert(md.ino());
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_cgroup_ids(&e.path(), out);
+            }
+        }
+    }
+}
+
+fn errno(e: &ViewError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+impl ProcFs {
+    pub fn new(
+        state: State,
+        host: Host,
+        rt: tokio::runtime::Handle,
+        opts: MountOptions,
+    ) -> std::io::Result<Self> {
+        let scope = ScopeCache::new(&opts.scope)?;
+        Ok(Self {
+            state,
+            host,
+            rt,
+            opts,
+            scope: Mutex::new(scope),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    fn snapshot(&self) -> Result<Arc<Snapshot>, Errno> {
+        self.rt
+            .block_on(self.state.snapshot())
+            .map_err(|_| Errno::EIO)
+    }
+
+    /// The process for `pid` if it is live and in this mount's scope; a process that started
+    /// after the last refresh gets one fresh snapshot so its numbers exist.
+    fn process(&self, pid: u32) -> Result<(Arc<Snapshot>, Arc<Process>), Errno> {
+        let mut snap = self.snapshot()?;
+        if snap.get(pid).is_some_and(|p| p.tasks.is_empty()) {
+            snap = self
+                .rt
+                .block_on(self.state.snapshot_within(Duration::ZERO))
+                .map_err(|_| Errno::EIO)?;
+        }
+        let p = snap.get(pid).cloned().ok_or(Errno::ENOENT)?;
+        if !self.visible(&p) {
+            return Err(Errno::ENOENT);
+        }
+        Ok((snap, p))
+    }
+
+    fn visible(&self, p: &Process) -> bool {
+        match p.leader() {
+            Some(t) => self
+                .scope
+                .lock()
+                .map(|mut s| s.contains(t.cgroup_id))
+                .unwrap_or(false),
+            None => matches!(self.opts.scope, Scope::All),
+        }
+    }
+
+    fn mode(&self, mode: u16) -> u16 {
+        mode & !self.opts.umask
+    }
+
+    fn attr(
+        &self,
+        node: Node,
+        kind: FileType,
+        mode: u16,
+        owner: (u32, u32),
+        time: SystemTime,
+    ) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(node.ino().unwrap_or(0)),
+            size: 0,
+            blocks: 0,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind,
+            perm: self.mode(mode),
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: owner.0,
+            gid: owner.1,
+            rdev: 0,
+            blksize: 1024,
+            flags: 0,
+        }
+    }
+
+    fn boot_time(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.host.boot_epoch_ns)
+    }
+
+    fn proc_time(&self, p: &Process) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.host.boot_epoch_ns + p.start_boottime)
+    }
+
+    /// procfs: a process's nodes belong to its effective uid and gid.
+    fn owner(p: &Process) -> (u32, u32) {
+        p.leader()
+            .map(|t| (t.euid, t.egid))
+            .unwrap_or((p.euid, p.egid))
+    }
+
+    fn entry_attr(&self, node: Node, e: &Entry, p: &Process) -> FileAttr {
+        let kind = match e.kind {
+            Kind::File(_) => FileType::RegularFile,
+            Kind::KernelLink(_) => FileType::Symlink,
+            Kind::TaskDir | Kind::FdDir => FileType::Directory,
+        };
+        self.attr(node, kind, e.mode, Self::owner(p), self.proc_time(p))
+    }
+
+    fn global_attr(&self, i: u16) -> FileAttr {
+        let gl = &GLOBALS[i as usize];
+        let kind = match gl.kind {
+            GlobalKind::Dir => FileType::Directory,
+            GlobalKind::KernelFile(_) => FileType::RegularFile,
+            GlobalKind::SelfLink | GlobalKind::ThreadSelfLink | GlobalKind::Link(_) => {
+                FileType::Symlink
+            }
+        };
+        self.attr(Node::Global(i), kind, gl.mode, (0, 0), self.boot_time())
+    }
+
+    fn getattr_node(&self, node: Node) -> Result<FileAttr, Errno> {
+        match node {
+            Node::Root => Ok(self.attr(node, FileType::Directory, 0o555, (0, 0), self.boot_time())),
+            Node::Global(i) if (i as usize) < GLOBALS.len() => Ok(self.global_attr(i)),
+            Node::Global(_) => Err(Errno::ENOENT),
+            Node::ProcDir(pid) => {
+                let (_, p) = self.process(pid)?;
+                Ok(self.attr(
+                    node,
+                    FileType::Directory,
+                    0o555,
+                    Self::owner(&p),
+                    self.proc_time(&p),
+                ))
+            }
+            Node::ProcFile(pid, i) => {
+                let (_, p) = self.process(pid)?;
+                let e = PROC_FILES.get(i as usize).ok_or(Errno::ENOENT)?;
+                Ok(self.entry_attr(node, e, &p))
+            }
+            Node::ThreadDir(pid, tid) => {
+                let (_, p) = self.process(pid)?;
+                if !p.tasks.iter().any(|t| t.tid == tid) {
+                    return Err(Errno::ENOENT);
+                }
+                Ok(self.attr(
+                    node,
+                    FileType::Directory,
+                    0o555,
+                    Self::owner(&p),
+                    self.proc_time(&p),
+                ))
+            }
+            Node::ThreadFile(pid, tid, i) => {
+                let (_, p) = self.process(pid)?;
+                if !p.tasks.iter().any(|t| t.tid == tid) {
+                    return Err(Errno::ENOENT);
+                }
+                let e = THREAD_FILES.get(i as usize).ok_or(Errno::ENOENT)?;
+                Ok(self.entry_attr(node, e, &p))
+            }
+            Node::Fd(pid, fd) => {
+                let (_, p) = self.process(pid)?;
+                std::fs::symlink_metadata(format!("/proc/{pid}/fd/{fd}"))
+                    .map_err(|_| Errno::ENOENT)?;
+                Ok(self.attr(
+                    node,
+                    FileType::Symlink,
+                    0o700,
+                    Self::owner(&p),
+                    self.proc_time(&p),
+                ))
+            }
+        }
+    }
+
+    fn lookup_node(&self, parent: Node, name: &OsStr) -> Result<Node, Errno> {
+        let name = name.to_str().ok_or(Errno::ENOENT)?;
+        match parent {
+            Node::Root => {
+                if let Some(i) = global_child(None, name) {
+                    return Ok(Node::Global(i));
+                }
+                let pid = parse_id(name)?;
+                self.process(pid)?;
+                Ok(Node::ProcDir(pid))
+            }
+            Node::Global(i) => global_child(Some(i), name)
+                .map(Node::Global)
+                .ok_or(Errno::ENOENT),
+            Node::ProcDir(pid) => {
+                self.process(pid)?;
+                entry_index(PROC_FILES, name)
+                    .map(|i| Node::ProcFile(pid, i))
+                    .ok_or(Errno::ENOENT)
+            }
+            Node::ProcFile(pid, i) => match PROC_FILES.get(i as usize).map(|e| e.kind) {
+                Some(Kind::TaskDir) => {
+                    let tid = parse_id(name)?;
+                    let (_, p) = self.process(pid)?;
+                    p.tasks
+                        .iter()
+                        .any(|t| t.tid == tid)
+                        .then_some(Node::ThreadDir(pid, tid))
+                        .ok_or(Errno::ENOENT)
+                }
+                Some(Kind::FdDir) => {
+                    let fd = parse_fd(name)?;
+                    self.process(pid)?;
+                    Ok(Node::Fd(pid, fd))
+                }
+                _ => Err(Errno::ENOTDIR),
+            },
+            Node::ThreadDir(pid, tid) => entry_index(THREAD_FILES, name)
+                .map(|i| Node::ThreadFile(pid, tid, i))
+                .ok_or(Errno::ENOENT),
+            Node::ThreadFile(..) | Node::Fd(..) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    /// The thread-group id of the calling thread (FUSE reports the thread).
+    fn caller_tgid(&self, tid: u32) -> Result<u32, Errno> {
+        let snap = self.snapshot()?;
+        if let Some(p) = snap
+            .processes
+            .iter()
+            .find(|p| p.pid == tid || p.tasks.iter().any(|t| t.tid == tid))
+        {
+            return Ok(p.pid);
+        }
+        // A thread born after the last refresh: the kernel knows its group.
+        let status =
+            std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Errno::ENOENT)?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn readlink_node(&self, req: &Request, node: Node) -> Result<Vec<u8>, Errno> {
+        match node {
+            Node::Global(i) => match GLOBALS.get(i as usize).map(|g| g.kind) {
+                Some(GlobalKind::SelfLink) => {
+                    Ok(self.caller_tgid(req.pid())?.to_string().into_bytes())
+                }
+                Some(GlobalKind::ThreadSelfLink) => {
+                    let tgid = self.caller_tgid(req.pid())?;
+                    Ok(format!("{tgid}/task/{}", req.pid()).into_bytes())
+                }
+                Some(GlobalKind::Link(t)) => Ok(t.as_bytes().to_vec()),
+                _ => Err(Errno::EINVAL),
+            },
+            Node::ProcFile(pid, i) => match PROC_FILES.get(i as usize).map(|e| e.kind) {
+                Some(Kind::KernelLink(name)) => {
+                    let (_, p) = self.process(pid)?;
+                    kernel_link(&p, name)
+                }
+                _ => Err(Errno::EINVAL),
+            },
+            Node::Fd(pid, fd) => {
+                let (_, p) = self.process(pid)?;
+                kernel_link(&p, &format!("fd/{fd}"))
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn render(&self, node: Node) -> Result<Vec<u8>, Errno> {
+        match node {
+            Node::Global(i) => match GLOBALS.get(i as usize).map(|g| g.kind) {
+                Some(GlobalKind::KernelFile(path)) => std::fs::read(Path::new("/proc").join(path))
+                    .map_err(|e| errno(&ViewError::Io(e))),
+                _ => Err(Errno::EISDIR),
+            },
+            Node::ProcFile(pid, i) => {
+                let (_, p) = self.process(pid)?;
+                let e = PROC_FILES.get(i as usize).ok_or(Errno::ENOENT)?;
+                match e.kind {
+                    Kind::File(src) => self.render_source(&p, None, src),
+                    _ => Err(Errno::EISDIR),
+                }
+            }
+            Node::ThreadFile(pid, tid, i) => {
+                let (_, p) = self.process(pid)?;
+                let e = THREAD_FILES.get(i as usize).ok_or(Errno::ENOENT)?;
+                match e.kind {
+                    Kind::File(src) => self.render_source(&p, Some(tid), src),
+                    _ => Err(Errno::EISDIR),
+                }
+            }
+            _ => Err(Errno::EISDIR),
+        }
+    }
+
+    fn render_source(&self, p: &Process, tid: Option<u32>, src: Source) -> Result<Vec<u8>, Errno> {
+        use view::linux;
+        let r = match (src, tid) {
+            (Source::Stat, None) => linux::stat(p, &self.host),
+            (Source::Stat, Some(t)) => linux::task_stat(p, t, &self.host),
+            (Source::Status, None) => linux::status(p),
+            (Source::Status, Some(t)) => linux::task_status(p, t),
+            (Source::Statm, _) => linux::statm(p),
+            (Source::Cmdline, _) => linux::cmdline(p),
+            (Source::Comm, None) => linux::comm(p),
+            (Source::Comm, Some(t)) => linux::task_comm(p, t),
+            (Source::Limits, _) => linux::limits(p),
+            (Source::Maps, _) => linux::maps(p),
+            (Source::Kernel(name), None) => kernel_file(p, name),
+            (Source::Kernel(name), Some(t)) => kernel_file(p, &format!("task/{t}/{name}")),
+        };
+        r.map_err(|e| errno(&e))
+    }
+
+    fn dir_entries(&self, node: Node) -> Result<Vec<DirEnt>, Errno> {
+        let dir = |ino: u64| DirEnt {
+            ino,
+            kind: FileType::Directory,
+            name: Vec::new(),
+        };
+        let mut out = vec![
+            DirEnt {
+                name: b".".to_vec(),
+                ..dir(node.ino().unwrap_or(1))
+            },
+            DirEnt {
+                name: b"..".to_vec(),
+                ..dir(1)
+            },
+        ];
+        let push_table = |out: &mut Vec<DirEnt>, table: &[Entry], mk: &dyn Fn(u16) -> Node| {
+            for (i, e) in table.iter().enumerate() {
+                out.push(DirEnt {
+                    ino: mk(i as u16).ino().unwrap_or(0),
+                    kind: match e.kind {
+                        Kind::File(_) => FileType::RegularFile,
+                        Kind::KernelLink(_) => FileType::Symlink,
+                        _ => FileType::Directory,
+                    },
+                    name: e.name.as_bytes().to_vec(),
+                });
+            }
+        };
+        match node {
+            Node::Root | Node::Global(_) => {
+                let parent = match node {
+                    Node::Global(i) => Some(i),
+                    _ => None,
+                };
+                for (i, gl) in global_children(parent) {
+                    out.push(DirEnt {
+                        ino: Node::Global(i).ino().unwrap_or(0),
+                        kind: self.global_attr(i).kind,
+                        name: gl.name.as_bytes().to_vec(),
+                    });
+                }
+                if parent.is_none() {
+                    let snap = self.snapshot()?;
+                    for p in snap.processes.iter().filter(|p| self.visible(p)) {
+                        if let Some(ino) = Node::ProcDir(p.pid).ino() {
+                            out.push(DirEnt {
+                                ino,
+                                kind: FileType::Directory,
+                                name: p.pid.to_string().into_bytes(),
+                            });
+                        }
+                    }
+                }
+            }
+            Node::ProcDir(pid) => {
+                self.process(pid)?;
+                push_table(&mut out, PROC_FILES, &|i| Node::ProcFile(pid, i));
+            }
+            Node::ThreadDir(pid, tid) => {
+                push_table(&mut out, THREAD_FILES, &|i| Node::ThreadFile(pid, tid, i));
+            }
+            Node::ProcFile(pid, i) => match PROC_FILES.get(i as usize).map(|e| e.kind) {
+                Some(Kind::TaskDir) => {
+                    let (_, p) = self.process(pid)?;
+                    for t in &p.tasks {
+                        out.push(DirEnt {
+                            ino: Node::ThreadDir(pid, t.tid).ino().unwrap_or(0),
+                            kind: FileType::Directory,
+                            name: t.tid.to_string().into_bytes(),
+                        });
+                    }
+                }
+                Some(Kind::FdDir) => {
+                    let (_, p) = self.process(pid)?;
+                    for fd in kernel_fds(&p)? {
+                        if let Some(ino) = Node::Fd(pid, fd).ino() {
+                            out.push(DirEnt {
+                                ino,
+                                kind: FileType::Symlink,
+                                name: fd.to_string().into_bytes(),
+                            });
+                        }
+                    }
+                }
+                _ => return Err(Errno::ENOTDIR),
+            },
+            Node::ThreadFile(..) | Node::Fd(..) => return Err(Errno::ENOTDIR),
+        }
+        Ok(out)
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn parse_id(name: &str) -> Result<u32, Errno> {
+    // Canonical decimal only: "007" is not a pid directory on Linux.
+    if name.is_empty() || name.starts_with('0') || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Errno::ENOENT);
+    }
+    name.parse().map_err(|_| Errno::ENOENT)
+}
+
+fn parse_fd(name: &str) -> Result<u32, Errno> {
+    if name == "0" {
+        return Ok(0);
+    }
+    parse_id(name)
+}
+
+/// Reads the kernel's per-process file and checks the pid still names the same process, so a
+/// reused pid never shows another process's data.
+fn kernel_file(p: &Process, name: &str) -> Result<Vec<u8>, ViewError> {
+    let bytes = procfs::read_file(p.pid, name)?;
+    same_process(p)?;
+    Ok(bytes)
+}
+
+fn kernel_link(p: &Process, name: &str) -> Result<Vec<u8>, Errno> {
+    let target = std::fs::read_link(format!("/proc/{}/{name}", p.pid))
+        .map_err(|e| errno(&ViewError::Io(e)))?;
+    same_process(p).map_err(|e| errno(&e))?;
+    Ok(target.as_os_str().as_bytes().to_vec())
+}
+
+fn kernel_fds(p: &Process) -> Result<Vec<u32>, Errno> {
+    let rd =
+        std::fs::read_dir(format!("/proc/{}/fd", p.pid)).map_err(|e| errno(&ViewError::Io(e)))?;
+    let mut fds: Vec<u32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    same_process(p).map_err(|e| errno(&e))?;
+    fds.sort_unstable();
+    Ok(fds)
+}
+
+fn same_process(p: &Process) -> Result<(), ViewError> {
+    let stat = procfs::read_file(p.pid, "stat")?;
+    let (_, fields) = procfs::split_stat(&stat).ok_or(ViewError::NoProcess)?;
+    let start: u64 = fields
+        .get(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or(ViewError::NoProcess)?;
+    let ours = p.start_boottime / (1_000_000_000 / crate::state::clock_ticks());
+    if start == ours {
+        Ok(())
+    } else {
+        Err(ViewError::NoProcess)
+    }
+}
+
+impl Filesystem for ProcFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let result = Node::from_ino(parent.0)
+            .ok_or(Errno::ENOENT)
+            .and_then(|p| self.lookup_node(p, name))
+            .and_then(|n| self.getattr_node(n));
+        match result {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match Node::from_ino(ino.0)
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.getattr_node(n))
+        {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        match Node::from_ino(ino.0)
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.readlink_node(req, n))
+        {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            // The Linux view has no writable files; control files come with their own nodes.
+            return reply.error(Errno::EACCES);
+        }
+        match Node::from_ino(ino.0)
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.render(n))
+        {
+            Ok(bytes) => {
+                let fh = self.new_fh();
+                if let Ok(mut files) = self.files.lock() {
+                    files.insert(fh, Arc::new(bytes));
+                }
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let data = self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned());
+        match data {
+            Some(bytes) => {
+                let start = (offset as usize).min(bytes.len());
+                let end = start.saturating_add(size as usize).min(bytes.len());
+                reply.data(&bytes[start..end]);
+            }
+            None => reply.error(Errno::EBADF),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Ok(mut files) = self.files.lock() {
+            files.remove(&fh.0);
+        }
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The listing is taken once, at opendir, so a reader walking it in several calls sees
+        // one consistent directory.
+        match Node::from_ino(ino.0)
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.dir_entries(n))
+        {
+            Ok(list) => {
+                let fh = self.new_fh();
+                if let Ok(mut dirs) = self.dirs.lock() {
+                    dirs.insert(fh, Arc::new(list));
+                }
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(list) = self.dirs.lock().ok().and_then(|d| d.get(&fh.0).cloned()) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(e.ino),
+                (i + 1) as u64,
+                e.kind,
+                OsStr::from_bytes(&e.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Ok(mut dirs) = self.dirs.lock() {
+            dirs.remove(&fh.0);
+        }
+        reply.ok();
+    }
+
+    // Nothing can be created (EACCES), removed, renamed or changed (EPERM): the view is the
+    // kernel's process table, not a place to keep files.
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EACCES);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EACCES);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EACCES);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EACCES);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EACCES);
+    }
+}

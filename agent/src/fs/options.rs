@@ -1,0 +1,172 @@
+//! Mount options (`-o a,b=c`, as mount(8) takes them).
+
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Personality {
+    Linux,
+}
+
+/// Which processes a mount shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    /// The processes in this cgroup (v2 path under /sys/fs/cgroup, or absolute) and below.
+    Cgroup(PathBuf),
+    /// The processes in the cgroup subtree of this process: "the view of its container".
+    CgroupOf(u32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    pub personality: Personality,
+    pub scope: Scope,
+    /// Hide the Linux-compatible nodes of personalities that have them.
+    pub nolinux: bool,
+    /// Bits removed from every node's mode.
+    pub umask: u16,
+    /// Let users other than root use the mount (permissions still apply per file).
+    pub allow_other: bool,
+    /// The raw text, for listings.
+    pub text: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            personality: Personality::Linux,
+            scope: Scope::All,
+            nolinux: false,
+            umask: 0,
+            allow_other: true,
+            text: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionError {
+    #[error("unknown mount option {0:?}")]
+    Unknown(String),
+    #[error("mount option {0}: {1}")]
+    Bad(String, String),
+    #[error("mount options pid= and cgroup= exclude each other")]
+    Conflict,
+}
+
+impl MountOptions {
+    pub fn parse(text: &str) -> Result<Self, OptionError> {
+        let mut o = MountOptions {
+            text: text.to_string(),
+            ..Default::default()
+        };
+        let mut scoped = false;
+        for opt in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            let need = |what: &str| {
+                value
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| OptionError::Bad(key.into(), format!("needs {what}")))
+            };
+            match key {
+                "personality" => {
+                    o.personality = match need("a name")? {
+                        "linux" => Personality::Linux,
+                        other => {
+                            return Err(OptionError::Bad(
+                                key.into(),
+                                format!("{other:?} is not a personality (linux)"),
+                            ));
+                        }
+                    }
+                }
+                "cgroup" | "pid" => {
+                    if scoped {
+                        return Err(OptionError::Conflict);
+                    }
+                    scoped = true;
+                    let v = need(if key == "pid" { "a pid" } else { "a path" })?;
+                    o.scope = if key == "pid" {
+                        Scope::CgroupOf(v.parse().ok().filter(|&p| p > 0).ok_or_else(|| {
+                            OptionError::Bad(key.into(), format!("{v:?} is not a pid"))
+                        })?)
+                    } else {
+                        if v.split('/').any(|c| c == "..") {
+                            return Err(OptionError::Bad(key.into(), "must not contain ..".into()));
+                        }
+                        Scope::Cgroup(PathBuf::from(v))
+                    };
+                }
+                "nolinux" => o.nolinux = flag(key, value)?,
+                "allow_other" => o.allow_other = flag(key, value)?,
+                "noallow_other" => o.allow_other = !flag(key, value)?,
+                "umask" => {
+                    let v = need("an octal mask")?;
+                    o.umask = u16::from_str_radix(v, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777)
+                        .ok_or_else(|| {
+                            OptionError::Bad(key.into(), format!("{v:?} is not an octal mask"))
+                        })?;
+                }
+                // Accepted for fstab compatibility; the view is always read-mostly.
+                "rw" | "ro" | "defaults" | "nodev" | "nosuid" | "noexec" | "_netdev" | "auto"
+                | "noauto" | "user" | "nouser" => {}
+                _ => return Err(OptionError::Unknown(opt.into())),
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn flag(key: &str, value: Option<&str>) -> Result<bool, OptionError> {
+    match value {
+        None => Ok(true),
+        Some(v) => Err(OptionError::Bad(
+            key.into(),
+            format!("takes no value, got {v:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_full_set() {
+        assert_eq!(
+            MountOptions::parse("").unwrap().personality,
+            Personality::Linux
+        );
+        let o = MountOptions::parse("personality=linux,cgroup=/system.slice,umask=027,nolinux")
+            .unwrap();
+        assert_eq!(o.scope, Scope::Cgroup("/system.slice".into()));
+        assert_eq!(o.umask, 0o027);
+        assert!(o.nolinux);
+        assert_eq!(
+            MountOptions::parse("pid=42").unwrap().scope,
+            Scope::CgroupOf(42)
+        );
+    }
+
+    #[test]
+    fn bad_options_are_rejected_with_a_reason() {
+        for bad in [
+            "personality=amiga",
+            "umask=999",
+            "umask=",
+            "pid=0",
+            "pid=x",
+            "cgroup=../../etc",
+            "bogus",
+            "nolinux=1",
+            "pid=1,cgroup=/a",
+        ] {
+            assert!(MountOptions::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The shape of a proc view: inode numbers that encode (kind, pid, tid/fd, file) reversibly,
+//! and the tables of files a personality serves (Linux fs/proc/base.c `tgid_base_stuff`).
+
+/// What an inode is. Encoded into the 64-bit inode number so that no inode table is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    Root,
+    /// An entry of the global table (`GLOBALS`).
+    Global(u16),
+    ProcDir(u32),
+    /// `/PID/<PROC_FILES[i]>`.
+    ProcFile(u32, u16),
+    ThreadDir(u32, u32),
+    /// `/PID/task/TID/<THREAD_FILES[i]>`.
+    ThreadFile(u32, u32, u16),
+    /// `/PID/fd/N`.
+    Fd(u32, u32),
+}
+
+const PID_BITS: u32 = 24;
+const SUB_BITS: u32 = 24;
+const IDX_BITS: u32 = 12;
+const MASK_PID: u64 = (1 << PID_BITS) - 1;
+const MASK_SUB: u64 = (1 << SUB_BITS) - 1;
+const MASK_IDX: u64 = (1 << IDX_BITS) - 1;
+
+impl Node {
+    /// The inode number; `None` if a field does not fit (a pid or fd above 2^24).
+    pub fn ino(self) -> Option<u64> {
+        let pack = |tag: u64, pid: u32, sub: u32, idx: u16| -> Option<u64> {
+            let (pid, sub, idx) = (u64::from(pid), u64::from(sub), u64::from(idx));
+            (pid <= MASK_PID && sub <= MASK_SUB && idx <= MASK_IDX)
+                .then_some((tag << 60) | (pid << (SUB_BITS + IDX_BITS)) | (sub << IDX_BITS) | idx)
+        };
+        match self {
+            // FUSE's root is inode 1; every other tag is >= 1 << 60, so nothing else collides.
+            Node::Root => Some(1),
+            Node::Global(i) => pack(1, 0, 0, i),
+            Node::ProcDir(p) => pack(2, p, 0, 0),
+            Node::ProcFile(p, i) => pack(3, p, 0, i),
+            Node::ThreadDir(p, t) => pack(4, p, t, 0),
+            Node::ThreadFile(p, t, i) => pack(5, p, t, i),
+            Node::Fd(p, fd) => pack(6, p, fd, 0),
+        }
+    }
+
+    pub fn from_ino(ino: u64) -> Option<Node> {
+        if ino == 1 {
+            return Some(Node::Root);
+        }
+        let pid = ((ino >> (SUB_BITS + IDX_BITS)) & MASK_PID) as u32;
+        let sub = ((ino >> IDX_BITS) & MASK_SUB) as u32;
+        let idx = (ino & MASK_IDX) as u16;
+        Some(match ino >> 60 {
+            1 => Node::Global(idx),
+            2 => Node::ProcDir(pid),
+            3 => Node::ProcFile(pid, idx),
+            4 => Node::ThreadDir(pid, sub),
+            5 => Node::ThreadFile(pid, sub, idx),
+            6 => Node::Fd(pid, sub),
+            _ => return None,
+        })
+    }
+}
+
+/// How a per-process file gets its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Rendered from the table by `view::linux`.
+    Stat,
+    Statm,
+    Status,
+    Cmdline,
+    Comm,
+    Limits,
+    Maps,
+    /// The kernel's own file of the same name (no BPF source; listed in the README).
+    Kernel(&'static str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File(Source),
+    /// A symlink whose target is the kernel's link of that name (`exe`, `cwd`, `root`).
+    KernelLink(&'static str),
+    /// `task/`.
+    TaskDir,
+    /// `fd/`.
+    FdDir,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub name: &'static str,
+    pub mode: u16,
+    pub kind: Kind,
+}
+
+const fn file(name: &'static str, mode: u16, source: Source) -> Entry {
+    Entry {
+        name,
+        mode,
+        kind: Kind::File(source),
+    }
+}
+
+/// `/PID/…` in the Linux personality. Modes as procfs gives them.
+pub const PROC_FILES: &[Entry] = &[
+    file("stat", 0o444, Source::Stat),
+    file("statm", 0o444, Source::Statm),
+    file("status", 0o444, Source::Status),
+    file("cmdline", 0o444, Source::Cmdline),
+    file("comm", 0o444, Source::Comm),
+    file("limits", 0o444, Source::Limits),
+    file("maps", 0o444, Source::Maps),
+    file("environ", 0o400, Source::Kernel("environ")),
+    file("cgroup", 0o444, Source::Kernel("cgroup")),
+    file("io", 0o400, Source::Kernel("io")),
+    file("wchan", 0o444, Source::Kernel("wchan")),
+    file("mountinfo", 0o444, Source::Kernel("mountinfo")),
+    file("mounts", 0o444, Source::Kernel("mounts")),
+    file("oom_score", 0o444, Source::Kernel("oom_score")),
+    file("loginuid", 0o444, Source::Kernel("loginuid")),
+    Entry {
+        name: "exe",
+        mode: 0o777,
+        kind: Kind::KernelLink("exe"),
+    },
+    Entry {
+        name: "cwd",
+        mode: 0o777,
+        kind: Kind::KernelLink("cwd"),
+    },
+    Entry {
+        name: "root",
+        mode: 0o777,
+        kind: Kind::KernelLink("root"),
+    },
+    Entry {
+        name: "fd",
+        mode: 0o500,
+        kind: Kind::FdDir,
+    },
+    Entry {
+        name: "task",
+        mode: 0o555,
+        kind: Kind::TaskDir,
+    },
+];
+
+/// `/PID/task/TID/…`.
+pub const THREAD_FILES: &[Entry] = &[
+    file("stat", 0o444, Source::Stat),
+    file("statm", 0o444, Source::Statm),
+    file("status", 0o444, Source::Status),
+    file("cmdline", 0o444, Source::Cmdline),
+    file("comm", 0o444, Source::Comm),
+    file("wchan", 0o444, Source::Kernel("wchan")),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlobalKind {
+    Dir,
+    /// The kernel's file at this path under /proc: host-wide data with no BPF source.
+    KernelFile(&'static str),
+    /// `self` → the caller's pid.
+    SelfLink,
+    /// `thread-self` → `PID/task/TID` of the caller.
+    ThreadSelfLink,
+    /// A fixed link target.
+    Link(&'static str),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Global {
+    /// Index of the parent in `GLOBALS`, `None` for the root.
+    pub parent: Option<u16>,
+    pub name: &'static str,
+    pub mode: u16,
+    pub kind: GlobalKind,
+}
+
+const fn g(parent: Option<u16>, name: &'static str, mode: u16, kind: GlobalKind) -> Global {
+    Global {
+        parent,
+        name,
+        mode,
+        kind,
+    }
+}
+
+/// The host-wide nodes procps and psutil read.
+pub const GLOBALS: &[Global] = &[
+    g(None, "self", 0o777, GlobalKind::SelfLink),
+    g(None, "thread-self", 0o777, GlobalKind::ThreadSelfLink),
+    g(None, "stat", 0o444, GlobalKind::KernelFile("stat")),
+    g(None, "meminfo", 0o444, GlobalKind::KernelFile("meminfo")),
+    g(None, "uptime", 0o444, GlobalKind::KernelFile("uptime")),
+    g(None, "loadavg", 0o444, GlobalKind::KernelFile("loadavg")),
+    g(None, "cpuinfo", 0o444, GlobalKind::KernelFile("cpuinfo")),
+    g(None, "version", 0o444, GlobalKind::KernelFile("version")),
+    g(
+        None,
+        "filesystems",
+        0o444,
+        GlobalKind::KernelFile("filesystems"),
+    ),
+    g(None, "swaps", 0o444, GlobalKind::KernelFile("swaps")),
+    g(None, "vmstat", 0o444, GlobalKind::KernelFile("vmstat")),
+    g(None, "zoneinfo", 0o400, GlobalKind::KernelFile("zoneinfo")),
+    g(
+        None,
+        "diskstats",
+        0o444,
+        GlobalKind::KernelFile("diskstats"),
+    ),
+    g(
+        None,
+        "partitions",
+        0o444,
+        GlobalKind::KernelFile("partitions"),
+    ),
+    g(None, "devices", 0o444, GlobalKind::KernelFile("devices")),
+    g(None, "mounts", 0o777, GlobalKind::Link("self/mounts")),
+    g(None, "sys", 0o555, GlobalKind::Dir),
+    // 16: sys/kernel, 17: sys/vm
+    g(Some(16), "kernel", 0o555, GlobalKind::Dir),
+    g(Some(16), "vm", 0o555, GlobalKind::Dir),
+    g(
+        Some(17),
+        "pid_max",
+        0o444,
+        GlobalKind::KernelFile("sys/kernel/pid_max"),
+    ),
+    g(
+        Some(17),
+        "osrelease",
+        0o444,
+        GlobalKind::KernelFile("sys/kernel/osrelease"),
+    ),
+    g(
+        Some(17),
+        "ostype",
+        0o444,
+        GlobalKind::KernelFile("sys/kernel/ostype"),
+    ),
+    g(
+        Some(17),
+        "hostname",
+        0o444,
+        GlobalKind::KernelFile("sys/kernel/hostname"),
+    ),
+    g(
+        Some(17),
+        "threads-max",
+        0o444,
+        GlobalKind::KernelFile("sys/kernel/threads-max"),
+    ),
+    g(
+        Some(18),
+        "overcommit_memory",
+        0o444,
+        GlobalKind::KernelFile("sys/vm/overcommit_memory"),
+    ),
+    g(
+        Some(18),
+        "min_free_kbytes",
+        0o444,
+        GlobalKind::KernelFile("sys/vm/min_free_kbytes"),
+    ),
+];
+
+pub fn global_child(parent: Option<u16>, name: &str) -> Option<u16> {
+    GLOBALS
+        .iter()
+        .position(|gl| gl.parent == parent && gl.name == name)
+        .map(|i| i as u16)
+}
+
+pub fn global_children(parent: Option<u16>) -> impl Iterator<Item = (u16, &'static Global)> {
+    GLOBALS
+        .iter()
+        .enumerate()
+        .filter(move |(_, gl)| gl.parent == parent)
+        .map(|(i, gl)| (i as u16, gl))
+}
+
+pub fn entry_index(table: &[Entry], name: &str) -> Option<u16> {
+    table.iter().position(|e| e.name == name).map(|i| i as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inode_numbers_round_trip() {
+        for node in [
+            Node::Root,
+            Node::Global(0),
+            Node::Global(25),
+            Node::ProcDir(1),
+            Node::ProcDir(4_194_304),
+            Node::ProcFile(77, 3),
+            Node::ThreadDir(77, 78),
+            Node::ThreadFile(4_000_000, 4_000_001, 5),
+            Node::Fd(9, 1023),
+        ] {
+            let ino = node.ino().unwrap();
+            assert_eq!(Node::from_ino(ino), Some(node), "{node:?} -> {ino:#x}");
+            assert!(node == Node::Root || ino != 1);
+        }
+        assert_eq!(
+            Node::Fd(1, 1 << 24).ino(),
+            None,
+            "out-of-range fields are refused"
+        );
+        assert_eq!(Node::from_ino(0), None);
+    }
+
+    #[test]
+    fn global_parents_point_at_directories() {
+        for gl in GLOBALS {
+            if let Some(p) = gl.parent {
+                assert_eq!(GLOBALS[p as usize].kind, GlobalKind::Dir, "{}", gl.name);
+            }
+        }
+        assert_eq!(global_child(None, "sys"), Some(16));
+        assert_eq!(global_child(Some(16), "kernel"), Some(17));
+        assert_eq!(global_child(Some(17), "pid_max"), Some(19));
+    }
+
+    #[test]
+    fn names_are_unique_per_directory() {
+        for table in [PROC_FILES, THREAD_FILES] {
+            let mut names: Vec<_> = table.iter().map(|e| e.name).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), table.len());
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The FUSE view, through real mounts: the tools people use (procps, psmisc, psutil) must give
+//! the kernel's answers when the view is bind-mounted over /proc in a private mount namespace.
+//! Needs root (CI runs as root) and skips otherwise.
+
+mod common;
+
+use std::{
+    collections::HashSet,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{Agent, eventually, proc_stat};
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", cmd])
+        .output()
+        .expect("unshare");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn on_kernel(cmd: &str) -> String {
+    sh(cmd)
+}
+
+fn on_view(view: &Path, cmd: &str) -> String {
+    sh(&format!("mount --bind {} /proc && {cmd}", view.display()))
+}
+
+/// Runs `cmd` on the kernel's /proc, on the view, and on the kernel's /proc again. Every line
+/// that both kernel runs printed identically (nothing about it changed meanwhile) must be in the
+/// view's output; returns how many lines were compared. Lines mentioning the agent serving the
+/// view are skipped: answering the view starts and stops its worker threads.
+fn agree(view: &Path, agent: &Agent, cmd: &str) -> usize {
+    let own = agent.pid().to_string();
+    let own_line = |l: &&str| !l.split_whitespace().take(4).any(|f| f == own);
+    let mut last = String::new();
+    for _attempt in 0..3 {
+        let before = on_kernel(cmd);
+        let ours = on_view(view, cmd);
+        let after = on_kernel(cmd);
+        let after: HashSet<&str> = after.lines().collect();
+        let ours_set: HashSet<&str> = ours.lines().collect();
+        let stable: Vec<&str> = before
+            .lines()
+            .filter(|l| after.contains(l))
+            .filter(own_line)
+            .collect();
+        let missing: Vec<&str> = stable
+            .iter()
+            .copied()
+            .filter(|l| !ours_set.contains(l))
+            .collect();
+        if missing.is_empty() {
+            assert!(
+                !stable.is_empty(),
+                "{cmd}: no stable output to compare:\n{before}"
+            );
+            return stable.len();
+        }
+        last = format!(
+            "{cmd}: lines the kernel printed twice but the view did not:\n{}\n--- view printed:\n{ours}",
+            missing.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{last}");
+}
+
+fn mounted_agent() -> (Agent, PathBuf) {
+    let probe = Agent::start_with(&[]);
+    let view = probe.dir.join("view");
+    std::fs::create_dir_all(&view).unwrap();
+    drop(probe);
+    let dir = view.parent().unwrap().to_path_buf();
+    let agent = Agent::start_in(
+        dir,
+        format!("127.0.0.1:{}", free_port()),
+        &["--mount", view.to_str().unwrap()],
+    );
+    (agent, view)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A small process tree of our own that stays put while the tools look at it.
+struct Tree(Child);
+
+impl Tree {
+    fn new() -> Tree {
+        let child = Command::new("sh")
+            .args(["-c", "sleep 300 & sleep 301 & exec sleep 302"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until the shell has exec'd its last sleep and both children exist.
+        let pid = child.id();
+        eventually(5, "the tree", || {
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+            (proc_stat(pid)?.0 == "sleep" && kids.split_whitespace().count() == 2).then_some(())
+        });
+        Tree(child)
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let pid = self.0.id();
+        let _ = Command::new("pkill")
+            .args(["-P", &pid.to_string()])
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn procps_psmisc_and_psutil_agree_with_the_kernel() {
+    require_root!();
+    let (agent, view) = mounted_agent();
+    let tree = Tree::new();
+    let root = tree.0.id();
+    for cmd in [
+        "ps -e -o pid,ppid,comm,stat,rss".to_string(),
+        "ps aux".into(),
+        "ps -eLf".into(),
+        "ps -e -o pid,user,group,tty,nice,pri,vsz,lstart,cmd".into(),
+        "top -b -n 1 | awk 'NR > 7 { print $1, $2, $3, $4, $5, $12 }'".into(),
+        "pgrep -l -u root .".into(),
+        "pgrep -f 'sleep 30[01]'".into(),
+        "pidof sleep | tr ' ' '\\n' | sort".into(),
+        format!("pstree -p {root}"),
+        format!("pstree -a -p {root}"),
+        "free | awk '{ print $1, $2 }'".into(),
+        "uptime -s".into(),
+        "w -s | tail -n +2".into(),
+        format!("kill -0 {root}; echo $?; kill -0 4000000 2>&1; echo $?"),
+    ] {
+        let n = agree(&view, &agent, &cmd);
+        eprintln!("{cmd}: {n} lines agree");
+    }
+    let psutil = r#"python3 -c '
+import psutil
+print("boot", psutil.boot_time())
+print("mem", psutil.virtual_memory().total)
+for p in psutil.process_iter(["pid", "name", "ppid", "status", "memory_info", "cpu_times", "cmdline", "uids"]):
+    i = p.info
+    print(i["pid"], i["name"], i["ppid"], i["status"], i["memory_info"].rss, i["memory_info"].vms,
+          round(i["cpu_times"].user, 1), round(i["cpu_times"].system, 1), i["cmdline"], tuple(i["uids"]))
+'"#;
+    let n = agree(&view, &agent, psutil);
+    assert!(n > 20, "psutil compared only {n} lines");
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn bad_operations_get_procfs_errnos() {
+    require_root!();
+    let (_agent, view) = mounted_agent();
+    let me = std::process::id();
+    assert_eq!(
+        errno_of(std::fs::create_dir(view.join("new"))),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        errno_of(std::fs::File::create(view.join("new"))),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        errno_of(std::fs::remove_file(view.join("uptime"))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno_of(std::fs::remove_dir(view.join(me.to_string()))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno_of(std::fs::rename(view.join("uptime"), view.join("x"))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno_of(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(view.join(format!("{me}/stat")))
+        ),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        errno_of(std::fs::read(view.join("4000000/stat"))),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        errno_of(std::fs::read(view.join("0001/stat"))),
+        Some(libc::ENOENT),
+        "pids are canonical"
+    );
+    assert_eq!(
+        errno_of(std::fs::read(view.join(format!("{me}/nosuch")))),
+        Some(libc::ENOENT)
+    );
+
+    // A process that exits is ENOENT afterwards, and a file opened before it exited still reads
+    // the snapshot taken at open.
+    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = child.id();
+    eventually(5, "child in view", || {
+        std::fs::read(view.join(format!("{pid}/stat"))).ok()
+    });
+    let mut open = std::fs::File::open(view.join(format!("{pid}/status"))).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut open, &mut text).unwrap();
+    assert!(text.contains(&format!("Pid:\t{pid}\n")), "{text}");
+    eventually(5, "ENOENT after exit", || {
+        (errno_of(std::fs::read(view.join(format!("{pid}/stat")))) == Some(libc::ENOENT))
+            .then_some(())
+    });
+}
+
+#[test]
+fn self_resolves_to_the_calling_process_and_files_have_owners() {
+    require_root!();
+    let (_agent, view) = mounted_agent();
+    let me = std::process::id();
+    assert_eq!(
+        std::fs::read_link(view.join("self")).unwrap(),
+        PathBuf::from(me.to_string())
+    );
+    // From another thread of this process: self is still the process, thread-self the thread.
+    let view2 = view.clone();
+    let (tself, tid) = std::thread::spawn(move || {
+        let tid = unsafe { libc::gettid() } as u32;
+        (std::fs::read_link(view2.join("thread-self")).unwrap(), tid)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(tself, PathBuf::from(format!("{me}/task/{tid}")));
+
+    // A process of another user: its directory and files are that user's; environ is not
+    // readable by others.
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "30",
+        ])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    eventually(5, "exec", || {
+        proc_stat(pid).filter(|(c, _)| c == "sleep").map(drop)
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    use std::os::unix::fs::MetadataExt as _;
+    let md = std::fs::metadata(view.join(pid.to_string())).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 65534));
+    let out = Command::new("setpriv")
+        .args(["--reuid=65533", "--regid=65533", "--clear-groups", "cat"])
+        .arg(view.join(format!("{pid}/environ")))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid=65533", "--regid=65533", "--clear-groups", "cat"])
+        .arg(view.join(format!("{pid}/stat")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stat is world-readable: {out:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn mounts_on_demand_with_their_own_options_and_unmount_cleanly() {
+    require_root!();
+    let agent = Agent::start();
+    let a = agent.dir.join("a");
+    let b = agent.dir.join("b");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+
+    // A container's view: a cgroup with one process in it.
+    let cg_root = cgroup2_root();
+    let cg = cg_root.join(format!("bpfproc-test-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).unwrap();
+    let mut inside = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(cg.join("cgroup.procs"), inside.id().to_string()).unwrap();
+
+    let out = agent.cli(&["mount", a.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let rel = cg.strip_prefix(&cg_root).unwrap();
+    let out = agent.cli(&[
+        "mount",
+        "-o",
+        &format!("cgroup={},umask=022", rel.display()),
+        b.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let list = String::from_utf8(agent.cli(&["mounts"]).stdout).unwrap();
+    assert!(
+        list.contains(a.to_str().unwrap()) && list.contains(b.to_str().unwrap()),
+        "{list}"
+    );
+
+    let pids = |dir: &Path| -> HashSet<u32> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    eventually(5, "cgroup view", || {
+        (pids(&b) == HashSet::from([inside.id()])).then_some(())
+    });
+    assert!(pids(&a).len() > 20 && pids(&a).contains(&inside.id()) && pids(&a).contains(&1));
+    // Outside the cgroup: not there, and not reachable by name either.
+    assert_eq!(
+        errno_of(std::fs::read(b.join("1/stat"))),
+        Some(libc::ENOENT)
+    );
+
+    // Bad options are refused with a reason, and nothing is mounted.
+    let c = agent.dir.join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    let out = agent.cli(&["mount", "-o", "personality=amiga", c.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("amiga"),
+        "{out:?}"
+    );
+    let out = agent.cli(&["mount", a.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "a second mount on the same directory is refused"
+    );
+
+    // Unmount through the CLI, and with the system's umount.
+    assert!(agent.cli(&["umount", a.to_str().unwrap()]).status.success());
+    assert!(Command::new("umount").arg(&b).status().unwrap().success());
+    eventually(5, "mounts gone", || {
+        let list = String::from_utf8(agent.cli(&["mounts"]).stdout).unwrap();
+        list.trim().is_empty().then_some(())
+    });
+    assert!(pids(&a).is_empty() && pids(&b).is_empty());
+    inside.kill().unwrap();
+    inside.wait().unwrap();
+    let _ = std::fs::remove_dir(&cg);
+}
+
+fn cgroup2_root() -> PathBuf {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("cgroup v2 mounted")
+}
+
+#[test]
+fn a_killed_agents_mount_is_recovered_and_sigterm_unmounts() {
+    require_root!();
+    let (agent, view) = mounted_agent();
+    let dir = agent.dir.clone();
+    assert!(std::fs::read(view.join("uptime")).is_ok());
+    agent.crash();
+    // The dead mount answers ENOTCONN until someone cleans up.
+    let err = std::fs::metadata(&view).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let agent = Agent::start_in(
+        dir,
+        format!("127.0.0.1:{}", free_port()),
+        &["--mount", view.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(view.join("uptime")).is_ok(),
+        "the next agent took the mount point over"
+    );
+    let status = agent.stop();
+    assert!(status.success(), "{status}");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(view.to_str().unwrap()),
+        "SIGTERM left a mount behind"
+    );
+    assert!(
+        matches!(std::fs::read(view.join("uptime")), Err(e) if e.kind() == ErrorKind::NotFound)
+    );
+}
