@@ -12,6 +12,7 @@ use bpfproc_common::stat;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
+    groups::{GroupReport, Ledger},
     kernel::{Kernel, KernelEvent},
     procfs,
     table::{Change, Exited, Process, ProcessTable, TableCounters},
@@ -86,6 +87,7 @@ pub(crate) enum Msg {
     Identities(Vec<Identity>),
     Rescan,
     Stats(oneshot::Sender<AgentStats>),
+    Groups(oneshot::Sender<GroupReport>),
 }
 
 /// A cheap handle to the actor.
@@ -124,6 +126,17 @@ impl State {
         rx.await.map_err(|_| Gone)
     }
 
+    /// The per-group report for `/metrics`, reconciled with the table as it is now. Goes
+    /// through the ring reader like a snapshot, so every exit before the question is counted.
+    pub async fn groups(&self) -> Result<GroupReport, Gone> {
+        let (reply, rx) = oneshot::channel();
+        self.queries
+            .send(Msg::Groups(reply))
+            .await
+            .map_err(|_| Gone)?;
+        rx.await.map_err(|_| Gone)
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.events.subscribe()
     }
@@ -143,6 +156,8 @@ pub struct Config {
     pub exited_cap: usize,
     pub max_age: Duration,
     pub loss_check: Duration,
+    /// Per-group accounting for `/metrics`: fed every change so exits between scrapes count.
+    pub groups: Ledger,
 }
 
 /// Starts the actor. The initial backfill is done before this returns, so the first query
@@ -163,6 +178,7 @@ pub fn spawn(
         max_age: cfg.max_age,
     };
     let mut table = ProcessTable::new(cfg.exited_cap);
+    let mut ledger = cfg.groups;
     let ns_per_tick = 1_000_000_000 / clock_ticks();
 
     // Backfill synchronously: the hooks are already attached, so anything that starts from
@@ -213,6 +229,7 @@ pub fn spawn(
                     stats.events_received += batch.len() as u64;
                     for ev in &batch {
                         if let Some(change) = table.apply(ev) {
+                            ledger.apply(&change);
                             let _ = events.send(Arc::new(change));
                         }
                     }
@@ -298,6 +315,9 @@ pub fn spawn(
                         s.bpf_map_entries = k.map_pids().map(|p| p.len()).unwrap_or(0);
                     }
                     let _ = reply.send(s);
+                }
+                Msg::Groups(reply) => {
+                    let _ = reply.send(ledger.report(table.live().values()));
                 }
             }
         }
