@@ -200,13 +200,17 @@ pub struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
-    pub fn of(p: &'a Process, comm: &'a [u8]) -> Self {
+    /// `with_cmdline`: only config rules look at the command line; skip joining it otherwise.
+    pub fn of(p: &'a Process, comm: &'a [u8], with_cmdline: bool) -> Self {
         let exe = p.exe.as_deref().or_else(|| p.argv().next()).unwrap_or(b"");
-        let cmdline = p
-            .argv()
-            .map(String::from_utf8_lossy)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let cmdline = if with_cmdline {
+            p.argv()
+                .map(String::from_utf8_lossy)
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            String::new()
+        };
         Facts {
             pid: p.pid,
             comm,
@@ -435,7 +439,7 @@ impl Ledger {
             return None;
         }
         let comm = crate::view::process_name(p);
-        let facts = Facts::of(p, &comm);
+        let facts = Facts::of(p, &comm, matches!(self.grouping, Grouping::Rules(_)));
         self.scratch.clear();
         if !render_key(&self.grouping, &facts, &mut self.names, &mut self.scratch) {
             return None;

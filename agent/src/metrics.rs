@@ -320,7 +320,7 @@ fn host_families(f: &Families, snap: &Snapshot) {
     let mut threads = [0i64; 128];
     for p in &snap.processes {
         procs[view::process_state(p) as usize & 127] += 1;
-        for t in p.tasks.iter().filter(|t| t.start_boottime != 0) {
+        for t in &p.tasks {
             threads[view::state_letter(t.state, t.exit_state) as usize & 127] += 1;
         }
     }
