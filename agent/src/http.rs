@@ -27,6 +27,7 @@ use crate::{
 pub struct App {
     pub state: State,
     pub host: Host,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub fn router(app: App) -> Router {
@@ -39,6 +40,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/exited", get(exited))
         .route("/v1/events", get(events))
         .route("/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(app)
 }
@@ -264,6 +266,13 @@ async fn task_stat(
             ),
         },
         Err(r) => r,
+    }
+}
+
+async fn metrics(AxState(app): AxState<App>) -> Response {
+    match app.metrics.scrape(&app.state, &app.host).await {
+        Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Err(_) => unavailable(),
     }
 }
 

@@ -1,9 +1,11 @@
-//! bpfproc: a live /proc kept by eBPF, served over HTTP (and, later, FUSE and Prometheus).
+//! bpfproc: a live /proc kept by eBPF, served over HTTP (JSON, Prometheus) and, later, FUSE.
 
 mod btf;
 mod fs;
+mod groups;
 mod http;
 mod kernel;
+mod metrics;
 mod procfs;
 mod ring;
 mod socket;
@@ -87,6 +89,23 @@ struct AgentArgs {
     /// The local control socket (`bpfproc mount` etc. connect to it).
     #[arg(long, default_value = socket::DEFAULT_SOCKET, env = "BPFPROC_SOCKET")]
     socket: PathBuf,
+    /// What /metrics groups processes by (like process-exporter's name groups).
+    #[arg(long, value_enum, default_value = "comm")]
+    metrics_group_by: groups::GroupBy,
+    /// A process-exporter style YAML file of group rules (`process_names:` with `name`,
+    /// `comm`, `exe`, `cmdline`); replaces --metrics-group-by. Unmatched processes are not grouped.
+    #[arg(long, conflicts_with = "metrics_group_by")]
+    metrics_groups_config: Option<std::path::PathBuf>,
+    /// At most this many distinct groups; processes of further groups are counted as "other".
+    #[arg(long, default_value_t = 1000)]
+    metrics_max_groups: usize,
+    /// Also export per-process series (bounded by --metrics-per-pid-max).
+    #[arg(long)]
+    metrics_per_pid: bool,
+    /// The cap on per-process series: the heaviest processes by CPU are kept, the rest counted
+    /// in bpfproc_pid_series_dropped_total.
+    #[arg(long, default_value_t = 100, requires = "metrics_per_pid")]
+    metrics_per_pid_max: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -145,6 +164,11 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     if !args.ringbuf_bytes.is_power_of_two() || args.ringbuf_bytes < 4096 {
         anyhow::bail!("--ringbuf-bytes must be a power of two of at least 4096");
     }
+    let grouping = match &args.metrics_groups_config {
+        Some(path) => groups::Grouping::load(path)?,
+        None => groups::Grouping::By(args.metrics_group_by),
+    };
+    let host = view::Host::detect();
     let t0 = std::time::Instant::now();
     let mut kernel = kernel::Kernel::load(&kernel::KernelConfig {
         ringbuf_bytes: args.ringbuf_bytes,
@@ -152,11 +176,17 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     })
     .context("loading BPF programs (are you root, on a kernel with BTF?)")?;
     let ring = kernel.take_ring()?;
+    let ring_fill = match metrics::RingFill::new(std::os::fd::AsFd::as_fd(&ring)) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!("cannot map the ring buffer's positions; no fill metric: {e}");
+            None
+        }
+    };
     let kernel = Arc::new(Mutex::new(kernel));
     let loaded = t0.elapsed();
 
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
-    let host = view::Host::detect();
     let (state, queries) = state::spawn(
         kernel.clone(),
         state::Config {
@@ -164,6 +194,12 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             max_age: Duration::from_millis(args.max_staleness_ms),
             loss_check: Duration::from_millis(250),
             prewarm: Some(http::prewarm(host)),
+            groups: groups::Ledger::new(
+                grouping,
+                groups::Names::detect(),
+                args.metrics_max_groups,
+                host.page_size,
+            ),
         },
         shutdown.clone(),
     )?;
@@ -205,7 +241,17 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
-    let app = http::App { state, host };
+    let metrics = metrics::Metrics::new(metrics::Config {
+        per_pid: args.metrics_per_pid.then_some(args.metrics_per_pid_max),
+        ringbuf_bytes: args.ringbuf_bytes,
+        map_capacity: args.max_processes,
+        ring: ring_fill,
+    })?;
+    let app = http::App {
+        state,
+        host,
+        metrics: Arc::new(metrics),
+    };
     let server = tokio::spawn(http::serve(listener, app, shutdown.clone()));
 
     wait_for_signal().await?;

@@ -12,6 +12,7 @@ use bpfproc_common::stat;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
+    groups::{GroupReport, Ledger},
     kernel::{Kernel, KernelEvent},
     procfs,
     table::{Change, Exited, Process, ProcessTable, TableCounters},
@@ -87,6 +88,7 @@ pub(crate) enum Msg {
     /// Periodic: loss check, and refresh-ahead while clients are polling.
     Tick,
     Stats(oneshot::Sender<AgentStats>),
+    Groups(oneshot::Sender<GroupReport>),
 }
 
 /// A cheap handle to the actor.
@@ -125,6 +127,17 @@ impl State {
         rx.await.map_err(|_| Gone)
     }
 
+    /// The per-group report for `/metrics`, reconciled with the table as it is now. Goes
+    /// through the ring reader like a snapshot, so every exit before the question is counted.
+    pub async fn groups(&self) -> Result<GroupReport, Gone> {
+        let (reply, rx) = oneshot::channel();
+        self.queries
+            .send(Msg::Groups(reply))
+            .await
+            .map_err(|_| Gone)?;
+        rx.await.map_err(|_| Gone)
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.events.subscribe()
     }
@@ -148,6 +161,8 @@ pub struct Config {
     pub max_age: Duration,
     pub loss_check: Duration,
     pub prewarm: Option<Prewarm>,
+    /// Per-group accounting for `/metrics`: fed every change so exits between scrapes count.
+    pub groups: Ledger,
 }
 
 /// While some client asked within this long, the numbers are refreshed ahead of its next
@@ -174,6 +189,7 @@ pub fn spawn(
         max_age: cfg.max_age,
     };
     let mut table = ProcessTable::new(cfg.exited_cap);
+    let mut ledger = cfg.groups;
     let ns_per_tick = 1_000_000_000 / clock_ticks();
 
     // Backfill synchronously: the hooks are already attached, so anything that starts from
@@ -231,6 +247,7 @@ pub fn spawn(
                     stats.events_received += batch.len() as u64;
                     for ev in &batch {
                         if let Some(change) = table.apply(ev) {
+                            ledger.apply(&change);
                             let _ = events.send(Arc::new(change));
                         }
                     }
@@ -337,6 +354,9 @@ pub fn spawn(
                         s.bpf_map_entries = k.map_pids().map(|p| p.len()).unwrap_or(0);
                     }
                     let _ = reply.send(s);
+                }
+                Msg::Groups(reply) => {
+                    let _ = reply.send(ledger.report(table.live().values()));
                 }
             }
         }

@@ -9,8 +9,18 @@ use crate::TOOLCHAIN;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests drive for real: procps (ps, top, pgrep, free, uptime, w), psmisc
 /// (pstree, pidof's sibling killall), fuse3 (fusermount3), curl, gdb, util-linux (setpriv,
-/// unshare).
-const APT_PACKAGES: &[&str] = &["procps", "psmisc", "fuse3", "curl", "gdb", "util-linux"];
+/// unshare), prometheus (the server and promtool the metrics tests run) and
+/// prometheus-process-exporter (the benchmark's baseline).
+const APT_PACKAGES: &[&str] = &[
+    "procps",
+    "psmisc",
+    "fuse3",
+    "curl",
+    "gdb",
+    "util-linux",
+    "prometheus",
+    "prometheus-process-exporter",
+];
 
 pub fn run() -> anyhow::Result<()> {
     toolchain()?;

@@ -1,0 +1,582 @@
+//! `GET /metrics`: the Prometheus exposition of the mirrored table. Owns the `Metrics` registry;
+//! every value comes from a `Snapshot`, the agent's stats and the group ledger (`groups.rs`),
+//! never from walking /proc (the agent's own `bpfproc_process_*` metrics read /proc/self only).
+//!
+//! Each scrape resets and refills the families from the actor's absolute numbers, so series of
+//! processes and states that are gone disappear, and counters are exactly the table's counters
+//! (monotonic because the table's and the ledger's are).
+
+use std::{
+    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
+    sync::Mutex,
+    time::Instant,
+};
+
+use prometheus::{
+    CounterVec, Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::{
+    groups::GroupReport,
+    state::{AgentStats, Snapshot, State},
+    view::{self, Host},
+};
+
+/// Builds one metric from its name, HELP and label names.
+trait Make: Sized {
+    fn make(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<Self>;
+}
+
+macro_rules! make_scalar {
+    ($($t:ty),*) => {$(
+        impl Make for $t {
+            fn make(name: &str, help: &str, _: &[&str]) -> prometheus::Result<Self> {
+                <$t>::with_opts(Opts::new(name, help))
+            }
+        }
+    )*};
+}
+make_scalar!(IntGauge, IntCounter);
+
+macro_rules! make_vec {
+    ($($t:ty),*) => {$(
+        impl Make for $t {
+            fn make(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<Self> {
+                <$t>::new(Opts::new(name, help), labels)
+            }
+        }
+    )*};
+}
+make_vec!(IntGaugeVec, IntCounterVec, CounterVec);
+
+impl Make for Histogram {
+    fn make(name: &str, help: &str, _: &[&str]) -> prometheus::Result<Self> {
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]))
+    }
+}
+
+/// Declares a struct of metrics whose doc comments are their HELP text, and its constructor,
+/// which registers each one.
+macro_rules! families {
+    ($(#[$sm:meta])* struct $name:ident {
+        $( $(#[doc = $doc:literal])+ $field:ident : $ty:ty = $metric:literal $([$($label:literal),*])?, )*
+    }) => {
+        $(#[$sm])*
+        struct $name { $( $(#[doc = $doc])+ $field: $ty, )* }
+
+        impl $name {
+            fn register(reg: &Registry) -> prometheus::Result<Self> {
+                $(
+                    let help = concat!($($doc),+).trim();
+                    let $field = <$ty>::make($metric, help, &[$($($label),*)?])?;
+                    reg.register(Box::new($field.clone()))?;
+                )*
+                Ok(Self { $($field,)* })
+            }
+        }
+    };
+}
+
+families! {
+    /// Host-level, agent-health and per-group families.
+    struct Families {
+        /// Live processes (thread groups, kernel threads included) by state letter, as ps shows it.
+        processes: IntGaugeVec = "bpfproc_processes" ["state"],
+        /// Live threads by state letter.
+        threads: IntGaugeVec = "bpfproc_threads" ["state"],
+        /// Processes forked since the agent started (fork records; threads are not counted).
+        forks: IntCounter = "bpfproc_forks_total",
+        /// Successful execs since the agent started.
+        execs: IntCounter = "bpfproc_execs_total",
+        /// Processes that exited since the agent started, from exit records.
+        exits: IntCounter = "bpfproc_exits_total",
+        /// Processes that exited with a non-zero exit code.
+        exits_nonzero: IntCounter = "bpfproc_exits_nonzero_total",
+        /// Processes killed by a signal, by signal name.
+        exits_signaled: IntCounterVec = "bpfproc_exits_signaled_total" ["signal"],
+        /// Processes whose death by signal dumped core.
+        exits_core_dumped: IntCounter = "bpfproc_exits_core_dumped_total",
+        /// Processes that exited less than one second after they started: the ones an exporter
+        /// polling /proc never sees.
+        short_lived: IntCounter = "bpfproc_short_lived_exits_total",
+        /// Processes that vanished without an exit record (found gone by a rescan); their exit
+        /// status is unknown.
+        lost_exits: IntCounter = "bpfproc_lost_exits_total",
+        /// Ring-buffer records the agent received.
+        events_received: IntCounter = "bpfproc_events_received_total",
+        /// Times each BPF hook ran, counted in the kernel.
+        kernel_hook_runs: IntCounterVec = "bpfproc_kernel_hook_runs_total" ["hook"],
+        /// Records or reads the kernel side could not deliver, by cause; any increase triggers a
+        /// rescan.
+        events_lost: IntCounterVec = "bpfproc_events_lost_total" ["cause"],
+        /// Rescans triggered by a loss counter moving.
+        rescans: IntCounter = "bpfproc_rescans_total",
+        /// Processes found by the start-up backfill (or read from /proc because the task
+        /// iterator cannot see them).
+        backfilled: IntCounter = "bpfproc_backfilled_processes_total",
+        /// Processes a later iterator pass found that no event had announced (a lost fork record).
+        found_by_rescan: IntCounter = "bpfproc_rescan_found_processes_total",
+        /// Live entries replaced because their pid had been reused by a newer process.
+        pid_reuse: IntCounter = "bpfproc_pid_reuse_total",
+        /// Task-iterator passes applied to the table.
+        iterator_passes: IntCounter = "bpfproc_iterator_passes_total",
+        /// Size of the kernel ring buffer.
+        ringbuf_size: IntGauge = "bpfproc_ringbuf_size_bytes",
+        /// Bytes written to the ring buffer and not yet consumed by the agent.
+        ringbuf_used: IntGauge = "bpfproc_ringbuf_used_bytes",
+        /// Entries in the in-kernel process map.
+        map_entries: IntGauge = "bpfproc_process_map_entries",
+        /// Capacity of the in-kernel process map (--max-processes).
+        map_capacity: IntGauge = "bpfproc_process_map_capacity",
+        /// Live processes in the agent's table.
+        table_live: IntGauge = "bpfproc_table_processes",
+        /// Exited processes retained for /v1/exited.
+        table_exited: IntGauge = "bpfproc_table_exited_processes",
+        /// Time the agent spent answering /metrics scrapes (this one excluded).
+        scrape_duration: Histogram = "bpfproc_scrape_duration_seconds",
+        /// Version of the agent; always 1.
+        build_info: IntGaugeVec = "bpfproc_build_info" ["version"],
+        /// Live processes in each group (zombies excluded).
+        group_processes: IntGaugeVec = "bpfproc_group_processes" ["group"],
+        /// Threads of the live processes in each group.
+        group_threads: IntGaugeVec = "bpfproc_group_threads" ["group"],
+        /// CPU time of each group's processes, including processes that exited (from their exit
+        /// records), by mode.
+        group_cpu: CounterVec = "bpfproc_group_cpu_seconds_total" ["group", "mode"],
+        /// Resident memory of each group's live processes.
+        group_resident: IntGaugeVec = "bpfproc_group_resident_memory_bytes" ["group"],
+        /// Virtual memory of each group's live processes.
+        group_virtual: IntGaugeVec = "bpfproc_group_virtual_memory_bytes" ["group"],
+        /// File-descriptor table slots (FDSize) of each group's live processes: an upper bound on
+        /// their open files, read without walking /proc/PID/fd.
+        group_fd_slots: IntGaugeVec = "bpfproc_group_fd_slots" ["group"],
+        /// Processes that joined each group by fork or exec.
+        group_starts: IntCounterVec = "bpfproc_group_starts_total" ["group"],
+        /// Processes of each group that exited.
+        group_exits: IntCounterVec = "bpfproc_group_exits_total" ["group"],
+    }
+}
+
+families! {
+    /// Per-process families, registered only with --metrics-per-pid.
+    struct PerPid {
+        /// CPU time of one process (the heaviest --metrics-per-pid-max by CPU), by mode.
+        cpu: CounterVec = "bpfproc_pid_cpu_seconds_total" ["pid", "comm", "mode"],
+        /// Resident memory of one process.
+        resident: IntGaugeVec = "bpfproc_pid_resident_memory_bytes" ["pid", "comm"],
+        /// Threads of one process.
+        threads: IntGaugeVec = "bpfproc_pid_threads" ["pid", "comm"],
+        /// Per-process series left out because of the --metrics-per-pid-max cap, summed over
+        /// scrapes.
+        dropped: IntCounter = "bpfproc_pid_series_dropped_total",
+    }
+}
+
+pub struct Config {
+    /// `Some(cap)`: export per-process series for at most `cap` processes.
+    pub per_pid: Option<usize>,
+    pub ringbuf_bytes: u32,
+    pub map_capacity: u32,
+    /// The ring buffer's fd, to read its fill level.
+    pub ring: Option<RingFill>,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    families: Families,
+    per_pid: Option<(PerPid, usize)>,
+    ring: Option<RingFill>,
+    /// Each scrape resets and refills the families: two at once must not interleave.
+    lock: Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("registering metrics: {0}")]
+    Register(#[from] prometheus::Error),
+}
+
+impl Metrics {
+    pub fn new(cfg: Config) -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let families = Families::register(&registry)?;
+        let per_pid = match cfg.per_pid {
+            Some(cap) => Some((PerPid::register(&registry)?, cap)),
+            None => None,
+        };
+        // The agent's own CPU, memory and fds, from /proc/self.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "bpfproc",
+            ),
+        ))?;
+        families.ringbuf_size.set(i64::from(cfg.ringbuf_bytes));
+        families.map_capacity.set(i64::from(cfg.map_capacity));
+        families
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Ok(Self {
+            registry,
+            families,
+            per_pid,
+            ring: cfg.ring,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// One scrape: fresh numbers from the table, rendered in the text format.
+    pub async fn scrape(&self, state: &State, host: &Host) -> Result<Vec<u8>, crate::state::Gone> {
+        let started = Instant::now();
+        let snap = state.snapshot().await?;
+        let stats = state.stats().await?;
+        let groups = state.groups().await?;
+        Ok(self.render(&snap, &stats, &groups, host, started))
+    }
+
+    fn render(
+        &self,
+        snap: &Snapshot,
+        stats: &AgentStats,
+        groups: &GroupReport,
+        host: &Host,
+        started: Instant,
+    ) -> Vec<u8> {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let f = &self.families;
+        host_families(f, snap);
+        let set = |c: &IntCounter, v: u64| {
+            c.reset();
+            c.inc_by(v);
+        };
+        let t = &stats.table;
+        set(&f.forks, t.forks);
+        set(&f.execs, t.execs);
+        set(&f.exits, t.exits);
+        set(&f.lost_exits, t.lost_exits);
+        set(&f.backfilled, t.backfilled);
+        set(&f.found_by_rescan, t.found_by_rescan);
+        set(&f.pid_reuse, t.pid_reuse);
+        set(&f.iterator_passes, t.snapshots);
+        set(&f.events_received, stats.events_received);
+        set(&f.rescans, stats.rescans);
+        set(&f.exits_nonzero, groups.exits.nonzero);
+        set(&f.exits_core_dumped, groups.exits.core_dumped);
+        set(&f.short_lived, groups.exits.short_lived);
+        f.exits_signaled.reset();
+        for (sig, n) in &groups.exits.by_signal {
+            f.exits_signaled
+                .with_label_values(&[&signal_name(*sig)])
+                .inc_by(*n);
+        }
+        f.kernel_hook_runs.reset();
+        f.events_lost.reset();
+        for (name, v) in &stats.kernel {
+            if let Some(hook) = name.strip_suffix("_seen") {
+                f.kernel_hook_runs.with_label_values(&[hook]).inc_by(*v);
+            } else if LOSS_CAUSES.contains(name) {
+                f.events_lost.with_label_values(&[name]).inc_by(*v);
+            }
+        }
+        // Every cause is always present, so `rate()` and alerts see 0 rather than no data.
+        for cause in LOSS_CAUSES {
+            f.events_lost.with_label_values(&[cause]);
+        }
+        f.map_entries.set(stats.bpf_map_entries as i64);
+        f.table_live.set(stats.live_processes as i64);
+        f.table_exited.set(stats.exited_retained as i64);
+        if let Some(ring) = &self.ring {
+            f.ringbuf_used.set(ring.used() as i64);
+        }
+        group_families(f, groups);
+        if let Some((per_pid, cap)) = &self.per_pid {
+            per_pid_families(per_pid, *cap, snap, host);
+        }
+        f.scrape_duration.observe(started.elapsed().as_secs_f64());
+        let mut out = Vec::with_capacity(64 << 10);
+        // Encoding into a Vec cannot fail for well-formed families.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!("encoding /metrics: {e}");
+        }
+        out
+    }
+}
+
+/// The kernel counters that mean a record or read was lost.
+const LOSS_CAUSES: [&str; 5] = [
+    "ringbuf_full",
+    "map_full",
+    "read_error",
+    "args_error",
+    "iter_error",
+];
+
+fn host_families(f: &Families, snap: &Snapshot) {
+    let mut procs = [0i64; 128];
+    let mut threads = [0i64; 128];
+    for p in &snap.processes {
+        procs[view::process_state(p) as usize & 127] += 1;
+        for t in &p.tasks {
+            threads[view::state_letter(t.state, t.exit_state) as usize & 127] += 1;
+        }
+    }
+    f.processes.reset();
+    f.threads.reset();
+    // The common states are always present so dashboards and alerts never see "no data".
+    for letter in ['R', 'S', 'D', 'Z', 'T', 'I'] {
+        f.processes.with_label_values(&[&letter.to_string()]);
+        f.threads.with_label_values(&[&letter.to_string()]);
+    }
+    for (i, (&p, &t)) in procs.iter().zip(&threads).enumerate() {
+        let letter = (i as u8 as char).to_string();
+        if p > 0 {
+            f.processes.with_label_values(&[&letter]).set(p);
+        }
+        if t > 0 {
+            f.threads.with_label_values(&[&letter]).set(t);
+        }
+    }
+}
+
+fn group_families(f: &Families, r: &GroupReport) {
+    for v in [
+        &f.group_processes,
+        &f.group_threads,
+        &f.group_resident,
+        &f.group_virtual,
+        &f.group_fd_slots,
+    ] {
+        v.reset();
+    }
+    f.group_cpu.reset();
+    f.group_starts.reset();
+    f.group_exits.reset();
+    for g in &r.groups {
+        let name: &str = &g.name;
+        f.group_processes
+            .with_label_values(&[name])
+            .set(g.processes as i64);
+        f.group_threads
+            .with_label_values(&[name])
+            .set(g.threads as i64);
+        f.group_resident
+            .with_label_values(&[name])
+            .set(g.resident_bytes as i64);
+        f.group_virtual
+            .with_label_values(&[name])
+            .set(g.virtual_bytes as i64);
+        f.group_fd_slots
+            .with_label_values(&[name])
+            .set(g.fd_slots as i64);
+        f.group_cpu
+            .with_label_values(&[name, "user"])
+            .inc_by(g.cpu.user as f64 / 1e9);
+        f.group_cpu
+            .with_label_values(&[name, "system"])
+            .inc_by(g.cpu.system as f64 / 1e9);
+        f.group_starts.with_label_values(&[name]).inc_by(g.starts);
+        f.group_exits.with_label_values(&[name]).inc_by(g.exits);
+    }
+}
+
+fn per_pid_families(m: &PerPid, cap: usize, snap: &Snapshot, host: &Host) {
+    m.cpu.reset();
+    m.resident.reset();
+    m.threads.reset();
+    let mut live: Vec<_> = snap
+        .processes
+        .iter()
+        .filter(|p| !p.kthread && p.exit.is_none())
+        .filter_map(|p| {
+            let cpu = crate::groups::cpu_of(p)?;
+            Some((p, cpu))
+        })
+        .collect();
+    // The heaviest first, so the cap keeps the processes worth looking at.
+    live.sort_by_key(|(p, c)| (std::cmp::Reverse(c.user + c.system), p.pid));
+    let dropped = live.len().saturating_sub(cap);
+    m.dropped.inc_by(dropped as u64);
+    for (p, cpu) in live.into_iter().take(cap) {
+        let pid = p.pid.to_string();
+        let comm = String::from_utf8_lossy(&view::process_name(p)).into_owned();
+        m.cpu
+            .with_label_values(&[&pid, &comm, "user"])
+            .inc_by(cpu.user as f64 / 1e9);
+        m.cpu
+            .with_label_values(&[&pid, &comm, "system"])
+            .inc_by(cpu.system as f64 / 1e9);
+        if let Some(t) = p.leader() {
+            m.resident
+                .with_label_values(&[&pid, &comm])
+                .set(((t.rss_anon + t.rss_file + t.rss_shmem) * host.page_size) as i64);
+            m.threads
+                .with_label_values(&[&pid, &comm])
+                .set(i64::from(t.nr_threads));
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match NAMES.get(sig as usize) {
+        Some(n) if !n.is_empty() => (*n).to_owned(),
+        _ => format!("SIG{sig}"),
+    }
+}
+
+/// Read-only view of the ring buffer's consumer and producer positions (the first word of its
+/// first two pages), to export how full it is without touching the reader.
+pub struct RingFill {
+    consumer: *const u64,
+    producer: *const u64,
+    page: usize,
+    _fd: OwnedFd,
+}
+
+// SAFETY: the pointers are to kernel-shared pages mapped for the lifetime of this value and
+// only ever read atomically.
+unsafe impl Send for RingFill {}
+// SAFETY: as above; reads need no exclusion.
+unsafe impl Sync for RingFill {}
+
+impl RingFill {
+    pub fn new(fd: BorrowedFd<'_>) -> std::io::Result<Self> {
+        let fd = fd.try_clone_to_owned()?;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let map = |offset: usize| -> std::io::Result<*const u64> {
+            // SAFETY: a fresh read-only shared mapping of a BPF ring buffer's control page; the
+            // kernel allows read-only mappings of both (kernel/bpf/ringbuf.c).
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    page,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(p as *const u64)
+            }
+        };
+        let consumer = map(0)?;
+        let producer = match map(page) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: unmapping what we mapped just above.
+                unsafe { libc::munmap(consumer as *mut libc::c_void, page) };
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            consumer,
+            producer,
+            page,
+            _fd: fd,
+        })
+    }
+
+    /// Bytes produced and not yet consumed.
+    pub fn used(&self) -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        // SAFETY: both pointers are page-aligned, mapped for our lifetime, and the kernel
+        // updates the words atomically.
+        let (c, p) = unsafe {
+            (
+                (*(self.consumer as *const AtomicU64)).load(Ordering::Acquire),
+                (*(self.producer as *const AtomicU64)).load(Ordering::Acquire),
+            )
+        };
+        p.saturating_sub(c)
+    }
+}
+
+impl Drop for RingFill {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the two pages mapped in `new`.
+        unsafe {
+            libc::munmap(self.consumer as *mut libc::c_void, self.page);
+            libc::munmap(self.producer as *mut libc::c_void, self.page);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(40), "SIG40");
+        assert_eq!(signal_name(0), "SIG0");
+    }
+
+    #[test]
+    fn every_metric_has_help_from_its_doc_comment_and_the_bpfproc_prefix() {
+        let m = Metrics::new(Config {
+            per_pid: Some(10),
+            ringbuf_bytes: 4096,
+            map_capacity: 10,
+            ring: None,
+        })
+        .unwrap();
+        let families = m.registry.gather();
+        let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+        for want in [
+            "bpfproc_forks_total",
+            "bpfproc_scrape_duration_seconds",
+            "bpfproc_pid_series_dropped_total",
+            "bpfproc_process_cpu_seconds_total",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        for fam in &families {
+            assert!(fam.name().starts_with("bpfproc_"), "{}", fam.name());
+            assert!(!fam.help().is_empty(), "{} has no HELP", fam.name());
+            assert!(!fam.help().starts_with(' '), "{}", fam.name());
+        }
+    }
+}
