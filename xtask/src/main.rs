@@ -15,6 +15,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+/// Where `cargo xtask run` mounts the proc view by default.
+const DEFAULT_MOUNT: &str = "/run/bpfproc/proc";
+
 /// The toolchain that builds everything but xtask. Keep in sync with agent/build.rs.
 pub const TOOLCHAIN: &str = "nightly-2026-10-30";
 
@@ -62,7 +65,13 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             build_release()?;
             let bin = root().join("target/release/bpfproc");
-            let status = Command::new(&bin).arg("agent").args(&args).status()?;
+            let mut cmd = Command::new(&bin);
+            cmd.arg("agent");
+            // A proc view at a well-known place unless the caller chose mounts themselves.
+            if !args.iter().any(|a| a.starts_with("--mount")) {
+                cmd.args(["--mount", DEFAULT_MOUNT]);
+            }
+            let status = cmd.args(&args).status()?;
             if !status.success() {
                 bail!("bpfproc agent exited with {status}");
             }
