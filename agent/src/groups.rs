@@ -844,6 +844,7 @@ process_names:
             refreshed_at: 0,
             event_ts: 0,
             needs_identity: false,
+            rev: 0,
         }
     }
 

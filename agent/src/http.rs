@@ -28,6 +28,7 @@ pub struct App {
     pub state: State,
     pub host: Host,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub listing: Arc<Listing>,
 }
 
 pub fn router(app: App) -> Router {
@@ -128,12 +129,77 @@ impl Filter {
     }
 }
 
-/// Renders the unfiltered listing of a fresh snapshot ahead of the request that will want it.
-pub fn prewarm(host: Host) -> crate::state::Prewarm {
-    Arc::new(move |snap: &Snapshot| {
+/// The unfiltered listing, built from per-process JSON fragments that are re-rendered only for
+/// entries that changed (keyed by pid and the entry's revision): between two refreshes, a
+/// listing after a few forks and exits costs a few fragments and one concatenation.
+pub struct Listing {
+    host: Host,
+    fragments: std::sync::Mutex<HashMap<u32, (u64, bytes::Bytes)>>,
+    /// When the listing was last asked for (boot-clock ns); pre-rendering only pays while
+    /// someone is polling it.
+    last_used: std::sync::atomic::AtomicU64,
+    /// One pre-render at a time: a slow one must not queue up behind fast refreshes.
+    rendering: std::sync::atomic::AtomicBool,
+}
+
+impl Listing {
+    pub fn new(host: Host) -> Self {
+        Self {
+            host,
+            fragments: std::sync::Mutex::new(HashMap::new()),
+            last_used: std::sync::atomic::AtomicU64::new(0),
+            rendering: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn body(&self, snap: &Snapshot) -> bytes::Bytes {
+        self.last_used
+            .store(crate::state::boot_ns(), std::sync::atomic::Ordering::Relaxed);
         snap.listing_json
-            .get_or_init(|| render_list(snap.processes.iter(), &host).into());
-    })
+            .get_or_init(|| self.render(&snap.processes))
+            .clone()
+    }
+
+    fn render(&self, processes: &[Arc<Process>]) -> bytes::Bytes {
+        let Ok(mut cache) = self.fragments.lock() else {
+            return render_list(processes.iter(), &self.host).into();
+        };
+        let mut next = HashMap::with_capacity(processes.len());
+        let mut out =
+            Vec::with_capacity(cache.values().map(|(_, b)| b.len() + 1).sum::<usize>() + 2);
+        out.push(b'[');
+        for (i, p) in processes.iter().enumerate() {
+            let frag = match cache.remove(&p.pid) {
+                Some((rev, b)) if rev == p.rev => b,
+                _ => bytes::Bytes::from(
+                    serde_json::to_vec(&view::json::process(p, &self.host)).unwrap_or_default(),
+                ),
+            };
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&frag);
+            next.insert(p.pid, (p.rev, frag));
+        }
+        out.push(b']');
+        *cache = next;
+        out.into()
+    }
+
+    /// Renders the listing of a fresh snapshot ahead of the request that will want it.
+    pub fn prewarm(self: Arc<Self>) -> crate::state::Prewarm {
+        use std::sync::atomic::Ordering;
+        Arc::new(move |snap: &Snapshot| {
+            let idle = crate::state::boot_ns()
+                .saturating_sub(self.last_used.load(Ordering::Relaxed))
+                > 2_000_000_000;
+            if idle || self.rendering.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            snap.listing_json.get_or_init(|| self.render(&snap.processes));
+            self.rendering.store(false, Ordering::Release);
+        })
+    }
 }
 
 fn render_list<'a>(items: impl Iterator<Item = &'a Arc<Process>>, host: &Host) -> Vec<u8> {
@@ -146,15 +212,11 @@ async fn list(AxState(app): AxState<App>, Query(q): Query<HashMap<String, String
         Ok(f) => f,
         Err(r) => return r,
     };
-    let Ok(snap) = app.state.snapshot().await else {
+    let Ok(snap) = app.state.snapshot_fast().await else {
         return unavailable();
     };
     if filter.is_empty() {
-        let body = snap
-            .listing_json
-            .get_or_init(|| render_list(snap.processes.iter(), &app.host).into())
-            .clone();
-        return json_bytes(body);
+        return json_bytes(app.listing.body(&snap));
     }
     json_bytes(render_list(
         snap.processes.iter().filter(|p| filter.matches(p)),
@@ -187,7 +249,7 @@ fn parse_pid(raw: &str) -> Result<u32, Response> {
 /// once (a process that forked after the last refresh has none yet).
 async fn lookup(app: &App, raw: &str) -> Result<(Arc<Snapshot>, Arc<Process>), Response> {
     let pid = parse_pid(raw)?;
-    let mut snap = app.state.snapshot().await.map_err(|_| unavailable())?;
+    let mut snap = app.state.snapshot_fast().await.map_err(|_| unavailable())?;
     if snap.get(pid).is_some_and(|p| p.tasks.is_empty()) {
         snap = app
             .state

@@ -176,8 +176,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     })
     .context("loading BPF programs (are you root, on a kernel with BTF?)")?;
     let ring = kernel.take_ring()?;
-    let ring_fill = match metrics::RingFill::new(std::os::fd::AsFd::as_fd(&ring)) {
-        Ok(r) => Some(r),
+    let ring_fill = match ring::RingFill::new(std::os::fd::AsFd::as_fd(&ring)) {
+        Ok(r) => Some(Arc::new(r)),
         Err(e) => {
             tracing::warn!("cannot map the ring buffer's positions; no fill metric: {e}");
             None
@@ -187,13 +187,14 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let loaded = t0.elapsed();
 
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let listing = Arc::new(http::Listing::new(host));
     let (state, queries) = state::spawn(
         kernel.clone(),
         state::Config {
             exited_cap: args.exited,
             max_age: Duration::from_millis(args.max_staleness_ms),
             loss_check: Duration::from_millis(250),
-            prewarm: Some(http::prewarm(host)),
+            prewarm: Some(listing.clone().prewarm()),
             groups: groups::Ledger::new(
                 grouping,
                 groups::Names::detect(),
@@ -203,6 +204,9 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     )?;
+    if let Some(r) = &ring_fill {
+        state.watch_ring(r.clone());
+    }
     tracing::info!(
         load_ms = loaded.as_millis() as u64,
         total_ms = t0.elapsed().as_millis() as u64,
@@ -245,12 +249,13 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         per_pid: args.metrics_per_pid.then_some(args.metrics_per_pid_max),
         ringbuf_bytes: args.ringbuf_bytes,
         map_capacity: args.max_processes,
-        ring: ring_fill,
+        ring: ring_fill.clone(),
     })?;
     let app = http::App {
         state,
         host,
         metrics: Arc::new(metrics),
+        listing,
     };
     let server = tokio::spawn(http::serve(listener, app, shutdown.clone()));
 

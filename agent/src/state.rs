@@ -60,6 +60,14 @@ pub struct AgentStats {
     pub kernel: std::collections::BTreeMap<&'static str, u64>,
     pub table: TableCounters,
     pub live_processes: usize,
+    /// Snapshot requests answered without the actor (fast path) and sent to it.
+    pub fast_path_hits: u64,
+    pub fast_path_misses: u64,
+    /// FUSE requests answered by all mounts.
+    pub fuse_requests: u64,
+    /// The last task-iterator pass: how long it took and how many tasks it returned.
+    pub last_iterator_us: u64,
+    pub last_iterator_tasks: usize,
     pub exited_retained: usize,
     pub bpf_map_entries: usize,
 }
@@ -80,6 +88,8 @@ pub(crate) enum Msg {
     },
     Refreshed {
         started: u64,
+        /// How long the iterator pass took.
+        took_us: u64,
         records: Vec<bpfproc_common::TaskRecord>,
         procfs: Vec<Vec<bpfproc_common::TaskRecord>>,
         procfs_gone: Vec<u32>,
@@ -91,9 +101,25 @@ pub(crate) enum Msg {
     Groups(oneshot::Sender<GroupReport>),
 }
 
+/// What lets a reader use the latest snapshot without asking the actor, yet never miss an
+/// event: the snapshot is current iff it is the table's latest version, no decoded records are
+/// on their way to the actor, and the kernel's ring buffer is empty.
+#[derive(Default)]
+struct Latest {
+    snapshot: std::sync::RwLock<Option<Arc<Snapshot>>>,
+    version: std::sync::atomic::AtomicU64,
+    /// Records the ring reader has handed over and the actor has not applied yet.
+    in_flight: std::sync::atomic::AtomicU64,
+    ring: OnceLock<Arc<crate::ring::RingFill>>,
+    /// Answers given by `current()` without the actor, and the ones it had to decline.
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
 /// A cheap handle to the actor.
 #[derive(Clone)]
 pub struct State {
+    latest: Arc<Latest>,
     tx: mpsc::Sender<Msg>,
     /// Queries go through the ring-buffer reader, which drains the ring before forwarding
     /// them: an answer reflects every event that happened before the question.
@@ -144,7 +170,44 @@ impl State {
 
     /// Feeds decoded ring-buffer records to the table.
     pub async fn push_events(&self, events: Vec<KernelEvent>) -> Result<(), Gone> {
+        use std::sync::atomic::Ordering;
+        self.latest
+            .in_flight
+            .fetch_add(events.len() as u64, Ordering::AcqRel);
         self.tx.send(Msg::Events(events)).await.map_err(|_| Gone)
+    }
+
+    /// Lets the fast path see whether records are waiting in the kernel's ring buffer.
+    pub fn watch_ring(&self, ring: Arc<crate::ring::RingFill>) {
+        let _ = self.latest.ring.set(ring);
+    }
+
+    /// The latest snapshot, if it is provably current (see `Latest`) and its numbers are at
+    /// most `max_age` old; `None` means: ask the actor. Costs a few atomic loads, no round trip.
+    pub fn current(&self, max_age: Duration) -> Option<Arc<Snapshot>> {
+        use std::sync::atomic::Ordering;
+        let l = &self.latest;
+        let found = (|| {
+            let ring = l.ring.get()?;
+            if l.in_flight.load(Ordering::Acquire) != 0 || ring.used() != 0 {
+                return None;
+            }
+            let snap = l.snapshot.read().ok()?.clone()?;
+            let fresh = boot_ns().saturating_sub(snap.refreshed_at) <= max_age.as_nanos() as u64;
+            (snap.version == l.version.load(Ordering::Acquire) && fresh).then_some(snap)
+        })();
+        let counter = if found.is_some() { &l.hits } else { &l.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// A snapshot at most `max_age` old: from the fast path when it is current, else from the
+    /// actor.
+    pub async fn snapshot_fast(&self) -> Result<Arc<Snapshot>, Gone> {
+        match self.current(self.max_age) {
+            Some(s) => Ok(s),
+            None => self.snapshot().await,
+        }
     }
 
     /// Passes on a query the ring reader held until it had drained the ring.
@@ -165,8 +228,7 @@ pub struct Config {
     pub groups: Ledger,
 }
 
-/// While some client asked within this long, the numbers are refreshed ahead of its next
-/// question instead of on it; an idle agent does no iterator passes at all.
+/// While some client asked within this long, fresh snapshots are pre-rendered for it.
 const HOT_FOR: Duration = Duration::from_secs(2);
 /// The process map is swept for entries that outlived their process this often.
 const GC_EVERY: Duration = Duration::from_secs(10);
@@ -182,7 +244,9 @@ pub fn spawn(
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let (queries, queries_rx) = mpsc::channel::<Msg>(1024);
     let (events, _) = broadcast::channel(8192);
+    let latest = Arc::new(Latest::default());
     let state = State {
+        latest: latest.clone(),
         queries,
         tx: tx.clone(),
         events: events.clone(),
@@ -218,6 +282,10 @@ pub fn spawn(
     let mut last_losses = 0u64;
     let mut last_loss_check = std::time::Instant::now();
     let mut last_query = std::time::Instant::now() - HOT_FOR;
+    // Whether the current numbers have been asked for since they were read: refreshing ahead
+    // only when they were keeps the iterator's cost proportional to demand (an idle agent, or
+    // one scraped every 15 s, runs no extra passes).
+    let mut demanded = false;
     let mut last_gc = std::time::Instant::now();
     let max_age = cfg.max_age;
     let prewarm = cfg.prewarm;
@@ -245,18 +313,28 @@ pub fn spawn(
             match msg {
                 Msg::Events(batch) => {
                     stats.events_received += batch.len() as u64;
+                    let n = batch.len() as u64;
                     for ev in &batch {
                         if let Some(change) = table.apply(ev) {
                             ledger.apply(&change);
                             let _ = events.send(Arc::new(change));
                         }
                     }
+                    // Publish the new version before declaring the records applied, so a fast
+                    // reader that sees nothing in flight also sees that its snapshot is old.
+                    latest
+                        .version
+                        .store(table.version(), std::sync::atomic::Ordering::Release);
+                    latest
+                        .in_flight
+                        .fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
                 }
                 Msg::Snapshot { max_age, reply } => {
                     last_query = std::time::Instant::now();
+                    demanded = true;
                     let age = Duration::from_nanos(boot_ns().saturating_sub(last_refresh));
                     if age <= max_age {
-                        let _ = reply.send(current(&table, &mut cached, last_refresh));
+                        let _ = reply.send(current(&table, &mut cached, last_refresh, &latest));
                     } else {
                         waiters.push((max_age, reply));
                         if !refreshing {
@@ -268,19 +346,23 @@ pub fn spawn(
                 }
                 Msg::Refreshed {
                     started,
+                    took_us,
                     records,
                     procfs,
                     procfs_gone,
                 } => {
                     refreshing = false;
+                    stats.last_iterator_us = took_us;
+                    stats.last_iterator_tasks = records.len();
                     if records.is_empty() {
                         // The iterator failed: answer with what we have rather than hang.
-                        let snap = current(&table, &mut cached, last_refresh);
+                        let snap = current(&table, &mut cached, last_refresh, &latest);
                         for (_, w) in waiters.drain(..) {
                             let _ = w.send(snap.clone());
                         }
                         continue;
                     }
+                    demanded = false;
                     let t0 = std::time::Instant::now();
                     let needs = table.apply_snapshot(started, &records, false);
                     tracing::debug!(us = t0.elapsed().as_micros() as u64, "snapshot applied");
@@ -294,7 +376,7 @@ pub fn spawn(
                     if !needs.is_empty() {
                         start_identities(&table, needs, tx.clone());
                     }
-                    let snap = current(&table, &mut cached, last_refresh);
+                    let snap = current(&table, &mut cached, last_refresh, &latest);
                     for (_, w) in waiters.drain(..) {
                         let _ = w.send(snap.clone());
                     }
@@ -331,7 +413,12 @@ pub fn spawn(
                         }
                     }
                     let age = Duration::from_nanos(boot_ns().saturating_sub(last_refresh));
-                    if now.duration_since(last_query) < HOT_FOR && age >= max_age / 2 {
+                    // A client polling faster than the bound gets its next answer from a
+                    // snapshot read ahead of the question instead of waiting for one.
+                    if demanded
+                        && now.duration_since(last_query) < max_age * 2
+                        && age >= max_age / 2
+                    {
                         due = true;
                     }
                     if due && !refreshing {
@@ -344,6 +431,10 @@ pub fn spawn(
                     let mut s = stats.clone();
                     s.table = table.counters;
                     s.live_processes = table.live().len();
+                    s.fast_path_hits = latest.hits.load(std::sync::atomic::Ordering::Relaxed);
+                    s.fast_path_misses = latest.misses.load(std::sync::atomic::Ordering::Relaxed);
+                    s.fuse_requests =
+                        crate::fs::REQUESTS.load(std::sync::atomic::Ordering::Relaxed);
                     s.exited_retained = table.exited().len();
                     if let Ok(k) = kernel.lock() {
                         if let Ok(counters) = k.stats() {
@@ -359,13 +450,21 @@ pub fn spawn(
                     let _ = reply.send(ledger.report(table.live().values()));
                 }
             }
+            latest
+                .version
+                .store(table.version(), std::sync::atomic::Ordering::Release);
         }
         tracing::debug!("process table actor stopped");
     });
     Ok((state, queries_rx))
 }
 
-fn current(table: &ProcessTable, cached: &mut Option<Arc<Snapshot>>, at: u64) -> Arc<Snapshot> {
+fn current(
+    table: &ProcessTable,
+    cached: &mut Option<Arc<Snapshot>>,
+    at: u64,
+    latest: &Latest,
+) -> Arc<Snapshot> {
     if let Some(c) = cached
         && c.version == table.version()
         && c.refreshed_at == at
@@ -380,6 +479,9 @@ fn current(table: &ProcessTable, cached: &mut Option<Arc<Snapshot>>, at: u64) ->
         listing_json: OnceLock::new(),
     });
     *cached = Some(snap.clone());
+    if let Ok(mut l) = latest.snapshot.write() {
+        *l = Some(snap.clone());
+    }
     snap
 }
 
@@ -427,11 +529,8 @@ fn start_refresh(
             }
             Err(_) => Vec::new(),
         };
-        tracing::debug!(
-            tasks = records.len(),
-            us = t0.elapsed().as_micros() as u64,
-            "task iterator pass"
-        );
+        let took_us = t0.elapsed().as_micros() as u64;
+        tracing::debug!(tasks = records.len(), us = took_us, "task iterator pass");
         if gc && !records.is_empty() {
             let seen: std::collections::HashSet<u32> = records.iter().map(|r| r.tgid).collect();
             if let Ok(mut k) = kernel.lock() {
@@ -446,6 +545,7 @@ fn start_refresh(
             // Never apply an empty snapshot: it would declare every process gone.
             let _ = tx.blocking_send(Msg::Refreshed {
                 started: 0,
+                took_us,
                 records: Vec::new(),
                 procfs: Vec::new(),
                 procfs_gone: Vec::new(),
@@ -464,6 +564,7 @@ fn start_refresh(
             .collect();
         let _ = tx.blocking_send(Msg::Refreshed {
             started,
+            took_us,
             records,
             procfs,
             procfs_gone,

@@ -81,6 +81,21 @@ pub struct Process {
     pub event_ts: u64,
     /// Whether identity (argv, exe) still needs filling from outside the event stream.
     pub needs_identity: bool,
+    /// Changes whenever this entry changes (unique across the table's life): caches of rendered
+    /// output key on (pid, rev).
+    pub rev: u64,
+}
+
+fn next_rev() -> u64 {
+    static REV: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    REV.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Mutable access to a live entry, marking it changed.
+fn edit(slot: &mut Arc<Process>) -> &mut Process {
+    let p = Arc::make_mut(slot);
+    p.rev = next_rev();
+    p
 }
 
 impl Process {
@@ -105,6 +120,7 @@ impl Process {
             refreshed_at: 0,
             event_ts: ts,
             needs_identity: false,
+            rev: next_rev(),
         }
     }
 
@@ -129,6 +145,7 @@ impl Process {
             refreshed_at: 0,
             event_ts: ts,
             needs_identity: rec.pf_flags & PF_KTHREAD == 0,
+            rev: next_rev(),
         }
     }
 
@@ -265,7 +282,7 @@ impl ProcessTable {
                 let slot = self.live.entry(pid).or_insert_with(|| {
                     Arc::new(Process::from_task(&entry.task, *ts, Origin::Event))
                 });
-                let p = Arc::make_mut(slot);
+                let p = edit(slot);
                 p.apply_entry(entry);
                 p.exec_ts = Some(*ts);
                 p.event_ts = *ts;
@@ -283,7 +300,7 @@ impl ProcessTable {
                 };
                 let p = match self.live.get_mut(&pid) {
                     Some(slot) => {
-                        let p = Arc::make_mut(slot);
+                        let p = edit(slot);
                         p.exit = Some(exit);
                         p.event_ts = *ts;
                         p.comm = cstr(&task.comm).to_vec();
@@ -330,7 +347,7 @@ impl ProcessTable {
                 if let Some(slot) = self.live.get_mut(pid)
                     && slot.start_boottime == *start_boottime
                 {
-                    let p = Arc::make_mut(slot);
+                    let p = edit(slot);
                     p.comm = cstr(comm).to_vec();
                     p.event_ts = *ts;
                 }
@@ -384,6 +401,11 @@ impl ProcessTable {
             // Leader first, then threads by tid.
             tasks.sort_by_key(|t| (t.tid != pid, t.tid));
             let leader = tasks[0];
+            if leader.tid == pid {
+                for t in &mut tasks[1..] {
+                    inherit_group_fields(t, &leader);
+                }
+            }
             if let Some(&(start, _)) = self.tombstones.get(&pid)
                 && start == leader.start_boottime
             {
@@ -391,7 +413,7 @@ impl ProcessTable {
             }
             match self.live.get_mut(&pid) {
                 Some(slot) if slot.start_boottime == leader.start_boottime => {
-                    let p = Arc::make_mut(slot);
+                    let p = edit(slot);
                     // Reparenting has no event; the snapshot is the source.
                     if p.event_ts < started {
                         p.ppid = leader.ppid;
@@ -461,7 +483,7 @@ impl ProcessTable {
             self.live.insert(pid, Arc::new(p));
             self.counters.backfilled += 1;
         } else if let Some(slot) = self.live.get_mut(&pid) {
-            let p = Arc::make_mut(slot);
+            let p = edit(slot);
             p.ppid = rec.ppid;
             p.tasks = tasks.to_vec();
             p.refreshed_at = at;
@@ -488,7 +510,7 @@ impl ProcessTable {
             && slot.needs_identity
         {
             self.version += 1;
-            let p = Arc::make_mut(slot);
+            let p = edit(slot);
             p.cmdline = cmdline;
             if p.exe.is_none() {
                 p.exe = exe;
@@ -498,8 +520,48 @@ impl ProcessTable {
     }
 }
 
+/// The iterator reads the thread-group-wide parts of a task (signal_struct, mm, sighand, fs,
+/// files, cgroup) only for the leader; give each thread the leader's values, as the kernel's
+/// per-thread files show them.
+fn inherit_group_fields(t: &mut TaskRecord, l: &TaskRecord) {
+    t.pgid = l.pgid;
+    t.sid = l.sid;
+    t.tty_nr = l.tty_nr;
+    t.tpgid = l.tpgid;
+    t.nr_threads = l.nr_threads;
+    t.has_mm = l.has_mm;
+    (t.sig_utime, t.sig_stime, t.cutime, t.cstime) = (l.sig_utime, l.sig_stime, l.cutime, l.cstime);
+    (t.sig_min_flt, t.sig_maj_flt, t.cmin_flt, t.cmaj_flt) =
+        (l.sig_min_flt, l.sig_maj_flt, l.cmin_flt, l.cmaj_flt);
+    (t.sig_sum_sched_runtime, t.sig_prev_utime, t.sig_prev_stime) =
+        (l.sig_sum_sched_runtime, l.sig_prev_utime, l.sig_prev_stime);
+    t.cgtime = l.cgtime;
+    t.rlim = l.rlim;
+    t.sig_shared_pending = l.sig_shared_pending;
+    (t.sig_ignored, t.sig_caught) = (l.sig_ignored, l.sig_caught);
+    t.cgroup_id = l.cgroup_id;
+    t.umask = l.umask;
+    t.max_fds = l.max_fds;
+    (t.total_vm, t.locked_vm, t.pinned_vm) = (l.total_vm, l.locked_vm, l.pinned_vm);
+    (t.data_vm, t.exec_vm, t.stack_vm) = (l.data_vm, l.exec_vm, l.stack_vm);
+    (t.hiwater_rss, t.hiwater_vm) = (l.hiwater_rss, l.hiwater_vm);
+    (t.rss_file, t.rss_anon, t.rss_swapents, t.rss_shmem) =
+        (l.rss_file, l.rss_anon, l.rss_swapents, l.rss_shmem);
+    t.rss_sum = l.rss_sum;
+    t.pgtables_bytes = l.pgtables_bytes;
+    (t.start_code, t.end_code, t.start_data, t.end_data) =
+        (l.start_code, l.end_code, l.start_data, l.end_data);
+    (t.start_brk, t.brk, t.start_stack) = (l.start_brk, l.brk, l.start_stack);
+    (t.arg_start, t.arg_end, t.env_start, t.env_end) =
+        (l.arg_start, l.arg_end, l.env_start, l.env_end);
+    t.full_name = [0; 64];
+    t.wq_desc = [0; 32];
+    t.wq_busy = 0;
+}
+
 fn with_unknown_exit(p: &Process, ts: u64) -> Arc<Process> {
     let mut p = p.clone();
+    p.rev = next_rev();
     p.exit = Some(ExitInfo {
         ts,
         status: None,

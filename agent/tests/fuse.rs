@@ -71,15 +71,16 @@ fn agree(view: &Path, agent: &Agent, cmd: &str) -> usize {
 }
 
 fn mounted_agent() -> (Agent, PathBuf) {
-    let probe = Agent::start_with(&[]);
-    let view = probe.dir.join("view");
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("bpfproc-fuse-{}-{port}", std::process::id()));
+    let view = dir.join("view");
     std::fs::create_dir_all(&view).unwrap();
-    drop(probe);
-    let dir = view.parent().unwrap().to_path_buf();
+    // Numbers at most 1 ms old: the comparisons read the kernel just before and after the view,
+    // and a snapshot taken before the first kernel read could legitimately differ from both.
     let agent = Agent::start_in(
         dir,
-        format!("127.0.0.1:{}", free_port()),
-        &["--mount", view.to_str().unwrap()],
+        format!("127.0.0.1:{port}"),
+        &["--mount", view.to_str().unwrap(), "--max-staleness-ms", "1"],
     );
     (agent, view)
 }

@@ -207,6 +207,11 @@ fn fill(task: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
 
     learn_cpu_offset(ptr_at(t, off!(task_se_cfs_rq)));
     fill_cred(b, cred, r)?;
+    if r.tid != r.tgid {
+        // Everything below is shared by the thread group; the agent copies it from the
+        // leader's record instead of reading it once per thread.
+        return Ok(());
+    }
     r.cgroup_id = 0;
     if !cgroups.is_null() {
         let cgrp = ptr(cgroups, off!(css_set_dfl_cgrp))?;

@@ -34,8 +34,13 @@ use crate::{
     view::{self, Host, ViewError},
 };
 
-/// No kernel-side caching of entries or attributes: the default view is never stale.
+/// Attributes are never cached: every stat(2) asks, so a process that exited is ENOENT at once.
 const TTL: Duration = Duration::ZERO;
+/// Names are: a cached name of a process that has gone still leads to an inode whose every
+/// operation answers ENOENT (attributes and contents are always asked for), and an inode number
+/// encodes only the pid, so a reused pid's cached name shows the new process. This saves two
+/// LOOKUP round trips per file a tool opens. Absent names are never cached.
+const ENTRY_TTL: Duration = Duration::from_secs(60);
 
 pub struct ProcFs {
     state: State,
@@ -175,6 +180,9 @@ impl ProcFs {
     }
 
     fn snapshot(&self) -> Result<Arc<Snapshot>, Errno> {
+        if let Some(s) = self.state.current(self.state.max_age) {
+            return Ok(s);
+        }
         self.rt
             .block_on(self.state.snapshot())
             .map_err(|_| Errno::EIO)
@@ -625,17 +633,19 @@ fn same_process(p: &Process) -> Result<(), ViewError> {
 
 impl Filesystem for ProcFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        super::count_request();
         let result = Node::from_ino(parent.0)
             .ok_or(Errno::ENOENT)
             .and_then(|p| self.lookup_node(p, name))
             .and_then(|n| self.getattr_node(n));
         match result {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(attr) => reply.entry_with_ttls(&TTL, &ENTRY_TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        super::count_request();
         match Node::from_ino(ino.0)
             .ok_or(Errno::ENOENT)
             .and_then(|n| self.getattr_node(n))
@@ -646,6 +656,7 @@ impl Filesystem for ProcFs {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        super::count_request();
         match Node::from_ino(ino.0)
             .ok_or(Errno::ENOENT)
             .and_then(|n| self.readlink_node(req, n))
@@ -656,6 +667,7 @@ impl Filesystem for ProcFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        super::count_request();
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             // The Linux view has no writable files; control files come with their own nodes.
             return reply.error(Errno::EACCES);
@@ -669,7 +681,11 @@ impl Filesystem for ProcFs {
                 if let Ok(mut files) = self.files.lock() {
                     files.insert(fh, Arc::new(bytes));
                 }
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                // NOFLUSH: nothing is ever written, so close(2) need not wait for a FLUSH round trip.
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
+                );
             }
             Err(e) => reply.error(e),
         }
@@ -686,6 +702,7 @@ impl Filesystem for ProcFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        super::count_request();
         let data = self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned());
         match data {
             Some(bytes) => {
@@ -707,6 +724,7 @@ impl Filesystem for ProcFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        super::count_request();
         if let Ok(mut files) = self.files.lock() {
             files.remove(&fh.0);
         }
@@ -721,10 +739,12 @@ impl Filesystem for ProcFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        super::count_request();
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        super::count_request();
         // The listing is taken once, at opendir, so a reader walking it in several calls sees
         // one consistent directory.
         match Node::from_ino(ino.0)
@@ -750,6 +770,7 @@ impl Filesystem for ProcFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        super::count_request();
         let Some(list) = self.dirs.lock().ok().and_then(|d| d.get(&fh.0).cloned()) else {
             return reply.error(Errno::EBADF);
         };
@@ -774,6 +795,7 @@ impl Filesystem for ProcFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        super::count_request();
         if let Ok(mut dirs) = self.dirs.lock() {
             dirs.remove(&fh.0);
         }

@@ -15,6 +15,14 @@ use fuser::{Config, MountOption, SessionACL};
 
 pub use options::MountOptions;
 
+/// FUSE requests answered by every mount of this agent (for `/v1/stats` and the benchmarks:
+/// round trips are what a view costs).
+pub static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn count_request() {
+    REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 use crate::{state::State, view::Host};
 
 #[derive(Debug, thiserror::Error)]
