@@ -12,7 +12,7 @@ use axum::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::get,
+    routing::{get, post},
 };
 use futures_util::StreamExt as _;
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
@@ -27,6 +27,8 @@ use crate::{
 pub struct App {
     pub state: State,
     pub host: Host,
+    /// The control commands (`crate::control::http`).
+    pub ctl: crate::control::http::CtlHttp,
 }
 
 pub fn router(app: App) -> Router {
@@ -36,6 +38,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/processes/{pid}", get(one))
         .route("/v1/processes/{pid}/{file}", get(file))
         .route("/v1/processes/{pid}/task/{tid}/stat", get(task_stat))
+        .route("/v1/processes/{pid}/ctl", post(crate::control::http::ctl))
+        .route("/v1/processes/{pid}/wait", post(crate::control::http::wait))
         .route("/v1/exited", get(exited))
         .route("/v1/events", get(events))
         .route("/v1/stats", get(stats))

@@ -1,6 +1,8 @@
 //! bpfproc: a live /proc kept by eBPF, served over HTTP (and, later, FUSE and Prometheus).
 
 mod btf;
+mod cli;
+mod control;
 mod http;
 mod kernel;
 mod procfs;
@@ -20,6 +22,8 @@ use clap::{Parser, Subcommand};
 
 /// Default HTTP address: loopback only, so nothing is exposed without an explicit choice.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+/// Where the agent writes the bearer token for the control routes (root-only, 0600).
+pub const DEFAULT_TOKEN_FILE: &str = "/run/bpfproc/token";
 
 #[derive(Parser)]
 #[command(name = "bpfproc", version, about)]
@@ -32,6 +36,12 @@ struct Cli {
 enum Command {
     /// Load the BPF programs and serve the process table.
     Agent(AgentArgs),
+    /// Write one ctl command (stop, start, hang, attach, term, …) to a process, through the
+    /// running agent.
+    Ctl(cli::CtlArgs),
+    /// Run a program; with --stop-on-exec it is stopped before its first instruction, ready
+    /// for `gdb -p PID`.
+    Run(cli::RunArgs),
 }
 
 #[derive(clap::Args)]
@@ -54,6 +64,9 @@ struct AgentArgs {
     /// How often the ring buffer is drained when no wake-up comes, in milliseconds.
     #[arg(long, default_value_t = 10)]
     drain_ms: u64,
+    /// File the control token is written to (mode 0600) at start and removed from at exit.
+    #[arg(long, default_value = DEFAULT_TOKEN_FILE, env = "BPFPROC_TOKEN_FILE")]
+    token_file: std::path::PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +83,8 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(agent(args)),
+        Command::Ctl(args) => cli::ctl(&args),
+        Command::Run(args) => cli::run(&args),
     }
 }
 
@@ -112,17 +127,32 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    // All ptrace work happens on this thread (see control/actor.rs).
+    let control =
+        control::Control::spawn(Some(kernel.clone())).context("starting the control thread")?;
+    let token: Arc<str> = cli::new_token()?.into();
+    cli::write_token(&args.token_file, &token)
+        .with_context(|| format!("writing the token file {}", args.token_file.display()))?;
+    let ctl = control::http::CtlHttp {
+        control: control.clone(),
+        waiter: control::wait::Waiter::new(state.clone()),
+        token,
+    };
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
-    let app = http::App { state, host };
+    let app = http::App { state, host, ctl };
     let server = tokio::spawn(http::serve(listener, app, shutdown.clone()));
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = server.await;
+    // Every traced process is detached and left as it was before the BPF programs go.
+    tokio::task::spawn_blocking(move || control.shutdown()).await?;
+    let _ = std::fs::remove_file(&args.token_file);
     let _ = reader.await;
     drop(kernel);
     Ok(())
