@@ -382,6 +382,11 @@ impl Target {
         if info_is_kthread(&target.info) {
             return Err(CtlError::NotPermitted(format!("{pid} is a kernel thread")));
         }
+        if pid == 1 {
+            // The kernel ignores stop and kill signals sent to init from its own namespace, so a
+            // `stop` would block its writer for ever; and a stopped init stops the system.
+            return Err(CtlError::NotPermitted("pid 1 is init".into()));
+        }
         if pid == std::process::id() {
             return Err(CtlError::NotPermitted(
                 "the agent does not control itself".into(),

@@ -1,8 +1,9 @@
 //! The Plan 9 `wait` file: one Waitmsg per read for each exited child of a process, taken
 //! from the table's exit records (the BPF exit hook's status and CPU times). As in Plan 9,
 //! a record is consumed by the read that returns it, so each exit is reported once per
-//! process; a read blocks while the process has living children but no unreported exited
-//! one, and fails with ECHILD when it has none at all.
+//! process. A read blocks until there is an unreported exited child; a process reading its
+//! own wait file with no children at all gets ECHILD, and a read whose process exits
+//! meanwhile ends with ENOENT.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -143,16 +144,23 @@ impl Waiter {
                 .processes
                 .iter()
                 .any(|p| is_child(p) && p.exit.is_none());
-            if !living {
+            if !living && caller.pid == pid {
+                // "It is an error for a process to attempt to read its own wait file when it
+                // has no children": nothing could ever end that read.
                 return Err(CtlError::NoChildren(pid));
             }
-            // Block until one of its children exits (or look again after a while).
+            if parent.exit.is_some() {
+                return Err(CtlError::NoProcess(pid));
+            }
+            // Block until one of its children exits or it exits itself (or look again after a
+            // while); a process with no children yet may still fork one, so others' reads
+            // block too, as in Plan 9.
             let _ = tokio::time::timeout(RECHECK, async {
                 loop {
                     match events.recv().await {
                         Ok(change) => {
                             if let Change::Exit(p) = &*change
-                                && p.ppid == pid
+                                && (p.ppid == pid || p.pid == pid)
                             {
                                 return;
                             }
