@@ -12,7 +12,7 @@ use axum::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::get,
+    routing::{get, post},
 };
 use futures_util::StreamExt as _;
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
@@ -29,6 +29,8 @@ pub struct App {
     pub host: Host,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub listing: Arc<Listing>,
+    /// The control commands (`crate::control::http`).
+    pub ctl: crate::control::http::CtlHttp,
 }
 
 pub fn router(app: App) -> Router {
@@ -38,6 +40,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/processes/{pid}", get(one))
         .route("/v1/processes/{pid}/{file}", get(file))
         .route("/v1/processes/{pid}/task/{tid}/stat", get(task_stat))
+        .route("/v1/processes/{pid}/ctl", post(crate::control::http::ctl))
+        .route("/v1/processes/{pid}/wait", post(crate::control::http::wait))
         .route("/v1/exited", get(exited))
         .route("/v1/events", get(events))
         .route("/v1/stats", get(stats))
@@ -153,8 +157,10 @@ impl Listing {
     }
 
     fn body(&self, snap: &Snapshot) -> bytes::Bytes {
-        self.last_used
-            .store(crate::state::boot_ns(), std::sync::atomic::Ordering::Relaxed);
+        self.last_used.store(
+            crate::state::boot_ns(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         snap.listing_json
             .get_or_init(|| self.render(&snap.processes))
             .clone()
@@ -196,7 +202,8 @@ impl Listing {
             if idle || self.rendering.swap(true, Ordering::AcqRel) {
                 return;
             }
-            snap.listing_json.get_or_init(|| self.render(&snap.processes));
+            snap.listing_json
+                .get_or_init(|| self.render(&snap.processes));
             self.rendering.store(false, Ordering::Release);
         })
     }

@@ -232,6 +232,47 @@ impl Kernel {
         Ok(procs.keys().filter_map(Result::ok).collect())
     }
 
+    /// Sets and clears `pflag` bits of `pid`'s entry in the process map (the stop-on-exec
+    /// bit, `pflag::HANG`), creating the entry if the process has none yet, and returns the
+    /// new flags. The read-modify-write can race an exec rewriting the same entry; the exec's
+    /// own record has already gone out through the ring, so at worst the map keeps the
+    /// pre-exec argv for the next fork's copy, and the flags written are still ours.
+    pub fn set_flags(&mut self, pid: u32, set: u32, clear: u32) -> Result<u32, KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("PROCS")
+            .ok_or(KernelError::Iter("PROCS missing".into()))?;
+        let mut procs: HashMap<&mut MapData, u32, ProcEntry> =
+            HashMap::try_from(map).map_err(|source| KernelError::Map {
+                name: "PROCS",
+                source,
+            })?;
+        let mut entry = match procs.get(&pid, 0) {
+            Ok(e) => e,
+            Err(aya::maps::MapError::KeyNotFound) => {
+                // SAFETY: ProcEntry is plain integers and byte arrays; all zeroes is valid.
+                let mut e: ProcEntry = unsafe { std::mem::zeroed() };
+                e.task.tgid = pid;
+                e.task.tid = pid;
+                e
+            }
+            Err(source) => {
+                return Err(KernelError::Map {
+                    name: "PROCS",
+                    source,
+                });
+            }
+        };
+        entry.task.flags = (entry.task.flags | set) & !clear;
+        procs
+            .insert(&pid, &entry, 0)
+            .map_err(|source| KernelError::Map {
+                name: "PROCS",
+                source,
+            })?;
+        Ok(entry.task.flags)
+    }
+
     /// Drops map entries of processes that are gone: the iterator (which began at boot-clock
     /// `started`) did not see them and they began before it. An entry can outlive its process
     /// when the iterator's backfill insert races the exit. Returns how many were dropped.

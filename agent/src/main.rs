@@ -1,6 +1,8 @@
 //! bpfproc: a live /proc kept by eBPF, served over HTTP (JSON, Prometheus) and, later, FUSE.
 
 mod btf;
+mod cli;
+mod control;
 mod fs;
 mod groups;
 mod http;
@@ -25,6 +27,8 @@ use clap::{Parser, Subcommand};
 
 /// Default HTTP address: loopback only, so nothing is exposed without an explicit choice.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+/// Where the agent writes the bearer token for the control routes (root-only, 0600).
+pub const DEFAULT_TOKEN_FILE: &str = "/run/bpfproc/token";
 
 #[derive(Parser)]
 #[command(name = "bpfproc", version, about)]
@@ -58,6 +62,12 @@ enum Command {
         #[arg(long, default_value = socket::DEFAULT_SOCKET, env = "BPFPROC_SOCKET")]
         socket: PathBuf,
     },
+    /// Write one ctl command (stop, start, hang, attach, term, …) to a process, through the
+    /// running agent.
+    Ctl(cli::CtlArgs),
+    /// Run a program; with --stop-on-exec it is stopped before its first instruction, ready
+    /// for `gdb -p PID`.
+    Run(cli::RunArgs),
 }
 
 #[derive(clap::Args)]
@@ -106,6 +116,9 @@ struct AgentArgs {
     /// in bpfproc_pid_series_dropped_total.
     #[arg(long, default_value_t = 100, requires = "metrics_per_pid")]
     metrics_per_pid_max: usize,
+    /// File the control token is written to (mode 0600) at start and removed from at exit.
+    #[arg(long, default_value = DEFAULT_TOKEN_FILE, env = "BPFPROC_TOKEN_FILE")]
+    token_file: std::path::PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -150,6 +163,8 @@ fn main() -> anyhow::Result<()> {
             }
             answer(resp)
         }
+        Command::Ctl(args) => cli::ctl(&args),
+        Command::Run(args) => cli::run(&args),
     }
 }
 
@@ -240,6 +255,17 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         let (m, dir, o) = (mounts.clone(), dir.clone(), mount_options.clone());
         tokio::task::spawn_blocking(move || m.mount(&dir, o)).await??;
     }
+    // All ptrace work happens on this thread (see control/actor.rs).
+    let control =
+        control::Control::spawn(Some(kernel.clone())).context("starting the control thread")?;
+    let token: Arc<str> = cli::new_token()?.into();
+    cli::write_token(&args.token_file, &token)
+        .with_context(|| format!("writing the token file {}", args.token_file.display()))?;
+    let ctl = control::http::CtlHttp {
+        control: control.clone(),
+        waiter: control::wait::Waiter::new(state.clone()),
+        token,
+    };
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -256,6 +282,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         host,
         metrics: Arc::new(metrics),
         listing,
+        ctl,
     };
     let server = tokio::spawn(http::serve(listener, app, shutdown.clone()));
 
@@ -269,6 +296,9 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || m.unmount_all()).await?;
     }
     let _ = server.await;
+    // Every traced process is detached and left as it was before the BPF programs go.
+    tokio::task::spawn_blocking(move || control.shutdown()).await?;
+    let _ = std::fs::remove_file(&args.token_file);
     let _ = reader.await;
     drop(kernel);
     Ok(())

@@ -38,6 +38,8 @@ pub struct Agent {
     /// A private directory for this agent's socket and mount points.
     pub dir: std::path::PathBuf,
     pub socket: std::path::PathBuf,
+    /// This agent's control token file (each test agent has its own).
+    pub token_file: std::path::PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -61,10 +63,13 @@ impl Agent {
     /// Starts an agent reusing `dir` (its socket and mount points), e.g. after a crash.
     pub fn start_in(dir: std::path::PathBuf, addr: String, extra: &[&str]) -> Agent {
         let socket = dir.join("bpfproc.sock");
+        let token_file = dir.join("token");
         let child = Command::new(env!("CARGO_BIN_EXE_bpfproc"))
             .args(["agent", "--listen", &addr])
             .arg("--socket")
             .arg(&socket)
+            .arg("--token-file")
+            .arg(&token_file)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -75,6 +80,7 @@ impl Agent {
             addr,
             dir,
             socket,
+            token_file,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -105,6 +111,29 @@ impl Agent {
             body = dechunk(&body);
         }
         Ok((status, body))
+    }
+
+    /// The control token the agent wrote at start.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(&self.token_file)
+            .expect("token file")
+            .trim()
+            .to_string()
+    }
+
+    /// POSTs `body`, with `Authorization: Bearer TOKEN` when a token is given.
+    pub fn post(&self, path: &str, body: &str, token: Option<&str>) -> (u16, Vec<u8>) {
+        post(&self.addr, path, body, token)
+    }
+
+    /// Writes a ctl command as root (with the token).
+    pub fn ctl(&self, pid: u32, cmd: &str) -> (u16, String) {
+        let (status, body) = self.post(
+            &format!("/v1/processes/{pid}/ctl"),
+            cmd,
+            Some(&self.token()),
+        );
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
@@ -193,6 +222,34 @@ unsafe extern "C" {
 pub fn kill(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc_kill(pid as i32, sig) };
+}
+
+/// POSTs `body` to the agent at `addr` (usable from threads that do not own the `Agent`).
+pub fn post(addr: &str, path: &str, body: &str, token: Option<&str>) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read");
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let status: u16 = String::from_utf8_lossy(&buf[9..12]).parse().unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let mut body = buf[head_end + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, body)
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {

@@ -1,0 +1,815 @@
+//! The control thread: the one thread in the agent that calls ptrace(2) or waits for a
+//! tracee. The kernel makes the thread that attached a tracee its only tracer, so every
+//! request that may touch a tracee comes here over a channel and is answered on a reply
+//! channel. The thread never blocks on a target: commands that must wait for a stop
+//! (`stop`, `attach`, `step`, `waitstop`, …) issue their action here and the *caller* polls
+//! `Status` until the target is stopped, so one slow target never holds up another caller.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use bpfproc_common::pflag;
+
+use super::{Caller, Command, CtlError, KernelHandle, POLL, ProcInfo, Target};
+
+/// A tracee that exits or stops is noticed (and, if it exited, reaped so that its real parent
+/// can reap it in turn) at most this late while the thread is otherwise idle.
+const REAP_EVERY: Duration = Duration::from_millis(20);
+/// How long a tracee may take to reach a ptrace stop after PTRACE_INTERRUPT before we give up
+/// (a task in an uninterruptible sleep cannot stop until it wakes).
+const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub const REGS_SIZE: usize = size_of::<libc::user_regs_struct>();
+pub const FPREGS_SIZE: usize = size_of::<libc::user_fpregs_struct>();
+/// Largest single `mem` read; FUSE reads are at most 128 KiB anyway.
+const MEM_MAX: usize = 16 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunState {
+    Running,
+    Stopped,
+    Gone,
+}
+
+/// What a command needs after its immediate action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    Done,
+    /// Poll until stopped; an exit instead is success (`waitstop`) or ENOENT (`stop`, …).
+    WaitStop {
+        start: u64,
+        exit_ok: bool,
+    },
+}
+
+enum Op {
+    Ctl(Command),
+    Status { start: u64 },
+    ReadMem { addr: u64, len: usize },
+    WriteMem { addr: u64, data: Vec<u8> },
+    GetRegs { fp: bool },
+    SetRegs { fp: bool, data: Vec<u8> },
+}
+
+enum Reply {
+    Then(Then),
+    State(RunState),
+    Bytes(Vec<u8>),
+    Written(usize),
+    Done,
+}
+
+enum Msg {
+    Req {
+        caller: Caller,
+        pid: u32,
+        op: Op,
+        reply: mpsc::SyncSender<Result<Reply, CtlError>>,
+    },
+    Shutdown,
+}
+
+/// Handle to the control thread. Every method blocks the calling thread (the FUSE layer calls
+/// them from its own threads; async code uses the `_async` wrappers or `spawn_blocking`).
+#[derive(Clone)]
+pub struct Control {
+    tx: mpsc::Sender<Msg>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+// Until the FUSE view lands, `mem`, `regs`, `fpregs` and the notes are called only by tests.
+#[allow(dead_code)]
+impl Control {
+    /// Starts the control thread. `kernel` is the BPF loader, for `hang`/`nohang`; without it
+    /// (tests of the ptrace side alone) those two commands fail with ENOSYS.
+    pub fn spawn(kernel: Option<KernelHandle>) -> std::io::Result<Control> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("bpfproc-control".into())
+            .spawn(move || Actor::new(kernel).run(rx))?;
+        Ok(Control {
+            tx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    fn call(&self, caller: &Caller, pid: u32, op: Op) -> Result<Reply, CtlError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Req {
+                caller: *caller,
+                pid,
+                op,
+                reply,
+            })
+            .map_err(|_| CtlError::Gone)?;
+        rx.recv().map_err(|_| CtlError::Gone)?
+    }
+
+    /// Parses one write to `ctl` and carries it out. A malformed command is EINVAL and the
+    /// target is not looked at.
+    pub fn write_ctl(&self, caller: &Caller, pid: u32, raw: &[u8]) -> Result<(), CtlError> {
+        let cmd = Command::parse(raw)?;
+        self.ctl(caller, pid, cmd)
+    }
+
+    /// Carries out a ctl command, blocking for the ones that wait for a stop.
+    pub fn ctl(&self, caller: &Caller, pid: u32, cmd: Command) -> Result<(), CtlError> {
+        match self.call(caller, pid, Op::Ctl(cmd))? {
+            Reply::Then(Then::WaitStop { start, exit_ok }) => loop {
+                match self.call(caller, pid, Op::Status { start })? {
+                    Reply::State(RunState::Stopped) => return Ok(()),
+                    Reply::State(RunState::Gone) if exit_ok => return Ok(()),
+                    Reply::State(RunState::Gone) => return Err(CtlError::NoProcess(pid)),
+                    _ => std::thread::sleep(POLL),
+                }
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// `ctl` for async callers (HTTP): runs on the blocking pool, since it may wait.
+    pub async fn ctl_async(&self, caller: Caller, pid: u32, cmd: Command) -> Result<(), CtlError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.ctl(&caller, pid, cmd))
+            .await
+            .unwrap_or(Err(CtlError::Gone))
+    }
+
+    /// Reads `mem` at virtual address `addr`. Reading does not need the target stopped. A
+    /// read that starts on an unmapped page is EIO; one that runs into one is short.
+    pub fn read_mem(
+        &self,
+        caller: &Caller,
+        pid: u32,
+        addr: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, CtlError> {
+        match self.call(caller, pid, Op::ReadMem { addr, len })? {
+            Reply::Bytes(b) => Ok(b),
+            _ => unreachable!("ReadMem answers Bytes"),
+        }
+    }
+
+    /// Writes `mem` at `addr` (text pages included, as a debugger's breakpoints need); only
+    /// while the target is stopped, EBUSY otherwise. Returns the bytes written.
+    pub fn write_mem(
+        &self,
+        caller: &Caller,
+        pid: u32,
+        addr: u64,
+        data: &[u8],
+    ) -> Result<usize, CtlError> {
+        match self.call(
+            caller,
+            pid,
+            Op::WriteMem {
+                addr,
+                data: data.to_vec(),
+            },
+        )? {
+            Reply::Written(n) => Ok(n),
+            _ => unreachable!("WriteMem answers Written"),
+        }
+    }
+
+    /// The main thread's `user_regs_struct` (x86-64, `REGS_SIZE` bytes). The target must be
+    /// stopped: attached and stopped, or stopped by a signal (then the agent attaches for
+    /// just this read and leaves it stopped).
+    pub fn regs(&self, caller: &Caller, pid: u32) -> Result<Vec<u8>, CtlError> {
+        self.get_regs(caller, pid, false)
+    }
+
+    /// The main thread's `user_fpregs_struct` (`FPREGS_SIZE` bytes); as `regs`.
+    pub fn fpregs(&self, caller: &Caller, pid: u32) -> Result<Vec<u8>, CtlError> {
+        self.get_regs(caller, pid, true)
+    }
+
+    fn get_regs(&self, caller: &Caller, pid: u32, fp: bool) -> Result<Vec<u8>, CtlError> {
+        match self.call(caller, pid, Op::GetRegs { fp })? {
+            Reply::Bytes(b) => Ok(b),
+            _ => unreachable!("GetRegs answers Bytes"),
+        }
+    }
+
+    /// Replaces the register set; `data` must be exactly `REGS_SIZE` bytes. Only while stopped.
+    pub fn set_regs(&self, caller: &Caller, pid: u32, data: &[u8]) -> Result<(), CtlError> {
+        self.set(caller, pid, false, data)
+    }
+
+    /// Replaces the FP register set; exactly `FPREGS_SIZE` bytes. Only while stopped.
+    pub fn set_fpregs(&self, caller: &Caller, pid: u32, data: &[u8]) -> Result<(), CtlError> {
+        self.set(caller, pid, true, data)
+    }
+
+    fn set(&self, caller: &Caller, pid: u32, fp: bool, data: &[u8]) -> Result<(), CtlError> {
+        self.call(
+            caller,
+            pid,
+            Op::SetRegs {
+                fp,
+                data: data.to_vec(),
+            },
+        )
+        .map(drop)
+    }
+
+    /// Posts a Plan 9 note (see `NOTES` for the names and their signals).
+    pub fn note(&self, caller: &Caller, pid: u32, raw: &[u8]) -> Result<(), CtlError> {
+        let sig = super::note_signal(raw)?;
+        Target::open(caller, pid)?.signal(sig)
+    }
+
+    /// Posts a note to every process in `pid`'s process group (Plan 9's note group) except
+    /// the writer, as the manual says. Members the caller may not control are skipped; if it
+    /// may control none, EACCES.
+    pub fn notepg(&self, caller: &Caller, pid: u32, raw: &[u8]) -> Result<(), CtlError> {
+        let sig = super::note_signal(raw)?;
+        let group = Target::open(caller, pid)?.info.pgrp;
+        let mut sent = 0;
+        let mut denied = None;
+        for member in super::group_members(group) {
+            if member == caller.pid {
+                continue;
+            }
+            match Target::open(caller, member).and_then(|t| t.signal(sig)) {
+                Ok(()) => sent += 1,
+                Err(CtlError::NoProcess(_)) => {}
+                Err(e) => denied = Some(e),
+            }
+        }
+        match (sent, denied) {
+            (0, Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The note group (process group) id, for `noteid`.
+    pub fn noteid(&self, caller: &Caller, pid: u32) -> Result<u32, CtlError> {
+        Ok(Target::open(caller, pid)?.info.pgrp)
+    }
+
+    /// Detaches every tracee, leaving each as it was (stopped stays stopped, running keeps
+    /// running), and stops the thread. Later calls fail with `Gone`.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A process the agent traces (its main thread; see the module notes in README).
+struct Tracee {
+    /// With the pid, the identity of the process.
+    start: u64,
+    /// In a ptrace stop now (as far as the last waitpid told).
+    stopped: bool,
+    /// The signal it stopped for, to be delivered when it resumes (0: none).
+    pending: i32,
+    /// A single step is in flight: its SIGTRAP is the step's, not a signal to deliver.
+    stepping: bool,
+}
+
+struct Actor {
+    kernel: Option<KernelHandle>,
+    tracees: HashMap<u32, Tracee>,
+}
+
+fn ptrace(req: libc::c_uint, pid: u32, addr: u64, data: u64) -> Result<libc::c_long, i32> {
+    // SAFETY: every request used here takes (pid, addr, data) by value or points `data` at a
+    // buffer the caller owns and sized for the request.
+    unsafe { *libc::__errno_location() = 0 };
+    let r = unsafe { libc::ptrace(req, pid as libc::pid_t, addr, data) };
+    let errno = unsafe { *libc::__errno_location() };
+    if r == -1 && errno != 0 {
+        Err(errno)
+    } else {
+        Ok(r)
+    }
+}
+
+fn ptrace_err(pid: u32, what: &'static str, errno: i32) -> CtlError {
+    match errno {
+        libc::ESRCH => CtlError::NoProcess(pid),
+        libc::EPERM => CtlError::NotPermitted(format!("{what}: the kernel refused")),
+        libc::EIO | libc::EFAULT => CtlError::BadAddress(0),
+        errno => CtlError::Os { what, errno },
+    }
+}
+
+impl Actor {
+    fn new(kernel: Option<KernelHandle>) -> Self {
+        Self {
+            kernel,
+            tracees: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        loop {
+            let msg = if self.tracees.is_empty() {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(REAP_EVERY)
+            };
+            match msg {
+                Ok(Msg::Req {
+                    caller,
+                    pid,
+                    op,
+                    reply,
+                }) => {
+                    let _ = reply.send(self.handle(&caller, pid, op));
+                }
+                Ok(Msg::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            let pids: Vec<u32> = self.tracees.keys().copied().collect();
+            for pid in pids {
+                self.reap(pid);
+            }
+        }
+        self.detach_all();
+    }
+
+    fn handle(&mut self, caller: &Caller, pid: u32, op: Op) -> Result<Reply, CtlError> {
+        if let Op::Status { start } = op {
+            // Only for a caller already let through by a command; the answer is a state.
+            return Ok(Reply::State(self.status(pid, start)));
+        }
+        let target = Target::open(caller, pid)?;
+        self.reap(pid);
+        if let Some(t) = self.tracees.get(&pid)
+            && t.start != target.info.start
+        {
+            // Our tracee died and the pid was reused: forget the old one.
+            self.tracees.remove(&pid);
+        }
+        match op {
+            Op::Ctl(cmd) => self.ctl(&target, cmd).map(Reply::Then),
+            Op::Status { .. } => unreachable!("handled above"),
+            Op::ReadMem { addr, len } => read_mem(pid, addr, len.min(MEM_MAX)).map(Reply::Bytes),
+            Op::WriteMem { addr, data } => self
+                .with_stopped(&target, |pid| poke(pid, addr, &data))
+                .map(Reply::Written),
+            Op::GetRegs { fp } => self
+                .with_stopped(&target, |pid| get_regs(pid, fp))
+                .map(Reply::Bytes),
+            Op::SetRegs { fp, data } => {
+                let want = if fp { FPREGS_SIZE } else { REGS_SIZE };
+                if data.len() != want {
+                    return Err(CtlError::Invalid(format!(
+                        "a register set is {want} bytes, got {}",
+                        data.len()
+                    )));
+                }
+                self.with_stopped(&target, |pid| set_regs(pid, fp, &data))
+                    .map(|()| Reply::Done)
+            }
+        }
+    }
+
+    fn status(&mut self, pid: u32, start: u64) -> RunState {
+        self.reap(pid);
+        if let Some(t) = self.tracees.get(&pid)
+            && t.start == start
+        {
+            return if t.stopped {
+                RunState::Stopped
+            } else {
+                RunState::Running
+            };
+        }
+        match ProcInfo::read(pid) {
+            Ok(i) if i.start != start || i.exited() => RunState::Gone,
+            Ok(i) if i.stopped() => RunState::Stopped,
+            Ok(_) => RunState::Running,
+            Err(_) => RunState::Gone,
+        }
+    }
+
+    fn ctl(&mut self, target: &Target, cmd: Command) -> Result<Then, CtlError> {
+        let pid = target.pid;
+        let start = target.info.start;
+        let wait = |exit_ok| Then::WaitStop { start, exit_ok };
+        let traced = self.tracees.contains_key(&pid);
+        match cmd {
+            Command::WaitStop | Command::Wait => Ok(wait(true)),
+            Command::Stop => {
+                if traced {
+                    if !self.tracees[&pid].stopped {
+                        ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0)
+                            .map_err(|e| ptrace_err(pid, "PTRACE_INTERRUPT", e))?;
+                    }
+                } else if !target.info.stopped() {
+                    target.signal(libc::SIGSTOP)?;
+                }
+                Ok(wait(false))
+            }
+            Command::Start | Command::StartStop => {
+                if traced {
+                    self.resume(pid, libc::PTRACE_CONT)?;
+                } else {
+                    match target.info.state {
+                        'T' => target.signal(libc::SIGCONT)?,
+                        't' => {
+                            return Err(CtlError::Busy(format!(
+                                "process {pid} is held by debugger {}",
+                                target.info.tracer
+                            )));
+                        }
+                        _ => {
+                            return Err(CtlError::Busy(format!("process {pid} is not stopped")));
+                        }
+                    }
+                }
+                Ok(if cmd == Command::StartStop {
+                    wait(false)
+                } else {
+                    Then::Done
+                })
+            }
+            Command::Kill => target.signal(libc::SIGKILL).map(|()| Then::Done),
+            Command::Signal(sig) => target.signal(sig).map(|()| Then::Done),
+            Command::Hang | Command::NoHang => {
+                let kernel = self.kernel.as_ref().ok_or(CtlError::NoKernel)?;
+                let (set, clear) = if cmd == Command::Hang {
+                    (pflag::HANG, 0)
+                } else {
+                    (0, pflag::HANG)
+                };
+                kernel
+                    .lock()
+                    .map_err(|_| CtlError::Gone)?
+                    .set_flags(pid, set, clear)
+                    .map_err(|e| {
+                        tracing::warn!("setting the hang bit of {pid}: {e}");
+                        CtlError::Os {
+                            what: "updating the BPF process map",
+                            errno: libc::EIO,
+                        }
+                    })?;
+                Ok(Then::Done)
+            }
+            Command::Attach => {
+                if traced {
+                    return Err(CtlError::Busy(format!("process {pid} is already attached")));
+                }
+                self.seize(target)?;
+                Ok(wait(false))
+            }
+            Command::Detach => {
+                if !traced {
+                    return Err(CtlError::Busy(format!("process {pid} is not attached")));
+                }
+                self.detach(pid, false)?;
+                // FreeBSD: detach lets the target continue. A group stop (a SIGSTOP before or
+                // during the attach) outlives the detach; end it too.
+                if target.refresh().is_ok_and(|i| i.state == 'T') {
+                    target.signal(libc::SIGCONT)?;
+                }
+                Ok(Then::Done)
+            }
+            Command::Run => {
+                if !traced {
+                    return Err(CtlError::Busy(format!("process {pid} is not attached")));
+                }
+                self.resume(pid, libc::PTRACE_CONT).map(|()| Then::Done)
+            }
+            Command::Step => {
+                if !traced {
+                    return Err(CtlError::Busy(format!("process {pid} is not attached")));
+                }
+                self.resume(pid, libc::PTRACE_SINGLESTEP)?;
+                Ok(wait(false))
+            }
+        }
+    }
+
+    /// PTRACE_SEIZE and make the tracee stop. A process already in a group stop traps by
+    /// itself as it is seized (the kernel waits for that before the seize returns); an
+    /// interrupt on top of it would leave a second trap pending for after the next resume.
+    fn seize(&mut self, target: &Target) -> Result<(), CtlError> {
+        let pid = target.pid;
+        if target.info.tracer != 0 {
+            return Err(CtlError::Busy(format!(
+                "process {pid} is traced by {}",
+                target.info.tracer
+            )));
+        }
+        ptrace(libc::PTRACE_SEIZE, pid, 0, 0).map_err(|e| match e {
+            libc::EPERM => CtlError::Busy(format!("process {pid} cannot be traced now")),
+            e => ptrace_err(pid, "PTRACE_SEIZE", e),
+        })?;
+        self.tracees.insert(
+            pid,
+            Tracee {
+                start: target.info.start,
+                stopped: false,
+                pending: 0,
+                stepping: false,
+            },
+        );
+        if !ProcInfo::read(pid).is_ok_and(|i| i.state == 't') {
+            ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0)
+                .map_err(|e| ptrace_err(pid, "PTRACE_INTERRUPT", e))?;
+        }
+        Ok(())
+    }
+
+    /// Resumes a stopped tracee, delivering the signal it stopped for (except a single step,
+    /// which FreeBSD defines as delivering none).
+    fn resume(&mut self, pid: u32, how: libc::c_uint) -> Result<(), CtlError> {
+        let t = self.tracees.get_mut(&pid).ok_or(CtlError::NoProcess(pid))?;
+        if !t.stopped {
+            return Err(CtlError::Busy(format!("process {pid} is not stopped")));
+        }
+        let step = how == libc::PTRACE_SINGLESTEP;
+        let sig = if step { 0 } else { t.pending };
+        ptrace(how, pid, 0, sig as u64).map_err(|e| ptrace_err(pid, "resuming", e))?;
+        t.stopped = false;
+        t.stepping = step;
+        if !step {
+            t.pending = 0;
+        }
+        Ok(())
+    }
+
+    /// Collects what the kernel has to say about a tracee: stops, and its exit (which also
+    /// hands the zombie on to its real parent).
+    fn reap(&mut self, pid: u32) {
+        loop {
+            let Some(t) = self.tracees.get_mut(&pid) else {
+                return;
+            };
+            let mut status = 0;
+            // SAFETY: waitpid on a specific pid with a valid status pointer.
+            let r = unsafe {
+                libc::waitpid(
+                    pid as libc::pid_t,
+                    &mut status,
+                    libc::WNOHANG | libc::__WALL,
+                )
+            };
+            if r == 0 {
+                return;
+            }
+            if r < 0 || libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                // ECHILD: no longer ours (the process is gone).
+                self.tracees.remove(&pid);
+                return;
+            }
+            if libc::WIFSTOPPED(status) {
+                let sig = libc::WSTOPSIG(status);
+                let event = status >> 16;
+                t.stopped = true;
+                if event != 0 || (sig == libc::SIGTRAP && t.stepping) {
+                    // A group stop, an interrupt, or the end of a step: nothing to deliver.
+                } else {
+                    t.pending = sig;
+                }
+                t.stepping = false;
+            }
+        }
+    }
+
+    /// Blocks (briefly, bounded) until the tracee is in a ptrace stop.
+    fn interrupt_and_wait(&mut self, pid: u32) -> Result<(), CtlError> {
+        self.reap(pid);
+        if self.tracees.get(&pid).is_some_and(|t| t.stopped) {
+            return Ok(());
+        }
+        ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0)
+            .map_err(|e| ptrace_err(pid, "PTRACE_INTERRUPT", e))?;
+        let deadline = Instant::now() + INTERRUPT_TIMEOUT;
+        loop {
+            self.reap(pid);
+            match self.tracees.get(&pid) {
+                None => return Err(CtlError::NoProcess(pid)),
+                Some(t) if t.stopped => return Ok(()),
+                Some(_) if Instant::now() > deadline => {
+                    return Err(CtlError::Busy(format!(
+                        "process {pid} did not stop (uninterruptible sleep?)"
+                    )));
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// PTRACE_DETACH, the tracee continuing with the signal it stopped for. `keep_stopped`:
+    /// a tracee in a ptrace stop is sent SIGSTOP first, which it takes as soon as it leaves
+    /// the stop — untraced by then, so it enters an ordinary group stop before running any
+    /// instruction of its own. (PTRACE_DETACH's own signal argument would not do: the kernel
+    /// ignores it for interrupt and group stops.)
+    fn detach(&mut self, pid: u32, keep_stopped: bool) -> Result<(), CtlError> {
+        self.reap(pid);
+        let was_stopped = self.tracees.get(&pid).is_some_and(|t| t.stopped);
+        self.interrupt_and_wait(pid)?;
+        let Some(t) = self.tracees.remove(&pid) else {
+            return Err(CtlError::NoProcess(pid));
+        };
+        if keep_stopped && was_stopped {
+            // SAFETY: kill(2). The pid cannot have been reused: our tracee, alive or a zombie
+            // only we can reap, still holds it.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        }
+        ptrace(libc::PTRACE_DETACH, pid, 0, t.pending as u64)
+            .map_err(|e| ptrace_err(pid, "PTRACE_DETACH", e))?;
+        Ok(())
+    }
+
+    fn detach_all(&mut self) {
+        let pids: Vec<u32> = self.tracees.keys().copied().collect();
+        for pid in pids {
+            match self.detach(pid, true) {
+                Ok(()) => tracing::info!(pid, "detached on shutdown"),
+                Err(e) => tracing::warn!(pid, "detaching on shutdown: {e}"),
+            }
+        }
+    }
+
+    /// Runs `f` while the target is in a ptrace stop: our stopped tracee as is, or a process
+    /// in a plain group stop (SIGSTOP, `hang`) seized for just this call — it is left in its
+    /// group stop afterwards, untraced. A running target is EBUSY.
+    fn with_stopped<T>(
+        &mut self,
+        target: &Target,
+        f: impl FnOnce(u32) -> Result<T, CtlError>,
+    ) -> Result<T, CtlError> {
+        let pid = target.pid;
+        if let Some(t) = self.tracees.get(&pid) {
+            if !t.stopped {
+                return Err(CtlError::Busy(format!("process {pid} is not stopped")));
+            }
+            return f(pid);
+        }
+        match target.info.state {
+            'T' => {}
+            't' => {
+                return Err(CtlError::Busy(format!(
+                    "process {pid} is held by debugger {}",
+                    target.info.tracer
+                )));
+            }
+            _ => return Err(CtlError::Busy(format!("process {pid} is not stopped"))),
+        }
+        self.seize(target)?;
+        let r = self.interrupt_and_wait(pid).and_then(|()| f(pid));
+        // The group stop is still in effect, so the detached process goes back into it.
+        if let Some(t) = self.tracees.remove(&pid) {
+            let _ = ptrace(libc::PTRACE_DETACH, pid, 0, t.pending as u64);
+        }
+        r
+    }
+}
+
+/// process_vm_readv, one remote iovec per page: the kernel transfers whole iovecs only, so a
+/// read running into an unmapped page stops at that page instead of failing altogether.
+fn read_mem(pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, CtlError> {
+    const PAGE: u64 = 4096;
+    let mut buf = vec![0u8; len];
+    if len == 0 {
+        return Ok(buf);
+    }
+    let mut remote = Vec::new();
+    let mut at = addr;
+    let end = addr
+        .checked_add(len as u64)
+        .ok_or(CtlError::BadAddress(addr))?;
+    while at < end {
+        let next = ((at / PAGE) + 1) * PAGE;
+        let n = next.min(end) - at;
+        remote.push(libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: n as usize,
+        });
+        at += n;
+    }
+    let mut done = 0usize;
+    // IOV_MAX is 1024 per call.
+    for chunk in remote.chunks(1024) {
+        let want: usize = chunk.iter().map(|v| v.iov_len).sum();
+        let local = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: want,
+        };
+        // SAFETY: the local iovec points into `buf` with room for `want` bytes; the remote
+        // ones are addresses in the other process, which the kernel checks.
+        let n = unsafe {
+            libc::process_vm_readv(
+                pid as libc::pid_t,
+                &local,
+                1,
+                chunk.as_ptr(),
+                chunk.len() as libc::c_ulong,
+                0,
+            )
+        };
+        if n < 0 {
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            if done > 0 {
+                break;
+            }
+            return Err(match errno {
+                Some(libc::ESRCH) => CtlError::NoProcess(pid),
+                Some(libc::EFAULT) | Some(libc::EIO) | Some(libc::ENOMEM) => {
+                    CtlError::BadAddress(addr)
+                }
+                _ => CtlError::os("process_vm_readv"),
+            });
+        }
+        done += n as usize;
+        if (n as usize) < want {
+            break;
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+/// PTRACE_POKEDATA word by word (it writes through read-only text mappings, which a
+/// debugger's breakpoints need; process_vm_writev does not). Partial words at either end are
+/// read first and merged. Returns the bytes written: short if it ran into an unmapped page.
+fn poke(pid: u32, addr: u64, data: &[u8]) -> Result<usize, CtlError> {
+    const W: u64 = 8;
+    let end = addr
+        .checked_add(data.len() as u64)
+        .ok_or(CtlError::BadAddress(addr))?;
+    let mut word_at = addr & !(W - 1);
+    let mut written = 0usize;
+    while word_at < end {
+        let lo = addr.max(word_at);
+        let hi = end.min(word_at + W);
+        let fail = |errno| {
+            if written > 0 {
+                Ok(written)
+            } else if errno == libc::ESRCH {
+                Err(CtlError::NoProcess(pid))
+            } else {
+                Err(CtlError::BadAddress(word_at.max(addr)))
+            }
+        };
+        let mut word = if lo == word_at && hi == word_at + W {
+            [0u8; 8]
+        } else {
+            match ptrace(libc::PTRACE_PEEKDATA, pid, word_at, 0) {
+                Ok(v) => v.to_ne_bytes(),
+                Err(e) => return fail(e),
+            }
+        };
+        let src = &data[(lo - addr) as usize..(hi - addr) as usize];
+        word[(lo - word_at) as usize..(hi - word_at) as usize].copy_from_slice(src);
+        if let Err(e) = ptrace(
+            libc::PTRACE_POKEDATA,
+            pid,
+            word_at,
+            u64::from_ne_bytes(word),
+        ) {
+            return fail(e);
+        }
+        written += src.len();
+        word_at += W;
+    }
+    Ok(written)
+}
+
+fn get_regs(pid: u32, fp: bool) -> Result<Vec<u8>, CtlError> {
+    let size = if fp { FPREGS_SIZE } else { REGS_SIZE };
+    // u64 storage: both structs are 8-byte aligned.
+    let mut buf = vec![0u64; size / 8];
+    let req = if fp {
+        libc::PTRACE_GETFPREGS
+    } else {
+        libc::PTRACE_GETREGS
+    };
+    ptrace(req, pid, 0, buf.as_mut_ptr() as u64).map_err(|e| ptrace_err(pid, "GETREGS", e))?;
+    Ok(buf.iter().flat_map(|w| w.to_ne_bytes()).collect())
+}
+
+fn set_regs(pid: u32, fp: bool, data: &[u8]) -> Result<(), CtlError> {
+    let buf: Vec<u64> = data
+        .as_chunks::<8>()
+        .0
+        .iter()
+        .map(|c| u64::from_ne_bytes(*c))
+        .collect();
+    let req = if fp {
+        libc::PTRACE_SETFPREGS
+    } else {
+        libc::PTRACE_SETREGS
+    };
+    ptrace(req, pid, 0, buf.as_ptr() as u64).map_err(|e| match e {
+        libc::EIO | libc::EINVAL => {
+            CtlError::Invalid("the kernel rejected the register set".into())
+        }
+        e => ptrace_err(pid, "SETREGS", e),
+    })?;
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! `POST /v1/processes/{pid}/ctl` and `POST /v1/processes/{pid}/wait`: the control commands
+//! over HTTP, for callers holding the agent's bearer token (who act as root). `mem`, `regs`
+//! and `fpregs` are deliberately not served here.
+// Handlers bail out with a ready `Response`, as in crate::http; boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State as AxState},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+use super::{Caller, Command, Control, CtlError, wait::Waiter};
+use crate::http::App;
+
+/// What the control routes need from the app.
+#[derive(Clone)]
+pub struct CtlHttp {
+    pub control: Control,
+    pub waiter: Waiter,
+    /// The secret the agent wrote to its token file at start.
+    pub token: Arc<str>,
+}
+
+/// Longest ctl body accepted; every command is a word.
+const BODY_MAX: usize = 256;
+
+fn reply(code: StatusCode, msg: impl std::fmt::Display, errno: Option<i32>) -> Response {
+    let mut body = serde_json::json!({ "error": msg.to_string() });
+    if let Some(e) = errno {
+        body["errno"] = e.into();
+    }
+    let mut r = (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"bpfproc\""),
+        );
+    }
+    r
+}
+
+fn ctl_error(e: &CtlError) -> Response {
+    let code = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    reply(code, e, Some(e.errno()))
+}
+
+/// 401 without credentials, 403 with the wrong ones.
+fn authorize(ctl: &CtlHttp, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(reply(
+            StatusCode::UNAUTHORIZED,
+            "control needs Authorization: Bearer TOKEN (the agent's token file)",
+            None,
+        ));
+    };
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), ctl.token.as_bytes()) => Ok(()),
+        Some(_) => Err(reply(StatusCode::FORBIDDEN, "wrong token", None)),
+        None => Err(reply(
+            StatusCode::UNAUTHORIZED,
+            "the Authorization header must be Bearer TOKEN",
+            None,
+        )),
+    }
+}
+
+/// Compares without an early exit, so response timing does not leak how much of a guess
+/// was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn pid_of(raw: &str) -> Result<u32, Response> {
+    raw.parse::<u32>().ok().filter(|&p| p > 0).ok_or_else(|| {
+        reply(
+            StatusCode::BAD_REQUEST,
+            format!("{raw:?} is not a pid"),
+            None,
+        )
+    })
+}
+
+pub async fn ctl(
+    AxState(app): AxState<App>,
+    Path(pid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&app.ctl, &headers) {
+        return r;
+    }
+    let pid = match pid_of(&pid) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if body.len() > BODY_MAX {
+        return ctl_error(&CtlError::Invalid("ctl command too long".into()));
+    }
+    let cmd = match Command::parse(&body) {
+        Ok(c) => c,
+        Err(e) => return ctl_error(&e),
+    };
+    match app.ctl.control.ctl_async(Caller::ROOT, pid, cmd).await {
+        Ok(()) => ([(header::CONTENT_TYPE, "text/plain")], "ok\n").into_response(),
+        Err(e) => ctl_error(&e),
+    }
+}
+
+/// One Plan 9 Waitmsg from `pid`'s wait file (consumed, as a read of the file would).
+pub async fn wait(
+    AxState(app): AxState<App>,
+    Path(pid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&app.ctl, &headers) {
+        return r;
+    }
+    let pid = match pid_of(&pid) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match app.ctl.waiter.next(Caller::ROOT, pid).await {
+        Ok(w) => ([(header::CONTENT_TYPE, "text/plain")], w.render()).into_response(),
+        Err(e) => ctl_error(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}
