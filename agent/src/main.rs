@@ -235,13 +235,20 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    // All ptrace work happens on this thread (see control/actor.rs).
+    let control =
+        control::Control::spawn(Some(kernel.clone())).context("starting the control thread")?;
+    let token: Arc<str> = cli::new_token()?.into();
+    cli::write_token(&args.token_file, &token)
+        .with_context(|| format!("writing the token file {}", args.token_file.display()))?;
     let mounts = Arc::new(fs::Mounts::new(
         state.clone(),
         host,
         tokio::runtime::Handle::current(),
+        Some((control.clone(), control::wait::Waiter::new(state.clone()))),
     ));
-    let control = socket::bind(&args.socket).await?;
-    let control_task = tokio::spawn(socket::serve(control, mounts.clone(), shutdown.clone()));
+    let local = socket::bind(&args.socket).await?;
+    let control_task = tokio::spawn(socket::serve(local, mounts.clone(), shutdown.clone()));
     let mount_options = fs::MountOptions::parse(&args.mount_options)?;
     for dir in &args.mount {
         // A dead mount left by a killed agent fails every access (ENOTCONN): mount() recovers
@@ -255,12 +262,6 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         let (m, dir, o) = (mounts.clone(), dir.clone(), mount_options.clone());
         tokio::task::spawn_blocking(move || m.mount(&dir, o)).await??;
     }
-    // All ptrace work happens on this thread (see control/actor.rs).
-    let control =
-        control::Control::spawn(Some(kernel.clone())).context("starting the control thread")?;
-    let token: Arc<str> = cli::new_token()?.into();
-    cli::write_token(&args.token_file, &token)
-        .with_context(|| format!("writing the token file {}", args.token_file.display()))?;
     let ctl = control::http::CtlHttp {
         control: control.clone(),
         waiter: control::wait::Waiter::new(state.clone()),

@@ -408,3 +408,151 @@ fn a_killed_agents_mount_is_recovered_and_sigterm_unmounts() {
         matches!(std::fs::read(view.join("uptime")), Err(e) if e.kind() == ErrorKind::NotFound)
     );
 }
+
+fn state_of(view: &Path, pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(view.join(format!("{pid}/stat"))).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().next().map(str::to_owned)
+}
+
+fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(data)
+}
+
+#[test]
+fn control_files_stop_start_signal_and_read_memory_through_the_mount() {
+    require_root!();
+    let (_agent, view) = mounted_agent();
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import ctypes, sys, time\n\
+             b = ctypes.create_string_buffer(b'bpfproc-marker-42')\n\
+             print(ctypes.addressof(b), flush=True)\n\
+             time.sleep(60)\n",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: u64 = line.trim().parse().unwrap();
+    eventually(5, "child in view", || {
+        std::fs::metadata(view.join(pid.to_string())).ok()
+    });
+    let ctl = view.join(format!("{pid}/ctl"));
+
+    // A malformed command is EINVAL and leaves the target running.
+    let err = write_file(&ctl, b"launch the missiles\n").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+    assert_eq!(state_of(&view, pid).as_deref(), Some("S"));
+
+    write_file(&ctl, b"stop\n").unwrap();
+    assert_eq!(
+        state_of(&view, pid).as_deref(),
+        Some("T"),
+        "stop returns once it is stopped"
+    );
+    // mem: the marker at its address, read through the view.
+    use std::os::unix::fs::FileExt as _;
+    let mem = std::fs::File::open(view.join(format!("{pid}/mem"))).unwrap();
+    let mut buf = [0u8; 17];
+    mem.read_exact_at(&mut buf, addr).unwrap();
+    assert_eq!(&buf, b"bpfproc-marker-42");
+    let regs = std::fs::read(view.join(format!("{pid}/regs"))).unwrap();
+    assert_eq!(regs.len(), 27 * 8, "user_regs_struct");
+    write_file(&ctl, b"start").unwrap();
+    eventually(5, "running again", || {
+        (state_of(&view, pid).as_deref() == Some("S")).then_some(())
+    });
+
+    // A caller who could not ptrace the target is refused by the kernel's permission check.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!("echo stop > {}", ctl.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    assert_eq!(
+        state_of(&view, pid).as_deref(),
+        Some("S"),
+        "the target is untouched"
+    );
+
+    // A signal by name (FreeBSD), then the process is gone: ENOENT.
+    write_file(&ctl, b"term").unwrap();
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    eventually(5, "ENOENT", || {
+        (errno_of(write_file(&ctl, b"stop")) == Some(libc::ENOENT)).then_some(())
+    });
+}
+
+#[test]
+fn wait_and_hang_through_the_mount() {
+    require_root!();
+    let (_agent, view) = mounted_agent();
+    // A shell that runs a child exiting 7, then waits for a line before exec'ing sleep.
+    let mut sh = Command::new("sh")
+        .args(["-c", "sh -c 'exit 7'; read line; exec sleep 30"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = sh.id();
+    eventually(5, "shell in view", || {
+        std::fs::metadata(view.join(pid.to_string())).ok()
+    });
+    // Plan 9 wait: one record per read (a second read would block until another child exits),
+    // for the child that exited 7.
+    let mut buf = [0u8; 512];
+    let n = std::io::Read::read(
+        &mut std::fs::File::open(view.join(format!("{pid}/wait"))).unwrap(),
+        &mut buf,
+    )
+    .unwrap();
+    let record = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let fields: Vec<&str> = record.split_whitespace().collect();
+    let child: u32 = fields[0].parse().unwrap();
+    assert!(
+        record
+            .trim_end()
+            .ends_with(&format!("'sh {child}: exit 7'")),
+        "{record:?}"
+    );
+
+    // hang: the shell's exec stops the new program before its first instruction.
+    write_file(&view.join(format!("{pid}/ctl")), b"hang").unwrap();
+    use std::io::Write as _;
+    sh.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    eventually(5, "stopped at exec", || {
+        let (comm, f) = proc_stat(pid)?;
+        (comm == "sleep" && f[0] == "T").then_some(())
+    });
+    let status = std::fs::read_to_string(view.join(format!("{pid}/status"))).unwrap();
+    assert!(
+        status.contains("Name:\tsleep\n") && status.contains("TracerPid:\t0\n"),
+        "{status}"
+    );
+    sh.kill().unwrap();
+    sh.wait().unwrap();
+}

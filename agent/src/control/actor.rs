@@ -81,8 +81,6 @@ pub struct Control {
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
-// Until the FUSE view lands, `mem`, `regs`, `fpregs` and the notes are called only by tests.
-#[allow(dead_code)]
 impl Control {
     /// Starts the control thread. `kernel` is the BPF loader, for `hang`/`nohang`; without it
     /// (tests of the ptrace side alone) those two commands fail with ENOSYS.

@@ -206,6 +206,7 @@ mod tests {
             refreshed_at: 0,
             event_ts: 0,
             needs_identity: false,
+            rev: 0,
         }
     }
 

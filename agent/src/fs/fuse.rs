@@ -23,11 +23,12 @@ use fuser::{
 use super::{
     options::{MountOptions, Scope},
     tree::{
-        Entry, GLOBALS, GlobalKind, Kind, Node, PROC_FILES, Source, THREAD_FILES, entry_index,
+        Ctl, Entry, GLOBALS, GlobalKind, Kind, Node, PROC_FILES, Source, THREAD_FILES, entry_index,
         global_child, global_children,
     },
 };
 use crate::{
+    control::{Caller, CtlError},
     procfs,
     state::{Snapshot, State},
     table::Process,
@@ -42,13 +43,28 @@ const TTL: Duration = Duration::ZERO;
 /// LOOKUP round trips per file a tool opens. Absent names are never cached.
 const ENTRY_TTL: Duration = Duration::from_secs(60);
 
+/// The control layer, for the control files.
+#[derive(Clone)]
+pub struct ControlFiles {
+    pub control: crate::control::Control,
+    pub waiter: crate::control::wait::Waiter,
+}
+
+/// An open file: rendered bytes, or a control file bound to its process and opener.
+#[derive(Clone)]
+enum Handle {
+    Bytes(Arc<Vec<u8>>),
+    Control { pid: u32, ctl: Ctl, caller: Caller },
+}
+
 pub struct ProcFs {
     state: State,
     host: Host,
     rt: tokio::runtime::Handle,
     opts: MountOptions,
+    control: Option<ControlFiles>,
     scope: Mutex<ScopeCache>,
-    files: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
+    files: Mutex<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
     next_fh: AtomicU64,
 }
@@ -165,6 +181,7 @@ impl ProcFs {
         host: Host,
         rt: tokio::runtime::Handle,
         opts: MountOptions,
+        control: Option<ControlFiles>,
     ) -> std::io::Result<Self> {
         let scope = ScopeCache::new(&opts.scope)?;
         Ok(Self {
@@ -172,6 +189,7 @@ impl ProcFs {
             host,
             rt,
             opts,
+            control,
             scope: Mutex::new(scope),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -264,7 +282,7 @@ impl ProcFs {
 
     fn entry_attr(&self, node: Node, e: &Entry, p: &Process) -> FileAttr {
         let kind = match e.kind {
-            Kind::File(_) => FileType::RegularFile,
+            Kind::File(_) | Kind::Control(_) => FileType::RegularFile,
             Kind::KernelLink(_) => FileType::Symlink,
             Kind::TaskDir | Kind::FdDir => FileType::Directory,
         };
@@ -498,7 +516,7 @@ impl ProcFs {
                 out.push(DirEnt {
                     ino: mk(i as u16).ino().unwrap_or(0),
                     kind: match e.kind {
-                        Kind::File(_) => FileType::RegularFile,
+                        Kind::File(_) | Kind::Control(_) => FileType::RegularFile,
                         Kind::KernelLink(_) => FileType::Symlink,
                         _ => FileType::Directory,
                     },
@@ -569,8 +587,78 @@ impl ProcFs {
         Ok(out)
     }
 
+    /// Opens a control file: the process must exist in this view, and the opener is
+    /// remembered, since every operation is checked against the caller's own rights.
+    fn open_control(&self, req: &Request, pid: u32, ctl: Ctl) -> Result<Handle, Errno> {
+        self.process(pid)?;
+        if self.control.is_none() {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let caller = Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+            pid: self.caller_tgid(req.pid()).unwrap_or(req.pid()),
+        };
+        Ok(Handle::Control { pid, ctl, caller })
+    }
+
     fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn control_read(
+    cf: &ControlFiles,
+    rt: &tokio::runtime::Handle,
+    caller: &Caller,
+    pid: u32,
+    ctl: Ctl,
+    offset: u64,
+    size: u32,
+) -> Result<Vec<u8>, CtlError> {
+    let slice = |bytes: Vec<u8>| {
+        let start = (offset as usize).min(bytes.len());
+        let end = start.saturating_add(size as usize).min(bytes.len());
+        bytes[start..end].to_vec()
+    };
+    match ctl {
+        Ctl::Mem => cf.control.read_mem(caller, pid, offset, size as usize),
+        Ctl::Regs => cf.control.regs(caller, pid).map(slice),
+        Ctl::FpRegs => cf.control.fpregs(caller, pid).map(slice),
+        Ctl::NoteId => cf
+            .control
+            .noteid(caller, pid)
+            .map(|id| slice(id.to_string().into_bytes())),
+        // Each read returns the next record, as Plan 9's wait file does.
+        Ctl::Wait => rt
+            .block_on(cf.waiter.next(*caller, pid))
+            .map(|w| w.render()),
+        Ctl::Ctl | Ctl::Note | Ctl::NotePg => {
+            Err(CtlError::Invalid("this file is write-only".into()))
+        }
+    }
+}
+
+fn control_write(
+    cf: &ControlFiles,
+    caller: &Caller,
+    pid: u32,
+    ctl: Ctl,
+    offset: u64,
+    data: &[u8],
+) -> Result<usize, CtlError> {
+    match ctl {
+        Ctl::Ctl => cf.control.write_ctl(caller, pid, data).map(|()| data.len()),
+        Ctl::Note => cf.control.note(caller, pid, data).map(|()| data.len()),
+        Ctl::NotePg => cf.control.notepg(caller, pid, data).map(|()| data.len()),
+        Ctl::Mem => cf.control.write_mem(caller, pid, offset, data),
+        // The register sets are written whole.
+        Ctl::Regs if offset == 0 => cf.control.set_regs(caller, pid, data).map(|()| data.len()),
+        Ctl::FpRegs if offset == 0 => cf
+            .control
+            .set_fpregs(caller, pid, data)
+            .map(|()| data.len()),
+        _ => Err(CtlError::Invalid("this file takes no writes here".into())),
     }
 }
 
@@ -666,20 +754,35 @@ impl Filesystem for ProcFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         super::count_request();
+        let node = match Node::from_ino(ino.0) {
+            Some(n) => n,
+            None => return reply.error(Errno::ENOENT),
+        };
+        if let Node::ProcFile(pid, i) = node
+            && let Some(Kind::Control(ctl)) = PROC_FILES.get(i as usize).map(|e| e.kind)
+        {
+            return match self.open_control(req, pid, ctl) {
+                Ok(handle) => {
+                    let fh = self.new_fh();
+                    if let Ok(mut files) = self.files.lock() {
+                        files.insert(fh, handle);
+                    }
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                }
+                Err(e) => reply.error(e),
+            };
+        }
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            // The Linux view has no writable files; control files come with their own nodes.
+            // Only control files take writes.
             return reply.error(Errno::EACCES);
         }
-        match Node::from_ino(ino.0)
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.render(n))
-        {
+        match self.render(node) {
             Ok(bytes) => {
                 let fh = self.new_fh();
                 if let Ok(mut files) = self.files.lock() {
-                    files.insert(fh, Arc::new(bytes));
+                    files.insert(fh, Handle::Bytes(Arc::new(bytes)));
                 }
                 // NOFLUSH: nothing is ever written, so close(2) need not wait for a FLUSH round trip.
                 reply.opened(
@@ -703,12 +806,24 @@ impl Filesystem for ProcFs {
         reply: ReplyData,
     ) {
         super::count_request();
-        let data = self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned());
-        match data {
-            Some(bytes) => {
+        match self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned()) {
+            Some(Handle::Bytes(bytes)) => {
                 let start = (offset as usize).min(bytes.len());
                 let end = start.saturating_add(size as usize).min(bytes.len());
                 reply.data(&bytes[start..end]);
+            }
+            Some(Handle::Control { pid, ctl, caller }) => {
+                let Some(cf) = self.control.clone() else {
+                    return reply.error(Errno::EOPNOTSUPP);
+                };
+                let rt = self.rt.clone();
+                // Control reads can block (wait, a stopped target): off the FUSE threads.
+                self.rt.spawn_blocking(move || {
+                    match control_read(&cf, &rt, &caller, pid, ctl, offset, size) {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => reply.error(Errno::from_i32(e.errno())),
+                    }
+                });
             }
             None => reply.error(Errno::EBADF),
         }
@@ -910,14 +1025,29 @@ impl Filesystem for ProcFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EACCES);
+        let Some(Handle::Control { pid, ctl, caller }) =
+            self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned())
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        let Some(cf) = self.control.clone() else {
+            return reply.error(Errno::EOPNOTSUPP);
+        };
+        let data = data.to_vec();
+        // Commands like waitstop block until the target stops: off the FUSE threads.
+        self.rt.spawn_blocking(move || {
+            match control_write(&cf, &caller, pid, ctl, offset, &data) {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(Errno::from_i32(e.errno())),
+            }
+        });
     }
 }

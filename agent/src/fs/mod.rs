@@ -46,15 +46,24 @@ pub struct Mounts {
     state: State,
     host: Host,
     rt: tokio::runtime::Handle,
+    control: Option<fuse::ControlFiles>,
     live: Mutex<BTreeMap<PathBuf, Mounted>>,
 }
 
 impl Mounts {
-    pub fn new(state: State, host: Host, rt: tokio::runtime::Handle) -> Self {
+    /// `control` serves the control files (`ctl`, `mem`, `regs`, `wait`, …); without it they
+    /// answer EOPNOTSUPP.
+    pub fn new(
+        state: State,
+        host: Host,
+        rt: tokio::runtime::Handle,
+        control: Option<(crate::control::Control, crate::control::wait::Waiter)>,
+    ) -> Self {
         Self {
             state,
             host,
             rt,
+            control: control.map(|(control, waiter)| fuse::ControlFiles { control, waiter }),
             live: Mutex::new(BTreeMap::new()),
         }
     }
@@ -77,8 +86,14 @@ impl Mounts {
             ));
         }
         let text = opts.text.clone();
-        let fs = fuse::ProcFs::new(self.state.clone(), self.host, self.rt.clone(), opts.clone())
-            .map_err(|e| MountError::Io(dir.clone(), e))?;
+        let fs = fuse::ProcFs::new(
+            self.state.clone(),
+            self.host,
+            self.rt.clone(),
+            opts.clone(),
+            self.control.clone(),
+        )
+        .map_err(|e| MountError::Io(dir.clone(), e))?;
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName("bpfproc".into()),

@@ -78,9 +78,32 @@ pub enum Source {
     Kernel(&'static str),
 }
 
+/// A control file: its data is an operation on the live process (through `control`), not a
+/// rendering of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ctl {
+    /// Write a command (Plan 9 / FreeBSD ctl).
+    Ctl,
+    /// Write a note (a signal by Plan 9 name).
+    Note,
+    /// Write a note to the process group.
+    NotePg,
+    /// Read the note group id.
+    NoteId,
+    /// The address space at offset = virtual address.
+    Mem,
+    /// `user_regs_struct`.
+    Regs,
+    /// `user_fpregs_struct`.
+    FpRegs,
+    /// Plan 9 Waitmsg records of exited children.
+    Wait,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     File(Source),
+    Control(Ctl),
     /// A symlink whose target is the kernel's link of that name (`exe`, `cwd`, `root`).
     KernelLink(&'static str),
     /// `task/`.
@@ -104,6 +127,14 @@ const fn file(name: &'static str, mode: u16, source: Source) -> Entry {
     }
 }
 
+const fn ctl_entry(name: &'static str, mode: u16, ctl: Ctl) -> Entry {
+    Entry {
+        name,
+        mode,
+        kind: Kind::Control(ctl),
+    }
+}
+
 /// `/PID/…` in the Linux personality. Modes as procfs gives them.
 pub const PROC_FILES: &[Entry] = &[
     file("stat", 0o444, Source::Stat),
@@ -121,6 +152,14 @@ pub const PROC_FILES: &[Entry] = &[
     file("mounts", 0o444, Source::Kernel("mounts")),
     file("oom_score", 0o444, Source::Kernel("oom_score")),
     file("loginuid", 0o444, Source::Kernel("loginuid")),
+    ctl_entry("ctl", 0o200, Ctl::Ctl),
+    ctl_entry("note", 0o200, Ctl::Note),
+    ctl_entry("notepg", 0o200, Ctl::NotePg),
+    ctl_entry("noteid", 0o444, Ctl::NoteId),
+    ctl_entry("mem", 0o600, Ctl::Mem),
+    ctl_entry("regs", 0o600, Ctl::Regs),
+    ctl_entry("fpregs", 0o600, Ctl::FpRegs),
+    ctl_entry("wait", 0o400, Ctl::Wait),
     Entry {
         name: "exe",
         mode: 0o777,
