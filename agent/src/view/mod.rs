@@ -1,8 +1,20 @@
 //! The proc view: pure functions from a process snapshot to the bytes of a file. The HTTP API
 //! and the FUSE adapter both call these; neither formats text itself.
 
+#[allow(dead_code)] // wired into the mount by fs/
+pub mod freebsd;
 pub mod json;
 pub mod linux;
+#[allow(dead_code)] // wired into the mount by fs/
+pub mod maps;
+#[allow(dead_code)] // wired into the mount by fs/
+pub mod netbsd;
+#[allow(dead_code)] // wired into the mount by fs/
+pub mod plan9;
+#[allow(dead_code)] // wired into the mount by fs/
+pub mod qnx;
+#[allow(dead_code)] // wired into the mount by fs/
+pub mod svr4;
 
 use bpfproc_common::TaskRecord;
 
@@ -17,12 +29,18 @@ pub enum ViewError {
     NoFile,
     #[error("reading the kernel's file: {0}")]
     Io(#[from] std::io::Error),
+    /// The manual describes this file but Linux has nothing to fill it with; the file says so
+    /// rather than inventing data. EOPNOTSUPP (ENOTSUP is the same number on Linux).
+    #[error("not supported on Linux: {0}")]
+    #[allow(dead_code)] // wired into the mount by fs/
+    Unsupported(&'static str),
 }
 
 impl ViewError {
     pub fn errno(&self) -> i32 {
         match self {
             ViewError::NoProcess | ViewError::NoFile => libc::ENOENT,
+            ViewError::Unsupported(_) => libc::EOPNOTSUPP,
             ViewError::Io(e) => match e.raw_os_error() {
                 // The process went away between the lookup and the read.
                 Some(libc::ESRCH) | None => libc::ENOENT,
@@ -141,6 +159,59 @@ pub fn process_state(p: &Process) -> char {
         None if p.exit.is_some() => 'Z',
         None => 'S',
     }
+}
+
+/// A process and its leader's record for the renderers' golden tests: `sleep 1000` started by
+/// uid 1000 two seconds after boot, one thread, everything else zero unless a test sets it.
+#[cfg(test)]
+pub(crate) fn test_process() -> Process {
+    // SAFETY: TaskRecord is plain integers and arrays; all-zero is a valid value.
+    let mut t: TaskRecord = unsafe { std::mem::zeroed() };
+    t.tid = 4242;
+    t.tgid = 4242;
+    t.ppid = 4200;
+    t.pgid = 4242;
+    t.sid = 4200;
+    t.uid = 1000;
+    t.euid = 1000;
+    t.gid = 1000;
+    t.egid = 1000;
+    t.nr_threads = 1;
+    t.has_mm = 1;
+    t.state = 1;
+    t.prio = 120;
+    t.static_prio = 120;
+    t.start_boottime = 2_000_000_000;
+    t.comm[..5].copy_from_slice(b"sleep");
+    t.rlim = [u64::MAX; 2 * bpfproc_common::RLIM_NLIMITS];
+    Process {
+        pid: 4242,
+        ppid: 4200,
+        comm: b"sleep".to_vec(),
+        uid: 1000,
+        gid: 1000,
+        euid: 1000,
+        egid: 1000,
+        start_boottime: t.start_boottime,
+        exe: Some(b"/usr/bin/sleep".to_vec()),
+        cmdline: b"sleep\x001000\x00".to_vec(),
+        cmdline_truncated: false,
+        kthread: false,
+        origin: crate::table::Origin::Event,
+        exec_ts: Some(t.start_boottime),
+        exit: None,
+        tasks: vec![t],
+        refreshed_at: 0,
+        event_ts: 0,
+        needs_identity: false,
+        rev: 0,
+    }
+}
+
+/// The leader's record of a `test_process`, to change a field.
+#[cfg(test)]
+pub(crate) fn leader_mut(p: &mut Process) -> &mut TaskRecord {
+    &mut p.tasks[0]
 }
 
 #[cfg(test)]
