@@ -23,8 +23,8 @@ use fuser::{
 use super::{
     options::{MountOptions, Scope},
     tree::{
-        Ctl, Entry, GLOBALS, GlobalKind, Kind, Node, PROC_FILES, Source, THREAD_FILES, entry_index,
-        global_child, global_children,
+        ControlFile, Entry, GLOBALS, GlobalKind, Kind, Node, PROC_FILES, Source, THREAD_FILES,
+        entry_index, global_child, global_children,
     },
 };
 use crate::{
@@ -54,7 +54,11 @@ pub struct ControlFiles {
 #[derive(Clone)]
 enum Handle {
     Bytes(Arc<Vec<u8>>),
-    Control { pid: u32, ctl: Ctl, caller: Caller },
+    Control {
+        pid: u32,
+        ctl: ControlFile,
+        caller: Caller,
+    },
 }
 
 pub struct ProcFs {
@@ -589,7 +593,7 @@ impl ProcFs {
 
     /// Opens a control file: the process must exist in this view, and the opener is
     /// remembered, since every operation is checked against the caller's own rights.
-    fn open_control(&self, req: &Request, pid: u32, ctl: Ctl) -> Result<Handle, Errno> {
+    fn open_control(&self, req: &Request, pid: u32, ctl: ControlFile) -> Result<Handle, Errno> {
         self.process(pid)?;
         if self.control.is_none() {
             return Err(Errno::EOPNOTSUPP);
@@ -612,7 +616,7 @@ fn control_read(
     rt: &tokio::runtime::Handle,
     caller: &Caller,
     pid: u32,
-    ctl: Ctl,
+    ctl: ControlFile,
     offset: u64,
     size: u32,
 ) -> Result<Vec<u8>, CtlError> {
@@ -622,18 +626,18 @@ fn control_read(
         bytes[start..end].to_vec()
     };
     match ctl {
-        Ctl::Mem => cf.control.read_mem(caller, pid, offset, size as usize),
-        Ctl::Regs => cf.control.regs(caller, pid).map(slice),
-        Ctl::FpRegs => cf.control.fpregs(caller, pid).map(slice),
-        Ctl::NoteId => cf
+        ControlFile::Mem => cf.control.read_mem(caller, pid, offset, size as usize),
+        ControlFile::Regs => cf.control.regs(caller, pid).map(slice),
+        ControlFile::FpRegs => cf.control.fpregs(caller, pid).map(slice),
+        ControlFile::NoteId => cf
             .control
             .noteid(caller, pid)
             .map(|id| slice(id.to_string().into_bytes())),
         // Each read returns the next record, as Plan 9's wait file does.
-        Ctl::Wait => rt
+        ControlFile::Wait => rt
             .block_on(cf.waiter.next(*caller, pid))
             .map(|w| w.render()),
-        Ctl::Ctl | Ctl::Note | Ctl::NotePg => {
+        ControlFile::Ctl | ControlFile::Note | ControlFile::NotePg => {
             Err(CtlError::Invalid("this file is write-only".into()))
         }
     }
@@ -643,18 +647,20 @@ fn control_write(
     cf: &ControlFiles,
     caller: &Caller,
     pid: u32,
-    ctl: Ctl,
+    ctl: ControlFile,
     offset: u64,
     data: &[u8],
 ) -> Result<usize, CtlError> {
     match ctl {
-        Ctl::Ctl => cf.control.write_ctl(caller, pid, data).map(|()| data.len()),
-        Ctl::Note => cf.control.note(caller, pid, data).map(|()| data.len()),
-        Ctl::NotePg => cf.control.notepg(caller, pid, data).map(|()| data.len()),
-        Ctl::Mem => cf.control.write_mem(caller, pid, offset, data),
+        ControlFile::Ctl => cf.control.write_ctl(caller, pid, data).map(|()| data.len()),
+        ControlFile::Note => cf.control.note(caller, pid, data).map(|()| data.len()),
+        ControlFile::NotePg => cf.control.notepg(caller, pid, data).map(|()| data.len()),
+        ControlFile::Mem => cf.control.write_mem(caller, pid, offset, data),
         // The register sets are written whole.
-        Ctl::Regs if offset == 0 => cf.control.set_regs(caller, pid, data).map(|()| data.len()),
-        Ctl::FpRegs if offset == 0 => cf
+        ControlFile::Regs if offset == 0 => {
+            cf.control.set_regs(caller, pid, data).map(|()| data.len())
+        }
+        ControlFile::FpRegs if offset == 0 => cf
             .control
             .set_fpregs(caller, pid, data)
             .map(|()| data.len()),

@@ -81,7 +81,7 @@ pub enum Source {
 /// A control file: its data is an operation on the live process (through `control`), not a
 /// rendering of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ctl {
+pub enum ControlFile {
     /// Write a command (Plan 9 / FreeBSD ctl).
     Ctl,
     /// Write a note (a signal by Plan 9 name).
@@ -103,7 +103,7 @@ pub enum Ctl {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     File(Source),
-    Control(Ctl),
+    Control(ControlFile),
     /// A symlink whose target is the kernel's link of that name (`exe`, `cwd`, `root`).
     KernelLink(&'static str),
     /// `task/`.
@@ -127,7 +127,7 @@ const fn file(name: &'static str, mode: u16, source: Source) -> Entry {
     }
 }
 
-const fn ctl_entry(name: &'static str, mode: u16, ctl: Ctl) -> Entry {
+const fn ctl_entry(name: &'static str, mode: u16, ctl: ControlFile) -> Entry {
     Entry {
         name,
         mode,
@@ -152,14 +152,14 @@ pub const PROC_FILES: &[Entry] = &[
     file("mounts", 0o444, Source::Kernel("mounts")),
     file("oom_score", 0o444, Source::Kernel("oom_score")),
     file("loginuid", 0o444, Source::Kernel("loginuid")),
-    ctl_entry("ctl", 0o200, Ctl::Ctl),
-    ctl_entry("note", 0o200, Ctl::Note),
-    ctl_entry("notepg", 0o200, Ctl::NotePg),
-    ctl_entry("noteid", 0o444, Ctl::NoteId),
-    ctl_entry("mem", 0o600, Ctl::Mem),
-    ctl_entry("regs", 0o600, Ctl::Regs),
-    ctl_entry("fpregs", 0o600, Ctl::FpRegs),
-    ctl_entry("wait", 0o400, Ctl::Wait),
+    ctl_entry("ctl", 0o200, ControlFile::Ctl),
+    ctl_entry("note", 0o200, ControlFile::Note),
+    ctl_entry("notepg", 0o200, ControlFile::NotePg),
+    ctl_entry("noteid", 0o444, ControlFile::NoteId),
+    ctl_entry("mem", 0o600, ControlFile::Mem),
+    ctl_entry("regs", 0o600, ControlFile::Regs),
+    ctl_entry("fpregs", 0o600, ControlFile::FpRegs),
+    ctl_entry("wait", 0o400, ControlFile::Wait),
     Entry {
         name: "exe",
         mode: 0o777,
