@@ -32,11 +32,13 @@ fn on_view(view: &Path, cmd: &str) -> String {
 
 /// Runs `cmd` on the kernel's /proc, on the view, and on the kernel's /proc again. Every line
 /// that both kernel runs printed identically (nothing about it changed meanwhile) must be in the
-/// view's output; returns how many lines were compared. Lines mentioning the agent serving the
-/// view are skipped: answering the view starts and stops its worker threads.
+/// view's output; returns how many lines were compared. Skipped: lines of the agent serving the
+/// view (answering it starts and stops worker threads), and workqueue workers, whose name in
+/// /proc carries the work item they run at that instant (`kworker/0:1-events`).
 fn agree(view: &Path, agent: &Agent, cmd: &str) -> usize {
     let own = agent.pid().to_string();
-    let own_line = |l: &&str| !l.split_whitespace().take(4).any(|f| f == own);
+    let own_line =
+        |l: &&str| !l.split_whitespace().take(4).any(|f| f == own) && !l.contains("kworker/");
     let mut last = String::new();
     for _attempt in 0..3 {
         let before = on_kernel(cmd);
@@ -555,4 +557,44 @@ fn wait_and_hang_through_the_mount() {
     );
     sh.kill().unwrap();
     sh.wait().unwrap();
+}
+
+#[test]
+fn attach_step_regs_detach_through_the_mount() {
+    require_root!();
+    let (_agent, view) = mounted_agent();
+    // A busy loop, so a single step always moves the instruction pointer.
+    let mut child = Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    eventually(5, "child in view", || {
+        std::fs::metadata(view.join(pid.to_string())).ok()
+    });
+    let ctl = view.join(format!("{pid}/ctl"));
+    let rip = || -> u64 {
+        let regs = std::fs::read(view.join(format!("{pid}/regs"))).unwrap();
+        // user_regs_struct: rip is the 17th u64.
+        u64::from_ne_bytes(regs[16 * 8..17 * 8].try_into().unwrap())
+    };
+    write_file(&ctl, b"attach").unwrap();
+    assert_eq!(
+        state_of(&view, pid).as_deref(),
+        Some("t"),
+        "attached and stopped"
+    );
+    let before = rip();
+    write_file(&ctl, b"step").unwrap();
+    assert_ne!(rip(), before, "a single step moves rip");
+    // step without being attached is refused, and the process is left alone.
+    write_file(&ctl, b"detach").unwrap();
+    eventually(5, "running after detach", || {
+        (state_of(&view, pid).as_deref() == Some("R")).then_some(())
+    });
+    let err = write_file(&ctl, b"step").unwrap_err();
+    assert!(err.raw_os_error().is_some(), "{err}");
+    assert_eq!(state_of(&view, pid).as_deref(), Some("R"));
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
