@@ -48,40 +48,50 @@ pub fn run(args: &TreeArgs) -> anyhow::Result<()> {
 /// the process that had its parent's pid when it ran (a parent started after it is a reused
 /// pid, not its parent, and such orphans are left out).
 pub fn render(live: &[Proc], exited: &[Proc], args: &TreeArgs) -> Vec<String> {
-    let all: Vec<&Proc> = live
+    // A zombie is in both lists (it has exited, and is not reaped yet): keep the live entry.
+    let live_ids: HashSet<(u32, u64)> = live
         .iter()
-        .chain(exited)
-        .filter(|p| !(args.no_kernel && p.kthread))
+        .map(|p| (p.pid, p.start_time.to_bits()))
+        .collect();
+    let all: Vec<(&Proc, bool)> = live
+        .iter()
+        .map(|p| (p, false))
+        .chain(
+            exited
+                .iter()
+                .filter(|p| !live_ids.contains(&(p.pid, p.start_time.to_bits())))
+                .map(|p| (p, true)),
+        )
+        .filter(|(p, _)| !(args.no_kernel && p.kthread))
         .collect();
     // A live pid is unique; exited entries may share a pid with a live one or each other.
     let live_by_pid: HashMap<u32, usize> = all
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.exit_time.is_none())
-        .map(|(i, p)| (p.pid, i))
+        .filter(|(_, (_, gone))| !gone)
+        .map(|(i, (p, _))| (p.pid, i))
         .collect();
     let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut roots = Vec::new();
-    for (i, p) in all.iter().enumerate() {
+    for (i, &(p, gone)) in all.iter().enumerate() {
         let parent = live_by_pid.get(&p.ppid).copied().or_else(|| {
             // An exited child whose parent also exited: find that parent among the exited.
-            all.iter().enumerate().find_map(|(j, q)| {
-                (q.exit_time.is_some() && q.pid == p.ppid && q.start_time <= p.start_time)
-                    .then_some(j)
+            all.iter().enumerate().find_map(|(j, (q, q_gone))| {
+                (*q_gone && q.pid == p.ppid && q.start_time <= p.start_time).then_some(j)
             })
         });
         match parent {
-            Some(j) if j != i && all[j].start_time <= p.start_time + 1e-3 => {
+            Some(j) if j != i && all[j].0.start_time <= p.start_time + 1e-3 => {
                 children.entry(j).or_default().push(i)
             }
-            Some(_) | None if p.exit_time.is_none() => roots.push(i),
+            Some(_) | None if !gone => roots.push(i),
             _ => {}
         }
     }
     for v in children.values_mut() {
-        v.sort_by_key(|&i| (all[i].pid, all[i].exit_time.is_some()));
+        v.sort_by_key(|&i| (all[i].0.pid, all[i].1));
     }
-    roots.sort_by_key(|&i| all[i].pid);
+    roots.sort_by_key(|&i| all[i].0.pid);
     if let Some(pid) = args.pid {
         roots = live_by_pid.get(&pid).copied().into_iter().collect();
     }
@@ -104,7 +114,7 @@ pub fn render(live: &[Proc], exited: &[Proc], args: &TreeArgs) -> Vec<String> {
         if !seen.insert(i) {
             continue;
         }
-        lines.push(format!("{own}{}", label(all[i], args.arguments)));
+        lines.push(format!("{own}{}", label(all[i].0, args.arguments)));
         let kids = children.get(&i).map(Vec::as_slice).unwrap_or(&[]);
         for (n, &k) in kids.iter().enumerate().rev() {
             let is_last = n + 1 == kids.len();
@@ -188,5 +198,13 @@ mod tests {
             ]
         );
         assert_eq!(render(&live, &[], &args(false)).len(), 4);
+    }
+
+    #[test]
+    fn a_zombie_in_both_lists_is_drawn_once() {
+        let zombie = proc(12, 1, "z", 3.0, Some(0));
+        let live = vec![proc(1, 0, "init", 0.0, None), zombie.clone()];
+        let lines = render(&live, &[zombie], &args(true));
+        assert_eq!(lines, ["init(1)", "`-z(12) [exited 0 after 1.00s]"]);
     }
 }

@@ -195,6 +195,12 @@ pub fn kill(pid: u32, sig: i32) {
     unsafe { libc_kill(pid as i32, sig) };
 }
 
+/// Signals the process group `pgid` leads.
+pub fn kill_group(pgid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names a group.
+    unsafe { libc_kill(-(pgid as i32), sig) };
+}
+
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
