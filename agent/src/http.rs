@@ -46,6 +46,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/stats", get(stats))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(app)
 }
@@ -82,13 +83,16 @@ fn json_bytes(body: impl Into<bytes::Bytes>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body.into()).into_response()
 }
 
-/// `?comm=`, `?uid=`, `?ppid=`, `?pid=`; anything else, or a value that does not parse, is a 400.
+/// `?comm=`, `?uid=`, `?ppid=`, `?pid=`, `?cgroup=`; anything else, or a value that does not
+/// parse, is a 400.
 #[derive(Default)]
 struct Filter {
     comm: Option<String>,
     uid: Option<u32>,
     ppid: Option<u32>,
     pid: Option<u32>,
+    /// The ids of the cgroup subtree named, read once when the request comes in.
+    cgroup: Option<std::collections::HashSet<u64>>,
 }
 
 impl Filter {
@@ -108,10 +112,15 @@ impl Filter {
                 "uid" => f.uid = Some(num(k, v)?),
                 "ppid" => f.ppid = Some(num(k, v)?),
                 "pid" => f.pid = Some(num(k, v)?),
+                "cgroup" => {
+                    f.cgroup = Some(crate::fs::cgroup_subtree(std::path::Path::new(v)).map_err(
+                        |e| error(StatusCode::BAD_REQUEST, format!("cgroup={v:?}: {e}")),
+                    )?)
+                }
                 _ => {
                     return Err(error(
                         StatusCode::BAD_REQUEST,
-                        format!("unknown filter {k:?} (known: comm, uid, ppid, pid)"),
+                        format!("unknown filter {k:?} (known: comm, uid, ppid, pid, cgroup)"),
                     ));
                 }
             }
@@ -120,7 +129,11 @@ impl Filter {
     }
 
     fn is_empty(&self) -> bool {
-        self.comm.is_none() && self.uid.is_none() && self.ppid.is_none() && self.pid.is_none()
+        self.comm.is_none()
+            && self.uid.is_none()
+            && self.ppid.is_none()
+            && self.pid.is_none()
+            && self.cgroup.is_none()
     }
 
     fn matches(&self, p: &Process) -> bool {
@@ -130,6 +143,10 @@ impl Filter {
             && self.uid.is_none_or(|u| u == p.uid)
             && self.ppid.is_none_or(|u| u == p.ppid)
             && self.pid.is_none_or(|u| u == p.pid)
+            // A process the iterator has not read yet (just forked) has no cgroup to match.
+            && self.cgroup.as_ref().is_none_or(|ids| {
+                p.leader().is_some_and(|t| ids.contains(&t.cgroup_id))
+            })
     }
 }
 
@@ -343,6 +360,14 @@ async fn metrics(AxState(app): AxState<App>) -> Response {
         Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
         Err(_) => unavailable(),
     }
+}
+
+/// The OpenAPI description of this router; `agent/tests/cli.rs` checks that it and the
+/// routes above name the same paths.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    json_bytes(OPENAPI)
 }
 
 async fn stats(AxState(app): AxState<App>) -> Response {

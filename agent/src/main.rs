@@ -2,12 +2,15 @@
 
 mod btf;
 mod cli;
+mod client;
+mod config;
 mod control;
 mod fs;
 mod groups;
 mod http;
 mod kernel;
 mod metrics;
+mod mount_helper;
 mod procfs;
 mod ring;
 mod socket;
@@ -17,13 +20,13 @@ mod view;
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 /// Default HTTP address: loopback only, so nothing is exposed without an explicit choice.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -68,10 +71,32 @@ enum Command {
     /// Run a program; with --stop-on-exec it is stopped before its first instruction, ready
     /// for `gdb -p PID`.
     Run(cli::RunArgs),
+    /// List processes from the agent, like `ps -e`; `--exited` lists the ones that ended.
+    Ps(client::ps::PsArgs),
+    /// Draw the process tree, like `pstree -p`; `-x` adds children that already exited.
+    Tree(client::tree::TreeArgs),
+    /// Tail fork, exec and exit events live (lines, or JSON lines with --json).
+    Events(client::events::EventsArgs),
+    /// A full-screen live view: processes, short-lived ones, event rates, losses.
+    Top(client::top::TopArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (bpfproc.1 and bpfproc-COMMAND.1) to DIR, or bpfproc.1 to stdout.
+    Manpage { dir: Option<PathBuf> },
 }
 
 #[derive(clap::Args)]
 struct AgentArgs {
+    /// A TOML config file with the same settings (see docs/config.md); flags override it.
+    #[arg(long, env = "BPFPROC_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Only check the --config file (and the flags) and exit: 0 when valid, 1 with the
+    /// file, line and reason when not.
+    #[arg(long, requires = "config")]
+    check_config: bool,
     /// HTTP listen address.
     #[arg(long, default_value = DEFAULT_LISTEN, env = "BPFPROC_LISTEN")]
     listen: SocketAddr,
@@ -119,9 +144,25 @@ struct AgentArgs {
     /// File the control token is written to (mode 0600) at start and removed from at exit.
     #[arg(long, default_value = DEFAULT_TOKEN_FILE, env = "BPFPROC_TOKEN_FILE")]
     token_file: std::path::PathBuf,
+    /// Every view to mount at start with its options: from --mount and --mount-options, or
+    /// the config file's `[[mount]]` tables.
+    #[arg(skip)]
+    mount_table: Vec<(PathBuf, String)>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The message and its causes, without the backtrace a set RUST_BACKTRACE would
+            // add: these errors are for the person at the terminal, and carry their own hints.
+            eprintln!("bpfproc: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -129,12 +170,54 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // mount(8) runs /sbin/mount.fuse.bpfproc for `mount -t fuse.bpfproc` and fstab lines.
+    if mount_helper::invoked_as_helper() {
+        return mount_helper::run(std::env::args_os().skip(1));
+    }
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
     match cli.command {
-        Command::Agent(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(agent(args)),
+        Command::Agent(mut args) => {
+            if !args.mount.is_empty() {
+                args.mount_table = args
+                    .mount
+                    .iter()
+                    .map(|d| (d.clone(), args.mount_options.clone()))
+                    .collect();
+            }
+            if let Some(path) = args.config.clone() {
+                let sub = matches
+                    .subcommand_matches("agent")
+                    .context("agent arguments")?;
+                config::Loaded::read(&path)?.apply(&mut args, sub);
+            }
+            if args.check_config {
+                check_args(&args)?;
+                println!(
+                    "{}: ok",
+                    args.config.as_deref().unwrap_or(Path::new("")).display()
+                );
+                return Ok(());
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(agent(args))
+        }
+        Command::Ps(args) => client::ps::run(&args),
+        Command::Tree(args) => client::tree::run(&args),
+        Command::Events(args) => client::events::run(&args),
+        Command::Top(args) => client::top::run(&args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "bpfproc",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpage { dir } => manpages(dir.as_deref()),
         Command::Mount {
             options,
             dir,
@@ -168,6 +251,42 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// What the agent checks before loading anything, also run by `--check-config`.
+fn check_args(args: &AgentArgs) -> anyhow::Result<()> {
+    if !args.ringbuf_bytes.is_power_of_two() || args.ringbuf_bytes < 4096 {
+        anyhow::bail!("--ringbuf-bytes must be a power of two of at least 4096");
+    }
+    for (dir, options) in &args.mount_table {
+        fs::MountOptions::parse(options)
+            .with_context(|| format!("mount options for {}", dir.display()))?;
+    }
+    if let Some(path) = &args.metrics_groups_config {
+        groups::Grouping::load(path)?;
+    }
+    Ok(())
+}
+
+fn manpages(dir: Option<&Path>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: &str, cmd: clap::Command| -> anyhow::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        clap_mangen::Man::new(cmd).render(&mut f)?;
+        Ok(())
+    };
+    for sub in cmd.get_subcommands() {
+        let name = format!("bpfproc-{}", sub.get_name());
+        write(&name, sub.clone().name(name.clone()))?;
+    }
+    write("bpfproc", cmd)
+}
+
 fn answer(resp: socket::Response) -> anyhow::Result<()> {
     match resp.error {
         Some(e) => anyhow::bail!("{e}"),
@@ -176,9 +295,7 @@ fn answer(resp: socket::Response) -> anyhow::Result<()> {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    if !args.ringbuf_bytes.is_power_of_two() || args.ringbuf_bytes < 4096 {
-        anyhow::bail!("--ringbuf-bytes must be a power of two of at least 4096");
-    }
+    check_args(&args)?;
     let grouping = match &args.metrics_groups_config {
         Some(path) => groups::Grouping::load(path)?,
         None => groups::Grouping::By(args.metrics_group_by),
@@ -249,8 +366,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     ));
     let local = socket::bind(&args.socket).await?;
     let control_task = tokio::spawn(socket::serve(local, mounts.clone(), shutdown.clone()));
-    let mount_options = fs::MountOptions::parse(&args.mount_options)?;
-    for dir in &args.mount {
+    for (dir, options) in &args.mount_table {
         // A dead mount left by a killed agent fails every access (ENOTCONN): mount() recovers
         // it, so only a directory that truly cannot be made is an error here.
         if let Err(e) = std::fs::create_dir_all(dir)
@@ -259,7 +375,11 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         {
             return Err(e).with_context(|| format!("creating {}", dir.display()));
         }
-        let (m, dir, o) = (mounts.clone(), dir.clone(), mount_options.clone());
+        let (m, dir, o) = (
+            mounts.clone(),
+            dir.clone(),
+            fs::MountOptions::parse(options)?,
+        );
         tokio::task::spawn_blocking(move || m.mount(&dir, o)).await??;
     }
     let ctl = control::http::CtlHttp {

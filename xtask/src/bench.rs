@@ -254,7 +254,10 @@ fn ms(d: Duration) -> f64 {
 fn table(title: &str, series: &[Series], out: &mut String) {
     let base = series[0].median();
     let _ = writeln!(out, "\n### {title}\n");
-    let _ = writeln!(out, "| contender | median (ms) | p10–p90 (ms) | time relative to the first row |");
+    let _ = writeln!(
+        out,
+        "| contender | median (ms) | p10–p90 (ms) | time relative to the first row |"
+    );
     let _ = writeln!(out, "|---|---:|---:|---:|");
     for s in series {
         let (lo, hi) = s.spread();

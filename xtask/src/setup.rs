@@ -9,8 +9,10 @@ use crate::TOOLCHAIN;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests drive for real: procps (ps, top, pgrep, free, uptime, w), psmisc
 /// (pstree, pidof's sibling killall), fuse3 (fusermount3), curl, gdb, util-linux (setpriv,
-/// unshare), prometheus (the server and promtool the metrics tests run) and
-/// prometheus-process-exporter (the benchmark's baseline).
+/// unshare), prometheus (the server and promtool the metrics tests run),
+/// prometheus-process-exporter (the benchmark's baseline), tmux (the terminal `bpfproc top` is
+/// tested in), man-db (renders the generated man pages) and systemd (systemd-analyze checks
+/// the unit file).
 const APT_PACKAGES: &[&str] = &[
     "procps",
     "psmisc",
@@ -20,6 +22,18 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "prometheus",
     "prometheus-process-exporter",
+    "tmux",
+    "man-db",
+    "systemd",
+];
+
+/// Python modules the tests use, with the PyPI package that provides each: psutil (works on a
+/// mounted view), openapi-spec-validator (checks /v1/openapi.json), kubernetes-validate
+/// (validates the manifests against the Kubernetes schemas it ships, offline).
+const PIP_PACKAGES: &[(&str, &str)] = &[
+    ("psutil", "psutil"),
+    ("openapi_spec_validator", "openapi-spec-validator"),
+    ("kubernetes_validate", "kubernetes-validate"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -30,18 +44,20 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// psutil for the `python3` on PATH (the tests check that psutil works on a mounted view).
+/// PIP_PACKAGES for the `python3` on PATH.
 fn pip() -> anyhow::Result<()> {
-    if ok(Command::new("python3").args(["-c", "import psutil"])) {
-        return Ok(());
-    }
-    eprintln!("setup: pip install psutil");
-    let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "psutil"])
-        .status()
-        .context("running pip")?;
-    if !status.success() {
-        bail!("pip install psutil failed");
+    for (module, package) in PIP_PACKAGES {
+        if ok(Command::new("python3").args(["-c", &format!("import {module}")])) {
+            continue;
+        }
+        eprintln!("setup: pip install {package}");
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", package])
+            .status()
+            .context("running pip")?;
+        if !status.success() {
+            bail!("pip install {package} failed");
+        }
     }
     Ok(())
 }

@@ -89,7 +89,7 @@ struct ScopeCache {
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
 /// hybrid hosts).
-fn cgroup2_root() -> std::io::Result<PathBuf> {
+pub(super) fn cgroup2_root() -> std::io::Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
     mounts
         .lines()
@@ -161,7 +161,7 @@ impl ScopeCache {
     }
 }
 
-fn collect_cgroup_ids(dir: &Path, out: &mut HashSet<u64>) {
+pub(super) fn collect_cgroup_ids(dir: &Path, out: &mut HashSet<u64>) {
     use std::os::unix::fs::MetadataExt as _;
     if let Ok(md) = std::fs::metadata(dir) {
         out.insert(md.ino());

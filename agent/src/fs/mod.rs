@@ -23,6 +23,26 @@ fn count_request() {
     REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The ids of the cgroup v2 subtree at `path` (a path inside the hierarchy, or one relative to
+/// its root), as the HTTP API's `?cgroup=` filter matches them.
+pub fn cgroup_subtree(path: &Path) -> std::io::Result<std::collections::HashSet<u64>> {
+    let base = fuse::cgroup2_root()?;
+    let root = if path.starts_with(&base) {
+        path.to_path_buf()
+    } else {
+        base.join(path.strip_prefix("/").unwrap_or(path))
+    };
+    if !root.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("cgroup {} does not exist", root.display()),
+        ));
+    }
+    let mut ids = std::collections::HashSet::new();
+    fuse::collect_cgroup_ids(&root, &mut ids);
+    Ok(ids)
+}
+
 use crate::{state::State, view::Host};
 
 #[derive(Debug, thiserror::Error)]

@@ -252,6 +252,12 @@ pub fn post(addr: &str, path: &str, body: &str, token: Option<&str>) -> (u16, Ve
     (status, body)
 }
 
+/// Signals the process group `pgid` leads.
+pub fn kill_group(pgid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names a group.
+    unsafe { libc_kill(-(pgid as i32), sig) };
+}
+
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {

@@ -1,0 +1,294 @@
+//! The agent's TOML config file: one key per `bpfproc agent` flag, so a service keeps its
+//! settings in `/etc/bpfproc/bpfproc.toml`. Flags (and their environment variables) override
+//! the file; the file overrides the built-in defaults. Every error names the file and line.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use clap::{ArgMatches, ValueEnum as _, parser::ValueSource};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{AgentArgs, fs::MountOptions, groups};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    listen: Option<Spanned<String>>,
+    socket: Option<PathBuf>,
+    exited: Option<usize>,
+    max_staleness_ms: Option<u64>,
+    ringbuf_bytes: Option<Spanned<u32>>,
+    max_processes: Option<u32>,
+    drain_ms: Option<u64>,
+    #[serde(default)]
+    mount: Vec<Spanned<Mount>>,
+    metrics: Option<Metrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Mount {
+    dir: Spanned<PathBuf>,
+    options: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metrics {
+    group_by: Option<Spanned<String>>,
+    groups_config: Option<Spanned<PathBuf>>,
+    max_groups: Option<usize>,
+    per_pid: Option<bool>,
+    per_pid_max: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// toml's message already says the line and column and shows the offending text.
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// A parsed file with its text, for line numbers.
+pub struct Loaded {
+    path: String,
+    text: String,
+    file: File,
+}
+
+impl Loaded {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&shown, text)
+    }
+
+    fn parse(path: &str, text: String) -> Result<Self, ConfigError> {
+        let file: File = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let loaded = Self {
+            path: path.to_string(),
+            text,
+            file,
+        };
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    fn err(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            line: self.text[..span.start.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1,
+            message: message.into(),
+        }
+    }
+
+    /// Everything a flag's own parser or the agent's start-up would refuse, checked here so
+    /// `--check-config` catches it with a line number.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let f = &self.file;
+        if let Some(l) = &f.listen
+            && l.get_ref().parse::<SocketAddr>().is_err()
+        {
+            return Err(self.err(
+                l.span(),
+                format!(
+                    "listen = {:?} is not an address like 127.0.0.1:9464",
+                    l.get_ref()
+                ),
+            ));
+        }
+        if let Some(r) = &f.ringbuf_bytes
+            && (!r.get_ref().is_power_of_two() || *r.get_ref() < 4096)
+        {
+            return Err(self.err(
+                r.span(),
+                "ringbuf_bytes must be a power of two of at least 4096",
+            ));
+        }
+        let mut dirs = std::collections::HashSet::new();
+        for m in &f.mount {
+            let mount = m.get_ref();
+            if !mount.dir.get_ref().is_absolute() {
+                return Err(self.err(mount.dir.span(), "a mount's dir must be an absolute path"));
+            }
+            if !dirs.insert(mount.dir.get_ref().clone()) {
+                return Err(self.err(
+                    mount.dir.span(),
+                    format!("{} is mounted twice", mount.dir.get_ref().display()),
+                ));
+            }
+            if let Some(o) = &mount.options
+                && let Err(e) = MountOptions::parse(o.get_ref())
+            {
+                return Err(self.err(o.span(), format!("mount options: {e}")));
+            }
+        }
+        if let Some(m) = &f.metrics {
+            if let (Some(by), Some(_)) = (&m.group_by, &m.groups_config) {
+                return Err(self.err(
+                    by.span(),
+                    "metrics: group_by and groups_config exclude each other",
+                ));
+            }
+            if let Some(by) = &m.group_by
+                && groups::GroupBy::from_str(by.get_ref(), false).is_err()
+            {
+                return Err(self.err(
+                    by.span(),
+                    format!(
+                        "metrics.group_by = {:?}: want comm, exe, user or cgroup",
+                        by.get_ref()
+                    ),
+                ));
+            }
+            if let Some(g) = &m.groups_config
+                && let Err(e) = groups::Grouping::load(g.get_ref())
+            {
+                return Err(self.err(g.span(), format!("metrics.groups_config: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills every setting the command line (or its environment variable) did not give.
+    pub fn apply(self, args: &mut AgentArgs, m: &ArgMatches) {
+        let from_flag = |id: &str| {
+            matches!(
+                m.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let f = self.file;
+        macro_rules! take {
+            ($field:ident, $value:expr) => {
+                if let Some(v) = $value
+                    && !from_flag(stringify!($field))
+                {
+                    args.$field = v;
+                }
+            };
+        }
+        take!(
+            listen,
+            f.listen
+                .and_then(|l| l.into_inner().parse::<SocketAddr>().ok())
+        );
+        take!(socket, f.socket);
+        take!(exited, f.exited);
+        take!(max_staleness_ms, f.max_staleness_ms);
+        take!(ringbuf_bytes, f.ringbuf_bytes.map(Spanned::into_inner));
+        take!(max_processes, f.max_processes);
+        take!(drain_ms, f.drain_ms);
+        // Mounts given as flags replace the file's list rather than adding to it.
+        if !from_flag("mount") {
+            args.mount_table = f
+                .mount
+                .into_iter()
+                .map(|m| {
+                    let m = m.into_inner();
+                    (
+                        m.dir.into_inner(),
+                        m.options.map(Spanned::into_inner).unwrap_or_default(),
+                    )
+                })
+                .collect();
+        }
+        if let Some(mx) = f.metrics {
+            // One of the two grouping settings on the command line overrides both in the file.
+            let grouping_flag = from_flag("metrics_group_by") || from_flag("metrics_groups_config");
+            if !grouping_flag {
+                if let Some(by) = mx
+                    .group_by
+                    .and_then(|b| groups::GroupBy::from_str(b.get_ref(), false).ok())
+                {
+                    args.metrics_group_by = by;
+                }
+                if let Some(g) = mx.groups_config {
+                    args.metrics_groups_config = Some(g.into_inner());
+                }
+            }
+            take!(metrics_max_groups, mx.max_groups);
+            take!(metrics_per_pid, mx.per_pid);
+            take!(metrics_per_pid_max, mx.per_pid_max);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Loaded, String> {
+        Loaded::parse("t.toml", text.to_string()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let l = check(
+            "listen = \"0.0.0.0:9464\"\nexited = 100\nringbuf_bytes = 65536\n\n\
+             [[mount]]\ndir = \"/run/bpfproc/proc\"\noptions = \"umask=022\"\n\n\
+             [metrics]\ngroup_by = \"exe\"\nper_pid = true\n",
+        )
+        .unwrap();
+        assert_eq!(l.file.mount.len(), 1);
+        assert_eq!(l.file.exited, Some(100));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            ("exited = 1\nlisten = \"nowhere\"\n", "t.toml:2: listen"),
+            ("\n\nringbuf_bytes = 5000\n", "t.toml:3: ringbuf_bytes"),
+            (
+                "[[mount]]\ndir = \"/a\"\n[[mount]]\ndir = \"/b\"\noptions = \"bogus=1\"\n",
+                "t.toml:5: mount options",
+            ),
+            ("[[mount]]\ndir = \"rel\"\n", "t.toml:2: a mount's dir"),
+            (
+                "[metrics]\n\ngroup_by = \"pid\"\n",
+                "t.toml:3: metrics.group_by",
+            ),
+            (
+                "[metrics]\ngroups_config = \"/nonexistent/groups.yml\"\n",
+                "t.toml:2: metrics.groups_config",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = check(text).err().unwrap_or_default();
+            assert!(e.starts_with(want), "{text:?}: got {e:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_say_where() {
+        let e = check("exited = 1\nlisten_addr = \"x\"\n").err().unwrap();
+        assert!(e.contains("line 2") && e.contains("unknown field"), "{e}");
+        let e = check("exited = \"many\"\n").err().unwrap();
+        assert!(e.contains("line 1"), "{e}");
+        let e = check("[metrics\n").err().unwrap();
+        assert!(e.contains("line 1"), "{e}");
+    }
+}
