@@ -270,7 +270,7 @@ impl Metrics {
         f.exits_signaled.reset();
         for (sig, n) in &groups.exits.by_signal {
             f.exits_signaled
-                .with_label_values(&[&signal_name(*sig)])
+                .with_label_values(&[&crate::view::signal_name(*sig)])
                 .inc_by(*n);
         }
         f.kernel_hook_runs.reset();
@@ -420,56 +420,16 @@ fn per_pid_families(m: &PerPid, cap: usize, snap: &Snapshot, host: &Host) {
     }
 }
 
-fn signal_name(sig: i32) -> String {
-    const NAMES: [&str; 32] = [
-        "",
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
-    match NAMES.get(sig as usize) {
-        Some(n) if !n.is_empty() => (*n).to_owned(),
-        _ => format!("SIG{sig}"),
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn signal_names() {
-        assert_eq!(signal_name(9), "SIGKILL");
-        assert_eq!(signal_name(15), "SIGTERM");
-        assert_eq!(signal_name(40), "SIG40");
-        assert_eq!(signal_name(0), "SIG0");
+        assert_eq!(crate::view::signal_name(9), "SIGKILL");
+        assert_eq!(crate::view::signal_name(15), "SIGTERM");
+        assert_eq!(crate::view::signal_name(40), "SIG40");
+        assert_eq!(crate::view::signal_name(0), "SIG0");
     }
 
     #[test]

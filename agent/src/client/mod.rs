@@ -352,55 +352,13 @@ impl Proc {
         match (self.exit_code, self.signal) {
             (_, Some(sig)) => format!(
                 "{}{}",
-                signal_name(sig),
+                crate::view::signal_name(sig),
                 if self.core_dumped { " (core)" } else { "" }
             ),
             (Some(code), None) => code.to_string(),
             (None, None) => "?".into(),
         }
     }
-}
-
-pub fn signal_name(sig: i32) -> String {
-    const NAMES: [&str; 32] = [
-        "0",
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
-    usize::try_from(sig)
-        .ok()
-        .and_then(|i| NAMES.get(i))
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| format!("SIG{sig}"))
 }
 
 /// User names from this host's /etc/passwd (a remote agent's uids are shown with these names
@@ -597,8 +555,8 @@ mod tests {
         assert_eq!(duration(0.0123), "12ms");
         assert_eq!(duration(3.414), "3.41s");
         assert_eq!(duration(302.0), "5m02s");
-        assert_eq!(signal_name(9), "SIGKILL");
-        assert_eq!(signal_name(40), "SIG40");
+        assert_eq!(crate::view::signal_name(9), "SIGKILL");
+        assert_eq!(crate::view::signal_name(40), "SIG40");
         assert_eq!(query_escape("a b&c"), "a%20b%26c");
     }
 

@@ -152,6 +152,48 @@ fn cstr_eq(raw: &[u8], comm: &[u8]) -> bool {
     bpfproc_common::cstr(raw) == comm
 }
 
+/// `SIGKILL` for 9, `SIG40` for a number without a name (x86-64 numbering).
+pub fn signal_name(sig: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match NAMES.get(sig as usize) {
+        Some(n) if !n.is_empty() => (*n).to_owned(),
+        _ => format!("SIG{sig}"),
+    }
+}
+
 /// The state of a process: its leader's, or zombie once it has exited.
 pub fn process_state(p: &Process) -> char {
     match p.leader() {
