@@ -419,12 +419,100 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&work);
     }
     drop(sleepers);
+    tracing_cost(
+        &bin,
+        if args.quick { (1000, 2) } else { (5000, 5) },
+        &mut report,
+    )?;
     let _ = std::fs::remove_file(&groups);
     write_report(&args, &report)
 }
 
 /// Every process with a command line, grouped by name: process-exporter's usual set-up.
 const GROUPS_YAML: &str = "process_names:\n  - name: \"{{.Comm}}\"\n    cmdline: ['.+']\n";
+
+/// What watching costs the watched: a spawn loop of /bin/true (Rust's Command uses
+/// posix_spawn) with the agent off and on, alternated, and whether every spawn was seen.
+fn tracing_cost(
+    bin: &std::path::Path,
+    (spawns, rounds): (usize, usize),
+    report: &mut String,
+) -> anyhow::Result<()> {
+    let spawn_loop = || -> anyhow::Result<()> {
+        for _ in 0..spawns {
+            let status = Command::new("/bin/true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            if !status.success() {
+                bail!("/bin/true failed");
+            }
+        }
+        Ok(())
+    };
+    let mut off = Series {
+        name: format!("{spawns} spawns of /bin/true, no agent"),
+        samples: vec![],
+    };
+    let mut on = Series {
+        name: format!("{spawns} spawns of /bin/true, agent running"),
+        samples: vec![],
+    };
+    let (mut spawned, mut seen, mut lost) = (0u64, 0u64, 0u64);
+    for _ in 0..rounds {
+        off.samples.push(time(spawn_loop)?);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let work = std::env::temp_dir().join(format!("bpfproc-bench-trace-{}", std::process::id()));
+        std::fs::create_dir_all(&work)?;
+        let agent = Agent(
+            Command::new(bin)
+                .args(["agent", "--listen", &addr, "--socket"])
+                .arg(work.join("s.sock"))
+                .arg("--token-file")
+                .arg(work.join("token"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let start = Instant::now();
+        while http_get(&addr, "/healthz").is_err() {
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("agent did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let exits0 = agent_stat(&addr, "exits")?;
+        on.samples.push(time(spawn_loop)?);
+        // Let the timed drain pick up the last records before counting.
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = http_get(&addr, "/v1/processes");
+        seen += agent_stat(&addr, "exits")? - exits0;
+        lost += agent_stat(&addr, "ringbuf_full")?;
+        spawned += spawns as u64;
+        drop(agent);
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    let slowdown = (on.median().as_secs_f64() / off.median().as_secs_f64() - 1.0) * 100.0;
+    println!(
+        "tracing cost: {slowdown:+.1} % on a spawn loop; {seen} exits seen of {spawned} spawned (+ other processes' exits), {lost} lost"
+    );
+    table(
+        &format!(
+            "Exec/exit tracing cost: {slowdown:+.1} % on a spawn loop ({rounds} rounds, agent off/on alternated)"
+        ),
+        &[off, on],
+        report,
+    );
+    let _ = writeln!(
+        report,
+        "\nCompleteness: {spawned} processes spawned while the agent ran, {seen} exits recorded (every process on the host counts, so at least the spawned ones), {lost} records lost (ring buffer full)."
+    );
+    Ok(())
+}
 
 /// `/metrics` of the agent next to Debian's process-exporter with the same groups. Its smaps
 /// and per-thread families are off: bpfproc has neither, and both would only slow it down.
