@@ -23,8 +23,8 @@ use fuser::{
 use super::{
     options::{MountOptions, Scope},
     tree::{
-        ControlFile, Entry, GLOBALS, GlobalKind, Kind, Node, PROC_FILES, Source, THREAD_FILES,
-        entry_index, global_child, global_children,
+        ControlFile, Entry, GLOBALS, GlobalKind, Kind, Node, Source, THREAD_FILES, entry_index,
+        global_child, global_children,
     },
 };
 use crate::{
@@ -322,7 +322,7 @@ impl ProcFs {
             }
             Node::ProcFile(pid, i) => {
                 let (_, p) = self.process(pid)?;
-                let e = PROC_FILES.get(i as usize).ok_or(Errno::ENOENT)?;
+                let e = self.files_table().get(i as usize).ok_or(Errno::ENOENT)?;
                 Ok(self.entry_attr(node, e, &p))
             }
             Node::ThreadDir(pid, tid) => {
@@ -365,7 +365,9 @@ impl ProcFs {
         let name = name.to_str().ok_or(Errno::ENOENT)?;
         match parent {
             Node::Root => {
-                if let Some(i) = global_child(None, name) {
+                if self.linux_globals()
+                    && let Some(i) = global_child(None, name)
+                {
                     return Ok(Node::Global(i));
                 }
                 let pid = parse_id(name)?;
@@ -377,11 +379,11 @@ impl ProcFs {
                 .ok_or(Errno::ENOENT),
             Node::ProcDir(pid) => {
                 self.process(pid)?;
-                entry_index(PROC_FILES, name)
+                entry_index(self.files_table(), name)
                     .map(|i| Node::ProcFile(pid, i))
                     .ok_or(Errno::ENOENT)
             }
-            Node::ProcFile(pid, i) => match PROC_FILES.get(i as usize).map(|e| e.kind) {
+            Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
                 Some(Kind::TaskDir) => {
                     let tid = parse_id(name)?;
                     let (_, p) = self.process(pid)?;
@@ -438,7 +440,7 @@ impl ProcFs {
                 Some(GlobalKind::Link(t)) => Ok(t.as_bytes().to_vec()),
                 _ => Err(Errno::EINVAL),
             },
-            Node::ProcFile(pid, i) => match PROC_FILES.get(i as usize).map(|e| e.kind) {
+            Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
                 Some(Kind::KernelLink(name)) => {
                     let (_, p) = self.process(pid)?;
                     kernel_link(&p, name)
@@ -462,7 +464,7 @@ impl ProcFs {
             },
             Node::ProcFile(pid, i) => {
                 let (_, p) = self.process(pid)?;
-                let e = PROC_FILES.get(i as usize).ok_or(Errno::ENOENT)?;
+                let e = self.files_table().get(i as usize).ok_or(Errno::ENOENT)?;
                 match e.kind {
                     Kind::File(src) => self.render_source(&p, None, src),
                     _ => Err(Errno::EISDIR),
@@ -494,6 +496,16 @@ impl ProcFs {
             (Source::Limits, _) => linux::limits(p),
             (Source::Maps, _) => linux::maps(p),
             (Source::Kernel(name), None) => kernel_file(p, name),
+            (Source::Plan9Status, _) => view::plan9::status(
+                p,
+                &view::plan9::user_name(p.uid),
+                &self.host,
+                crate::state::boot_ns(),
+            ),
+            (Source::Plan9Segment, _) => {
+                kernel_file(p, "maps").and_then(|maps| view::plan9::segment(p, &maps))
+            }
+            (Source::Plan9Proc, _) => view::plan9::proc_record(p),
             (Source::Kernel(name), Some(t)) => kernel_file(p, &format!("task/{t}/{name}")),
         };
         r.map_err(|e| errno(&e))
@@ -534,7 +546,7 @@ impl ProcFs {
                     Node::Global(i) => Some(i),
                     _ => None,
                 };
-                for (i, gl) in global_children(parent) {
+                for (i, gl) in global_children(parent).filter(|_| self.linux_globals()) {
                     out.push(DirEnt {
                         ino: Node::Global(i).ino().unwrap_or(0),
                         kind: self.global_attr(i).kind,
@@ -556,12 +568,12 @@ impl ProcFs {
             }
             Node::ProcDir(pid) => {
                 self.process(pid)?;
-                push_table(&mut out, PROC_FILES, &|i| Node::ProcFile(pid, i));
+                push_table(&mut out, self.files_table(), &|i| Node::ProcFile(pid, i));
             }
             Node::ThreadDir(pid, tid) => {
                 push_table(&mut out, THREAD_FILES, &|i| Node::ThreadFile(pid, tid, i));
             }
-            Node::ProcFile(pid, i) => match PROC_FILES.get(i as usize).map(|e| e.kind) {
+            Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
                 Some(Kind::TaskDir) => {
                     let (_, p) = self.process(pid)?;
                     for t in &p.tasks {
@@ -604,6 +616,16 @@ impl ProcFs {
             pid: self.caller_tgid(req.pid()).unwrap_or(req.pid()),
         };
         Ok(Handle::Control { pid, ctl, caller })
+    }
+
+    /// This mount's per-process table.
+    fn files_table(&self) -> &'static [Entry] {
+        super::tree::proc_files(self.opts.personality)
+    }
+
+    /// Whether the root carries the host-wide Linux nodes (self, stat, meminfo, …).
+    fn linux_globals(&self) -> bool {
+        self.opts.personality == super::options::Personality::Linux && !self.opts.nolinux
     }
 
     fn new_fh(&self) -> u64 {
@@ -767,7 +789,7 @@ impl Filesystem for ProcFs {
             None => return reply.error(Errno::ENOENT),
         };
         if let Node::ProcFile(pid, i) = node
-            && let Some(Kind::Control(ctl)) = PROC_FILES.get(i as usize).map(|e| e.kind)
+            && let Some(Kind::Control(ctl)) = self.files_table().get(i as usize).map(|e| e.kind)
         {
             return match self.open_control(req, pid, ctl) {
                 Ok(handle) => {

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Personality {
     Linux,
+    /// Plan 9 proc(3): one directory per pid with ctl, mem, note, noteid, notepg, proc,
+    /// segment, status, text and wait; nothing else at the root.
+    Plan9,
 }
 
 /// Which processes a mount shows.
@@ -75,10 +78,11 @@ impl MountOptions {
                 "personality" => {
                     o.personality = match need("a name")? {
                         "linux" => Personality::Linux,
+                        "plan9" => Personality::Plan9,
                         other => {
                             return Err(OptionError::Bad(
                                 key.into(),
-                                format!("{other:?} is not a personality (linux)"),
+                                format!("{other:?} is not a personality (linux, plan9)"),
                             ));
                         }
                     }

@@ -76,6 +76,10 @@ pub enum Source {
     Maps,
     /// The kernel's own file of the same name (no BPF source; listed in the README).
     Kernel(&'static str),
+    /// Plan 9 `status`, `segment` and `proc` (view::plan9).
+    Plan9Status,
+    Plan9Segment,
+    Plan9Proc,
 }
 
 /// A control file: its data is an operation on the live process (through `control`), not a
@@ -186,6 +190,32 @@ pub const PROC_FILES: &[Entry] = &[
         kind: Kind::TaskDir,
     },
 ];
+
+/// `/PID/…` in the Plan 9 personality (proc(3)); `text` is a link to the executable.
+pub const PLAN9_FILES: &[Entry] = &[
+    ctl_entry("ctl", 0o200, ControlFile::Ctl),
+    ctl_entry("mem", 0o600, ControlFile::Mem),
+    ctl_entry("note", 0o200, ControlFile::Note),
+    ctl_entry("noteid", 0o444, ControlFile::NoteId),
+    ctl_entry("notepg", 0o200, ControlFile::NotePg),
+    file("proc", 0o400, Source::Plan9Proc),
+    file("segment", 0o444, Source::Plan9Segment),
+    file("status", 0o444, Source::Plan9Status),
+    Entry {
+        name: "text",
+        mode: 0o777,
+        kind: Kind::KernelLink("exe"),
+    },
+    ctl_entry("wait", 0o400, ControlFile::Wait),
+];
+
+/// The per-process table of a personality.
+pub fn proc_files(p: super::options::Personality) -> &'static [Entry] {
+    match p {
+        super::options::Personality::Linux => PROC_FILES,
+        super::options::Personality::Plan9 => PLAN9_FILES,
+    }
+}
 
 /// `/PID/task/TID/…`.
 pub const THREAD_FILES: &[Entry] = &[
@@ -371,7 +401,7 @@ mod tests {
 
     #[test]
     fn names_are_unique_per_directory() {
-        for table in [PROC_FILES, THREAD_FILES] {
+        for table in [PROC_FILES, THREAD_FILES, PLAN9_FILES] {
             let mut names: Vec<_> = table.iter().map(|e| e.name).collect();
             names.sort();
             names.dedup();
