@@ -24,6 +24,18 @@ pub fn identity(pid: u32) -> (Vec<u8>, Option<Vec<u8>>) {
     (cmdline, exe)
 }
 
+/// Whether `pid` is alive in the kernel's /proc and started at `start_boottime` (ns), to the
+/// clock tick /proc reports.
+pub fn alive_since(pid: u32, start_boottime: u64, ns_per_tick: u64) -> bool {
+    let Ok(stat) = fs::read(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, f)) = split_stat(&stat) else {
+        return false;
+    };
+    f.get(19).and_then(|v| v.parse::<u64>().ok()) == Some(start_boottime / ns_per_tick.max(1))
+}
+
 pub fn read_file(pid: u32, name: &str) -> std::io::Result<Vec<u8>> {
     fs::read(Path::new("/proc").join(pid.to_string()).join(name))
 }

@@ -364,7 +364,10 @@ pub fn spawn(
                     }
                     demanded = false;
                     let t0 = std::time::Instant::now();
-                    let needs = table.apply_snapshot(started, &records, false);
+                    let needs =
+                        table.apply_snapshot_checked(started, &records, false, &|pid, start| {
+                            procfs::alive_since(pid, start, ns_per_tick)
+                        });
                     tracing::debug!(us = t0.elapsed().as_micros() as u64, "snapshot applied");
                     for rec in &procfs {
                         table.upsert_procfs(rec, started);

@@ -201,6 +201,8 @@ pub struct TableCounters {
     /// Live entries replaced because their pid now belongs to a newer process.
     pub pid_reuse: u64,
     pub snapshots: u64,
+    /// Live processes a snapshot did not show (kept, and read from /proc from then on).
+    pub iterator_misses: u64,
 }
 
 /// A change worth telling subscribers about.
@@ -308,11 +310,25 @@ impl ProcessTable {
                         slot.clone()
                     }
                     None => {
+                        self.tombstones.insert(pid, (task.start_boottime, *ts));
+                        // A snapshot may have found it gone before this record arrived and
+                        // retired it with an unknown status: the record has the real one.
+                        if let Some(slot) = self.exited.iter_mut().rev().find(|e| {
+                            e.pid == pid
+                                && e.start_boottime == task.start_boottime
+                                && e.exit.is_some_and(|x| x.status.is_none())
+                        }) {
+                            let mut p = (**slot).clone();
+                            p.exit = Some(exit);
+                            p.rev = next_rev();
+                            *slot = Arc::new(p);
+                            self.counters.lost_exits = self.counters.lost_exits.saturating_sub(1);
+                            return Some(Change::Exit(slot.clone()));
+                        }
                         // Started before the agent and not yet backfilled: record what the
                         // exit tells us, and make sure the backfill does not revive it.
                         let mut p = Process::from_task(task, *ts, Origin::Event);
                         p.exit = Some(exit);
-                        self.tombstones.insert(pid, (task.start_boottime, *ts));
                         Arc::new(p)
                     }
                 };
@@ -390,6 +406,20 @@ impl ProcessTable {
         records: &[TaskRecord],
         first: bool,
     ) -> Vec<u32> {
+        self.apply_snapshot_checked(started, records, first, &|_, _| false)
+    }
+
+    /// As `apply_snapshot`, asking `alive(pid, start)` before declaring a process gone that the
+    /// snapshot did not show and no exit record retired: the iterator has been seen to miss
+    /// live tasks here (pid 1 of this sandbox, always; others rarely). Such a process stays,
+    /// and its numbers come from /proc from then on.
+    pub fn apply_snapshot_checked(
+        &mut self,
+        started: u64,
+        records: &[TaskRecord],
+        first: bool,
+        alive: &dyn Fn(u32, u64) -> bool,
+    ) -> Vec<u32> {
         self.version += 1;
         self.counters.snapshots += 1;
         let mut groups: BTreeMap<u32, Vec<TaskRecord>> = BTreeMap::new();
@@ -456,6 +486,14 @@ impl ProcessTable {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
+            if let Some(slot) = self.live.get_mut(&pid)
+                && slot.exit.is_none()
+                && alive(pid, slot.start_boottime)
+            {
+                edit(slot).origin = Origin::Procfs;
+                self.counters.iterator_misses += 1;
+                continue;
+            }
             let p = self.live.remove(&pid).expect("listed above");
             self.tombstones.insert(pid, (p.start_boottime, started));
             if p.exit.is_none() {
@@ -770,6 +808,34 @@ mod tests {
         assert_eq!(p.tasks.len(), 2, "threads are kept with the leader first");
         assert_eq!(p.tasks[0].tid, 501);
         assert_eq!(t.counters.found_by_rescan, 1);
+    }
+
+    #[test]
+    fn exit_record_after_a_snapshot_found_it_gone_gives_the_real_status() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&fork(5, 600, 1, 4));
+        // The process exited and was reaped before the iterator walked; its records are late.
+        t.apply_snapshot(10, &[record(1, 1, 0, 0)], false);
+        assert_eq!(t.exited().len(), 1);
+        assert_eq!(t.exited()[0].exit.unwrap().status, None);
+        t.apply(&exit(8, 600, 1, 4, 7 << 8));
+        assert_eq!(t.exited().len(), 1, "no second record for the same process");
+        assert_eq!(t.exited()[0].exit.unwrap().exit_code(), Some(7));
+        assert_eq!(t.counters.lost_exits, 0);
+    }
+
+    #[test]
+    fn a_live_process_the_iterator_missed_is_kept() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&fork(5, 700, 1, 4));
+        t.apply_snapshot_checked(10, &[record(1, 1, 0, 0)], false, &|pid, start| {
+            pid == 700 && start == 4
+        });
+        let p = t.get(700).expect("kept");
+        assert_eq!(p.origin, Origin::Procfs);
+        assert_eq!(t.counters.iterator_misses, 1);
+        assert_eq!(t.counters.lost_exits, 0);
+        assert!(t.exited().is_empty());
     }
 
     #[test]
