@@ -733,14 +733,8 @@ fn kernel_fds(p: &Process) -> Result<Vec<u32>, Errno> {
 }
 
 fn same_process(p: &Process) -> Result<(), ViewError> {
-    let stat = procfs::read_file(p.pid, "stat")?;
-    let (_, fields) = procfs::split_stat(&stat).ok_or(ViewError::NoProcess)?;
-    let start: u64 = fields
-        .get(19)
-        .and_then(|f| f.parse().ok())
-        .ok_or(ViewError::NoProcess)?;
-    let ours = p.start_boottime / (1_000_000_000 / crate::state::clock_ticks());
-    if start == ours {
+    let ns_per_tick = 1_000_000_000 / crate::state::clock_ticks();
+    if procfs::alive_since(p.pid, p.start_boottime, ns_per_tick) {
         Ok(())
     } else {
         Err(ViewError::NoProcess)
