@@ -238,15 +238,7 @@ impl Kernel {
     /// own record has already gone out through the ring, so at worst the map keeps the
     /// pre-exec argv for the next fork's copy, and the flags written are still ours.
     pub fn set_flags(&mut self, pid: u32, set: u32, clear: u32) -> Result<u32, KernelError> {
-        let map = self
-            .ebpf
-            .map_mut("PROCS")
-            .ok_or(KernelError::Iter("PROCS missing".into()))?;
-        let mut procs: HashMap<&mut MapData, u32, ProcEntry> =
-            HashMap::try_from(map).map_err(|source| KernelError::Map {
-                name: "PROCS",
-                source,
-            })?;
+        let mut procs = self.procs_mut()?;
         let mut entry = match procs.get(&pid, 0) {
             Ok(e) => e,
             Err(aya::maps::MapError::KeyNotFound) => {
@@ -273,6 +265,18 @@ impl Kernel {
         Ok(entry.task.flags)
     }
 
+    /// The process map, writable.
+    fn procs_mut(&mut self) -> Result<HashMap<&mut MapData, u32, ProcEntry>, KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("PROCS")
+            .ok_or(KernelError::Iter("PROCS missing".into()))?;
+        HashMap::try_from(map).map_err(|source| KernelError::Map {
+            name: "PROCS",
+            source,
+        })
+    }
+
     /// Drops map entries of processes that are gone: the iterator (which began at boot-clock
     /// `started`) did not see them and they began before it. An entry can outlive its process
     /// when the iterator's backfill insert races the exit. Returns how many were dropped.
@@ -281,15 +285,7 @@ impl Kernel {
         seen: &std::collections::HashSet<u32>,
         started: u64,
     ) -> Result<usize, KernelError> {
-        let map = self
-            .ebpf
-            .map_mut("PROCS")
-            .ok_or(KernelError::Iter("PROCS missing".into()))?;
-        let mut procs: HashMap<&mut MapData, u32, ProcEntry> =
-            HashMap::try_from(map).map_err(|source| KernelError::Map {
-                name: "PROCS",
-                source,
-            })?;
+        let mut procs = self.procs_mut()?;
         let stale: Vec<u32> = procs
             .iter()
             .filter_map(Result::ok)
