@@ -114,6 +114,8 @@ families! {
         events_lost: IntCounterVec = "bpfproc_events_lost_total" ["cause"],
         /// Rescans triggered by a loss counter moving.
         rescans: IntCounter = "bpfproc_rescans_total",
+        /// FUSE requests answered by the agent's proc views, by operation.
+        fuse_requests: IntCounterVec = "bpfproc_fuse_requests_total" ["op"],
         /// Processes found by the start-up backfill (or read from /proc because the task
         /// iterator cannot see them).
         backfilled: IntCounter = "bpfproc_backfilled_processes_total",
@@ -285,6 +287,10 @@ impl Metrics {
         // Every cause is always present, so `rate()` and alerts see 0 rather than no data.
         for cause in LOSS_CAUSES {
             f.events_lost.with_label_values(&[cause]);
+        }
+        f.fuse_requests.reset();
+        for (op, n) in &stats.fuse_requests_by_op {
+            f.fuse_requests.with_label_values(&[op]).inc_by(*n);
         }
         f.map_entries.set(stats.bpf_map_entries as i64);
         f.table_live.set(stats.live_processes as i64);

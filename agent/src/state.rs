@@ -63,8 +63,9 @@ pub struct AgentStats {
     /// Snapshot requests answered without the actor (fast path) and sent to it.
     pub fast_path_hits: u64,
     pub fast_path_misses: u64,
-    /// FUSE requests answered by all mounts.
+    /// FUSE requests answered by all mounts, and by operation.
     pub fuse_requests: u64,
+    pub fuse_requests_by_op: std::collections::BTreeMap<&'static str, u64>,
     /// The last task-iterator pass: how long it took and how many tasks it returned.
     pub last_iterator_us: u64,
     pub last_iterator_tasks: usize,
@@ -436,8 +437,8 @@ pub fn spawn(
                     s.live_processes = table.live().len();
                     s.fast_path_hits = latest.hits.load(std::sync::atomic::Ordering::Relaxed);
                     s.fast_path_misses = latest.misses.load(std::sync::atomic::Ordering::Relaxed);
-                    s.fuse_requests =
-                        crate::fs::REQUESTS.load(std::sync::atomic::Ordering::Relaxed);
+                    s.fuse_requests_by_op = crate::fs::requests().collect();
+                    s.fuse_requests = s.fuse_requests_by_op.values().sum();
                     s.exited_retained = table.exited().len();
                     if let Ok(k) = kernel.lock() {
                         if let Ok(counters) = k.stats() {

@@ -101,7 +101,9 @@ struct Tree(Child);
 impl Tree {
     fn new() -> Tree {
         let child = Command::new("sh")
-            .args(["-c", "sleep 300 & sleep 301 & exec sleep 302"])
+            // "300s", not "300": a bare number in a line can equal the agent's pid (pids restart
+            // at 300 after a wrap), and agree() skips the agent's lines.
+            .args(["-c", "sleep 300s & sleep 301s & exec sleep 302s"])
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -289,6 +291,35 @@ fn self_resolves_to_the_calling_process_and_files_have_owners() {
         .output()
         .unwrap();
     assert!(out.status.success(), "stat is world-readable: {out:?}");
+    // The agent decides access itself (no default_permissions), so each procfs rule is asked
+    // here as another user would meet it: access(2), a link only the owner may follow, a
+    // directory only the owner may list; and the owner itself passes all three.
+    let as_user = |uid: u32, script: &str| {
+        let out = Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let probe = format!(
+        "cd {view}/{pid}; test -r environ && echo environ; test -r stat && echo stat; \
+         readlink exe >/dev/null && echo exe; ls fd >/dev/null 2>&1 && echo fd; \
+         test -w ctl && echo ctl",
+        view = view.display()
+    );
+    assert_eq!(as_user(65533, &probe), "stat\n", "another user");
+    assert_eq!(
+        as_user(65534, &probe),
+        "environ\nstat\nexe\nfd\nctl\n",
+        "the owner"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -15,12 +15,13 @@ use std::{
 };
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use super::{
+    access::{self, EXEC, READ, Who},
     options::{MountOptions, Scope},
     tree::{
         ControlFile, Entry, GLOBALS, GlobalKind, Kind, Node, Source, THREAD_FILES, entry_index,
@@ -443,12 +444,14 @@ impl ProcFs {
             Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
                 Some(Kind::KernelLink(name)) => {
                     let (_, p) = self.process(pid)?;
+                    self.allow_link(req, &p)?;
                     kernel_link(&p, name)
                 }
                 _ => Err(Errno::EINVAL),
             },
             Node::Fd(pid, fd) => {
                 let (_, p) = self.process(pid)?;
+                self.allow_link(req, &p)?;
                 kernel_link(&p, &format!("fd/{fd}"))
             }
             _ => Err(Errno::EINVAL),
@@ -628,6 +631,30 @@ impl ProcFs {
         self.opts.personality == super::options::Personality::Linux && !self.opts.nolinux
     }
 
+    /// Whether the caller may do `mask` to `node`, decided as the kernel's mode check would
+    /// (fs/access.rs). Root reading or writing needs no attributes, so costs nothing.
+    fn allow(&self, req: &Request, node: Node, mask: u16) -> Result<(), Errno> {
+        if req.uid() == 0 && mask & EXEC == 0 {
+            return Ok(());
+        }
+        let attr = self.getattr_node(node)?;
+        let who = Who {
+            uid: req.uid(),
+            gid: req.gid(),
+        };
+        access::check(who, &attr, mask, || access::groups_of(req.pid()))
+    }
+
+    /// procfs lets only a process's owner (or root) follow its exe, cwd, root and fd links
+    /// (`proc_fd_access_allowed`); the agent reads them as root, so it must ask the same.
+    fn allow_link(&self, req: &Request, p: &Process) -> Result<(), Errno> {
+        if req.uid() == 0 || req.uid() == Self::owner(p).0 {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
+        }
+    }
+
     fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
@@ -742,10 +769,11 @@ fn same_process(p: &Process) -> Result<(), ViewError> {
 }
 
 impl Filesystem for ProcFs {
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        super::count_request();
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        super::count_request(super::Op::Lookup);
         let result = Node::from_ino(parent.0)
             .ok_or(Errno::ENOENT)
+            .and_then(|p| self.allow(req, p, EXEC).map(|()| p))
             .and_then(|p| self.lookup_node(p, name))
             .and_then(|n| self.getattr_node(n));
         match result {
@@ -755,7 +783,7 @@ impl Filesystem for ProcFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        super::count_request();
+        super::count_request(super::Op::Getattr);
         match Node::from_ino(ino.0)
             .ok_or(Errno::ENOENT)
             .and_then(|n| self.getattr_node(n))
@@ -765,8 +793,23 @@ impl Filesystem for ProcFs {
         }
     }
 
+    /// access(2) and chdir(2): without default_permissions the kernel asks; the answer is the
+    /// one open(2) would give.
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        super::count_request(super::Op::Access);
+        let want = (mask.bits() & 0o7) as u16;
+        match Node::from_ino(ino.0)
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.getattr_node(n).map(|_| n))
+            .and_then(|n| self.allow(req, n, want))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        super::count_request();
+        super::count_request(super::Op::Readlink);
         match Node::from_ino(ino.0)
             .ok_or(Errno::ENOENT)
             .and_then(|n| self.readlink_node(req, n))
@@ -777,11 +820,14 @@ impl Filesystem for ProcFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        super::count_request();
+        super::count_request(super::Op::Open);
         let node = match Node::from_ino(ino.0) {
             Some(n) => n,
             None => return reply.error(Errno::ENOENT),
         };
+        if let Err(e) = self.allow(req, node, access::open_mask(flags.acc_mode())) {
+            return reply.error(e);
+        }
         if let Node::ProcFile(pid, i) = node
             && let Some(Kind::Control(ctl)) = self.files_table().get(i as usize).map(|e| e.kind)
         {
@@ -827,7 +873,7 @@ impl Filesystem for ProcFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        super::count_request();
+        super::count_request(super::Op::Read);
         match self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned()) {
             Some(Handle::Bytes(bytes)) => {
                 let start = (offset as usize).min(bytes.len());
@@ -861,7 +907,7 @@ impl Filesystem for ProcFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        super::count_request();
+        super::count_request(super::Op::Release);
         if let Ok(mut files) = self.files.lock() {
             files.remove(&fh.0);
         }
@@ -876,16 +922,17 @@ impl Filesystem for ProcFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        super::count_request();
+        super::count_request(super::Op::Flush);
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        super::count_request();
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        super::count_request(super::Op::Opendir);
         // The listing is taken once, at opendir, so a reader walking it in several calls sees
         // one consistent directory.
         match Node::from_ino(ino.0)
             .ok_or(Errno::ENOENT)
+            .and_then(|n| self.allow(req, n, READ).map(|()| n))
             .and_then(|n| self.dir_entries(n))
         {
             Ok(list) => {
@@ -907,7 +954,7 @@ impl Filesystem for ProcFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        super::count_request();
+        super::count_request(super::Op::Readdir);
         let Some(list) = self.dirs.lock().ok().and_then(|d| d.get(&fh.0).cloned()) else {
             return reply.error(Errno::EBADF);
         };
@@ -932,7 +979,7 @@ impl Filesystem for ProcFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        super::count_request();
+        super::count_request(super::Op::Releasedir);
         if let Ok(mut dirs) = self.dirs.lock() {
             dirs.remove(&fh.0);
         }
@@ -1055,6 +1102,7 @@ impl Filesystem for ProcFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        super::count_request(super::Op::Write);
         let Some(Handle::Control { pid, ctl, caller }) =
             self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned())
         else {

@@ -1,6 +1,7 @@
 //! FUSE mounts of the proc view: any number, each with its own options, all served from the one
 //! process table. `Mounts` owns them; the control socket and `--mount` drive it.
 
+mod access;
 mod fuse;
 pub mod options;
 pub mod tree;
@@ -15,12 +16,74 @@ use fuser::{Config, MountOption, SessionACL};
 
 pub use options::MountOptions;
 
-/// FUSE requests answered by every mount of this agent (for `/v1/stats` and the benchmarks:
-/// round trips are what a view costs).
-pub static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The FUSE operations the views answer, for counting: round trips are what a view costs,
+/// and which ones a tool causes says what to make cheaper.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Lookup,
+    Getattr,
+    Access,
+    Readlink,
+    Open,
+    Read,
+    Write,
+    Release,
+    Flush,
+    Opendir,
+    Readdir,
+    Releasedir,
+}
 
-fn count_request() {
-    REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+impl Op {
+    pub const ALL: [Op; 12] = [
+        Op::Lookup,
+        Op::Getattr,
+        Op::Access,
+        Op::Readlink,
+        Op::Open,
+        Op::Read,
+        Op::Write,
+        Op::Release,
+        Op::Flush,
+        Op::Opendir,
+        Op::Readdir,
+        Op::Releasedir,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Lookup => "lookup",
+            Op::Getattr => "getattr",
+            Op::Access => "access",
+            Op::Readlink => "readlink",
+            Op::Open => "open",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Release => "release",
+            Op::Flush => "flush",
+            Op::Opendir => "opendir",
+            Op::Readdir => "readdir",
+            Op::Releasedir => "releasedir",
+        }
+    }
+}
+
+/// FUSE requests answered by every mount of this agent, by operation.
+static REQUESTS: [std::sync::atomic::AtomicU64; Op::ALL.len()] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; Op::ALL.len()];
+
+fn count_request(op: Op) {
+    REQUESTS[op as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// (operation, requests answered) for every operation, in `Op::ALL` order.
+pub fn requests() -> impl Iterator<Item = (&'static str, u64)> {
+    Op::ALL.into_iter().map(|op| {
+        (
+            op.name(),
+            REQUESTS[op as usize].load(std::sync::atomic::Ordering::Relaxed),
+        )
+    })
 }
 
 /// The ids of the cgroup v2 subtree at `path` (a path inside the hierarchy, or one relative to
@@ -118,8 +181,8 @@ impl Mounts {
         config.mount_options = vec![
             MountOption::FSName("bpfproc".into()),
             MountOption::Subtype("bpfproc".into()),
-            // The kernel checks modes and owners against the caller, as on procfs.
-            MountOption::DefaultPermissions,
+            // No DefaultPermissions: the agent checks modes and owners itself (fs/access.rs),
+            // which spares a GETATTR round trip per path component and per open.
             MountOption::NoDev,
             MountOption::NoSuid,
             MountOption::NoExec,
