@@ -3,7 +3,7 @@
 //! pid reuse, a snapshot racing live events); the actor in `state.rs` only feeds it.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::Arc,
 };
 
@@ -75,7 +75,7 @@ pub struct Process {
     pub exit: Option<ExitInfo>,
     /// The latest iterator record of every thread, the leader first.
     pub tasks: Vec<TaskRecord>,
-    /// Boot-clock ns of the snapshot `tasks` came from.
+    /// Boot-clock ns of the snapshot that last changed `tasks` (later ones found them equal).
     pub refreshed_at: u64,
     /// Boot-clock ns of the last event applied to this entry.
     pub event_ts: u64,
@@ -427,6 +427,7 @@ impl ProcessTable {
             groups.entry(r.tgid).or_default().push(*r);
         }
         let mut needs_identity = Vec::new();
+        let mut seen = HashSet::with_capacity(groups.len());
         for (pid, mut tasks) in groups {
             // Leader first, then threads by tid.
             tasks.sort_by_key(|t| (t.tid != pid, t.tid));
@@ -441,16 +442,28 @@ impl ProcessTable {
             {
                 continue;
             }
+            seen.insert(pid);
             match self.live.get_mut(&pid) {
                 Some(slot) if slot.start_boottime == leader.start_boottime => {
-                    let p = edit(slot);
                     // Reparenting has no event; the snapshot is the source.
-                    if p.event_ts < started {
-                        p.ppid = leader.ppid;
-                        p.uid = leader.uid;
-                        p.gid = leader.gid;
-                        p.euid = leader.euid;
-                        p.egid = leader.egid;
+                    let ids = |p: &Process| (p.ppid, p.uid, p.gid, p.euid, p.egid);
+                    let from_snapshot = (
+                        leader.ppid,
+                        leader.uid,
+                        leader.gid,
+                        leader.euid,
+                        leader.egid,
+                    );
+                    let reparented = slot.event_ts < started && ids(slot) != from_snapshot;
+                    // Most processes sleep between two passes: leaving them untouched keeps
+                    // their revision, so everything rendered from them stays valid (and the
+                    // entry is not copied away from the snapshots that share it).
+                    if !reparented && same_records(&slot.tasks, &tasks) {
+                        continue;
+                    }
+                    let p = edit(slot);
+                    if reparented {
+                        (p.ppid, p.uid, p.gid, p.euid, p.egid) = from_snapshot;
                     }
                     p.tasks = tasks;
                     p.refreshed_at = started;
@@ -480,8 +493,8 @@ impl ProcessTable {
         let gone: Vec<u32> = self
             .live
             .iter()
-            .filter(|(_, p)| {
-                p.refreshed_at != started && p.event_ts < started && p.origin != Origin::Procfs
+            .filter(|(pid, p)| {
+                !seen.contains(*pid) && p.event_ts < started && p.origin != Origin::Procfs
             })
             .map(|(pid, _)| *pid)
             .collect();
@@ -595,6 +608,21 @@ fn inherit_group_fields(t: &mut TaskRecord, l: &TaskRecord) {
     t.full_name = [0; 64];
     t.wq_desc = [0; 32];
     t.wq_busy = 0;
+}
+
+/// Whether two passes read identical records (every field, the runtimes included).
+fn same_records(a: &[TaskRecord], b: &[TaskRecord]) -> bool {
+    fn bytes(t: &TaskRecord) -> &[u8] {
+        // SAFETY: TaskRecord is repr(C), Copy and made of integers with explicit padding
+        // fields (its size is pinned by a test in common), so every byte is initialised.
+        unsafe {
+            std::slice::from_raw_parts(
+                (t as *const TaskRecord).cast::<u8>(),
+                std::mem::size_of::<TaskRecord>(),
+            )
+        }
+    }
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| bytes(x) == bytes(y))
 }
 
 fn with_unknown_exit(p: &Process, ts: u64) -> Arc<Process> {
@@ -784,6 +812,27 @@ mod tests {
         t.apply(&free(22, 300, 5));
         t.apply_snapshot(20, &[record(300, 300, 1, 5)], false);
         assert!(t.get(300).is_none());
+    }
+
+    #[test]
+    fn an_unchanged_process_keeps_its_revision_across_passes() {
+        let mut t = ProcessTable::new(16);
+        t.apply_snapshot(10, &[record(600, 600, 1, 5), record(601, 601, 1, 6)], true);
+        let (rev600, rev601) = (t.get(600).unwrap().rev, t.get(601).unwrap().rev);
+        let mut busy = record(601, 601, 1, 6);
+        busy.utime += 1;
+        t.apply_snapshot(20, &[record(600, 600, 1, 5), busy], false);
+        assert_eq!(t.get(600).unwrap().rev, rev600, "nothing changed");
+        assert_ne!(t.get(601).unwrap().rev, rev601, "its runtime moved");
+        assert_eq!(t.get(601).unwrap().tasks[0].utime, busy.utime);
+        // An untouched entry is still one the pass saw: it must not be taken for gone.
+        t.apply_snapshot(30, &[record(600, 600, 1, 5), busy], false);
+        assert!(t.get(600).is_some() && t.get(601).is_some());
+        assert_eq!(t.counters.lost_exits, 0);
+        // Reparenting has no event: a new ppid in the pass is a change.
+        t.apply_snapshot(40, &[record(600, 600, 77, 5), busy], false);
+        assert_eq!(t.get(600).unwrap().ppid, 77);
+        assert_ne!(t.get(600).unwrap().rev, rev600);
     }
 
     #[test]

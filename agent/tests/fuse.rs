@@ -707,3 +707,109 @@ fn plan9_personality_serves_proc3_files() {
             .success()
     );
 }
+
+/// FUSE requests of operation `op` the agent has answered so far.
+fn fuse_requests(agent: &Agent, op: &str) -> u64 {
+    agent.json("/v1/stats")["fuse_requests_by_op"][op]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
+    require_root!();
+    let agent = Agent::start();
+    let view = agent.dir.join("cached");
+    std::fs::create_dir_all(&view).unwrap();
+    // A 4 s bound: long enough that the back-to-back reads below fall inside it on any machine.
+    let out = agent.cli(&["mount", "-o", "cache=4000", view.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+
+    // A process whose status will change: a shell that execs when told to.
+    let mut child = Command::new("sh")
+        .args(["-c", "read line; exec sleep 60"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let status = view.join(format!("{pid}/status"));
+    let name = || {
+        std::fs::read_to_string(&status)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    eventually(5, "the child in the view", || {
+        std::fs::metadata(&status).ok().map(drop)
+    });
+    assert_eq!(name(), "Name:\tsh");
+    // Read again at once: the kernel serves it (no OPEN, no READ reaches the agent).
+    let (opens, reads) = (fuse_requests(&agent, "open"), fuse_requests(&agent, "read"));
+    for _ in 0..5 {
+        assert_eq!(name(), "Name:\tsh");
+    }
+    assert_eq!(
+        fuse_requests(&agent, "read"),
+        reads,
+        "served from the page cache"
+    );
+    assert_eq!(fuse_requests(&agent, "open"), opens);
+    // Size is the content's, so tools that trust st_size read it whole.
+    let len = std::fs::metadata(&status).unwrap().len();
+    assert_eq!(len as usize, std::fs::read(&status).unwrap().len());
+    // Control files are not served by a cache mount.
+    assert_eq!(
+        errno_of(std::fs::metadata(view.join(format!("{pid}/ctl")))),
+        Some(libc::ENOENT)
+    );
+
+    // The process changes; within the bound the view may still show the old name, after it
+    // the new one.
+    use std::io::Write as _;
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    eventually(5, "the exec", || {
+        proc_stat(pid).filter(|(c, _)| c == "sleep").map(drop)
+    });
+    std::thread::sleep(Duration::from_millis(4100));
+    assert_eq!(name(), "Name:\tsleep", "the bound was kept");
+
+    // An exited process is gone from the view once the bound has passed.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(4100));
+    assert_eq!(errno_of(std::fs::read(&status)), Some(libc::ENOENT));
+    let out = agent.cli(&["umount", view.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn umount_returns_while_another_mount_namespace_holds_the_view() {
+    require_root!();
+    let agent = Agent::start();
+    let view = agent.dir.join("held");
+    std::fs::create_dir_all(&view).unwrap();
+    let out = agent.cli(&["mount", view.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // A namespace created now copies the mount and keeps it after ours is gone.
+    let mut holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    eventually(5, "the namespace", || {
+        std::fs::read_to_string(format!("/proc/{}/mounts", holder.id()))
+            .ok()
+            .filter(|m| m.contains(view.to_str().unwrap()))
+            .map(drop)
+    });
+    let out = agent.cli(&["umount", view.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let list = String::from_utf8(agent.cli(&["mounts"]).stdout).unwrap();
+    assert!(!list.contains(view.to_str().unwrap()), "{list}");
+    // The copy in the other namespace is dead, not served by a leftover session.
+    let copy = format!("/proc/{}/root{}", holder.id(), view.display());
+    assert_eq!(errno_of(std::fs::read_dir(copy)), Some(libc::ENOTCONN));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}

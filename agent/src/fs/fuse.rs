@@ -16,8 +16,9 @@ use std::{
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
+    TimeOrNow, WriteFlags,
 };
 
 use super::{
@@ -71,7 +72,71 @@ pub struct ProcFs {
     scope: Mutex<ScopeCache>,
     files: Mutex<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
+    rendered: Mutex<Rendered>,
     next_fh: AtomicU64,
+}
+
+/// Contents rendered for a `cache=` mount, by inode. The kernel reads such files through its
+/// page cache, which needs the size first: GETATTR renders, and the READ that follows (there
+/// is no OPEN, so no handle) serves the same bytes. Contents that did not change keep their
+/// modification time, so the kernel keeps the pages it has (FUSE_AUTO_INVAL_DATA drops them
+/// only when size or mtime move): a sleeping process costs one GETATTR per cache period.
+#[derive(Default)]
+struct Rendered {
+    by_ino: HashMap<u64, Rendering>,
+    swept: Option<Instant>,
+}
+
+struct Rendering {
+    hash: u64,
+    size: u64,
+    mtime: SystemTime,
+    /// Kept for one cache period, for the READ after a GETATTR.
+    bytes: Option<Arc<Vec<u8>>>,
+    at: Instant,
+}
+
+/// How long an inode's content stamp outlives its last use.
+const STAMP_TTL: Duration = Duration::from_secs(60);
+
+impl Rendered {
+    fn fresh(&self, ino: u64, bound: Duration) -> Option<Arc<Vec<u8>>> {
+        self.by_ino
+            .get(&ino)
+            .filter(|r| r.at.elapsed() <= bound)
+            .and_then(|r| r.bytes.clone())
+    }
+
+    /// Keeps `bytes` as the contents of `ino`; returns the size and mtime to report.
+    fn insert(&mut self, ino: u64, bytes: Arc<Vec<u8>>, bound: Duration) -> (u64, SystemTime) {
+        use std::hash::{BuildHasher as _, BuildHasherDefault};
+        let now = Instant::now();
+        if self.swept.is_none_or(|t| now.duration_since(t) > bound) {
+            self.by_ino.retain(|_, r| {
+                if now.duration_since(r.at) > bound {
+                    r.bytes = None;
+                }
+                now.duration_since(r.at) <= STAMP_TTL.max(bound)
+            });
+            self.swept = Some(now);
+        }
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(bytes.as_slice());
+        let size = bytes.len() as u64;
+        let r = self.by_ino.entry(ino).or_insert_with(|| Rendering {
+            hash,
+            size,
+            mtime: SystemTime::now(),
+            bytes: None,
+            at: now,
+        });
+        if (r.hash, r.size) != (hash, size) {
+            (r.hash, r.size, r.mtime) = (hash, size, SystemTime::now());
+        }
+        r.bytes = Some(bytes);
+        r.at = now;
+        (r.size, r.mtime)
+    }
 }
 
 struct DirEnt {
@@ -198,17 +263,69 @@ impl ProcFs {
             scope: Mutex::new(scope),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            rendered: Mutex::new(Rendered::default()),
             next_fh: AtomicU64::new(1),
         })
     }
 
     fn snapshot(&self) -> Result<Arc<Snapshot>, Errno> {
-        if let Some(s) = self.state.current(self.state.max_age) {
+        let bound = self.state.max_age.max(self.half_cache());
+        if let Some(s) = self.state.current(bound) {
             return Ok(s);
         }
         self.rt
-            .block_on(self.state.snapshot())
+            .block_on(self.state.snapshot_within(bound))
             .map_err(|_| Errno::EIO)
+    }
+
+    /// How long the kernel may keep attributes: never on a never-stale mount. On a `cache=`
+    /// mount, half the bound, since what it caches comes from a snapshot up to the other half
+    /// old.
+    fn attr_ttl(&self) -> Duration {
+        self.opts.cache.map_or(TTL, |_| self.half_cache())
+    }
+
+    fn half_cache(&self) -> Duration {
+        self.opts.cache.unwrap_or_default() / 2
+    }
+
+    /// Whether `e` is served by this mount: a `cache=` mount has no control files, since the
+    /// kernel would answer their opens and cache their reads.
+    fn serves(&self, e: &Entry) -> bool {
+        self.opts.cache.is_none() || !matches!(e.kind, Kind::Control(_))
+    }
+
+    /// On a `cache=` mount, a file's attributes carry the size and time of its contents,
+    /// rendered now and kept for the READ that follows: with FUSE_AUTO_INVAL_DATA the kernel
+    /// drops its cached pages when they change.
+    fn with_contents(&self, node: Node, mut attr: FileAttr) -> FileAttr {
+        let Some(bound) = self.opts.cache else {
+            return attr;
+        };
+        if attr.kind != FileType::RegularFile {
+            return attr;
+        }
+        if let Ok(bytes) = self.render(node)
+            && let Ok(mut r) = self.rendered.lock()
+        {
+            (attr.size, attr.mtime) = r.insert(attr.ino.0, Arc::new(bytes), bound);
+            attr.ctime = attr.mtime;
+        }
+        attr
+    }
+
+    /// A READ without a handle (a `cache=` mount, where the kernel opens files itself).
+    fn cached_read(&self, ino: u64) -> Result<Arc<Vec<u8>>, Errno> {
+        let bound = self.opts.cache.ok_or(Errno::EBADF)?;
+        if let Some(b) = self.rendered.lock().ok().and_then(|r| r.fresh(ino, bound)) {
+            return Ok(b);
+        }
+        let node = Node::from_ino(ino).ok_or(Errno::ENOENT)?;
+        let bytes = Arc::new(self.render(node)?);
+        if let Ok(mut r) = self.rendered.lock() {
+            r.insert(ino, bytes.clone(), bound);
+        }
+        Ok(bytes)
     }
 
     /// The process for `pid` if it is live and in this mount's scope; a process that started
@@ -381,6 +498,7 @@ impl ProcFs {
             Node::ProcDir(pid) => {
                 self.process(pid)?;
                 entry_index(self.files_table(), name)
+                    .filter(|&i| self.serves(&self.files_table()[i as usize]))
                     .map(|i| Node::ProcFile(pid, i))
                     .ok_or(Errno::ENOENT)
             }
@@ -531,7 +649,7 @@ impl ProcFs {
             },
         ];
         let push_table = |out: &mut Vec<DirEnt>, table: &[Entry], mk: &dyn Fn(u16) -> Node| {
-            for (i, e) in table.iter().enumerate() {
+            for (i, e) in table.iter().enumerate().filter(|(_, e)| self.serves(e)) {
                 out.push(DirEnt {
                     ino: mk(i as u16).ino().unwrap_or(0),
                     kind: match e.kind {
@@ -669,11 +787,7 @@ fn control_read(
     offset: u64,
     size: u32,
 ) -> Result<Vec<u8>, CtlError> {
-    let slice = |bytes: Vec<u8>| {
-        let start = (offset as usize).min(bytes.len());
-        let end = start.saturating_add(size as usize).min(bytes.len());
-        bytes[start..end].to_vec()
-    };
+    let slice = |bytes: Vec<u8>| window(&bytes, offset, size).to_vec();
     match ctl {
         ControlFile::Mem => cf.control.read_mem(caller, pid, offset, size as usize),
         ControlFile::Regs => cf.control.regs(caller, pid).map(slice),
@@ -715,6 +829,15 @@ fn control_write(
             .map(|()| data.len()),
         _ => Err(CtlError::Invalid("this file takes no writes here".into())),
     }
+}
+
+/// The part of `bytes` a read at `offset` of `size` bytes returns.
+fn window(bytes: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let end = start.saturating_add(size as usize).min(bytes.len());
+    &bytes[start..end]
 }
 
 fn parse_id(name: &str) -> Result<u32, Errno> {
@@ -769,15 +892,26 @@ fn same_process(p: &Process) -> Result<(), ViewError> {
 }
 
 impl Filesystem for ProcFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.opts.cache.is_some()
+            && let Err(missing) = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
+        {
+            // Without it cached pages would outlive the bound: refuse to mount.
+            tracing::error!(?missing, "the kernel cannot invalidate cached FUSE data");
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
+        }
+        Ok(())
+    }
+
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         super::count_request(super::Op::Lookup);
         let result = Node::from_ino(parent.0)
             .ok_or(Errno::ENOENT)
             .and_then(|p| self.allow(req, p, EXEC).map(|()| p))
             .and_then(|p| self.lookup_node(p, name))
-            .and_then(|n| self.getattr_node(n));
+            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(n, a)));
         match result {
-            Ok(attr) => reply.entry_with_ttls(&TTL, &ENTRY_TTL, &attr, Generation(0)),
+            Ok(attr) => reply.entry_with_ttls(&self.attr_ttl(), &ENTRY_TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -786,9 +920,9 @@ impl Filesystem for ProcFs {
         super::count_request(super::Op::Getattr);
         match Node::from_ino(ino.0)
             .ok_or(Errno::ENOENT)
-            .and_then(|n| self.getattr_node(n))
+            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(n, a)))
         {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&self.attr_ttl(), &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -825,6 +959,11 @@ impl Filesystem for ProcFs {
             Some(n) => n,
             None => return reply.error(Errno::ENOENT),
         };
+        if self.opts.cache.is_some() {
+            // FUSE_NO_OPEN_SUPPORT: the kernel opens this mount's files itself from now on, and
+            // reads go through its page cache (attributes carry sizes; see with_contents).
+            return reply.error(Errno::ENOSYS);
+        }
         if let Err(e) = self.allow(req, node, access::open_mask(flags.acc_mode())) {
             return reply.error(e);
         }
@@ -865,7 +1004,7 @@ impl Filesystem for ProcFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -874,12 +1013,14 @@ impl Filesystem for ProcFs {
         reply: ReplyData,
     ) {
         super::count_request(super::Op::Read);
+        if fh.0 == 0 {
+            return match self.cached_read(ino.0) {
+                Ok(bytes) => reply.data(window(&bytes, offset, size)),
+                Err(e) => reply.error(e),
+            };
+        }
         match self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned()) {
-            Some(Handle::Bytes(bytes)) => {
-                let start = (offset as usize).min(bytes.len());
-                let end = start.saturating_add(size as usize).min(bytes.len());
-                reply.data(&bytes[start..end]);
-            }
+            Some(Handle::Bytes(bytes)) => reply.data(window(&bytes, offset, size)),
             Some(Handle::Control { pid, ctl, caller }) => {
                 let Some(cf) = self.control.clone() else {
                     return reply.error(Errno::EOPNOTSUPP);
@@ -923,7 +1064,10 @@ impl Filesystem for ProcFs {
         reply: ReplyEmpty,
     ) {
         super::count_request(super::Op::Flush);
-        reply.ok();
+        // Nothing is ever buffered: ENOSYS tells the kernel never to send FLUSH again (files
+        // opened on a never-stale mount say FOPEN_NOFLUSH; a cache= mount's opens have no
+        // flags to say it with).
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -10,6 +10,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Mutex,
+    time::Duration,
 };
 
 use fuser::{Config, MountOption, SessionACL};
@@ -181,12 +182,16 @@ impl Mounts {
         config.mount_options = vec![
             MountOption::FSName("bpfproc".into()),
             MountOption::Subtype("bpfproc".into()),
-            // No DefaultPermissions: the agent checks modes and owners itself (fs/access.rs),
-            // which spares a GETATTR round trip per path component and per open.
             MountOption::NoDev,
             MountOption::NoSuid,
             MountOption::NoExec,
         ];
+        // A never-stale mount checks modes and owners itself (fs/access.rs), which spares a
+        // GETATTR round trip per path component and per open. A cache= mount never sees the
+        // opens (the kernel serves them), so the kernel checks, from attributes it caches.
+        if opts.cache.is_some() {
+            config.mount_options.push(MountOption::DefaultPermissions);
+        }
         config.acl = if opts.allow_other {
             SessionACL::All
         } else {
@@ -215,9 +220,30 @@ impl Mounts {
             .expect("mount table lock")
             .remove(&dir)
             .ok_or_else(|| MountError::NotMounted(dir.clone()))?;
-        m.session
-            .umount_and_join()
-            .map_err(|e| MountError::Io(dir.clone(), e))?;
+        // A mount namespace created while the view was mounted (a container, `unshare -m`)
+        // holds a copy of it, which keeps the FUSE connection, and so the session's threads,
+        // alive after our unmount: the join would wait for that namespace to end. A view that
+        // is unmounted is over, so if the join does not return promptly, the connection is
+        // aborted (those copies then answer ENOTCONN, as a killed agent's would).
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let watchdog = connection_dir(&dir).map(|conn| {
+            std::thread::spawn(move || {
+                if finished.recv_timeout(UNMOUNT_GRACE).is_err() {
+                    let aborted = std::fs::write(conn.join("abort"), "1");
+                    tracing::warn!(
+                        connection = %conn.display(),
+                        ?aborted,
+                        "proc view still held by another mount namespace; aborted its connection"
+                    );
+                }
+            })
+        });
+        let result = m.session.umount_and_join();
+        let _ = done.send(());
+        if let Some(w) = watchdog {
+            let _ = w.join();
+        }
+        result.map_err(|e| MountError::Io(dir.clone(), e))?;
         tracing::info!(dir = %dir.display(), "unmounted proc view");
         Ok(())
     }
@@ -261,6 +287,37 @@ impl Mounts {
             tracing::info!(dir = %d.display(), "proc view was unmounted from outside");
         }
     }
+}
+
+/// How long an unmount waits for other mount namespaces to let go of a view.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(1);
+
+/// The fusectl directory of the FUSE connection mounted at `dir` (named after the mount's
+/// anonymous device number), mounting fusectl first if nobody has.
+fn connection_dir(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    const FUSECTL: &str = "/sys/fs/fuse/connections";
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    if libc::major(dev) != 0 {
+        return None;
+    }
+    let conn = Path::new(FUSECTL).join(libc::minor(dev).to_string());
+    if !conn.exists() {
+        // Our own mount is a connection, so an empty directory means fusectl is not mounted.
+        let target = std::ffi::CString::new(FUSECTL).ok()?;
+        // SAFETY: valid NUL-terminated strings; fusectl takes no data.
+        let rc = unsafe {
+            libc::mount(
+                c"fusectl".as_ptr(),
+                target.as_ptr(),
+                c"fusectl".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        tracing::debug!(rc, "mounted fusectl");
+    }
+    conn.exists().then_some(conn)
 }
 
 /// A FUSE mount whose daemon died answers every access with ENOTCONN; detach it so the next

@@ -30,6 +30,10 @@ pub struct MountOptions {
     pub umask: u16,
     /// Let users other than root use the mount (permissions still apply per file).
     pub allow_other: bool,
+    /// Bounded-staleness mode: contents and attributes may be up to this old, and the kernel
+    /// serves repeated reads from its page cache without asking the agent. Such a mount has
+    /// no control files.
+    pub cache: Option<std::time::Duration>,
     /// The raw text, for listings.
     pub text: String,
 }
@@ -42,6 +46,7 @@ impl Default for MountOptions {
             nolinux: false,
             umask: 0,
             allow_other: true,
+            cache: None,
             text: String::new(),
         }
     }
@@ -105,6 +110,13 @@ impl MountOptions {
                     };
                 }
                 "nolinux" => o.nolinux = flag(key, value)?,
+                "cache" => {
+                    let v = need("a bound in milliseconds")?;
+                    let ms = v.parse::<u64>().ok().filter(|ms| (1..=60_000).contains(ms));
+                    o.cache = Some(std::time::Duration::from_millis(ms.ok_or_else(|| {
+                        OptionError::Bad(key.into(), format!("{v:?} is not 1..=60000 ms"))
+                    })?));
+                }
                 "allow_other" => o.allow_other = flag(key, value)?,
                 "noallow_other" => o.allow_other = !flag(key, value)?,
                 "umask" => {
@@ -155,6 +167,11 @@ mod tests {
             MountOptions::parse("pid=42").unwrap().scope,
             Scope::CgroupOf(42)
         );
+        assert_eq!(
+            MountOptions::parse("cache=250").unwrap().cache,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(MountOptions::parse("").unwrap().cache, None);
     }
 
     #[test]
@@ -169,6 +186,10 @@ mod tests {
             "bogus",
             "nolinux=1",
             "pid=1,cgroup=/a",
+            "cache",
+            "cache=0",
+            "cache=60001",
+            "cache=1s",
         ] {
             assert!(MountOptions::parse(bad).is_err(), "{bad} accepted");
         }
