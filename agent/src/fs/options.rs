@@ -8,6 +8,11 @@ pub enum Personality {
     /// Plan 9 proc(3): one directory per pid with ctl, mem, note, noteid, notepg, proc,
     /// segment, status, text and wait; nothing else at the root.
     Plan9,
+    /// SVR4 PROC(4) (RISC/os): the root holds one file per process, five-digit names, the
+    /// address space read and written through it and the PFC* requests as ioctls.
+    Svr4,
+    /// QNX procnto: one directory per pid with as, ctl, cmdline and exefile.
+    Qnx,
 }
 
 /// Which processes a mount shows.
@@ -79,10 +84,12 @@ impl MountOptions {
                     o.personality = match need("a name")? {
                         "linux" => Personality::Linux,
                         "plan9" => Personality::Plan9,
+                        "svr4" => Personality::Svr4,
+                        "qnx" => Personality::Qnx,
                         other => {
                             return Err(OptionError::Bad(
                                 key.into(),
-                                format!("{other:?} is not a personality (linux, plan9)"),
+                                format!("{other:?} is not a personality (linux, plan9, svr4, qnx)"),
                             ));
                         }
                     }
@@ -155,6 +162,10 @@ mod tests {
             MountOptions::parse("pid=42").unwrap().scope,
             Scope::CgroupOf(42)
         );
+        for (name, p) in [("svr4", Personality::Svr4), ("qnx", Personality::Qnx)] {
+            let o = MountOptions::parse(&format!("personality={name},umask=077")).unwrap();
+            assert_eq!((o.personality, o.umask), (p, 0o077));
+        }
     }
 
     #[test]
