@@ -227,13 +227,19 @@ impl Access {
         if !write {
             return;
         }
-        if let Some(n) = self.nodes.get_mut(&(pid, start, file))
+        let key = (pid, start, file);
+        let base = self.base;
+        if let Some(n) = self.nodes.get_mut(&key)
             && let Some((who, count)) = &mut n.writer
             && *who == opener
         {
             *count -= 1;
             if *count == 0 {
                 n.writer = None;
+                // Nothing left to remember: the entry would only grow the map.
+                if n.mode == base {
+                    self.nodes.remove(&key);
+                }
             }
         }
     }
@@ -356,6 +362,9 @@ mod tests {
         assert_eq!(a.open(10, 5, File::As, 200, true), Err(AccessError::Busy));
         a.close(10, 5, File::As, 100, true);
         a.open(10, 5, File::As, 200, true).unwrap();
+        a.close(10, 5, File::As, 200, true);
+        a.close(10, 5, File::Ctl, 200, true);
+        assert!(a.nodes.is_empty(), "closed and never chmod'ed: forgotten");
     }
 
     #[test]
