@@ -192,8 +192,12 @@ fn svr4_pfc_ioctls_through_the_mount_with_prfcntl_h() {
     let file = view.join(format!("0{pid}"));
     let run = |args: &[&str]| pfc(&prog, None, &file, args);
 
-    // GETPR: the process record.
-    let pr = run(&["getpr"]);
+    // GETPR: the process record. (Its numbers are at most the staleness bound old: right
+    // after the exec the process may still show as running, its argv not yet read.)
+    let pr = eventually(5, "asleep", || {
+        let pr = run(&["getpr"]);
+        (field(&pr, "sname") == Some("S") && field(&pr, "psargs") == Some("sleep 60")).then_some(pr)
+    });
     assert_eq!(field(&pr, "pid"), Some(pid.to_string().as_str()), "{pr}");
     assert_eq!(
         field(&pr, "ppid"),
@@ -463,16 +467,15 @@ fn qnx_personality_serves_as_ctl_cmdline_exefile() {
         assert_eq!(md.mode() & 0o777, mode, "{f}");
     }
 
-    // cmdline: argv NUL-separated; exefile: the path as text, no newline.
-    assert_eq!(
-        std::fs::read(dir.join("cmdline")).unwrap(),
-        b"sleep\x0060\x00"
-    );
+    // cmdline: argv NUL-separated; exefile: the path as text, no newline. (Both are the
+    // table's, filled in from the exec event: give it the staleness bound.)
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    assert_eq!(
-        std::fs::read(dir.join("exefile")).unwrap(),
-        exe.as_os_str().as_encoded_bytes()
-    );
+    eventually(5, "cmdline and exefile", || {
+        let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+        let exefile = std::fs::read(dir.join("exefile")).ok()?;
+        (cmdline == b"sleep\x0060\x00" && exefile == exe.as_os_str().as_encoded_bytes())
+            .then_some(())
+    });
 
     // as: read at a virtual address.
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
