@@ -154,18 +154,19 @@ impl Control {
         const CHECK_EVERY: u32 = 10;
         match self.call(caller, pid, op)? {
             Reply::Then(Then::WaitStop { start, exit_ok }) => {
-                for n in 1.. {
+                let mut polls = 0u32;
+                loop {
+                    polls = polls.wrapping_add(1);
                     match self.call(caller, pid, Op::Status { start })? {
                         Reply::State(RunState::Stopped) => return Ok(()),
                         Reply::State(RunState::Gone) if exit_ok => return Ok(()),
                         Reply::State(RunState::Gone) => return Err(CtlError::NoProcess(pid)),
-                        _ if n % CHECK_EVERY == 0 && interrupted() => {
+                        _ if polls.is_multiple_of(CHECK_EVERY) && interrupted() => {
                             return Err(CtlError::Interrupted);
                         }
                         _ => std::thread::sleep(POLL),
                     }
                 }
-                unreachable!("the poll loop returns")
             }
             _ => Ok(()),
         }
