@@ -10,6 +10,9 @@
  * Differences from the manual (docs/personalities/svr4.md has the whole list):
  *  - PFCOPENT cannot return a new descriptor over FUSE; it fills prtextfile.path with the text
  *    file's path, which the caller opens.
+ *  - PFCSTOP/PFCWSTOP with a zero arg on an exited process fail with EFAULT, not ENOENT: the
+ *    server never sees the pointer, only the kernel's copy of the status to it fails.
+ *  - Unknown request codes are ENOTTY.
  *  - PFCNICE takes SVR4's nice scale, 0..39, 20 being Linux's nice 0.
  *  - PFCSMASK/PFCGMASK masks are 64-bit: bit n-1 is signal n.
  *

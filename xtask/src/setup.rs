@@ -25,6 +25,9 @@ const APT_PACKAGES: &[&str] = &[
     "tmux",
     "man-db",
     "systemd",
+    // cc for the C programs that use include/prfcntl.h (tests/c/).
+    "gcc",
+    "libc6-dev",
 ];
 
 /// Python modules the tests use, with the PyPI package that provides each: psutil (works on a

@@ -53,10 +53,20 @@ enum Op {
     WriteMem { addr: u64, data: Vec<u8> },
     GetRegs { fp: bool },
     SetRegs { fp: bool, data: Vec<u8> },
+    // SVR4's PFC* requests that are more than a ctl command: the signal trace mask (non-zero
+    // traces the process so that a signal in the mask stops it; zero ends that), clearing the
+    // signal a stopped tracee would be resumed with, making a process runnable whatever
+    // stopped it, and a single step that traces a stopped process for it if need be.
+    SetSigMask(u64),
+    GetSigMask,
+    ClearSignal,
+    MakeRunnable,
+    StepStopped,
 }
 
 enum Reply {
     Then(Then),
+    Mask(u64),
     State(RunState),
     Bytes(Vec<u8>),
     Written(usize),
@@ -117,17 +127,91 @@ impl Control {
 
     /// Carries out a ctl command, blocking for the ones that wait for a stop.
     pub fn ctl(&self, caller: &Caller, pid: u32, cmd: Command) -> Result<(), CtlError> {
-        match self.call(caller, pid, Op::Ctl(cmd))? {
-            Reply::Then(Then::WaitStop { start, exit_ok }) => loop {
-                match self.call(caller, pid, Op::Status { start })? {
-                    Reply::State(RunState::Stopped) => return Ok(()),
-                    Reply::State(RunState::Gone) if exit_ok => return Ok(()),
-                    Reply::State(RunState::Gone) => return Err(CtlError::NoProcess(pid)),
-                    _ => std::thread::sleep(POLL),
+        self.ctl_until(caller, pid, cmd, &|| false)
+    }
+
+    /// `ctl`, but a wait for a stop ends with `Interrupted` (EINTR) once `interrupted` says
+    /// so: the FUSE layer asks whether the caller has a signal to take.
+    pub fn ctl_until(
+        &self,
+        caller: &Caller,
+        pid: u32,
+        cmd: Command,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<(), CtlError> {
+        self.then(caller, pid, Op::Ctl(cmd), interrupted)
+    }
+
+    /// Sends `op` and, if it asks for it, polls until the target is stopped.
+    fn then(
+        &self,
+        caller: &Caller,
+        pid: u32,
+        op: Op,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<(), CtlError> {
+        /// How many polls between two looks at the caller (a /proc read each).
+        const CHECK_EVERY: u32 = 10;
+        match self.call(caller, pid, op)? {
+            Reply::Then(Then::WaitStop { start, exit_ok }) => {
+                let mut polls = 0u32;
+                loop {
+                    polls = polls.wrapping_add(1);
+                    match self.call(caller, pid, Op::Status { start })? {
+                        Reply::State(RunState::Stopped) => return Ok(()),
+                        Reply::State(RunState::Gone) if exit_ok => return Ok(()),
+                        Reply::State(RunState::Gone) => return Err(CtlError::NoProcess(pid)),
+                        _ if polls.is_multiple_of(CHECK_EVERY) && interrupted() => {
+                            return Err(CtlError::Interrupted);
+                        }
+                        _ => std::thread::sleep(POLL),
+                    }
                 }
-            },
+            }
             _ => Ok(()),
         }
+    }
+
+    /// Sets the signal trace mask (bit n-1 for signal n). A non-zero mask traces the process
+    /// (PTRACE_SEIZE, without stopping it): a signal in the mask then stops it, as if by a
+    /// debugger, and any other signal is passed straight on. Zero ends the tracing, leaving
+    /// the process stopped or running as it is.
+    pub fn set_sigmask(&self, caller: &Caller, pid: u32, mask: u64) -> Result<(), CtlError> {
+        self.call(caller, pid, Op::SetSigMask(mask)).map(drop)
+    }
+
+    /// The signal trace mask: 0 when the agent does not trace the process; every bit for a
+    /// process attached through ctl (every signal stops it).
+    pub fn sigmask(&self, caller: &Caller, pid: u32) -> Result<u64, CtlError> {
+        match self.call(caller, pid, Op::GetSigMask)? {
+            Reply::Mask(m) => Ok(m),
+            _ => unreachable!("GetSigMask answers Mask"),
+        }
+    }
+
+    /// Forgets the signal a stopped tracee stopped for, so it is not delivered when the
+    /// process resumes. A process with no such signal has nothing to clear.
+    pub fn clear_signal(&self, caller: &Caller, pid: u32) -> Result<(), CtlError> {
+        self.call(caller, pid, Op::ClearSignal).map(drop)
+    }
+
+    /// Makes the process runnable: a stopped tracee resumes (untraced again if the agent
+    /// traced it only for a single step), a process in a group stop gets SIGCONT, a running
+    /// one is left alone. EBUSY if another debugger holds it.
+    pub fn make_runnable(&self, caller: &Caller, pid: u32) -> Result<(), CtlError> {
+        self.call(caller, pid, Op::MakeRunnable).map(drop)
+    }
+
+    /// Single-steps a stopped process and waits for the step to end; a process in a group
+    /// stop is traced for it (and stays traced, stopped, until `make_runnable`). EBUSY if it
+    /// is running.
+    pub fn step_stopped(
+        &self,
+        caller: &Caller,
+        pid: u32,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<(), CtlError> {
+        self.then(caller, pid, Op::StepStopped, interrupted)
     }
 
     /// `ctl` for async callers (HTTP): runs on the blocking pool, since it may wait.
@@ -272,6 +356,9 @@ struct Tracee {
     pending: i32,
     /// A single step is in flight: its SIGTRAP is the step's, not a signal to deliver.
     stepping: bool,
+    /// `None`: attached through ctl, every signal stops it. `Some(mask)`: traced for SVR4's
+    /// signal trace mask, only the signals in it stop it (0: traced for a single step only).
+    sigmask: Option<u64>,
 }
 
 struct Actor {
@@ -351,6 +438,35 @@ impl Actor {
         }
         match op {
             Op::Ctl(cmd) => self.ctl(&target, cmd).map(Reply::Then),
+            Op::SetSigMask(mask) => self.set_sigmask(&target, mask).map(|()| Reply::Done),
+            Op::GetSigMask => Ok(Reply::Mask(
+                self.tracees
+                    .get(&pid)
+                    .map_or(0, |t| t.sigmask.unwrap_or(u64::MAX)),
+            )),
+            Op::ClearSignal => {
+                if let Some(t) = self.tracees.get_mut(&pid)
+                    && t.stopped
+                {
+                    t.pending = 0;
+                }
+                Ok(Reply::Done)
+            }
+            Op::MakeRunnable => self.make_runnable(&target).map(|()| Reply::Done),
+            Op::StepStopped => {
+                if !self.tracees.contains_key(&pid) {
+                    if target.info.state != 'T' {
+                        return Err(CtlError::Busy(format!("process {pid} is not stopped")));
+                    }
+                    self.seize(&target, Some(0))?;
+                    self.interrupt_and_wait(pid)?;
+                }
+                self.resume(pid, libc::PTRACE_SINGLESTEP)?;
+                Ok(Reply::Then(Then::WaitStop {
+                    start: target.info.start,
+                    exit_ok: false,
+                }))
+            }
             Op::Status { .. } => unreachable!("handled above"),
             Op::ReadMem { addr, len } => read_mem(pid, addr, len.min(MEM_MAX)).map(Reply::Bytes),
             Op::WriteMem { addr, data } => self
@@ -459,7 +575,7 @@ impl Actor {
                 if traced {
                     return Err(CtlError::Busy(format!("process {pid} is already attached")));
                 }
-                self.seize(target)?;
+                self.seize(target, None)?;
                 Ok(wait(false))
             }
             Command::Detach => {
@@ -490,10 +606,22 @@ impl Actor {
         }
     }
 
-    /// PTRACE_SEIZE and make the tracee stop. A process already in a group stop traps by
-    /// itself as it is seized (the kernel waits for that before the seize returns); an
-    /// interrupt on top of it would leave a second trap pending for after the next resume.
-    fn seize(&mut self, target: &Target) -> Result<(), CtlError> {
+    /// SVR4's PFCSMASK: trace for the mask, change it, or (zero) stop tracing.
+    fn set_sigmask(&mut self, target: &Target, mask: u64) -> Result<(), CtlError> {
+        let pid = target.pid;
+        match (self.tracees.get_mut(&pid), mask) {
+            (Some(_), 0) => self.detach(pid, true),
+            (Some(t), mask) => {
+                t.sigmask = Some(mask);
+                Ok(())
+            }
+            (None, 0) => Ok(()),
+            (None, mask) => self.seize_running(target, mask),
+        }
+    }
+
+    /// PTRACE_SEIZE without a stop, for the signal trace mask.
+    fn seize_running(&mut self, target: &Target, mask: u64) -> Result<(), CtlError> {
         let pid = target.pid;
         if target.info.tracer != 0 {
             return Err(CtlError::Busy(format!(
@@ -512,6 +640,59 @@ impl Actor {
                 stopped: false,
                 pending: 0,
                 stepping: false,
+                sigmask: Some(mask),
+            },
+        );
+        Ok(())
+    }
+
+    /// SVR4's PFCRUN.
+    fn make_runnable(&mut self, target: &Target) -> Result<(), CtlError> {
+        let pid = target.pid;
+        match self.tracees.get(&pid) {
+            Some(t) if !t.stopped => Ok(()),
+            // Traced only for a step, which needed it in a group stop: nothing left to trace,
+            // so let it go untraced, and end the group stop (which outlives the detach; the
+            // state may not show it yet, as the detached process re-enters it).
+            Some(t) if t.sigmask == Some(0) => {
+                self.detach(pid, false)?;
+                target.signal(libc::SIGCONT)
+            }
+            Some(_) => self.resume(pid, libc::PTRACE_CONT),
+            None => match target.info.state {
+                'T' => target.signal(libc::SIGCONT),
+                't' => Err(CtlError::Busy(format!(
+                    "process {pid} is held by debugger {}",
+                    target.info.tracer
+                ))),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// PTRACE_SEIZE and make the tracee stop. A process already in a group stop traps by
+    /// itself as it is seized (the kernel waits for that before the seize returns); an
+    /// interrupt on top of it would leave a second trap pending for after the next resume.
+    fn seize(&mut self, target: &Target, sigmask: Option<u64>) -> Result<(), CtlError> {
+        let pid = target.pid;
+        if target.info.tracer != 0 {
+            return Err(CtlError::Busy(format!(
+                "process {pid} is traced by {}",
+                target.info.tracer
+            )));
+        }
+        ptrace(libc::PTRACE_SEIZE, pid, 0, 0).map_err(|e| match e {
+            libc::EPERM => CtlError::Busy(format!("process {pid} cannot be traced now")),
+            e => ptrace_err(pid, "PTRACE_SEIZE", e),
+        })?;
+        self.tracees.insert(
+            pid,
+            Tracee {
+                start: target.info.start,
+                stopped: false,
+                pending: 0,
+                stepping: false,
+                sigmask,
             },
         );
         if !ProcInfo::read(pid).is_ok_and(|i| i.state == 't') {
@@ -566,6 +747,18 @@ impl Actor {
             if libc::WIFSTOPPED(status) {
                 let sig = libc::WSTOPSIG(status);
                 let event = status >> 16;
+                if event == 0
+                    && !(sig == libc::SIGTRAP && t.stepping)
+                    && let Some(mask) = t.sigmask
+                    && !sig_in(mask, sig)
+                {
+                    // A signal the trace mask does not name: on to the process at once.
+                    if ptrace(libc::PTRACE_CONT, pid, 0, sig as u64).is_err() {
+                        self.tracees.remove(&pid);
+                        return;
+                    }
+                    continue;
+                }
                 t.stopped = true;
                 if event != 0 || (sig == libc::SIGTRAP && t.stepping) {
                     // A group stop, an interrupt, or the end of a step: nothing to deliver.
@@ -658,14 +851,32 @@ impl Actor {
             }
             _ => return Err(CtlError::Busy(format!("process {pid} is not stopped"))),
         }
-        self.seize(target)?;
+        self.seize(target, None)?;
         let r = self.interrupt_and_wait(pid).and_then(|()| f(pid));
         // The group stop is still in effect, so the detached process goes back into it.
         if let Some(t) = self.tracees.remove(&pid) {
             let _ = ptrace(libc::PTRACE_DETACH, pid, 0, t.pending as u64);
+            settle_stopped(pid);
         }
         r
     }
+}
+
+/// A process detached in a group stop is woken to re-enter it, and shows as running for a
+/// moment: waits (briefly, bounded) until it is back, so that the next request (a register
+/// write after a read) finds it stopped rather than EBUSY.
+fn settle_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < deadline
+        && ProcInfo::read(pid).is_ok_and(|i| !i.stopped() && !i.exited())
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Whether signal `sig` is in an SVR4 signal mask (bit n-1 for signal n).
+fn sig_in(mask: u64, sig: i32) -> bool {
+    (1..=64).contains(&sig) && mask & (1 << (sig - 1)) != 0
 }
 
 /// process_vm_readv, one remote iovec per page: the kernel transfers whole iovecs only, so a

@@ -223,6 +223,9 @@ pub enum CtlError {
     /// The control thread has stopped (the agent is shutting down).
     #[error("the control thread has shut down")]
     Gone,
+    /// A wait for a stop was given up because the caller got a signal. EINTR.
+    #[error("interrupted by a signal to the caller")]
+    Interrupted,
 }
 
 impl CtlError {
@@ -238,6 +241,7 @@ impl CtlError {
             CtlError::NoKernel => libc::ENOSYS,
             CtlError::Os { errno, .. } => *errno,
             CtlError::Gone => libc::EIO,
+            CtlError::Interrupted => libc::EINTR,
         }
     }
 
@@ -250,7 +254,7 @@ impl CtlError {
             CtlError::Busy(_) | CtlError::NoChildren(_) => 409,
             CtlError::BadAddress(_) => 400,
             CtlError::NoKernel => 501,
-            CtlError::Gone => 503,
+            CtlError::Gone | CtlError::Interrupted => 503,
             CtlError::Os { .. } => 500,
         }
     }
@@ -549,6 +553,7 @@ mod parse_tests {
             (CtlError::Busy("x".into()), libc::EBUSY, 409),
             (CtlError::NoChildren(7), libc::ECHILD, 409),
             (CtlError::BadAddress(0), libc::EIO, 400),
+            (CtlError::Interrupted, libc::EINTR, 503),
         ];
         for (e, errno, status) in cases {
             assert_eq!((e.errno(), e.http_status()), (errno, status), "{e:?}");

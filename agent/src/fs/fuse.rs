@@ -16,14 +16,18 @@ use std::{
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
-    TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
+
+// Personality-specific parts of the adapter, as child modules so they share its internals.
+mod qnx;
+mod svr4;
 
 use super::{
     access::{self, EXEC, READ, Who},
-    options::{MountOptions, Scope},
+    options::{MountOptions, Personality, Scope},
     tree::{
         ControlFile, Entry, GLOBALS, GlobalKind, Kind, Node, Source, THREAD_FILES, entry_index,
         global_child, global_children,
@@ -74,6 +78,8 @@ pub struct ProcFs {
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
     rendered: Mutex<Rendered>,
     next_fh: AtomicU64,
+    /// The QNX personality's `as`/`ctl` modes and writers (unused by the others).
+    qnx: qnx::QnxFiles,
 }
 
 /// Contents rendered for a `cache=` mount, by inode. The kernel reads such files through its
@@ -254,6 +260,7 @@ impl ProcFs {
         control: Option<ControlFiles>,
     ) -> std::io::Result<Self> {
         let scope = ScopeCache::new(&opts.scope)?;
+        let qnx = qnx::QnxFiles::new(opts.umask);
         Ok(Self {
             state,
             host,
@@ -265,6 +272,7 @@ impl ProcFs {
             dirs: Mutex::new(HashMap::new()),
             rendered: Mutex::new(Rendered::default()),
             next_fh: AtomicU64::new(1),
+            qnx,
         })
     }
 
@@ -441,7 +449,11 @@ impl ProcFs {
             Node::ProcFile(pid, i) => {
                 let (_, p) = self.process(pid)?;
                 let e = self.files_table().get(i as usize).ok_or(Errno::ENOENT)?;
-                Ok(self.entry_attr(node, e, &p))
+                let mut attr = self.entry_attr(node, e, &p);
+                if let Some(mode) = self.qnx_mode(node, &p) {
+                    attr.perm = self.mode(mode);
+                }
+                Ok(attr)
             }
             Node::ThreadDir(pid, tid) => {
                 let (_, p) = self.process(pid)?;
@@ -476,12 +488,14 @@ impl ProcFs {
                     self.proc_time(&p),
                 ))
             }
+            Node::PidFile(pid) => self.svr4_attr(pid),
         }
     }
 
     fn lookup_node(&self, parent: Node, name: &OsStr) -> Result<Node, Errno> {
         let name = name.to_str().ok_or(Errno::ENOENT)?;
         match parent {
+            Node::Root if self.opts.personality == Personality::Svr4 => self.svr4_lookup(name),
             Node::Root => {
                 if self.linux_globals()
                     && let Some(i) = global_child(None, name)
@@ -522,7 +536,7 @@ impl ProcFs {
             Node::ThreadDir(pid, tid) => entry_index(THREAD_FILES, name)
                 .map(|i| Node::ThreadFile(pid, tid, i))
                 .ok_or(Errno::ENOENT),
-            Node::ThreadFile(..) | Node::Fd(..) => Err(Errno::ENOTDIR),
+            Node::ThreadFile(..) | Node::Fd(..) | Node::PidFile(_) => Err(Errno::ENOTDIR),
         }
     }
 
@@ -627,6 +641,7 @@ impl ProcFs {
                 kernel_file(p, "maps").and_then(|maps| view::plan9::segment(p, &maps))
             }
             (Source::Plan9Proc, _) => view::plan9::proc_record(p),
+            (Source::QnxExefile, _) => view::qnx::exefile(p),
             (Source::Kernel(name), Some(t)) => kernel_file(p, &format!("task/{t}/{name}")),
         };
         r.map_err(|e| errno(&e))
@@ -674,7 +689,9 @@ impl ProcFs {
                         name: gl.name.as_bytes().to_vec(),
                     });
                 }
-                if parent.is_none() {
+                if parent.is_none() && self.opts.personality == Personality::Svr4 {
+                    self.svr4_listing(&mut out)?;
+                } else if parent.is_none() {
                     let snap = self.snapshot()?;
                     for p in snap.processes.iter().filter(|p| self.visible(p)) {
                         if let Some(ino) = Node::ProcDir(p.pid).ino() {
@@ -719,7 +736,9 @@ impl ProcFs {
                 }
                 _ => return Err(Errno::ENOTDIR),
             },
-            Node::ThreadFile(..) | Node::Fd(..) => return Err(Errno::ENOTDIR),
+            Node::ThreadFile(..) | Node::Fd(..) | Node::PidFile(_) => {
+                return Err(Errno::ENOTDIR);
+            }
         }
         Ok(out)
     }
@@ -746,7 +765,7 @@ impl ProcFs {
 
     /// Whether the root carries the host-wide Linux nodes (self, stat, meminfo, …).
     fn linux_globals(&self) -> bool {
-        self.opts.personality == super::options::Personality::Linux && !self.opts.nolinux
+        self.opts.personality == Personality::Linux && !self.opts.nolinux
     }
 
     /// Whether the caller may do `mask` to `node`, decided as the kernel's mode check would
@@ -967,12 +986,22 @@ impl Filesystem for ProcFs {
         if let Err(e) = self.allow(req, node, access::open_mask(flags.acc_mode())) {
             return reply.error(e);
         }
-        if let Node::ProcFile(pid, i) = node
-            && let Some(Kind::Control(ctl)) = self.files_table().get(i as usize).map(|e| e.kind)
-        {
-            return match self.open_control(req, pid, ctl) {
+        let control = match node {
+            // SVR4: the process file is its address space, as `mem`.
+            Node::PidFile(pid) => Some((pid, ControlFile::Mem)),
+            Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
+                Some(Kind::Control(ctl)) => Some((pid, ctl)),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some((pid, ctl)) = control {
+            let fh = self.new_fh();
+            return match self.open_control(req, pid, ctl).and_then(|handle| {
+                self.qnx_open(node, flags, fh, &handle)?;
+                Ok(handle)
+            }) {
                 Ok(handle) => {
-                    let fh = self.new_fh();
                     if let Ok(mut files) = self.files.lock() {
                         files.insert(fh, handle);
                     }
@@ -1052,6 +1081,7 @@ impl Filesystem for ProcFs {
         if let Ok(mut files) = self.files.lock() {
             files.remove(&fh.0);
         }
+        self.qnx_release(fh.0);
         reply.ok();
     }
 
@@ -1216,11 +1246,11 @@ impl Filesystem for ProcFs {
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
@@ -1231,7 +1261,40 @@ impl Filesystem for ProcFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // QNX: chmod of `as` and `ctl` may drop permissions. (The kernel has already checked
+        // that the caller owns the file or is root.)
+        if let (Some(mode), None, None, None) = (mode, uid, gid, size)
+            && let Some(node) = Node::from_ino(ino.0)
+            && let Some(result) = self.qnx_chmod(node, mode)
+        {
+            return match result {
+                Ok(attr) => reply.attr(&TTL, &attr),
+                Err(e) => reply.error(e),
+            };
+        }
         reply.error(Errno::EPERM);
+    }
+
+    /// The personalities' control requests: SVR4's PFC* on a process file, QNX's devctls on
+    /// `ctl`. FUSE forwards only requests whose code encodes the argument's size and
+    /// direction (it copies the argument in and out by those); every one here does.
+    fn ioctl(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        super::count_request(super::Op::Ioctl);
+        match self.opts.personality {
+            Personality::Svr4 => self.svr4_ioctl(req, fh, cmd, in_data, reply),
+            Personality::Qnx => self.qnx_ioctl(req, fh, cmd, in_data, reply),
+            _ => reply.error(Errno::ENOTTY),
+        }
     }
 
     fn write(

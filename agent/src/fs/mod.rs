@@ -33,10 +33,11 @@ pub enum Op {
     Opendir,
     Readdir,
     Releasedir,
+    Ioctl,
 }
 
 impl Op {
-    pub const ALL: [Op; 12] = [
+    pub const ALL: [Op; 13] = [
         Op::Lookup,
         Op::Getattr,
         Op::Access,
@@ -49,6 +50,7 @@ impl Op {
         Op::Opendir,
         Op::Readdir,
         Op::Releasedir,
+        Op::Ioctl,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +67,7 @@ impl Op {
             Op::Opendir => "opendir",
             Op::Readdir => "readdir",
             Op::Releasedir => "releasedir",
+            Op::Ioctl => "ioctl",
         }
     }
 }

@@ -8,6 +8,11 @@ pub enum Personality {
     /// Plan 9 proc(3): one directory per pid with ctl, mem, note, noteid, notepg, proc,
     /// segment, status, text and wait; nothing else at the root.
     Plan9,
+    /// SVR4 PROC(4) (RISC/os): the root holds one file per process, five-digit names, the
+    /// address space read and written through it and the PFC* requests as ioctls.
+    Svr4,
+    /// QNX procnto: one directory per pid with as, ctl, cmdline and exefile.
+    Qnx,
 }
 
 /// Which processes a mount shows.
@@ -84,10 +89,12 @@ impl MountOptions {
                     o.personality = match need("a name")? {
                         "linux" => Personality::Linux,
                         "plan9" => Personality::Plan9,
+                        "svr4" => Personality::Svr4,
+                        "qnx" => Personality::Qnx,
                         other => {
                             return Err(OptionError::Bad(
                                 key.into(),
-                                format!("{other:?} is not a personality (linux, plan9)"),
+                                format!("{other:?} is not a personality (linux, plan9, svr4, qnx)"),
                             ));
                         }
                     }
@@ -134,6 +141,14 @@ impl MountOptions {
                 _ => return Err(OptionError::Unknown(opt.into())),
             }
         }
+        if o.cache.is_some() && o.personality != Personality::Linux {
+            // The other views are mostly address spaces and control files, which a cache
+            // mount cannot serve (the kernel would answer their opens).
+            return Err(OptionError::Bad(
+                "cache".into(),
+                "only the linux personality can be cached".into(),
+            ));
+        }
         Ok(o)
     }
 }
@@ -172,6 +187,10 @@ mod tests {
             Some(std::time::Duration::from_millis(250))
         );
         assert_eq!(MountOptions::parse("").unwrap().cache, None);
+        for (name, p) in [("svr4", Personality::Svr4), ("qnx", Personality::Qnx)] {
+            let o = MountOptions::parse(&format!("personality={name},umask=077")).unwrap();
+            assert_eq!((o.personality, o.umask), (p, 0o077));
+        }
     }
 
     #[test]
@@ -190,6 +209,7 @@ mod tests {
             "cache=0",
             "cache=60001",
             "cache=1s",
+            "cache=100,personality=plan9",
         ] {
             assert!(MountOptions::parse(bad).is_err(), "{bad} accepted");
         }

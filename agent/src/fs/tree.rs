@@ -15,6 +15,9 @@ pub enum Node {
     ThreadFile(u32, u32, u16),
     /// `/PID/fd/N`.
     Fd(u32, u32),
+    /// SVR4's `/NNNNN`: a process as one file at the root (its address space, and the PFC*
+    /// ioctls), where the other personalities have a directory.
+    PidFile(u32),
 }
 
 const PID_BITS: u32 = 24;
@@ -41,6 +44,7 @@ impl Node {
             Node::ThreadDir(p, t) => pack(4, p, t, 0),
             Node::ThreadFile(p, t, i) => pack(5, p, t, i),
             Node::Fd(p, fd) => pack(6, p, fd, 0),
+            Node::PidFile(p) => pack(7, p, 0, 0),
         }
     }
 
@@ -58,6 +62,7 @@ impl Node {
             4 => Node::ThreadDir(pid, sub),
             5 => Node::ThreadFile(pid, sub, idx),
             6 => Node::Fd(pid, sub),
+            7 => Node::PidFile(pid),
             _ => return None,
         })
     }
@@ -80,6 +85,8 @@ pub enum Source {
     Plan9Status,
     Plan9Segment,
     Plan9Proc,
+    /// QNX `exefile` (view::qnx).
+    QnxExefile,
 }
 
 /// A control file: its data is an operation on the live process (through `control`), not a
@@ -209,11 +216,23 @@ pub const PLAN9_FILES: &[Entry] = &[
     ctl_entry("wait", 0o400, ControlFile::Wait),
 ];
 
-/// The per-process table of a personality.
+/// `/PID/…` in the QNX personality (procnto). `as` and `ctl` start at 0666 less the mount's
+/// umask, and `chmod` may only drop bits from them (view::qnx::Access keeps their modes).
+pub const QNX_FILES: &[Entry] = &[
+    ctl_entry("as", 0o666, ControlFile::Mem),
+    file("cmdline", 0o444, Source::Cmdline),
+    ctl_entry("ctl", 0o666, ControlFile::Ctl),
+    file("exefile", 0o444, Source::QnxExefile),
+];
+
+/// The per-process table of a personality. SVR4 has none: a process is one file
+/// (`Node::PidFile`).
 pub fn proc_files(p: super::options::Personality) -> &'static [Entry] {
     match p {
         super::options::Personality::Linux => PROC_FILES,
         super::options::Personality::Plan9 => PLAN9_FILES,
+        super::options::Personality::Qnx => QNX_FILES,
+        super::options::Personality::Svr4 => &[],
     }
 }
 
@@ -374,6 +393,8 @@ mod tests {
             Node::ThreadDir(77, 78),
             Node::ThreadFile(4_000_000, 4_000_001, 5),
             Node::Fd(9, 1023),
+            Node::PidFile(1),
+            Node::PidFile(4_194_304),
         ] {
             let ino = node.ino().unwrap();
             assert_eq!(Node::from_ino(ino), Some(node), "{node:?} -> {ino:#x}");
@@ -385,6 +406,8 @@ mod tests {
             "out-of-range fields are refused"
         );
         assert_eq!(Node::from_ino(0), None);
+        // A process's SVR4 file and its directory elsewhere are different inodes.
+        assert_ne!(Node::PidFile(77).ino(), Node::ProcDir(77).ino());
     }
 
     #[test]
@@ -401,7 +424,7 @@ mod tests {
 
     #[test]
     fn names_are_unique_per_directory() {
-        for table in [PROC_FILES, THREAD_FILES, PLAN9_FILES] {
+        for table in [PROC_FILES, THREAD_FILES, PLAN9_FILES, QNX_FILES] {
             let mut names: Vec<_> = table.iter().map(|e| e.name).collect();
             names.sort();
             names.dedup();

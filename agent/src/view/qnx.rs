@@ -5,7 +5,12 @@
 
 use std::collections::HashMap;
 
-use super::ViewError;
+use std::mem::size_of;
+
+use super::{
+    ViewError,
+    svr4::{IOC_NONE, IOC_READ, IOC_WRITE, ioc},
+};
 use crate::table::Process;
 
 /// `/proc/PID/exefile`: the executable's path as text (no newline, as procnto gives it). A
@@ -14,23 +19,101 @@ pub fn exefile(p: &Process) -> Result<Vec<u8>, ViewError> {
     p.exe.clone().ok_or(ViewError::NoFile)
 }
 
-/// The QNX devctl commands `ctl` serves (as ioctls, since FUSE forwards ioctl and not
-/// devctl), and the control operation each one is. The rest of `DCMD_PROC_*` (MAPINFO,
-/// PAGEDATA, BREAK, EVENT, THREADCTL, TIDSTATUS, CURTHREAD, SET_FLAG, CLEAR_FLAG, …) have no
-/// Linux source or need procnto's structures: EOPNOTSUPP.
-pub const DEVCTL_SUBSET: &[(&str, &str)] = &[
-    ("DCMD_PROC_STOP", "ctl stop"),
-    ("DCMD_PROC_WAITSTOP", "ctl waitstop"),
-    (
-        "DCMD_PROC_RUN",
-        "ctl start (run for a process the agent traces)",
-    ),
-    ("DCMD_PROC_SIGNAL", "send the signal in the argument"),
-    ("DCMD_PROC_GETGREG", "regs, read"),
-    ("DCMD_PROC_SETGREG", "regs, write"),
-    ("DCMD_PROC_GETFPREG", "fpregs, read"),
-    ("DCMD_PROC_SETFPREG", "fpregs, write"),
+/// The ioctl "type" byte of the devctl requests (QNX's `_DCMD_PROC` class is `P`).
+pub const DEVCTL_TYPE: u8 = b'P';
+
+const fn dcmd(dir: u32, nr: u32, size: usize) -> u32 {
+    ioc(dir, DEVCTL_TYPE, nr, size)
+}
+
+/// Stop the process and wait until it is stopped.
+pub const DCMD_PROC_STOP: u32 = dcmd(IOC_NONE, 1, 0);
+/// Wait until the process is stopped (or has exited).
+pub const DCMD_PROC_WAITSTOP: u32 = dcmd(IOC_NONE, 2, 0);
+/// Make a stopped process run.
+pub const DCMD_PROC_RUN: u32 = dcmd(IOC_NONE, 3, 0);
+/// Send the signal in the argument (an `int`).
+pub const DCMD_PROC_SIGNAL: u32 = dcmd(IOC_WRITE, 4, size_of::<i32>());
+/// The general registers (`user_regs_struct`).
+pub const DCMD_PROC_GETGREG: u32 = dcmd(IOC_READ, 5, size_of::<libc::user_regs_struct>());
+pub const DCMD_PROC_SETGREG: u32 = dcmd(IOC_WRITE, 6, size_of::<libc::user_regs_struct>());
+/// The floating-point registers (`user_fpregs_struct`).
+pub const DCMD_PROC_GETFPREG: u32 = dcmd(IOC_READ, 7, size_of::<libc::user_fpregs_struct>());
+pub const DCMD_PROC_SETFPREG: u32 = dcmd(IOC_WRITE, 8, size_of::<libc::user_fpregs_struct>());
+
+/// The devctl commands `ctl` serves, as ioctls (FUSE forwards ioctl, not QNX's devctl). The
+/// rest of `DCMD_PROC_*` (MAPINFO, PAGEDATA, BREAK, EVENT, THREADCTL, TIDSTATUS, CURTHREAD,
+/// SET_FLAG, CLEAR_FLAG, …) need procnto's structures or have no Linux source: EOPNOTSUPP.
+pub const DEVCTL_SUBSET: &[(&str, u32)] = &[
+    ("DCMD_PROC_STOP", DCMD_PROC_STOP),
+    ("DCMD_PROC_WAITSTOP", DCMD_PROC_WAITSTOP),
+    ("DCMD_PROC_RUN", DCMD_PROC_RUN),
+    ("DCMD_PROC_SIGNAL", DCMD_PROC_SIGNAL),
+    ("DCMD_PROC_GETGREG", DCMD_PROC_GETGREG),
+    ("DCMD_PROC_SETGREG", DCMD_PROC_SETGREG),
+    ("DCMD_PROC_GETFPREG", DCMD_PROC_GETFPREG),
+    ("DCMD_PROC_SETFPREG", DCMD_PROC_SETFPREG),
 ];
+
+/// A decoded devctl.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Devctl {
+    Stop,
+    WaitStop,
+    Run,
+    Signal(i32),
+    GetRegs { fp: bool },
+    SetRegs { fp: bool, data: Vec<u8> },
+}
+
+impl Devctl {
+    /// Whether the command changes the process: QNX asks for a descriptor open for writing
+    /// for those (EBADF otherwise), which is what makes the one-writer rule mean something.
+    pub fn changes_process(&self) -> bool {
+        !matches!(self, Devctl::WaitStop | Devctl::GetRegs { .. })
+    }
+}
+
+/// Decodes an ioctl on `ctl`: a command outside the subset is EOPNOTSUPP, a bad argument
+/// (a signal outside 1..SIGRTMAX, a register set of the wrong size) EINVAL.
+pub fn devctl(cmd: u32, arg: &[u8]) -> Result<Devctl, i32> {
+    let regs = |fp: bool| {
+        let want = if fp {
+            size_of::<libc::user_fpregs_struct>()
+        } else {
+            size_of::<libc::user_regs_struct>()
+        };
+        if arg.len() == want {
+            Ok(Devctl::SetRegs {
+                fp,
+                data: arg.to_vec(),
+            })
+        } else {
+            Err(libc::EINVAL)
+        }
+    };
+    match cmd {
+        DCMD_PROC_STOP => Ok(Devctl::Stop),
+        DCMD_PROC_WAITSTOP => Ok(Devctl::WaitStop),
+        DCMD_PROC_RUN => Ok(Devctl::Run),
+        DCMD_PROC_SIGNAL => {
+            let sig = arg
+                .try_into()
+                .map(i32::from_ne_bytes)
+                .map_err(|_| libc::EINVAL)?;
+            if (1..=libc::SIGRTMAX()).contains(&sig) {
+                Ok(Devctl::Signal(sig))
+            } else {
+                Err(libc::EINVAL)
+            }
+        }
+        DCMD_PROC_GETGREG => Ok(Devctl::GetRegs { fp: false }),
+        DCMD_PROC_GETFPREG => Ok(Devctl::GetRegs { fp: true }),
+        DCMD_PROC_SETGREG => regs(false),
+        DCMD_PROC_SETFPREG => regs(true),
+        _ => Err(libc::EOPNOTSUPP),
+    }
+}
 
 /// The per-process files whose permissions are managed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,13 +227,19 @@ impl Access {
         if !write {
             return;
         }
-        if let Some(n) = self.nodes.get_mut(&(pid, start, file))
+        let key = (pid, start, file);
+        let base = self.base;
+        if let Some(n) = self.nodes.get_mut(&key)
             && let Some((who, count)) = &mut n.writer
             && *who == opener
         {
             *count -= 1;
             if *count == 0 {
                 n.writer = None;
+                // Nothing left to remember: the entry would only grow the map.
+                if n.mode == base {
+                    self.nodes.remove(&key);
+                }
             }
         }
     }
@@ -158,6 +247,13 @@ impl Access {
     /// Drops what is kept for a process that is gone.
     pub fn forget(&mut self, pid: u32, start: u64) {
         self.nodes.retain(|&(p, s, _), _| (p, s) != (pid, start));
+    }
+
+    /// Drops what is kept for every process `alive` says is gone, unless someone still has
+    /// its file open for writing (the close will find it).
+    pub fn retain_alive(&mut self, alive: impl Fn(u32, u64) -> bool) {
+        self.nodes
+            .retain(|&(p, s, _), n| n.writer.is_some() || alive(p, s));
     }
 }
 
@@ -172,6 +268,46 @@ mod tests {
         assert_eq!(exefile(&p).unwrap(), b"/usr/bin/sleep");
         p.exe = None;
         assert_eq!(exefile(&p).unwrap_err().errno(), libc::ENOENT);
+    }
+
+    #[test]
+    fn devctls_decode_and_the_rest_are_eopnotsupp() {
+        assert_eq!(devctl(DCMD_PROC_STOP, &[]), Ok(Devctl::Stop));
+        assert_eq!(
+            devctl(DCMD_PROC_SIGNAL, &10i32.to_ne_bytes()),
+            Ok(Devctl::Signal(10))
+        );
+        assert_eq!(
+            devctl(DCMD_PROC_SIGNAL, &0i32.to_ne_bytes()),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(devctl(DCMD_PROC_SETGREG, &[0; 8]), Err(libc::EINVAL));
+        assert_eq!(
+            devctl(DCMD_PROC_SETGREG & !0xff | 99, &[]),
+            Err(libc::EOPNOTSUPP)
+        );
+        assert!(Devctl::Stop.changes_process());
+        assert!(!Devctl::GetRegs { fp: false }.changes_process());
+        // Every code is distinct, encodes its argument's size, and is of type 'P'.
+        let mut codes: Vec<u32> = DEVCTL_SUBSET.iter().map(|d| d.1).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), DEVCTL_SUBSET.len());
+        assert_eq!(
+            super::super::svr4::ioc_size(DCMD_PROC_GETGREG),
+            size_of::<libc::user_regs_struct>()
+        );
+        assert_eq!(DCMD_PROC_SIGNAL, 0x4004_5004);
+    }
+
+    #[test]
+    fn retain_alive_keeps_open_writers() {
+        let mut a = Access::new(0);
+        a.chmod(10, 5, File::As, 0o600).unwrap();
+        a.open(11, 5, File::Ctl, 100, true).unwrap();
+        a.retain_alive(|_, _| false);
+        assert_eq!(a.mode(10, 5, File::As), 0o666, "forgotten");
+        assert_eq!(a.open(11, 5, File::Ctl, 200, true), Err(AccessError::Busy));
     }
 
     #[test]
@@ -226,6 +362,9 @@ mod tests {
         assert_eq!(a.open(10, 5, File::As, 200, true), Err(AccessError::Busy));
         a.close(10, 5, File::As, 100, true);
         a.open(10, 5, File::As, 200, true).unwrap();
+        a.close(10, 5, File::As, 200, true);
+        a.close(10, 5, File::Ctl, 200, true);
+        assert!(a.nodes.is_empty(), "closed and never chmod'ed: forgotten");
     }
 
     #[test]

@@ -16,30 +16,31 @@ use crate::table::Process;
 
 // ---- ioctl request encoding (asm-generic/ioctl.h: x86-64, aarch64, riscv) ----
 
-const IOC_NONE: u32 = 0;
+pub(crate) const IOC_NONE: u32 = 0;
 /// User space writes the argument (the driver reads it).
-const IOC_WRITE: u32 = 1;
+pub(crate) const IOC_WRITE: u32 = 1;
 /// User space reads the argument (the driver writes it).
-const IOC_READ: u32 = 2;
+pub(crate) const IOC_READ: u32 = 2;
 /// The request "type" byte: SVR4's `PIOC` group letter.
 pub const PFC_TYPE: u8 = b'q';
 
-const fn ioc(dir: u32, nr: u32, size: usize) -> u32 {
+/// `_IOC(dir, ty, nr, size)`; the QNX personality's devctl requests use it too.
+pub(crate) const fn ioc(dir: u32, ty: u8, nr: u32, size: usize) -> u32 {
     // 14 size bits: an argument larger than 16 KiB cannot be described.
     assert!(size < (1 << 14));
-    (dir << 30) | ((size as u32) << 16) | ((PFC_TYPE as u32) << 8) | nr
+    (dir << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr
 }
 const fn io(nr: u32) -> u32 {
-    ioc(IOC_NONE, nr, 0)
+    ioc(IOC_NONE, PFC_TYPE, nr, 0)
 }
 const fn ior<T>(nr: u32) -> u32 {
-    ioc(IOC_READ, nr, size_of::<T>())
+    ioc(IOC_READ, PFC_TYPE, nr, size_of::<T>())
 }
 const fn iow<T>(nr: u32) -> u32 {
-    ioc(IOC_WRITE, nr, size_of::<T>())
+    ioc(IOC_WRITE, PFC_TYPE, nr, size_of::<T>())
 }
 const fn iowr<T>(nr: u32) -> u32 {
-    ioc(IOC_READ | IOC_WRITE, nr, size_of::<T>())
+    ioc(IOC_READ | IOC_WRITE, PFC_TYPE, nr, size_of::<T>())
 }
 
 /// The direction bits of a request (`_IOC_DIR`): what FUSE copies in (write) and out (read).
@@ -191,12 +192,17 @@ pub const REQUESTS: [(&str, u32); 16] = [
 /// Why a PFC request is refused, with the errno the manual gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PfcError {
-    /// "arg points to an invalid signal value"; a nice below zero or above 39. EINVAL.
+    /// "arg points to an invalid signal value"; a nice below zero or above 39; an argument
+    /// of the wrong size. EINVAL.
     #[error("invalid argument")]
     Invalid,
     /// "Only root can reduce a process' priority" (raise its urgency). EPERM.
     #[error("only root may lower the nice value")]
     NotPermitted,
+    /// A request code that is none of the PFC* requests. ENOTTY, as for any ioctl a file
+    /// does not know.
+    #[error("not a PFC request")]
+    Unknown,
 }
 
 impl PfcError {
@@ -204,8 +210,86 @@ impl PfcError {
         match self {
             PfcError::Invalid => libc::EINVAL,
             PfcError::NotPermitted => libc::EPERM,
+            PfcError::Unknown => libc::ENOTTY,
         }
     }
+}
+
+/// A decoded PFC request: the code and its argument, checked before the process is touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    GetPr,
+    /// The region holding `addr`, or the text (0).
+    OpenText(u64),
+    Exclusive(u64),
+    Stop,
+    WaitStop,
+    Run,
+    SetMask(u64),
+    GetMask,
+    ClearSignal,
+    Kill(i32),
+    SetExec,
+    ClearExec,
+    /// The SVR4 nice value asked for (0..39); `nice_request` checks it against the process.
+    Nice(i32),
+    Step,
+    GetRegs,
+    PutRegs(Vec<u8>),
+}
+
+/// Decodes an ioctl on a process file. FUSE has copied in exactly the size the code encodes;
+/// any other length is EINVAL.
+pub fn request(cmd: u32, arg: &[u8]) -> Result<Request, PfcError> {
+    fn word<const N: usize>(arg: &[u8]) -> Result<[u8; N], PfcError> {
+        arg.get(..N)
+            .filter(|_| arg.len() == N)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(PfcError::Invalid)
+    }
+    let int = |arg: &[u8]| word::<4>(arg).map(i32::from_ne_bytes);
+    let long = |arg: &[u8]| word::<8>(arg).map(u64::from_ne_bytes);
+    Ok(match cmd {
+        PFCGETPR => Request::GetPr,
+        // Only the address is read; the path is the answer.
+        PFCOPENT if arg.len() == size_of::<PrOpenText>() => Request::OpenText(long(&arg[..8])?),
+        PFCOPENT => return Err(PfcError::Invalid),
+        PFCEXCLU => Request::Exclusive(long(arg)?),
+        PFCSTOP => Request::Stop,
+        PFCWSTOP => Request::WaitStop,
+        PFCRUN => Request::Run,
+        PFCSMASK => Request::SetMask(long(arg)?),
+        PFCGMASK => Request::GetMask,
+        PFCCSIG => Request::ClearSignal,
+        PFCKILL => Request::Kill(kill_signal(int(arg)?)?),
+        PFCSEXEC => Request::SetExec,
+        PFCREXEC => Request::ClearExec,
+        PFCNICE => {
+            let n = int(arg)?;
+            if !(0..=39).contains(&n) {
+                return Err(PfcError::Invalid);
+            }
+            Request::Nice(n)
+        }
+        PFCSSTEP => Request::Step,
+        PFCGETREGS => Request::GetRegs,
+        PFCPUTREGS if arg.len() == size_of::<PrRegs>() => Request::PutRegs(arg.to_vec()),
+        PFCPUTREGS => return Err(PfcError::Invalid),
+        _ => return Err(PfcError::Unknown),
+    })
+}
+
+/// PFCOPENT's answer: `path` in a `PrOpenText` (the address echoed back), NUL-terminated.
+/// A path that does not fit is ENAMETOOLONG's business: EINVAL here, as it cannot be named.
+pub fn open_text_reply(addr: u64, path: &[u8]) -> Result<Vec<u8>, PfcError> {
+    if path.len() >= PRPATHSZ || path.contains(&0) {
+        return Err(PfcError::Invalid);
+    }
+    let mut out = Vec::with_capacity(size_of::<PrOpenText>());
+    out.extend_from_slice(&addr.to_ne_bytes());
+    out.extend_from_slice(path);
+    out.resize(size_of::<PrOpenText>(), 0);
+    Ok(out)
 }
 
 // ---- names, size, owner ----
@@ -235,9 +319,10 @@ pub fn file_size(p: &Process, host: &Host) -> Result<u64, ViewError> {
     Ok(t.total_vm * host.page_size)
 }
 
-/// The file's owner and group: the effective uid and gid.
+/// The file's owner and group: the effective uid and gid (the leader's latest record, as
+/// a setuid exec or setresuid changes them).
 pub fn owner(p: &Process) -> (u32, u32) {
-    (p.euid, p.egid)
+    p.leader().map_or((p.euid, p.egid), |t| (t.euid, t.egid))
 }
 
 // ---- PFCGETPR ----
@@ -380,9 +465,10 @@ mod tests {
     #[test]
     fn size_is_virtual_memory_and_owner_is_effective_ids() {
         let mut p = test_process();
-        leader_mut(&mut p).total_vm = 2000;
-        p.euid = 0;
-        p.egid = 5;
+        let t = leader_mut(&mut p);
+        t.total_vm = 2000;
+        t.euid = 0;
+        t.egid = 5;
         assert_eq!(file_size(&p, &HOST).unwrap(), 2000 * 4096);
         assert_eq!(owner(&p), (0, 5));
     }
@@ -467,6 +553,58 @@ mod tests {
         let got = getpr(&p, &HOST).unwrap();
         assert_eq!((got.pr_state, got.pr_sname, got.pr_zomb), (3, b'Z', 1));
         assert_eq!(&got.pr_clname[..4], b"SYS\0");
+    }
+
+    #[test]
+    fn requests_decode_and_malformed_ones_are_refused() {
+        assert_eq!(request(PFCGETPR, &[]), Ok(Request::GetPr));
+        assert_eq!(request(PFCRUN, &[]), Ok(Request::Run));
+        assert_eq!(
+            request(PFCKILL, &15i32.to_ne_bytes()),
+            Ok(Request::Kill(15))
+        );
+        assert_eq!(
+            request(PFCKILL, &0i32.to_ne_bytes()),
+            Err(PfcError::Invalid)
+        );
+        assert_eq!(request(PFCKILL, &[1, 0]), Err(PfcError::Invalid), "short");
+        assert_eq!(
+            request(PFCNICE, &25i32.to_ne_bytes()),
+            Ok(Request::Nice(25))
+        );
+        assert_eq!(
+            request(PFCNICE, &(-1i32).to_ne_bytes()),
+            Err(PfcError::Invalid)
+        );
+        assert_eq!(
+            request(PFCSMASK, &(1u64 << 9).to_ne_bytes()),
+            Ok(Request::SetMask(512))
+        );
+        let mut opent = vec![0u8; size_of::<PrOpenText>()];
+        opent[..8].copy_from_slice(&0x4000u64.to_ne_bytes());
+        assert_eq!(request(PFCOPENT, &opent), Ok(Request::OpenText(0x4000)));
+        assert_eq!(request(PFCOPENT, &opent[..8]), Err(PfcError::Invalid));
+        let regs = vec![7u8; size_of::<PrRegs>()];
+        assert_eq!(
+            request(PFCPUTREGS, &regs),
+            Ok(Request::PutRegs(regs.clone()))
+        );
+        assert_eq!(request(PFCPUTREGS, &regs[1..]), Err(PfcError::Invalid));
+        // Another driver's code, or a PFC code with the wrong size or direction.
+        assert_eq!(request(0x5401, &[]), Err(PfcError::Unknown));
+        assert_eq!(request(PFCKILL & !(3 << 30), &[]), Err(PfcError::Unknown));
+        assert_eq!(PfcError::Unknown.errno(), libc::ENOTTY);
+    }
+
+    #[test]
+    fn open_text_reply_is_the_path_nul_terminated() {
+        let r = open_text_reply(0, b"/usr/bin/sleep").unwrap();
+        assert_eq!(r.len(), size_of::<PrOpenText>());
+        assert_eq!(&r[8..23], b"/usr/bin/sleep\0");
+        assert_eq!(
+            open_text_reply(0, &[b'a'; PRPATHSZ]),
+            Err(PfcError::Invalid)
+        );
     }
 
     #[test]
