@@ -1,6 +1,7 @@
 //! FUSE mounts of the proc view: any number, each with its own options, all served from the one
 //! process table. `Mounts` owns them; the control socket and `--mount` drive it.
 
+mod bsd;
 mod fuse;
 pub mod options;
 pub mod tree;

@@ -8,6 +8,11 @@ pub enum Personality {
     /// Plan 9 proc(3): one directory per pid with ctl, mem, note, noteid, notepg, proc,
     /// segment, status, text and wait; nothing else at the root.
     Plan9,
+    /// FreeBSD procfs(5): pid directories and `curproc` at the root (fs/bsd.rs).
+    FreeBsd,
+    /// NetBSD mount_procfs(8), which OpenBSD's is a subset of: pid directories, `curproc`,
+    /// `self` and the Linux-compatible nodes `nolinux` hides (fs/bsd.rs).
+    NetBsd,
 }
 
 /// Which processes a mount shows.
@@ -79,10 +84,16 @@ impl MountOptions {
                     o.personality = match need("a name")? {
                         "linux" => Personality::Linux,
                         "plan9" => Personality::Plan9,
+                        "freebsd" => Personality::FreeBsd,
+                        // OpenBSD's procfs was NetBSD's; its manual lists the same files.
+                        "netbsd" | "openbsd" => Personality::NetBsd,
                         other => {
                             return Err(OptionError::Bad(
                                 key.into(),
-                                format!("{other:?} is not a personality (linux, plan9)"),
+                                format!(
+                                    "{other:?} is not a personality (linux, plan9, freebsd, \
+                                     netbsd, openbsd)"
+                                ),
                             ));
                         }
                     }
@@ -155,6 +166,19 @@ mod tests {
             MountOptions::parse("pid=42").unwrap().scope,
             Scope::CgroupOf(42)
         );
+    }
+
+    #[test]
+    fn bsd_personalities_parse() {
+        for (text, want) in [
+            ("personality=freebsd", Personality::FreeBsd),
+            ("personality=netbsd", Personality::NetBsd),
+            ("personality=openbsd", Personality::NetBsd),
+        ] {
+            assert_eq!(MountOptions::parse(text).unwrap().personality, want);
+        }
+        let o = MountOptions::parse("personality=netbsd,nolinux").unwrap();
+        assert!(o.nolinux);
     }
 
     #[test]
