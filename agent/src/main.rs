@@ -46,8 +46,9 @@ enum Command {
     Agent(AgentArgs),
     /// Mount a proc view at DIR (through the running agent); returns once it is live.
     Mount {
-        /// Comma-separated options: personality=linux, cgroup=PATH or pid=PID (show one cgroup
-        /// subtree), umask=OCTAL, noallow_other, nolinux, cache=MS (bounded staleness).
+        /// Comma-separated options: personality=linux|plan9|freebsd|netbsd|openbsd|svr4|qnx,
+        /// cgroup=PATH or pid=PID (show one cgroup subtree), umask=OCTAL, noallow_other,
+        /// nolinux, cache=MS (bounded staleness).
         #[arg(short = 'o', default_value = "")]
         options: String,
         dir: PathBuf,

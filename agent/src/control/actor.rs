@@ -25,6 +25,9 @@ const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub const REGS_SIZE: usize = size_of::<libc::user_regs_struct>();
 pub const FPREGS_SIZE: usize = size_of::<libc::user_fpregs_struct>();
+/// x86-64's eight debug registers, `u_debugreg` in `struct user` (dr4 and dr5 do not exist
+/// and read as 0).
+pub const DBREGS_SIZE: usize = 8 * 8;
 /// Largest single `mem` read; FUSE reads are at most 128 KiB anyway.
 const MEM_MAX: usize = 16 << 20;
 
@@ -51,8 +54,8 @@ enum Op {
     Status { start: u64 },
     ReadMem { addr: u64, len: usize },
     WriteMem { addr: u64, data: Vec<u8> },
-    GetRegs { fp: bool },
-    SetRegs { fp: bool, data: Vec<u8> },
+    GetRegs { set: RegSet },
+    SetRegs { set: RegSet, data: Vec<u8> },
     // SVR4's PFC* requests that are more than a ctl command: the signal trace mask (non-zero
     // traces the process so that a signal in the mask stops it; zero ends that), clearing the
     // signal a stopped tracee would be resumed with, making a process runnable whatever
@@ -62,6 +65,27 @@ enum Op {
     ClearSignal,
     MakeRunnable,
     StepStopped,
+}
+
+/// A register set, read and written whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RegSet {
+    /// `user_regs_struct`.
+    General,
+    /// `user_fpregs_struct`.
+    Float,
+    /// `u_debugreg[8]`.
+    Debug,
+}
+
+impl RegSet {
+    fn size(self) -> usize {
+        match self {
+            RegSet::General => REGS_SIZE,
+            RegSet::Float => FPREGS_SIZE,
+            RegSet::Debug => DBREGS_SIZE,
+        }
+    }
 }
 
 enum Reply {
@@ -263,16 +287,22 @@ impl Control {
     /// stopped: attached and stopped, or stopped by a signal (then the agent attaches for
     /// just this read and leaves it stopped).
     pub fn regs(&self, caller: &Caller, pid: u32) -> Result<Vec<u8>, CtlError> {
-        self.get_regs(caller, pid, false)
+        self.get_regs(caller, pid, RegSet::General)
     }
 
     /// The main thread's `user_fpregs_struct` (`FPREGS_SIZE` bytes); as `regs`.
     pub fn fpregs(&self, caller: &Caller, pid: u32) -> Result<Vec<u8>, CtlError> {
-        self.get_regs(caller, pid, true)
+        self.get_regs(caller, pid, RegSet::Float)
     }
 
-    fn get_regs(&self, caller: &Caller, pid: u32, fp: bool) -> Result<Vec<u8>, CtlError> {
-        match self.call(caller, pid, Op::GetRegs { fp })? {
+    /// The main thread's debug registers dr0…dr7 (`DBREGS_SIZE` bytes, PTRACE_PEEKUSER of
+    /// `u_debugreg`); as `regs`, the target must be stopped. EOPNOTSUPP off x86-64.
+    pub fn dbregs(&self, caller: &Caller, pid: u32) -> Result<Vec<u8>, CtlError> {
+        self.get_regs(caller, pid, RegSet::Debug)
+    }
+
+    fn get_regs(&self, caller: &Caller, pid: u32, set: RegSet) -> Result<Vec<u8>, CtlError> {
+        match self.call(caller, pid, Op::GetRegs { set })? {
             Reply::Bytes(b) => Ok(b),
             _ => unreachable!("GetRegs answers Bytes"),
         }
@@ -280,20 +310,28 @@ impl Control {
 
     /// Replaces the register set; `data` must be exactly `REGS_SIZE` bytes. Only while stopped.
     pub fn set_regs(&self, caller: &Caller, pid: u32, data: &[u8]) -> Result<(), CtlError> {
-        self.set(caller, pid, false, data)
+        self.set(caller, pid, RegSet::General, data)
     }
 
     /// Replaces the FP register set; exactly `FPREGS_SIZE` bytes. Only while stopped.
     pub fn set_fpregs(&self, caller: &Caller, pid: u32, data: &[u8]) -> Result<(), CtlError> {
-        self.set(caller, pid, true, data)
+        self.set(caller, pid, RegSet::Float, data)
     }
 
-    fn set(&self, caller: &Caller, pid: u32, fp: bool, data: &[u8]) -> Result<(), CtlError> {
+    /// Replaces the debug registers; exactly `DBREGS_SIZE` bytes, with dr4 and dr5 (which do
+    /// not exist) zero. Only while stopped. The addresses go first and dr7 (which enables
+    /// them) last; a value the kernel refuses is EINVAL, and the registers before it stay
+    /// written.
+    pub fn set_dbregs(&self, caller: &Caller, pid: u32, data: &[u8]) -> Result<(), CtlError> {
+        self.set(caller, pid, RegSet::Debug, data)
+    }
+
+    fn set(&self, caller: &Caller, pid: u32, set: RegSet, data: &[u8]) -> Result<(), CtlError> {
         self.call(
             caller,
             pid,
             Op::SetRegs {
-                fp,
+                set,
                 data: data.to_vec(),
             },
         )
@@ -472,18 +510,18 @@ impl Actor {
             Op::WriteMem { addr, data } => self
                 .with_stopped(&target, |pid| poke(pid, addr, &data))
                 .map(Reply::Written),
-            Op::GetRegs { fp } => self
-                .with_stopped(&target, |pid| get_regs(pid, fp))
+            Op::GetRegs { set } => self
+                .with_stopped(&target, |pid| get_regs(pid, set))
                 .map(Reply::Bytes),
-            Op::SetRegs { fp, data } => {
-                let want = if fp { FPREGS_SIZE } else { REGS_SIZE };
+            Op::SetRegs { set, data } => {
+                let want = set.size();
                 if data.len() != want {
                     return Err(CtlError::Invalid(format!(
                         "a register set is {want} bytes, got {}",
                         data.len()
                     )));
                 }
-                self.with_stopped(&target, |pid| set_regs(pid, fp, &data))
+                self.with_stopped(&target, |pid| set_regs(pid, set, &data))
                     .map(|()| Reply::Done)
             }
         }
@@ -989,30 +1027,55 @@ fn poke(pid: u32, addr: u64, data: &[u8]) -> Result<usize, CtlError> {
     Ok(written)
 }
 
-fn get_regs(pid: u32, fp: bool) -> Result<Vec<u8>, CtlError> {
-    let size = if fp { FPREGS_SIZE } else { REGS_SIZE };
+fn get_regs(pid: u32, set: RegSet) -> Result<Vec<u8>, CtlError> {
     // u64 storage: both structs are 8-byte aligned.
-    let mut buf = vec![0u64; size / 8];
-    let req = if fp {
-        libc::PTRACE_GETFPREGS
-    } else {
-        libc::PTRACE_GETREGS
+    let mut buf = vec![0u64; set.size() / 8];
+    let req = match set {
+        RegSet::General => libc::PTRACE_GETREGS,
+        RegSet::Float => libc::PTRACE_GETFPREGS,
+        RegSet::Debug => {
+            for (n, word) in buf.iter_mut().enumerate() {
+                *word = peek_debugreg(pid, n)?;
+            }
+            return Ok(buf.iter().flat_map(|w| w.to_ne_bytes()).collect());
+        }
     };
     ptrace(req, pid, 0, buf.as_mut_ptr() as u64).map_err(|e| ptrace_err(pid, "GETREGS", e))?;
     Ok(buf.iter().flat_map(|w| w.to_ne_bytes()).collect())
 }
 
-fn set_regs(pid: u32, fp: bool, data: &[u8]) -> Result<(), CtlError> {
+/// Where debug register `n` is in the tracee's `struct user`, for PEEKUSER and POKEUSER.
+#[cfg(target_arch = "x86_64")]
+fn debugreg_offset(n: usize) -> Result<u64, CtlError> {
+    Ok((std::mem::offset_of!(libc::user, u_debugreg) + 8 * n) as u64)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn debugreg_offset(_n: usize) -> Result<u64, CtlError> {
+    Err(CtlError::Unsupported(
+        "the debug registers are x86-64's u_debugreg",
+    ))
+}
+
+fn peek_debugreg(pid: u32, n: usize) -> Result<u64, CtlError> {
+    let at = debugreg_offset(n)?;
+    // PEEKUSER returns the word itself; `ptrace` tells a -1 word from an error by errno.
+    ptrace(libc::PTRACE_PEEKUSER, pid, at, 0)
+        .map(|w| w as u64)
+        .map_err(|e| ptrace_err(pid, "PTRACE_PEEKUSER", e))
+}
+
+fn set_regs(pid: u32, set: RegSet, data: &[u8]) -> Result<(), CtlError> {
     let buf: Vec<u64> = data
         .as_chunks::<8>()
         .0
         .iter()
         .map(|c| u64::from_ne_bytes(*c))
         .collect();
-    let req = if fp {
-        libc::PTRACE_SETFPREGS
-    } else {
-        libc::PTRACE_SETREGS
+    let req = match set {
+        RegSet::General => libc::PTRACE_SETREGS,
+        RegSet::Float => libc::PTRACE_SETFPREGS,
+        RegSet::Debug => return set_debugregs(pid, &buf),
     };
     ptrace(req, pid, 0, buf.as_ptr() as u64).map_err(|e| match e {
         libc::EIO | libc::EINVAL => {
@@ -1020,5 +1083,25 @@ fn set_regs(pid: u32, fp: bool, data: &[u8]) -> Result<(), CtlError> {
         }
         e => ptrace_err(pid, "SETREGS", e),
     })?;
+    Ok(())
+}
+
+/// POKEUSER dr0…dr3 (addresses), dr6 (status), then dr7 (control, which enables the
+/// addresses). dr4 and dr5 do not exist: they must be 0.
+fn set_debugregs(pid: u32, regs: &[u64]) -> Result<(), CtlError> {
+    if regs.get(4..6).is_none_or(|r| r.iter().any(|&w| w != 0)) {
+        return Err(CtlError::Invalid(
+            "dr4 and dr5 do not exist and must be 0".into(),
+        ));
+    }
+    for n in [0, 1, 2, 3, 6, 7] {
+        let value = regs.get(n).copied().unwrap_or(0);
+        ptrace(libc::PTRACE_POKEUSER, pid, debugreg_offset(n)?, value).map_err(|e| match e {
+            libc::EIO | libc::EINVAL => CtlError::Invalid(format!(
+                "the kernel rejected dr{n} = {value:#x} (a kernel address, or a bad dr7)"
+            )),
+            e => ptrace_err(pid, "PTRACE_POKEUSER", e),
+        })?;
+    }
     Ok(())
 }

@@ -217,6 +217,10 @@ pub enum CtlError {
     /// The stop-on-exec bit needs the BPF programs, which this instance does not have.
     #[error("stop-on-exec needs the BPF process map")]
     NoKernel,
+    /// The manual's operation has no counterpart on this machine. EOPNOTSUPP.
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))] // the debug registers elsewhere
+    #[error("not supported here: {0}")]
+    Unsupported(&'static str),
     /// An unexpected error from the kernel.
     #[error("{what}: {}", std::io::Error::from_raw_os_error(*errno))]
     Os { what: &'static str, errno: i32 },
@@ -239,6 +243,7 @@ impl CtlError {
             CtlError::NoChildren(_) => libc::ECHILD,
             CtlError::BadAddress(_) => libc::EIO,
             CtlError::NoKernel => libc::ENOSYS,
+            CtlError::Unsupported(_) => libc::EOPNOTSUPP,
             CtlError::Os { errno, .. } => *errno,
             CtlError::Gone => libc::EIO,
             CtlError::Interrupted => libc::EINTR,
@@ -253,7 +258,7 @@ impl CtlError {
             CtlError::NoProcess(_) => 404,
             CtlError::Busy(_) | CtlError::NoChildren(_) => 409,
             CtlError::BadAddress(_) => 400,
-            CtlError::NoKernel => 501,
+            CtlError::NoKernel | CtlError::Unsupported(_) => 501,
             CtlError::Gone | CtlError::Interrupted => 503,
             CtlError::Os { .. } => 500,
         }

@@ -288,6 +288,54 @@ fn attach_step_regs_detach_round_trip() {
 }
 
 #[test]
+fn dbregs_read_and_set_a_watchpoint_while_attached() {
+    let c = Control::spawn(None).unwrap();
+    let kid = Kid::plain();
+    let me = Caller::ROOT;
+    assert_eq!(
+        c.dbregs(&me, kid.0).unwrap_err().errno(),
+        libc::EBUSY,
+        "FreeBSD's rule: only a stopped process"
+    );
+    c.ctl(&me, kid.0, Command::Attach).unwrap();
+    let regs = c.dbregs(&me, kid.0).unwrap();
+    assert_eq!(regs.len(), super::actor::DBREGS_SIZE);
+    let word = |r: &[u8], n: usize| u64::from_ne_bytes(r[n * 8..n * 8 + 8].try_into().unwrap());
+    assert_eq!(word(&regs, 0), 0, "no breakpoint set yet");
+
+    // dr0 = a write watchpoint on WRITABLE (dr7: L0 enable, R/W0 = 01 write, LEN0 = 11 8 bytes).
+    let mut set = vec![0u8; 64];
+    set[..8].copy_from_slice(&(WRITABLE.as_ptr() as u64).to_ne_bytes());
+    let dr7: u64 = 1 | (0b01 << 16) | (0b11 << 18);
+    set[56..].copy_from_slice(&dr7.to_ne_bytes());
+    c.set_dbregs(&me, kid.0, &set).unwrap();
+    let back = c.dbregs(&me, kid.0).unwrap();
+    assert_eq!(word(&back, 0), WRITABLE.as_ptr() as u64);
+    assert_eq!(word(&back, 7) & 0xffff_0003, dr7);
+
+    // dr4/dr5 do not exist; a kernel address is refused; the size is exact.
+    let mut bad = set.clone();
+    bad[32] = 1;
+    assert_eq!(
+        c.set_dbregs(&me, kid.0, &bad).unwrap_err().errno(),
+        libc::EINVAL
+    );
+    let mut kernel = vec![0u8; 64];
+    kernel[..8].copy_from_slice(&0xffff_ffff_8100_0000u64.to_ne_bytes());
+    assert_eq!(
+        c.set_dbregs(&me, kid.0, &kernel).unwrap_err().errno(),
+        libc::EINVAL
+    );
+    assert_eq!(
+        c.set_dbregs(&me, kid.0, &set[..8]).unwrap_err().errno(),
+        libc::EINVAL
+    );
+    c.set_dbregs(&me, kid.0, &[0u8; 64]).unwrap();
+    c.ctl(&me, kid.0, Command::Detach).unwrap();
+    c.shutdown();
+}
+
+#[test]
 fn mem_reads_a_known_variable_and_writes_only_while_stopped() {
     let c = Control::spawn(None).unwrap();
     let kid = Kid::plain();

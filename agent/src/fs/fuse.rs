@@ -29,7 +29,7 @@ use super::{
     access::{self, EXEC, READ, Who},
     options::{MountOptions, Personality, Scope},
     tree::{
-        ControlFile, Entry, GLOBALS, GlobalKind, Kind, Node, Source, THREAD_FILES, entry_index,
+        ControlFile, Entry, Global, GlobalKind, Kind, Node, Source, THREAD_FILES, entry_index,
         global_child, global_children,
     },
 };
@@ -247,7 +247,7 @@ pub(super) fn collect_cgroup_ids(dir: &Path, out: &mut HashSet<u64>) {
     }
 }
 
-fn errno(e: &ViewError) -> Errno {
+pub(super) fn errno(e: &ViewError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
@@ -306,14 +306,14 @@ impl ProcFs {
     /// On a `cache=` mount, a file's attributes carry the size and time of its contents,
     /// rendered now and kept for the READ that follows: with FUSE_AUTO_INVAL_DATA the kernel
     /// drops its cached pages when they change.
-    fn with_contents(&self, node: Node, mut attr: FileAttr) -> FileAttr {
+    fn with_contents(&self, req: &Request, node: Node, mut attr: FileAttr) -> FileAttr {
         let Some(bound) = self.opts.cache else {
             return attr;
         };
         if attr.kind != FileType::RegularFile {
             return attr;
         }
-        if let Ok(bytes) = self.render(node)
+        if let Ok(bytes) = self.render(req, node)
             && let Ok(mut r) = self.rendered.lock()
         {
             (attr.size, attr.mtime) = r.insert(attr.ino.0, Arc::new(bytes), bound);
@@ -323,13 +323,13 @@ impl ProcFs {
     }
 
     /// A READ without a handle (a `cache=` mount, where the kernel opens files itself).
-    fn cached_read(&self, ino: u64) -> Result<Arc<Vec<u8>>, Errno> {
+    fn cached_read(&self, req: &Request, ino: u64) -> Result<Arc<Vec<u8>>, Errno> {
         let bound = self.opts.cache.ok_or(Errno::EBADF)?;
         if let Some(b) = self.rendered.lock().ok().and_then(|r| r.fresh(ino, bound)) {
             return Ok(b);
         }
         let node = Node::from_ino(ino).ok_or(Errno::ENOENT)?;
-        let bytes = Arc::new(self.render(node)?);
+        let bytes = Arc::new(self.render(req, node)?);
         if let Ok(mut r) = self.rendered.lock() {
             r.insert(ino, bytes.clone(), bound);
         }
@@ -410,20 +410,30 @@ impl ProcFs {
             .unwrap_or((p.euid, p.egid))
     }
 
+    /// The owner of a process's node (`e`, or its directory) in this mount's personality.
+    fn node_owner(&self, p: &Process, e: Option<&Entry>) -> (u32, u32) {
+        super::bsd::owner(self.opts.personality, p, e).unwrap_or_else(|| Self::owner(p))
+    }
+
     fn entry_attr(&self, node: Node, e: &Entry, p: &Process) -> FileAttr {
         let kind = match e.kind {
             Kind::File(_) | Kind::Control(_) => FileType::RegularFile,
-            Kind::KernelLink(_) => FileType::Symlink,
+            Kind::KernelLink(_) | Kind::BsdLink(_) => FileType::Symlink,
             Kind::TaskDir | Kind::FdDir => FileType::Directory,
         };
-        self.attr(node, kind, e.mode, Self::owner(p), self.proc_time(p))
+        self.attr(
+            node,
+            kind,
+            e.mode,
+            self.node_owner(p, Some(e)),
+            self.proc_time(p),
+        )
     }
 
-    fn global_attr(&self, i: u16) -> FileAttr {
-        let gl = &GLOBALS[i as usize];
+    fn global_attr(&self, gl: &Global, i: u16) -> FileAttr {
         let kind = match gl.kind {
             GlobalKind::Dir => FileType::Directory,
-            GlobalKind::KernelFile(_) => FileType::RegularFile,
+            GlobalKind::KernelFile(_) | GlobalKind::CallerFile(_) => FileType::RegularFile,
             GlobalKind::SelfLink | GlobalKind::ThreadSelfLink | GlobalKind::Link(_) => {
                 FileType::Symlink
             }
@@ -434,15 +444,17 @@ impl ProcFs {
     fn getattr_node(&self, node: Node) -> Result<FileAttr, Errno> {
         match node {
             Node::Root => Ok(self.attr(node, FileType::Directory, 0o555, (0, 0), self.boot_time())),
-            Node::Global(i) if (i as usize) < GLOBALS.len() => Ok(self.global_attr(i)),
-            Node::Global(_) => Err(Errno::ENOENT),
+            Node::Global(i) => match self.globals().get(i as usize) {
+                Some(gl) => Ok(self.global_attr(gl, i)),
+                None => Err(Errno::ENOENT),
+            },
             Node::ProcDir(pid) => {
                 let (_, p) = self.process(pid)?;
                 Ok(self.attr(
                     node,
                     FileType::Directory,
                     0o555,
-                    Self::owner(&p),
+                    self.node_owner(&p, None),
                     self.proc_time(&p),
                 ))
             }
@@ -497,16 +509,14 @@ impl ProcFs {
         match parent {
             Node::Root if self.opts.personality == Personality::Svr4 => self.svr4_lookup(name),
             Node::Root => {
-                if self.linux_globals()
-                    && let Some(i) = global_child(None, name)
-                {
+                if let Some(i) = global_child(self.globals(), None, name) {
                     return Ok(Node::Global(i));
                 }
                 let pid = parse_id(name)?;
                 self.process(pid)?;
                 Ok(Node::ProcDir(pid))
             }
-            Node::Global(i) => global_child(Some(i), name)
+            Node::Global(i) => global_child(self.globals(), Some(i), name)
                 .map(Node::Global)
                 .ok_or(Errno::ENOENT),
             Node::ProcDir(pid) => {
@@ -562,7 +572,7 @@ impl ProcFs {
 
     fn readlink_node(&self, req: &Request, node: Node) -> Result<Vec<u8>, Errno> {
         match node {
-            Node::Global(i) => match GLOBALS.get(i as usize).map(|g| g.kind) {
+            Node::Global(i) => match self.globals().get(i as usize).map(|g| g.kind) {
                 Some(GlobalKind::SelfLink) => {
                     Ok(self.caller_tgid(req.pid())?.to_string().into_bytes())
                 }
@@ -579,6 +589,11 @@ impl ProcFs {
                     self.allow_link(req, &p)?;
                     kernel_link(&p, name)
                 }
+                Some(Kind::BsdLink(link)) => {
+                    let (_, p) = self.process(pid)?;
+                    let caller = self.caller_tgid(req.pid()).unwrap_or(req.pid());
+                    super::bsd::readlink(&p, req.uid(), caller, link)
+                }
                 _ => Err(Errno::EINVAL),
             },
             Node::Fd(pid, fd) => {
@@ -590,11 +605,16 @@ impl ProcFs {
         }
     }
 
-    fn render(&self, node: Node) -> Result<Vec<u8>, Errno> {
+    fn render(&self, req: &Request, node: Node) -> Result<Vec<u8>, Errno> {
         match node {
-            Node::Global(i) => match GLOBALS.get(i as usize).map(|g| g.kind) {
+            Node::Global(i) => match self.globals().get(i as usize).map(|g| g.kind) {
                 Some(GlobalKind::KernelFile(path)) => std::fs::read(Path::new("/proc").join(path))
                     .map_err(|e| errno(&ViewError::Io(e))),
+                Some(GlobalKind::CallerFile(name)) => {
+                    let caller = self.caller_tgid(req.pid())?;
+                    std::fs::read(format!("/proc/{caller}/{name}"))
+                        .map_err(|e| errno(&ViewError::Io(e)))
+                }
                 _ => Err(Errno::EISDIR),
             },
             Node::ProcFile(pid, i) => {
@@ -642,6 +662,7 @@ impl ProcFs {
             }
             (Source::Plan9Proc, _) => view::plan9::proc_record(p),
             (Source::QnxExefile, _) => view::qnx::exefile(p),
+            (Source::Bsd(f), _) => super::bsd::render(p, &self.host, f),
             (Source::Kernel(name), Some(t)) => kernel_file(p, &format!("task/{t}/{name}")),
         };
         r.map_err(|e| errno(&e))
@@ -669,7 +690,7 @@ impl ProcFs {
                     ino: mk(i as u16).ino().unwrap_or(0),
                     kind: match e.kind {
                         Kind::File(_) | Kind::Control(_) => FileType::RegularFile,
-                        Kind::KernelLink(_) => FileType::Symlink,
+                        Kind::KernelLink(_) | Kind::BsdLink(_) => FileType::Symlink,
                         _ => FileType::Directory,
                     },
                     name: e.name.as_bytes().to_vec(),
@@ -682,10 +703,10 @@ impl ProcFs {
                     Node::Global(i) => Some(i),
                     _ => None,
                 };
-                for (i, gl) in global_children(parent).filter(|_| self.linux_globals()) {
+                for (i, gl) in global_children(self.globals(), parent) {
                     out.push(DirEnt {
                         ino: Node::Global(i).ino().unwrap_or(0),
-                        kind: self.global_attr(i).kind,
+                        kind: self.global_attr(gl, i).kind,
                         name: gl.name.as_bytes().to_vec(),
                     });
                 }
@@ -760,12 +781,12 @@ impl ProcFs {
 
     /// This mount's per-process table.
     fn files_table(&self) -> &'static [Entry] {
-        super::tree::proc_files(self.opts.personality)
+        super::tree::files_shown(&self.opts)
     }
 
-    /// Whether the root carries the host-wide Linux nodes (self, stat, meminfo, …).
-    fn linux_globals(&self) -> bool {
-        self.opts.personality == Personality::Linux && !self.opts.nolinux
+    /// This mount's root nodes besides the pid directories (self, stat, meminfo, curproc, …).
+    fn globals(&self) -> &'static [Global] {
+        super::tree::root_shown(&self.opts)
     }
 
     /// Whether the caller may do `mask` to `node`, decided as the kernel's mode check would
@@ -811,6 +832,7 @@ fn control_read(
         ControlFile::Mem => cf.control.read_mem(caller, pid, offset, size as usize),
         ControlFile::Regs => cf.control.regs(caller, pid).map(slice),
         ControlFile::FpRegs => cf.control.fpregs(caller, pid).map(slice),
+        ControlFile::DbRegs => cf.control.dbregs(caller, pid).map(slice),
         ControlFile::NoteId => cf
             .control
             .noteid(caller, pid)
@@ -846,6 +868,10 @@ fn control_write(
             .control
             .set_fpregs(caller, pid, data)
             .map(|()| data.len()),
+        ControlFile::DbRegs if offset == 0 => cf
+            .control
+            .set_dbregs(caller, pid, data)
+            .map(|()| data.len()),
         _ => Err(CtlError::Invalid("this file takes no writes here".into())),
     }
 }
@@ -876,7 +902,7 @@ fn parse_fd(name: &str) -> Result<u32, Errno> {
 
 /// Reads the kernel's per-process file and checks the pid still names the same process, so a
 /// reused pid never shows another process's data.
-fn kernel_file(p: &Process, name: &str) -> Result<Vec<u8>, ViewError> {
+pub(super) fn kernel_file(p: &Process, name: &str) -> Result<Vec<u8>, ViewError> {
     let bytes = procfs::read_file(p.pid, name)?;
     same_process(p)?;
     Ok(bytes)
@@ -901,7 +927,7 @@ fn kernel_fds(p: &Process) -> Result<Vec<u32>, Errno> {
     Ok(fds)
 }
 
-fn same_process(p: &Process) -> Result<(), ViewError> {
+pub(super) fn same_process(p: &Process) -> Result<(), ViewError> {
     let ns_per_tick = 1_000_000_000 / crate::state::clock_ticks();
     if procfs::alive_since(p.pid, p.start_boottime, ns_per_tick) {
         Ok(())
@@ -928,18 +954,18 @@ impl Filesystem for ProcFs {
             .ok_or(Errno::ENOENT)
             .and_then(|p| self.allow(req, p, EXEC).map(|()| p))
             .and_then(|p| self.lookup_node(p, name))
-            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(n, a)));
+            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)));
         match result {
             Ok(attr) => reply.entry_with_ttls(&self.attr_ttl(), &ENTRY_TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         super::count_request(super::Op::Getattr);
         match Node::from_ino(ino.0)
             .ok_or(Errno::ENOENT)
-            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(n, a)))
+            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)))
         {
             Ok(attr) => reply.attr(&self.attr_ttl(), &attr),
             Err(e) => reply.error(e),
@@ -1014,7 +1040,7 @@ impl Filesystem for ProcFs {
             // Only control files take writes.
             return reply.error(Errno::EACCES);
         }
-        match self.render(node) {
+        match self.render(req, node) {
             Ok(bytes) => {
                 let fh = self.new_fh();
                 if let Ok(mut files) = self.files.lock() {
@@ -1032,7 +1058,7 @@ impl Filesystem for ProcFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1043,7 +1069,7 @@ impl Filesystem for ProcFs {
     ) {
         super::count_request(super::Op::Read);
         if fh.0 == 0 {
-            return match self.cached_read(ino.0) {
+            return match self.cached_read(req, ino.0) {
                 Ok(bytes) => reply.data(window(&bytes, offset, size)),
                 Err(e) => reply.error(e),
             };

@@ -2,6 +2,7 @@
 //! process table. `Mounts` owns them; the control socket and `--mount` drive it.
 
 mod access;
+mod bsd;
 mod fuse;
 pub mod options;
 pub mod tree;

@@ -13,6 +13,11 @@ pub enum Personality {
     Svr4,
     /// QNX procnto: one directory per pid with as, ctl, cmdline and exefile.
     Qnx,
+    /// FreeBSD procfs(5): pid directories and `curproc` at the root (fs/bsd.rs).
+    FreeBsd,
+    /// NetBSD mount_procfs(8), which OpenBSD's is a subset of: pid directories, `curproc`,
+    /// `self` and the Linux-compatible nodes `nolinux` hides (fs/bsd.rs).
+    NetBsd,
 }
 
 /// Which processes a mount shows.
@@ -91,10 +96,16 @@ impl MountOptions {
                         "plan9" => Personality::Plan9,
                         "svr4" => Personality::Svr4,
                         "qnx" => Personality::Qnx,
+                        "freebsd" => Personality::FreeBsd,
+                        // OpenBSD's procfs was NetBSD's; its manual lists the same files.
+                        "netbsd" | "openbsd" => Personality::NetBsd,
                         other => {
                             return Err(OptionError::Bad(
                                 key.into(),
-                                format!("{other:?} is not a personality (linux, plan9, svr4, qnx)"),
+                                format!(
+                                    "{other:?} is not a personality (linux, plan9, freebsd, \
+                                     netbsd, openbsd, svr4, qnx)"
+                                ),
                             ));
                         }
                     }
@@ -191,6 +202,19 @@ mod tests {
             let o = MountOptions::parse(&format!("personality={name},umask=077")).unwrap();
             assert_eq!((o.personality, o.umask), (p, 0o077));
         }
+    }
+
+    #[test]
+    fn bsd_personalities_parse() {
+        for (text, want) in [
+            ("personality=freebsd", Personality::FreeBsd),
+            ("personality=netbsd", Personality::NetBsd),
+            ("personality=openbsd", Personality::NetBsd),
+        ] {
+            assert_eq!(MountOptions::parse(text).unwrap().personality, want);
+        }
+        let o = MountOptions::parse("personality=netbsd,nolinux").unwrap();
+        assert!(o.nolinux);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Node {
     Root,
-    /// An entry of the global table (`GLOBALS`).
+    /// An entry of the mount's root table (`root_table`: `GLOBALS` for Linux).
     Global(u16),
     ProcDir(u32),
     /// `/PID/<PROC_FILES[i]>`.
@@ -87,6 +87,8 @@ pub enum Source {
     Plan9Proc,
     /// QNX `exefile` (view::qnx).
     QnxExefile,
+    /// A FreeBSD or NetBSD file (fs/bsd.rs).
+    Bsd(super::bsd::BsdFile),
 }
 
 /// A control file: its data is an operation on the live process (through `control`), not a
@@ -109,6 +111,8 @@ pub enum ControlFile {
     FpRegs,
     /// Plan 9 Waitmsg records of exited children.
     Wait,
+    /// The x86-64 debug registers (FreeBSD `dbregs`).
+    DbRegs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +121,8 @@ pub enum Kind {
     Control(ControlFile),
     /// A symlink whose target is the kernel's link of that name (`exe`, `cwd`, `root`).
     KernelLink(&'static str),
+    /// A FreeBSD or NetBSD symlink, with its manual's rules for what it shows (fs/bsd.rs).
+    BsdLink(super::bsd::BsdLink),
     /// `task/`.
     TaskDir,
     /// `fd/`.
@@ -225,6 +231,65 @@ pub const QNX_FILES: &[Entry] = &[
     file("exefile", 0o444, Source::QnxExefile),
 ];
 
+const fn bsd_file(name: &'static str, mode: u16, f: super::bsd::BsdFile) -> Entry {
+    file(name, mode, Source::Bsd(f))
+}
+
+const fn bsd_link(name: &'static str, link: super::bsd::BsdLink) -> Entry {
+    Entry {
+        name,
+        mode: 0o777,
+        kind: Kind::BsdLink(link),
+    }
+}
+
+/// `/PID/…` in the FreeBSD personality (procfs(5), `cmdline` from its FILES section). `map` is
+/// 0400 where FreeBSD has 0444: Linux lets only a process's own user (ptrace read access) see
+/// its mappings, and the view must not show more than the kernel would.
+pub const FREEBSD_FILES: &[Entry] = &[
+    bsd_file("cmdline", 0o444, super::bsd::BsdFile::Cmdline),
+    ctl_entry("ctl", 0o200, ControlFile::Ctl),
+    ctl_entry("dbregs", 0o600, ControlFile::DbRegs),
+    bsd_file("etype", 0o444, super::bsd::BsdFile::Etype),
+    bsd_link("file", super::bsd::BsdLink::FreeBsdFile),
+    ctl_entry("fpregs", 0o600, ControlFile::FpRegs),
+    bsd_file("map", 0o400, super::bsd::BsdFile::FreeBsdMap),
+    ctl_entry("mem", 0o600, ControlFile::Mem),
+    ctl_entry("note", 0o200, ControlFile::Note),
+    ctl_entry("notepg", 0o200, ControlFile::NotePg),
+    ctl_entry("regs", 0o600, ControlFile::Regs),
+    bsd_file("rlimit", 0o444, super::bsd::BsdFile::Rlimit),
+    bsd_file("status", 0o444, super::bsd::BsdFile::FreeBsdStatus),
+];
+
+/// `/PID/…` in the NetBSD personality (mount_procfs(8)). The Linux-compatible rows come last
+/// (`NETBSD_LINUX_FILES` of them), so `-o nolinux` is a prefix of the table and inode numbers
+/// stay the same either way. `map` and `maps` are 0400, as FreeBSD's `map`.
+pub const NETBSD_FILES: &[Entry] = &[
+    bsd_file("cmdline", 0o444, super::bsd::BsdFile::Cmdline),
+    bsd_link("cwd", super::bsd::BsdLink::Cwd),
+    bsd_link("exe", super::bsd::BsdLink::Exe),
+    Entry {
+        name: "fd",
+        mode: 0o500,
+        kind: Kind::FdDir,
+    },
+    bsd_link("file", super::bsd::BsdLink::Exe),
+    ctl_entry("fpregs", 0o600, ControlFile::FpRegs),
+    bsd_file("map", 0o400, super::bsd::BsdFile::NetBsdMap),
+    file("maps", 0o400, Source::Kernel("maps")),
+    ctl_entry("mem", 0o600, ControlFile::Mem),
+    ctl_entry("note", 0o200, ControlFile::Note),
+    ctl_entry("notepg", 0o200, ControlFile::NotePg),
+    ctl_entry("regs", 0o600, ControlFile::Regs),
+    bsd_link("root", super::bsd::BsdLink::Root),
+    bsd_file("status", 0o444, super::bsd::BsdFile::NetBsdStatus),
+    // Linux-compatible (NETBSD_LINUX_FILES):
+    file("stat", 0o444, Source::Stat),
+    file("statm", 0o444, Source::Statm),
+];
+const NETBSD_LINUX_FILES: usize = 2;
+
 /// The per-process table of a personality. SVR4 has none: a process is one file
 /// (`Node::PidFile`).
 pub fn proc_files(p: super::options::Personality) -> &'static [Entry] {
@@ -233,7 +298,54 @@ pub fn proc_files(p: super::options::Personality) -> &'static [Entry] {
         super::options::Personality::Plan9 => PLAN9_FILES,
         super::options::Personality::Qnx => QNX_FILES,
         super::options::Personality::Svr4 => &[],
+        super::options::Personality::FreeBsd => FREEBSD_FILES,
+        super::options::Personality::NetBsd => NETBSD_FILES,
     }
+}
+
+/// The root nodes of a personality besides its pid directories (a node's children are rows
+/// of the same table). Each table keeps its Linux-compatible rows last.
+pub fn root_table(p: super::options::Personality) -> &'static [Global] {
+    match p {
+        super::options::Personality::Linux => GLOBALS,
+        super::options::Personality::Plan9
+        | super::options::Personality::Svr4
+        | super::options::Personality::Qnx => &[],
+        super::options::Personality::FreeBsd => FREEBSD_ROOT,
+        super::options::Personality::NetBsd => NETBSD_ROOT,
+    }
+}
+
+/// How many rows at the end of a personality's (root, per-process) tables are the
+/// Linux-compatible nodes `-o nolinux` hides. For Linux itself that is its whole root.
+fn linux_rows(p: super::options::Personality) -> (usize, usize) {
+    match p {
+        super::options::Personality::Linux => (GLOBALS.len(), 0),
+        super::options::Personality::NetBsd => (NETBSD_ROOT_LINUX, NETBSD_LINUX_FILES),
+        _ => (0, 0),
+    }
+}
+
+/// The root table a mount with these options shows.
+pub fn root_shown(o: &super::options::MountOptions) -> &'static [Global] {
+    let table = root_table(o.personality);
+    let hidden = if o.nolinux {
+        linux_rows(o.personality).0
+    } else {
+        0
+    };
+    &table[..table.len().saturating_sub(hidden)]
+}
+
+/// The per-process table a mount with these options shows.
+pub fn files_shown(o: &super::options::MountOptions) -> &'static [Entry] {
+    let table = proc_files(o.personality);
+    let hidden = if o.nolinux {
+        linux_rows(o.personality).1
+    } else {
+        0
+    };
+    &table[..table.len().saturating_sub(hidden)]
 }
 
 /// `/PID/task/TID/…`.
@@ -257,6 +369,9 @@ pub enum GlobalKind {
     ThreadSelfLink,
     /// A fixed link target.
     Link(&'static str),
+    /// The kernel's per-process file of this name, of the calling process (a file, where
+    /// Linux's `mounts` is a link through `self`).
+    CallerFile(&'static str),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -358,15 +473,35 @@ pub const GLOBALS: &[Global] = &[
     ),
 ];
 
-pub fn global_child(parent: Option<u16>, name: &str) -> Option<u16> {
-    GLOBALS
+/// The FreeBSD root: `curproc` is the caller, a link to its pid directory as in FreeBSD.
+pub const FREEBSD_ROOT: &[Global] = &[g(None, "curproc", 0o777, GlobalKind::SelfLink)];
+
+/// The NetBSD root: `curproc` and `self` are the caller; then the Linux-compatible nodes
+/// (`NETBSD_ROOT_LINUX` of them), the host-wide files as Linux serves them.
+pub const NETBSD_ROOT: &[Global] = &[
+    g(None, "curproc", 0o777, GlobalKind::SelfLink),
+    g(None, "self", 0o777, GlobalKind::SelfLink),
+    g(None, "cpuinfo", 0o444, GlobalKind::KernelFile("cpuinfo")),
+    g(None, "devices", 0o444, GlobalKind::KernelFile("devices")),
+    g(None, "meminfo", 0o444, GlobalKind::KernelFile("meminfo")),
+    g(None, "mounts", 0o444, GlobalKind::CallerFile("mounts")),
+    g(None, "stat", 0o444, GlobalKind::KernelFile("stat")),
+    g(None, "uptime", 0o444, GlobalKind::KernelFile("uptime")),
+];
+const NETBSD_ROOT_LINUX: usize = 6;
+
+pub fn global_child(table: &[Global], parent: Option<u16>, name: &str) -> Option<u16> {
+    table
         .iter()
         .position(|gl| gl.parent == parent && gl.name == name)
         .map(|i| i as u16)
 }
 
-pub fn global_children(parent: Option<u16>) -> impl Iterator<Item = (u16, &'static Global)> {
-    GLOBALS
+pub fn global_children(
+    table: &'static [Global],
+    parent: Option<u16>,
+) -> impl Iterator<Item = (u16, &'static Global)> {
+    table
         .iter()
         .enumerate()
         .filter(move |(_, gl)| gl.parent == parent)
@@ -417,18 +552,64 @@ mod tests {
                 assert_eq!(GLOBALS[p as usize].kind, GlobalKind::Dir, "{}", gl.name);
             }
         }
-        assert_eq!(global_child(None, "sys"), Some(16));
-        assert_eq!(global_child(Some(16), "kernel"), Some(17));
-        assert_eq!(global_child(Some(17), "pid_max"), Some(19));
+        assert_eq!(global_child(GLOBALS, None, "sys"), Some(16));
+        assert_eq!(global_child(GLOBALS, Some(16), "kernel"), Some(17));
+        assert_eq!(global_child(GLOBALS, Some(17), "pid_max"), Some(19));
     }
 
     #[test]
     fn names_are_unique_per_directory() {
-        for table in [PROC_FILES, THREAD_FILES, PLAN9_FILES, QNX_FILES] {
+        for table in [
+            PROC_FILES,
+            THREAD_FILES,
+            PLAN9_FILES,
+            QNX_FILES,
+            FREEBSD_FILES,
+            NETBSD_FILES,
+        ] {
             let mut names: Vec<_> = table.iter().map(|e| e.name).collect();
             names.sort();
             names.dedup();
             assert_eq!(names.len(), table.len());
         }
+        for table in [GLOBALS, FREEBSD_ROOT, NETBSD_ROOT] {
+            let mut names: Vec<_> = table.iter().map(|g| (g.parent, g.name)).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), table.len());
+        }
+    }
+
+    #[test]
+    fn nolinux_hides_exactly_the_linux_compatible_nodes() {
+        use super::super::options::MountOptions;
+        let names = |o: &str| -> (Vec<&str>, Vec<&str>) {
+            let o = MountOptions::parse(o).unwrap();
+            (
+                root_shown(&o).iter().map(|g| g.name).collect(),
+                files_shown(&o).iter().map(|e| e.name).collect(),
+            )
+        };
+        let (root, files) = names("personality=netbsd");
+        assert_eq!(
+            root,
+            [
+                "curproc", "self", "cpuinfo", "devices", "meminfo", "mounts", "stat", "uptime"
+            ]
+        );
+        assert!(files.ends_with(&["status", "stat", "statm"]), "{files:?}");
+        let (root, files) = names("personality=netbsd,nolinux");
+        assert_eq!(root, ["curproc", "self"]);
+        assert!(files.ends_with(&["root", "status"]), "{files:?}");
+        assert_eq!(
+            names("personality=freebsd,nolinux"),
+            names("personality=freebsd")
+        );
+        assert_eq!(names("personality=freebsd").0, ["curproc"]);
+        assert!(
+            names("nolinux").0.is_empty(),
+            "Linux's own root is its Linux nodes"
+        );
+        assert_eq!(names("nolinux").1.len(), PROC_FILES.len());
     }
 }

@@ -1,13 +1,11 @@
 //! The proc view: pure functions from a process snapshot to the bytes of a file. The HTTP API
 //! and the FUSE adapter both call these; neither formats text itself.
 
-#[allow(dead_code)] // wired into the mount by fs/
 pub mod freebsd;
 pub mod json;
 pub mod linux;
 #[allow(dead_code)] // wired into the mount by fs/
 pub mod maps;
-#[allow(dead_code)] // wired into the mount by fs/
 pub mod netbsd;
 #[allow(dead_code)] // wired into the mount by fs/
 pub mod plan9;
@@ -32,7 +30,6 @@ pub enum ViewError {
     /// The manual describes this file but Linux has nothing to fill it with; the file says so
     /// rather than inventing data. EOPNOTSUPP (ENOTSUP is the same number on Linux).
     #[error("not supported on Linux: {0}")]
-    #[allow(dead_code)] // wired into the mount by fs/
     Unsupported(&'static str),
 }
 

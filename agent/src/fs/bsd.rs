@@ -1,0 +1,222 @@
+//! The FreeBSD (procfs(5)) and NetBSD/OpenBSD (mount_procfs(8)) personalities' side of the
+//! FUSE adapter: the files that need more than the table (the kernel's `wchan` for `status`,
+//! `smaps` for `map`, the executable's ELF header for `etype`), the links with their manuals'
+//! rules (FreeBSD's `file` is `unknown` when the executable cannot be found; NetBSD's `cwd` and
+//! `root` are `/` when unavailable or outside the caller's root), and FreeBSD's ownership
+//! (every node the process's real user and group, `mem` group kmem). The tables are
+//! `FREEBSD_FILES`, `NETBSD_FILES`, `FREEBSD_ROOT` and `NETBSD_ROOT` in tree.rs; the text is
+//! `view::freebsd` and `view::netbsd`.
+
+use std::{io::Read as _, os::unix::ffi::OsStrExt as _, sync::OnceLock};
+
+use fuser::Errno;
+
+use super::{
+    fuse::{errno, kernel_file, same_process},
+    options::Personality,
+    tree::{ControlFile, Entry, Kind},
+};
+use crate::{
+    table::Process,
+    view::{self, Host, ViewError},
+};
+
+/// A file rendered here rather than straight from the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BsdFile {
+    /// argv; a system or zombie process's name (NetBSD's rule; FreeBSD's is the same).
+    Cmdline,
+    /// FreeBSD's one-line status, with the jail field.
+    FreeBsdStatus,
+    /// NetBSD's: FreeBSD's without the jail.
+    NetBsdStatus,
+    /// procfs_map.c's lines, from smaps.
+    FreeBsdMap,
+    /// NetBSD's map lines, from smaps.
+    NetBsdMap,
+    /// `name current max` per limit.
+    Rlimit,
+    /// The executable's ABI name.
+    Etype,
+}
+
+/// A symlink and the rule for its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BsdLink {
+    /// The executable (NetBSD's `exe` and `file`).
+    Exe,
+    /// FreeBSD's `file`: the executable, or `unknown` if it cannot be found.
+    FreeBsdFile,
+    /// NetBSD's `cwd`: relative to the caller's root, `/` if unavailable or outside it.
+    Cwd,
+    /// NetBSD's `root`: as `cwd`.
+    Root,
+}
+
+pub fn render(p: &Process, host: &Host, f: BsdFile) -> Result<Vec<u8>, ViewError> {
+    match f {
+        BsdFile::Cmdline => view::netbsd::cmdline(p),
+        BsdFile::FreeBsdStatus => view::freebsd::status(p, host, &wchan(p)?),
+        BsdFile::NetBsdStatus => view::netbsd::status(p, host, &wchan(p)?),
+        BsdFile::FreeBsdMap => view::freebsd::map(&kernel_file(p, "smaps")?, host),
+        BsdFile::NetBsdMap => view::netbsd::map(&kernel_file(p, "smaps")?),
+        BsdFile::Rlimit => view::freebsd::rlimit(p),
+        BsdFile::Etype => {
+            let head = elf_ident(p.pid);
+            same_process(p)?;
+            view::freebsd::etype(p, head.as_deref())
+        }
+    }
+}
+
+/// The kernel's wait channel; a zombie has none to read, which is what `exiting` says anyway.
+fn wchan(p: &Process) -> Result<Vec<u8>, ViewError> {
+    match kernel_file(p, "wchan") {
+        Err(ViewError::Io(_)) if p.exit.is_some() => Ok(Vec::new()),
+        r => r,
+    }
+}
+
+/// The first bytes of the executable (its ELF ident), `None` if it cannot be read.
+fn elf_ident(pid: u32) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(16);
+    std::fs::File::open(format!("/proc/{pid}/exe"))
+        .ok()?
+        .take(16)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(head)
+}
+
+/// The target of a link. Links are readable by root and by the process's own user only: Linux
+/// gives the targets of a process's `exe`, `cwd` and `root` to whoever may ptrace-read it, and
+/// the agent, which runs as root, must not show more than the kernel would.
+pub fn readlink(
+    p: &Process,
+    caller_uid: u32,
+    caller_pid: u32,
+    link: BsdLink,
+) -> Result<Vec<u8>, Errno> {
+    let t = p.leader();
+    let (uid, euid) = t.map_or((p.uid, p.euid), |t| (t.uid, t.euid));
+    if caller_uid != 0 && (caller_uid != uid || caller_uid != euid) {
+        return Err(Errno::EACCES);
+    }
+    let kernel = |name: &str| {
+        let target = std::fs::read_link(format!("/proc/{}/{name}", p.pid));
+        same_process(p).map_err(|e| errno(&e))?;
+        Ok::<_, Errno>(target.map(|t| t.as_os_str().as_bytes().to_vec()))
+    };
+    match link {
+        BsdLink::Exe => kernel("exe")?.map_err(|e| errno(&ViewError::Io(e))),
+        BsdLink::FreeBsdFile => Ok(freebsd_file(kernel("exe")?.ok())),
+        BsdLink::Cwd | BsdLink::Root => {
+            let name = if link == BsdLink::Cwd { "cwd" } else { "root" };
+            let target = kernel(name)?.ok();
+            let caller_root = std::fs::read_link(format!("/proc/{caller_pid}/root"))
+                .ok()
+                .map(|r| r.as_os_str().as_bytes().to_vec());
+            Ok(netbsd_dir(target, caller_root.as_deref()))
+        }
+    }
+}
+
+/// Linux marks an executable that was removed or replaced `… (deleted)`; FreeBSD's name
+/// lookup for it would fail, and so would one for a process with no executable (a kernel
+/// thread): both are FreeBSD's `unknown`.
+fn freebsd_file(exe: Option<Vec<u8>>) -> Vec<u8> {
+    match exe {
+        Some(t) if !t.ends_with(b" (deleted)") => t,
+        _ => b"unknown".to_vec(),
+    }
+}
+
+/// NetBSD's rule for `cwd` and `root`: the directory as the caller names it from its own root,
+/// or `/` if it is not available (gone, removed) or not at or below the caller's root.
+fn netbsd_dir(target: Option<Vec<u8>>, caller_root: Option<&[u8]>) -> Vec<u8> {
+    let Some(t) = target.filter(|t| t.starts_with(b"/") && !t.ends_with(b" (deleted)")) else {
+        return b"/".to_vec();
+    };
+    match caller_root {
+        None | Some(b"/") => t,
+        Some(root) => match t.strip_prefix(root) {
+            Some([]) => b"/".to_vec(),
+            Some(rest) if rest.starts_with(b"/") => rest.to_vec(),
+            _ => b"/".to_vec(),
+        },
+    }
+}
+
+/// Who owns a process's node (`e`, or the directory itself), where the personality says
+/// otherwise than Linux's effective ids: FreeBSD's nodes belong to the process's real user and
+/// group (pseudofs's `cr_ruid`/`cr_rgid`; the manual's "the process's user … that user's
+/// primary group"), and `mem` to group kmem if `/etc/group` has one (else the process's group).
+pub fn owner(personality: Personality, p: &Process, e: Option<&Entry>) -> Option<(u32, u32)> {
+    if personality != Personality::FreeBsd {
+        return None;
+    }
+    let (uid, gid) = p.leader().map_or((p.uid, p.gid), |t| (t.uid, t.gid));
+    let mem = e.is_some_and(|e| e.kind == Kind::Control(ControlFile::Mem));
+    Some((uid, if mem { kmem_gid().unwrap_or(gid) } else { gid }))
+}
+
+/// The kmem group's id, looked up once.
+fn kmem_gid() -> Option<u32> {
+    static KMEM: OnceLock<Option<u32>> = OnceLock::new();
+    *KMEM.get_or_init(|| group_id(&std::fs::read_to_string("/etc/group").ok()?, "kmem"))
+}
+
+/// A group's id in group(5) text (`name:password:gid:members`).
+fn group_id(text: &str, name: &str) -> Option<u32> {
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freebsd_file_is_unknown_when_the_executable_cannot_be_found() {
+        assert_eq!(
+            freebsd_file(Some(b"/usr/bin/sleep".to_vec())),
+            b"/usr/bin/sleep"
+        );
+        assert_eq!(
+            freebsd_file(Some(b"/tmp/a.out (deleted)".to_vec())),
+            b"unknown"
+        );
+        assert_eq!(freebsd_file(None), b"unknown");
+    }
+
+    #[test]
+    fn netbsd_dirs_are_relative_to_the_callers_root() {
+        let d = |t: Option<&[u8]>, root: Option<&[u8]>| {
+            String::from_utf8(netbsd_dir(t.map(<[u8]>::to_vec), root)).unwrap()
+        };
+        assert_eq!(d(Some(b"/home/u"), Some(b"/")), "/home/u");
+        assert_eq!(d(Some(b"/home/u"), None), "/home/u");
+        assert_eq!(d(Some(b"/srv/jail/tmp"), Some(b"/srv/jail")), "/tmp");
+        assert_eq!(d(Some(b"/srv/jail"), Some(b"/srv/jail")), "/");
+        assert_eq!(
+            d(Some(b"/srv/jailbreak"), Some(b"/srv/jail")),
+            "/",
+            "a sibling is not below the root"
+        );
+        assert_eq!(d(Some(b"/etc"), Some(b"/srv/jail")), "/");
+        assert_eq!(d(Some(b"/tmp/gone (deleted)"), Some(b"/")), "/");
+        assert_eq!(d(None, Some(b"/")), "/");
+    }
+
+    #[test]
+    fn groups_are_found_by_name() {
+        let text = "root:x:0:\nkmemx:x:99:\nkmem:x:15:\nusers:x:100:a,b\n";
+        assert_eq!(group_id(text, "kmem"), Some(15));
+        assert_eq!(group_id(text, "users"), Some(100));
+        assert_eq!(group_id(text, "wheel"), None);
+        assert_eq!(group_id("kmem:x:notanumber:\n", "kmem"), None);
+    }
+}
