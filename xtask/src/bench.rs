@@ -677,6 +677,10 @@ fn write_report(args: &BenchArgs, body: &str) -> anyhow::Result<()> {
         if args.quick { " --quick" } else { "" },
         kernel.trim()
     );
+    let _ = writeln!(
+        out,
+        "\nWhich of issue #8's targets hold, why the others do not, and what was changed to get here: [docs/performance.md](docs/performance.md)."
+    );
     out.push_str(body);
     let path = args
         .out
