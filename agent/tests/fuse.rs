@@ -796,6 +796,16 @@ fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
     });
     std::thread::sleep(Duration::from_millis(4100));
     assert_eq!(name(), "Name:\tsleep", "the bound was kept");
+    // A process that sleeps through whole periods keeps its cached pages: the agent checked
+    // its record and told the kernel nothing, so reading it again costs no READ.
+    let reads = fuse_requests(&agent, "read");
+    std::thread::sleep(Duration::from_millis(4100));
+    assert_eq!(name(), "Name:\tsleep");
+    assert_eq!(
+        fuse_requests(&agent, "read"),
+        reads,
+        "still in the page cache"
+    );
 
     // An exited process is gone from the view once the bound has passed.
     child.kill().unwrap();

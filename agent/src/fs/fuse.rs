@@ -21,7 +21,9 @@ use fuser::{
     ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-// Personality-specific parts of the adapter, as child modules so they share its internals.
+// Personality-specific parts of the adapter, and the cache= mode, as child modules so they
+// share its internals.
+mod cache;
 mod qnx;
 mod svr4;
 
@@ -76,73 +78,10 @@ pub struct ProcFs {
     scope: Mutex<ScopeCache>,
     files: Mutex<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
-    rendered: Mutex<Rendered>,
+    rendered: Arc<Mutex<cache::Rendered>>,
     next_fh: AtomicU64,
     /// The QNX personality's `as`/`ctl` modes and writers (unused by the others).
     qnx: qnx::QnxFiles,
-}
-
-/// Contents rendered for a `cache=` mount, by inode. The kernel reads such files through its
-/// page cache, which needs the size first: GETATTR renders, and the READ that follows (there
-/// is no OPEN, so no handle) serves the same bytes. Contents that did not change keep their
-/// modification time, so the kernel keeps the pages it has (FUSE_AUTO_INVAL_DATA drops them
-/// only when size or mtime move): a sleeping process costs one GETATTR per cache period.
-#[derive(Default)]
-struct Rendered {
-    by_ino: HashMap<u64, Rendering>,
-    swept: Option<Instant>,
-}
-
-struct Rendering {
-    hash: u64,
-    size: u64,
-    mtime: SystemTime,
-    /// Kept for one cache period, for the READ after a GETATTR.
-    bytes: Option<Arc<Vec<u8>>>,
-    at: Instant,
-}
-
-/// How long an inode's content stamp outlives its last use.
-const STAMP_TTL: Duration = Duration::from_secs(60);
-
-impl Rendered {
-    fn fresh(&self, ino: u64, bound: Duration) -> Option<Arc<Vec<u8>>> {
-        self.by_ino
-            .get(&ino)
-            .filter(|r| r.at.elapsed() <= bound)
-            .and_then(|r| r.bytes.clone())
-    }
-
-    /// Keeps `bytes` as the contents of `ino`; returns the size and mtime to report.
-    fn insert(&mut self, ino: u64, bytes: Arc<Vec<u8>>, bound: Duration) -> (u64, SystemTime) {
-        use std::hash::{BuildHasher as _, BuildHasherDefault};
-        let now = Instant::now();
-        if self.swept.is_none_or(|t| now.duration_since(t) > bound) {
-            self.by_ino.retain(|_, r| {
-                if now.duration_since(r.at) > bound {
-                    r.bytes = None;
-                }
-                now.duration_since(r.at) <= STAMP_TTL.max(bound)
-            });
-            self.swept = Some(now);
-        }
-        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .hash_one(bytes.as_slice());
-        let size = bytes.len() as u64;
-        let r = self.by_ino.entry(ino).or_insert_with(|| Rendering {
-            hash,
-            size,
-            mtime: SystemTime::now(),
-            bytes: None,
-            at: now,
-        });
-        if (r.hash, r.size) != (hash, size) {
-            (r.hash, r.size, r.mtime) = (hash, size, SystemTime::now());
-        }
-        r.bytes = Some(bytes);
-        r.at = now;
-        (r.size, r.mtime)
-    }
 }
 
 struct DirEnt {
@@ -270,7 +209,7 @@ impl ProcFs {
             scope: Mutex::new(scope),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
-            rendered: Mutex::new(Rendered::default()),
+            rendered: Arc::default(),
             next_fh: AtomicU64::new(1),
             qnx,
         })
@@ -286,11 +225,10 @@ impl ProcFs {
             .map_err(|_| Errno::EIO)
     }
 
-    /// How long the kernel may keep attributes: never on a never-stale mount. On a `cache=`
-    /// mount, half the bound, since what it caches comes from a snapshot up to the other half
-    /// old.
+    /// How long the kernel may keep attributes: never on a never-stale mount. A `cache=`
+    /// mount's stay until the agent invalidates them (fuse/cache.rs), or a minute at most.
     fn attr_ttl(&self) -> Duration {
-        self.opts.cache.map_or(TTL, |_| self.half_cache())
+        self.opts.cache.map_or(TTL, |_| cache::STAMP_TTL)
     }
 
     fn half_cache(&self) -> Duration {
@@ -301,39 +239,6 @@ impl ProcFs {
     /// kernel would answer their opens and cache their reads.
     fn serves(&self, e: &Entry) -> bool {
         self.opts.cache.is_none() || !matches!(e.kind, Kind::Control(_))
-    }
-
-    /// On a `cache=` mount, a file's attributes carry the size and time of its contents,
-    /// rendered now and kept for the READ that follows: with FUSE_AUTO_INVAL_DATA the kernel
-    /// drops its cached pages when they change.
-    fn with_contents(&self, req: &Request, node: Node, mut attr: FileAttr) -> FileAttr {
-        let Some(bound) = self.opts.cache else {
-            return attr;
-        };
-        if attr.kind != FileType::RegularFile {
-            return attr;
-        }
-        if let Ok(bytes) = self.render(req, node)
-            && let Ok(mut r) = self.rendered.lock()
-        {
-            (attr.size, attr.mtime) = r.insert(attr.ino.0, Arc::new(bytes), bound);
-            attr.ctime = attr.mtime;
-        }
-        attr
-    }
-
-    /// A READ without a handle (a `cache=` mount, where the kernel opens files itself).
-    fn cached_read(&self, req: &Request, ino: u64) -> Result<Arc<Vec<u8>>, Errno> {
-        let bound = self.opts.cache.ok_or(Errno::EBADF)?;
-        if let Some(b) = self.rendered.lock().ok().and_then(|r| r.fresh(ino, bound)) {
-            return Ok(b);
-        }
-        let node = Node::from_ino(ino).ok_or(Errno::ENOENT)?;
-        let bytes = Arc::new(self.render(req, node)?);
-        if let Ok(mut r) = self.rendered.lock() {
-            r.insert(ino, bytes.clone(), bound);
-        }
-        Ok(bytes)
     }
 
     /// The process for `pid` if it is live and in this mount's scope; a process that started

@@ -202,9 +202,13 @@ impl Mounts {
             SessionACL::Owner
         };
         config.n_threads = Some(2);
+        let invalidator = fs.invalidator();
         let session = fuser::Session::new(fs, &dir, &config)
             .and_then(fuser::Session::spawn)
             .map_err(|e| MountError::Io(dir.clone(), e))?;
+        if let Some(invalidator) = invalidator {
+            invalidator.spawn(session.notifier());
+        }
         tracing::info!(dir = %dir.display(), options = %text, "mounted proc view");
         live.insert(
             dir,

@@ -1,0 +1,258 @@
+//! The `cache=MS` mode: the kernel answers opens and reads from its own caches, and the agent
+//! tells it what to forget.
+//!
+//! Such a mount answers no OPEN (FUSE's no-open mode), so every file is read through the page
+//! cache, which needs a size first: GETATTR renders the file and reports its length, and the
+//! READ that follows serves the same bytes. Attributes then stay valid until the agent
+//! invalidates them: every MS/2 a ticker takes a snapshot (at most MS/2 old) and invalidates
+//! the inodes of processes whose record changed or that are gone, and every file no record
+//! describes (the host-wide files, and kernel files such as `cgroup` that other processes can
+//! change). A process that slept through the period keeps its cached pages, so `ps` on a
+//! quiet host asks the agent almost nothing; nothing the kernel serves is older than MS.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher as _, BuildHasherDefault},
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant, SystemTime},
+};
+
+use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier, Request};
+
+use super::ProcFs;
+use crate::{
+    fs::tree::{Kind, Node, Source},
+    state::State,
+};
+
+/// How long an inode's stamp outlives its last GETATTR; also the attribute TTL of a cache
+/// mount, so that the kernel never holds attributes for an inode the ticker has forgotten.
+pub(super) const STAMP_TTL: Duration = Duration::from_secs(60);
+
+/// What the kernel was last told about each inode of a cache mount.
+#[derive(Default)]
+pub(super) struct Rendered {
+    by_ino: HashMap<u64, Stamp>,
+    swept: Option<Instant>,
+}
+
+struct Stamp {
+    /// The process the node belongs to and the revision of its record when rendered; `None`
+    /// for nodes no record describes (invalidated on every tick).
+    rev: Option<(u32, u64)>,
+    hash: u64,
+    size: u64,
+    mtime: SystemTime,
+    /// Kept for one period, for the READ after a GETATTR.
+    bytes: Option<Arc<Vec<u8>>>,
+    at: Instant,
+}
+
+impl Rendered {
+    fn fresh(&self, ino: u64, period: Duration) -> Option<Arc<Vec<u8>>> {
+        self.by_ino
+            .get(&ino)
+            .filter(|r| r.at.elapsed() <= period)
+            .and_then(|r| r.bytes.clone())
+    }
+
+    /// Records what the kernel is about to be told of `ino`; contents that did not change keep
+    /// their mtime, so FUSE_AUTO_INVAL_DATA keeps the kernel's pages. Returns (size, mtime).
+    fn insert(
+        &mut self,
+        ino: u64,
+        rev: Option<(u32, u64)>,
+        bytes: Option<Arc<Vec<u8>>>,
+        period: Duration,
+    ) -> (u64, SystemTime) {
+        let now = Instant::now();
+        if self.swept.is_none_or(|t| now.duration_since(t) > period) {
+            self.by_ino.retain(|_, r| {
+                if now.duration_since(r.at) > period {
+                    r.bytes = None;
+                }
+                now.duration_since(r.at) <= STAMP_TTL
+            });
+            self.swept = Some(now);
+        }
+        let (hash, size) = bytes.as_ref().map_or((0, 0), |b| {
+            (
+                BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                    .hash_one(b.as_slice()),
+                b.len() as u64,
+            )
+        });
+        let r = self.by_ino.entry(ino).or_insert_with(|| Stamp {
+            rev,
+            hash,
+            size,
+            mtime: SystemTime::now(),
+            bytes: None,
+            at: now,
+        });
+        if (r.hash, r.size) != (hash, size) {
+            (r.hash, r.size, r.mtime) = (hash, size, SystemTime::now());
+        }
+        r.rev = rev;
+        r.bytes = bytes;
+        r.at = now;
+        (r.size, r.mtime)
+    }
+}
+
+/// Whether a node's contents follow its process's record: rendered from it, or kernel files
+/// only the process itself changes (it cannot while it sleeps, and running changes its
+/// record). Other kernel files (`cgroup`, `mountinfo`, …) can change under a sleeping process.
+fn follows_record(source: Option<Source>) -> bool {
+    match source {
+        None => true,
+        Some(Source::Kernel(name)) => matches!(name, "environ" | "maps" | "io"),
+        Some(_) => true,
+    }
+}
+
+impl ProcFs {
+    /// The stamp a cache mount keeps for `node`: its process and record revision if it
+    /// belongs to one and follows it.
+    fn stamp_rev(&self, node: Node) -> Option<(u32, u64)> {
+        let (pid, source) = match node {
+            Node::ProcDir(pid) | Node::ThreadDir(pid, _) | Node::Fd(pid, _) => (pid, None),
+            Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
+                Some(Kind::File(src)) => (pid, Some(src)),
+                _ => (pid, None),
+            },
+            Node::ThreadFile(pid, _, _) => (pid, None),
+            _ => return None,
+        };
+        if !follows_record(source) {
+            return None;
+        }
+        let (_, p) = self.process(pid).ok()?;
+        Some((pid, p.rev))
+    }
+
+    /// On a `cache=` mount, attributes carry the size and mtime of the contents (rendered
+    /// now, kept for the READ that follows), and every node the kernel learns of is stamped
+    /// for the invalidation ticker.
+    pub(super) fn with_contents(&self, req: &Request, node: Node, mut attr: FileAttr) -> FileAttr {
+        let Some(bound) = self.opts.cache else {
+            return attr;
+        };
+        // Taken before rendering, for the reason given in cached_read.
+        let rev = self.stamp_rev(node);
+        let bytes = if attr.kind == FileType::RegularFile {
+            match self.render(req, node) {
+                Ok(b) => Some(Arc::new(b)),
+                // Not renderable now (e.g. a kernel thread's environ): the open will say so.
+                Err(_) => return attr,
+            }
+        } else {
+            None
+        };
+        let is_file = bytes.is_some();
+        if let Ok(mut r) = self.rendered.lock() {
+            let (size, mtime) = r.insert(attr.ino.0, rev, bytes, bound / 2);
+            if is_file {
+                (attr.size, attr.mtime, attr.ctime) = (size, mtime, mtime);
+            }
+        }
+        attr
+    }
+
+    /// A READ without a handle (the kernel opened the file itself).
+    pub(super) fn cached_read(&self, req: &Request, ino: u64) -> Result<Arc<Vec<u8>>, Errno> {
+        let bound = self.opts.cache.ok_or(Errno::EBADF)?;
+        if let Some(b) = self
+            .rendered
+            .lock()
+            .ok()
+            .and_then(|r| r.fresh(ino, bound / 2))
+        {
+            return Ok(b);
+        }
+        let node = Node::from_ino(ino).ok_or(Errno::ENOENT)?;
+        // The revision before the rendering: if the record moves in between, the ticker sees
+        // a newer one and invalidates, rather than taking older contents for current.
+        let rev = self.stamp_rev(node);
+        let bytes = Arc::new(self.render(req, node)?);
+        if let Ok(mut r) = self.rendered.lock() {
+            r.insert(ino, rev, Some(bytes.clone()), bound / 2);
+        }
+        Ok(bytes)
+    }
+
+    /// The ticker of a cache mount, to start once the session can send notifications.
+    pub fn invalidator(&self) -> Option<Invalidator> {
+        let bound = self.opts.cache?;
+        Some(Invalidator {
+            rendered: Arc::downgrade(&self.rendered),
+            state: self.state.clone(),
+            rt: self.rt.clone(),
+            period: bound / 2,
+        })
+    }
+}
+
+pub struct Invalidator {
+    rendered: Weak<Mutex<Rendered>>,
+    state: State,
+    rt: tokio::runtime::Handle,
+    period: Duration,
+}
+
+impl Invalidator {
+    /// Runs until the mount is gone (its file system, which owns the stamps, is dropped).
+    pub fn spawn(self, notifier: Notifier) {
+        let spawned = std::thread::Builder::new()
+            .name("bpfproc-inval".into())
+            .spawn(move || self.run(&notifier));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a cache mount's invalidation thread: {e}");
+        }
+    }
+
+    fn run(&self, notifier: &Notifier) {
+        loop {
+            std::thread::sleep(self.period);
+            let Some(rendered) = self.rendered.upgrade() else {
+                return;
+            };
+            // Nothing stamped: the kernel holds nothing of ours, and no pass is needed.
+            if rendered.lock().map_or(true, |r| r.by_ino.is_empty()) {
+                continue;
+            }
+            let Ok(snap) = self.rt.block_on(self.state.snapshot_within(self.period)) else {
+                return;
+            };
+            let stale: Vec<u64> = match rendered.lock() {
+                Ok(mut r) => {
+                    let stale: Vec<u64> = r
+                        .by_ino
+                        .iter()
+                        .filter(|(_, s)| match s.rev {
+                            None => true,
+                            Some((pid, rev)) => snap.get(pid).is_none_or(|p| p.rev != rev),
+                        })
+                        .map(|(ino, _)| *ino)
+                        .collect();
+                    for ino in &stale {
+                        r.by_ino.remove(ino);
+                    }
+                    stale
+                }
+                Err(_) => return,
+            };
+            for ino in stale {
+                // ENOENT: the kernel had already forgotten the inode, which is as good.
+                if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0)
+                    && e.raw_os_error() != Some(libc::ENOENT)
+                {
+                    tracing::debug!("invalidating inode {ino:#x}: {e}");
+                    if e.raw_os_error() == Some(libc::ENODEV) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
