@@ -129,7 +129,14 @@ fn read_status_files(root: &std::path::Path, pids: &[u32]) -> anyhow::Result<()>
     let mut buf = Vec::with_capacity(4096);
     for pid in pids {
         buf.clear();
-        std::fs::File::open(root.join(pid.to_string()).join("status"))?.read_to_end(&mut buf)?;
+        match std::fs::File::open(root.join(pid.to_string()).join("status")) {
+            Ok(mut f) => {
+                f.read_to_end(&mut buf)?;
+            }
+            // A process of the host's that ended: the same for both contenders.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
@@ -437,15 +444,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             ms(startup),
             rss_kb as f64 / 1024.0
         );
-        // Processes that stay put for the whole comparison: the sleepers (ours or already there).
-        let pids: Vec<u32> = std::fs::read_dir("/proc")?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() == "sleep")
-            })
-            .take(500)
-            .collect();
+        // Processes that stay put for the whole comparison: our sleepers, or, if the host had
+        // enough processes without them, its own sleepers (which may still end meanwhile).
+        let mut pids: Vec<u32> = sleepers.0.iter().map(Child::id).take(500).collect();
+        if pids.is_empty() {
+            pids = std::fs::read_dir("/proc")?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "sleep")
+                })
+                .take(500)
+                .collect();
+        }
         let cached = work.join("cached");
         std::fs::create_dir_all(&cached)?;
         let mounted = Command::new(&bin)
