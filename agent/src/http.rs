@@ -56,11 +56,15 @@ pub async fn serve(
     app: App,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|&s| s).await;
-        })
-        .await
+    // The peer address lets the control routes answer loopback callers only.
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|&s| s).await;
+    })
+    .await
 }
 
 fn error(code: StatusCode, msg: impl std::fmt::Display) -> Response {
@@ -297,7 +301,18 @@ async fn one(AxState(app): AxState<App>, Path(pid): Path<String>) -> Response {
     }
 }
 
-async fn file(AxState(app): AxState<App>, Path((pid, name)): Path<(String, String)>) -> Response {
+async fn file(
+    AxState(app): AxState<App>,
+    Path((pid, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    // procfs lets only a caller who could ptrace the process read its maps (an address-space
+    // layout defeats ASLR), and every local user can reach this port: maps needs the token.
+    if name == "maps"
+        && let Err(r) = crate::control::http::authorize(&app.ctl, &headers)
+    {
+        return r;
+    }
     let (_, p) = match lookup(&app, &pid).await {
         Ok(x) => x,
         Err(r) => return r,

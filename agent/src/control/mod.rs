@@ -350,6 +350,29 @@ impl ProcInfo {
     }
 }
 
+/// Whether `caller` may read what procfs guards with a ptrace-read check (`environ`, `io`,
+/// `maps`, the `exe`/`cwd`/`root`/`fd` links): root, or the same uid and gid on every real,
+/// effective and saved id of a dumpable process — the rule `Target::open` applies to control,
+/// without its refusals of init, kernel threads and the agent, which procfs lets root read.
+/// The agent reads these files as root, so without this check the view would show another
+/// user's (or a non-dumpable process's, like ssh-agent's) memory layout and environment.
+pub fn may_read(caller: &Caller, pid: u32) -> Result<(), CtlError> {
+    if caller.uid == 0 {
+        return Ok(());
+    }
+    let i = ProcInfo::read(pid)?;
+    let same_uid = i.uids[..3].iter().all(|&u| u == caller.uid);
+    let same_gid = i.gids[..3].iter().all(|&g| g == caller.gid);
+    if same_uid && same_gid && i.dumpable {
+        Ok(())
+    } else {
+        Err(CtlError::Denied(format!(
+            "process {pid} is not readable by uid {}",
+            caller.uid
+        )))
+    }
+}
+
 /// A process pinned by a pidfd after the permission check: signals sent through it can
 /// never reach a newer process that reused the pid.
 pub struct Target {

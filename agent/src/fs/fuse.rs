@@ -443,12 +443,14 @@ impl ProcFs {
             Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
                 Some(Kind::KernelLink(name)) => {
                     let (_, p) = self.process(pid)?;
+                    may_read(req, pid)?;
                     kernel_link(&p, name)
                 }
                 _ => Err(Errno::EINVAL),
             },
             Node::Fd(pid, fd) => {
                 let (_, p) = self.process(pid)?;
+                may_read(req, pid)?;
                 kernel_link(&p, &format!("fd/{fd}"))
             }
             _ => Err(Errno::EINVAL),
@@ -698,6 +700,26 @@ fn parse_id(name: &str) -> Result<u32, Errno> {
     name.parse().map_err(|_| Errno::ENOENT)
 }
 
+/// Files procfs guards with a ptrace-read check on top of their mode (fs/proc/base.c:
+/// `proc_mem_open` for `maps` and `environ`, `io`'s `ptrace_may_access`); the `exe`, `cwd`,
+/// `root` and `fd/N` links too (`proc_fd_access_allowed`). The agent reads them as root, so
+/// the view must apply the same rule to its caller.
+fn ptrace_guarded(src: Source) -> bool {
+    matches!(
+        src,
+        Source::Maps | Source::Plan9Segment | Source::Kernel("environ" | "io")
+    )
+}
+
+fn may_read(req: &Request, pid: u32) -> Result<(), Errno> {
+    let caller = Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: 0,
+    };
+    crate::control::may_read(&caller, pid).map_err(|e| Errno::from_i32(e.errno()))
+}
+
 fn parse_fd(name: &str) -> Result<u32, Errno> {
     if name == "0" {
         return Ok(0);
@@ -800,6 +822,13 @@ impl Filesystem for ProcFs {
             // Only control files take writes.
             return reply.error(Errno::EACCES);
         }
+        if let Node::ProcFile(pid, i) = node
+            && let Some(Kind::File(src)) = self.files_table().get(i as usize).map(|e| e.kind)
+            && ptrace_guarded(src)
+            && let Err(e) = may_read(req, pid)
+        {
+            return reply.error(e);
+        }
         match self.render(node) {
             Ok(bytes) => {
                 let fh = self.new_fh();
@@ -880,12 +909,21 @@ impl Filesystem for ProcFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         super::count_request();
         // The listing is taken once, at opendir, so a reader walking it in several calls sees
         // one consistent directory.
         match Node::from_ino(ino.0)
             .ok_or(Errno::ENOENT)
+            .and_then(|n| {
+                // fd/ is 0500, but a non-dumpable process's is root's in procfs.
+                if let Node::ProcFile(pid, i) = n
+                    && let Some(Kind::FdDir) = self.files_table().get(i as usize).map(|e| e.kind)
+                {
+                    may_read(req, pid)?;
+                }
+                Ok(n)
+            })
             .and_then(|n| self.dir_entries(n))
         {
             Ok(list) => {
