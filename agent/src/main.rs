@@ -6,6 +6,8 @@ mod client;
 mod config;
 mod control;
 mod fs;
+#[cfg(test)]
+mod fuzz_corpus;
 mod groups;
 mod http;
 mod kernel;

@@ -127,7 +127,7 @@ pub async fn ctl(
     }
     let cmd = match Command::parse(&body) {
         Ok(c) => c,
-        Err(e) => return ctl_error(&e),
+        Err(e) => return ctl_error(&e.into()),
     };
     match app.ctl.control.ctl_async(Caller::ROOT, pid, cmd).await {
         Ok(()) => ([(header::CONTENT_TYPE, "text/plain")], "ok\n").into_response(),
