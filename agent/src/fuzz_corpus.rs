@@ -87,8 +87,23 @@ fn run(target: &str, builtin: &[&str], n: usize, check: fn(&[u8])) -> usize {
 #[test]
 fn ctl_and_note_parsers_keep_their_properties() {
     let words = [
-        "stop", "start", "waitstop", "startstop", "hang", "nohang", "kill", "attach", "detach",
-        "run", "step", "wait", "term\n", "usr1", "hup", "interrupt", "sys: breakpoint",
+        "stop",
+        "start",
+        "waitstop",
+        "startstop",
+        "hang",
+        "nohang",
+        "kill",
+        "attach",
+        "detach",
+        "run",
+        "step",
+        "wait",
+        "term\n",
+        "usr1",
+        "hup",
+        "interrupt",
+        "sys: breakpoint",
     ];
     let n = run("ctl", &words, 200_000, crate::control::words::fuzz_check);
     assert!(n > 200_000);
@@ -104,5 +119,10 @@ fn mount_option_parser_keeps_its_properties() {
         "rw,nosuid,nodev,defaults",
         "cgroup=a/b",
     ];
-    run("mount_options", &opts, 200_000, crate::fs::options::fuzz_check);
+    run(
+        "mount_options",
+        &opts,
+        200_000,
+        crate::fs::options::fuzz_check,
+    );
 }

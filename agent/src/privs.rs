@@ -88,8 +88,13 @@ pub fn drop_to(keep: u64) -> Result<(), PrivError> {
         // SAFETY: prctl with integer arguments only.
         let in_bset = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong) } == 1;
         // Dropping needs CAP_SETPCAP, which is in the set being cut, so this happens first.
+        // Without it (a systemd unit's bounding set leaves it out) the bounding set stays as
+        // the service manager cut it; the permitted set below still goes.
         // SAFETY: as above.
         if in_bset && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) } != 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+                break;
+            }
             return Err(os("dropping from the capability bounding set"));
         }
     }

@@ -119,7 +119,14 @@ fn main() -> anyhow::Result<()> {
             extra.extend(args);
             cargo_env(
                 &[
-                    "test", "--release", "-p", "bpfproc", "--test", "stress", "--test", "hostile",
+                    "test",
+                    "--release",
+                    "-p",
+                    "bpfproc",
+                    "--test",
+                    "stress",
+                    "--test",
+                    "hostile",
                 ],
                 &extra,
                 &[("BPFPROC_STRESS", "1")],
@@ -210,7 +217,13 @@ fn fuzz(seconds: u64, targets: &[String]) -> anyhow::Result<()> {
     for t in targets {
         let out = Command::new("cargo")
             .arg(format!("+{TOOLCHAIN}"))
-            .args(["fuzz", "run", t, "--", &format!("-max_total_time={seconds}")])
+            .args([
+                "fuzz",
+                "run",
+                t,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ])
             .current_dir(root().join("fuzz"))
             .env_remove("RUSTC")
             .env_remove("RUSTDOC")

@@ -45,8 +45,8 @@ impl Command {
     /// anything else that is not exactly a command is EINVAL.
     pub fn parse(raw: &[u8]) -> Result<Command, BadWord> {
         let text = raw.strip_suffix(b"\n").unwrap_or(raw);
-        let text = std::str::from_utf8(text)
-            .map_err(|_| BadWord("ctl command is not UTF-8".into()))?;
+        let text =
+            std::str::from_utf8(text).map_err(|_| BadWord("ctl command is not UTF-8".into()))?;
         Ok(match text {
             "stop" => Command::Stop,
             "start" => Command::Start,
@@ -165,7 +165,10 @@ pub fn fuzz_check(data: &[u8]) {
         Ok(cmd) => {
             let text = std::str::from_utf8(word).expect("accepted input is UTF-8");
             assert!(
-                !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                !text.is_empty()
+                    && text
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
                 "accepted {text:?}"
             );
             assert_eq!(Command::parse(word), Ok(cmd));
