@@ -265,8 +265,10 @@ fn a_tiny_ring_buffer_counts_its_losses_and_a_rescan_repairs_the_table() {
         let listed = live(&agent);
         let pids: HashSet<u64> = listed
             .iter()
-            // With its own name and argv: a lost exec record must not leave the parent's.
-            .filter(|p| p["comm"] == "sleep" && p["cmdline"] == serde_json::json!(["sleep", "120"]))
+            // With its own name: a lost exec record must not leave the parent's. (Its argv can
+            // still be the parent's when the exec record was lost but the rename record of the
+            // same exec arrived: docs/security.md, known gaps.)
+            .filter(|p| p["comm"] == "sleep")
             .map(|p| p["pid"].as_u64().unwrap())
             .collect();
         let missing: Vec<_> = want
