@@ -48,7 +48,41 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(app)
+}
+
+/// Rejections made before a handler runs (a path parameter that is not UTF-8, a body over the
+/// limit, a method the route does not take) come as plain text or nothing: every 4xx of the API
+/// is `{"error": …}` like the handlers' own, with the rejection's text as the message.
+async fn json_errors(r: Response) -> Response {
+    let status = r.status();
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !status.is_client_error() || json {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let msg = match String::from_utf8_lossy(&text).trim() {
+        "" => status
+            .canonical_reason()
+            .unwrap_or("bad request")
+            .to_string(),
+        t => t.to_string(),
+    };
+    let mut out = error(status, msg);
+    // Keep what the rejection said in headers (Allow, WWW-Authenticate).
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 pub async fn serve(
@@ -56,11 +90,15 @@ pub async fn serve(
     app: App,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|&s| s).await;
-        })
-        .await
+    // The peer address lets the control routes answer loopback callers only.
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|&s| s).await;
+    })
+    .await
 }
 
 fn error(code: StatusCode, msg: impl std::fmt::Display) -> Response {
@@ -297,7 +335,18 @@ async fn one(AxState(app): AxState<App>, Path(pid): Path<String>) -> Response {
     }
 }
 
-async fn file(AxState(app): AxState<App>, Path((pid, name)): Path<(String, String)>) -> Response {
+async fn file(
+    AxState(app): AxState<App>,
+    Path((pid, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    // procfs lets only a caller who could ptrace the process read its maps (an address-space
+    // layout defeats ASLR), and every local user can reach this port: maps needs the token.
+    if name == "maps"
+        && let Err(r) = crate::control::http::authorize(&app.ctl, &headers)
+    {
+        return r;
+    }
     let (_, p) = match lookup(&app, &pid).await {
         Ok(x) => x,
         Err(r) => return r,

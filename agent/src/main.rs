@@ -6,11 +6,14 @@ mod client;
 mod config;
 mod control;
 mod fs;
+#[cfg(test)]
+mod fuzz_corpus;
 mod groups;
 mod http;
 mod kernel;
 mod metrics;
 mod mount_helper;
+mod privs;
 mod procfs;
 mod ring;
 mod socket;
@@ -208,6 +211,13 @@ fn run() -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
+            // Before the runtime exists: capabilities are per thread, and every thread
+            // started from here on inherits the reduced set.
+            let mut keep = privs::mask(privs::KEEP);
+            if args.listen.port() < 1024 {
+                keep |= privs::mask(&[privs::CAP_NET_BIND_SERVICE]);
+            }
+            privs::drop_to(keep).context("dropping capabilities")?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?

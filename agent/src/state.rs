@@ -71,6 +71,10 @@ pub struct AgentStats {
     pub last_iterator_tasks: usize,
     pub exited_retained: usize,
     pub bpf_map_entries: usize,
+    /// Process-map entries with no live process in the table: zero at rest, else a leak.
+    pub bpf_map_orphans: usize,
+    /// Process-map entries the periodic sweep had to drop (their process was gone).
+    pub map_gc_dropped: u64,
 }
 
 /// argv and exe read for (pid, start) of a process that predates the agent.
@@ -94,6 +98,7 @@ pub(crate) enum Msg {
         records: Vec<bpfproc_common::TaskRecord>,
         procfs: Vec<Vec<bpfproc_common::TaskRecord>>,
         procfs_gone: Vec<u32>,
+        gc_dropped: usize,
     },
     Identities(Vec<Identity>),
     /// Periodic: loss check, and refresh-ahead while clients are polling.
@@ -351,8 +356,10 @@ pub fn spawn(
                     records,
                     procfs,
                     procfs_gone,
+                    gc_dropped,
                 } => {
                     refreshing = false;
+                    stats.map_gc_dropped += gc_dropped as u64;
                     stats.last_iterator_us = took_us;
                     stats.last_iterator_tasks = records.len();
                     if records.is_empty() {
@@ -446,7 +453,12 @@ pub fn spawn(
                                 s.kernel.insert(stat::NAMES[i], *v);
                             }
                         }
-                        s.bpf_map_entries = k.map_pids().map(|p| p.len()).unwrap_or(0);
+                        let pids = k.map_pids().unwrap_or_default();
+                        s.bpf_map_entries = pids.len();
+                        s.bpf_map_orphans = pids
+                            .iter()
+                            .filter(|p| !table.live().contains_key(p))
+                            .count();
                     }
                     let _ = reply.send(s);
                 }
@@ -535,12 +547,16 @@ fn start_refresh(
         };
         let took_us = t0.elapsed().as_micros() as u64;
         tracing::debug!(tasks = records.len(), us = took_us, "task iterator pass");
+        let mut gc_dropped = 0;
         if gc && !records.is_empty() {
             let seen: std::collections::HashSet<u32> = records.iter().map(|r| r.tgid).collect();
             if let Ok(mut k) = kernel.lock() {
                 match k.gc(&seen, started) {
                     Ok(0) => {}
-                    Ok(n) => tracing::debug!(entries = n, "dropped stale process-map entries"),
+                    Ok(n) => {
+                        gc_dropped = n;
+                        tracing::debug!(entries = n, "dropped stale process-map entries");
+                    }
                     Err(e) => tracing::warn!("process-map gc failed: {e}"),
                 }
             }
@@ -553,6 +569,7 @@ fn start_refresh(
                 records: Vec::new(),
                 procfs: Vec::new(),
                 procfs_gone: Vec::new(),
+                gc_dropped,
             });
             return;
         }
@@ -572,6 +589,7 @@ fn start_refresh(
             records,
             procfs,
             procfs_gone,
+            gc_dropped,
         });
     });
 }

@@ -203,6 +203,9 @@ pub struct TableCounters {
     pub snapshots: u64,
     /// Live processes a snapshot did not show (kept, and read from /proc from then on).
     pub iterator_misses: u64,
+    /// Live entries whose name a snapshot corrected, their argv and exe re-read: an exec or
+    /// rename record was lost (or was still in the ring when the snapshot was applied).
+    pub identity_repairs: u64,
 }
 
 /// A change worth telling subscribers about.
@@ -454,16 +457,31 @@ impl ProcessTable {
                         leader.euid,
                         leader.egid,
                     );
-                    let reparented = slot.event_ts < started && ids(slot) != from_snapshot;
+                    let older = slot.event_ts < started;
+                    let reparented = older && ids(slot) != from_snapshot;
+                    // A name the events never gave: an exec (or rename) record was lost, or is
+                    // still in the ring. Either way the snapshot is newer, and argv and exe are
+                    // re-read so a lost exec does not leave the parent's image on the child
+                    // for good.
+                    let comm = cstr(&leader.comm);
+                    let renamed = older && !slot.kthread && comm != slot.comm.as_slice();
                     // Most processes sleep between two passes: leaving them untouched keeps
                     // their revision, so everything rendered from them stays valid (and the
                     // entry is not copied away from the snapshots that share it).
-                    if !reparented && same_records(&slot.tasks, &tasks) {
+                    if !reparented && !renamed && same_records(&slot.tasks, &tasks) {
                         continue;
                     }
                     let p = edit(slot);
                     if reparented {
                         (p.ppid, p.uid, p.gid, p.euid, p.egid) = from_snapshot;
+                    }
+                    if renamed {
+                        p.comm = comm.to_vec();
+                        // set_identity fills exe only where none is known.
+                        p.exe = None;
+                        p.needs_identity = true;
+                        needs_identity.push(pid);
+                        self.counters.identity_repairs += 1;
                     }
                     p.tasks = tasks;
                     p.refreshed_at = started;
@@ -857,6 +875,23 @@ mod tests {
         assert_eq!(p.tasks.len(), 2, "threads are kept with the leader first");
         assert_eq!(p.tasks[0].tid, 501);
         assert_eq!(t.counters.found_by_rescan, 1);
+    }
+
+    #[test]
+    fn a_lost_exec_record_is_repaired_by_the_next_snapshot() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&exec(2, 1, 0, 0, &["init"]));
+        t.apply(&fork(5, 800, 1, 4));
+        assert_eq!(t.get(800).unwrap().comm, b"sh");
+        // The exec record of 800 was dropped (ring buffer full); the iterator shows its name.
+        let needs = t.apply_snapshot(10, &[record(1, 1, 0, 0), record(800, 800, 1, 4)], false);
+        assert_eq!(t.get(800).unwrap().comm, b"init");
+        assert_eq!(needs, vec![800], "argv and exe are re-read");
+        assert_eq!(t.counters.identity_repairs, 1);
+        // An exec seen after the snapshot began is not undone by it.
+        t.apply(&exec(12, 800, 1, 4, &["ls"]));
+        t.apply_snapshot(11, &[record(1, 1, 0, 0), record(800, 800, 1, 4)], false);
+        assert_eq!(t.get(800).unwrap().comm, b"ls");
     }
 
     #[test]

@@ -245,11 +245,14 @@ fn rendered_files_match_the_kernels_for_a_sleeping_child() {
     for file in ["stat", "statm", "cmdline", "maps", "comm"] {
         let kernel =
             String::from_utf8(std::fs::read(format!("/proc/{pid}/{file}")).unwrap()).unwrap();
-        let (status, ours) = agent.get(&format!("/v1/processes/{pid}/{file}"));
+        let (status, ours) = agent.get_with_token(&format!("/v1/processes/{pid}/{file}"));
         assert_eq!(status, 200, "{file}");
         let ours = String::from_utf8(ours).unwrap();
         assert_eq!(ours, kernel, "{file} differs from the kernel's");
     }
+    // maps is an address-space layout: like procfs, only for a caller who could ptrace the
+    // process, which over HTTP means the token holder.
+    assert_eq!(agent.get(&format!("/v1/processes/{pid}/maps")).0, 401);
     // status: every line we render is the kernel's line, and the lines tools read are there.
     let kernel = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let (_, ours) = agent.get(&format!("/v1/processes/{pid}/status"));

@@ -52,7 +52,24 @@ enum Cmd {
     Lint,
     /// Side-by-side benchmarks; writes BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// The long forms of the stress tests (agent/tests/stress.rs, hostile.rs): 100,000 spawns,
+    /// 60 s of wrk, 500 pid reuses, … on a release build. Prints a FIGURES line per test.
+    Stress {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Fuzz the parsers of hostile input with cargo-fuzz (installed first): ctl, note,
+    /// mount_options, each for --seconds.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
 }
+
+const FUZZ_TARGETS: [&str; 3] = ["ctl", "note", "mount_options"];
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -96,6 +113,30 @@ fn main() -> anyhow::Result<()> {
             build_release()?;
             bench::run(args)
         }
+        Cmd::Stress { args } => {
+            setup::run()?;
+            let mut extra = vec!["--".to_string(), "--nocapture".into()];
+            extra.extend(args);
+            cargo_env(
+                &[
+                    "test",
+                    "--release",
+                    "-p",
+                    "bpfproc",
+                    "--test",
+                    "stress",
+                    "--test",
+                    "hostile",
+                ],
+                &extra,
+                &[("BPFPROC_STRESS", "1")],
+            )
+        }
+        Cmd::Fuzz { seconds, targets } => {
+            setup::run()?;
+            setup::cargo_fuzz()?;
+            fuzz(seconds, &targets)
+        }
     }
 }
 
@@ -118,7 +159,13 @@ unsafe extern "C" {
 
 /// `cargo +TOOLCHAIN <args> [-- extra]` in the workspace root.
 pub fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<()> {
+    cargo_env(args, extra, &[])
+}
+
+/// `cargo`, with `env` set for it.
+fn cargo_env(args: &[&str], extra: &[String], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut cmd = Command::new("cargo");
+    cmd.envs(env.iter().copied());
     cmd.arg(format!("+{TOOLCHAIN}"))
         .args(args)
         .current_dir(root());
@@ -157,4 +204,46 @@ fn lint() -> anyhow::Result<()> {
         ],
         &[],
     )
+}
+
+/// Runs each fuzz target for `seconds` and reports libFuzzer's execution count; a crash stops
+/// with the reproducer's path (fuzz/artifacts/TARGET/), which the unit tests then replay.
+fn fuzz(seconds: u64, targets: &[String]) -> anyhow::Result<()> {
+    let targets: Vec<&str> = if targets.is_empty() {
+        FUZZ_TARGETS.to_vec()
+    } else {
+        targets.iter().map(String::as_str).collect()
+    };
+    for t in targets {
+        let out = Command::new("cargo")
+            .arg(format!("+{TOOLCHAIN}"))
+            .args([
+                "fuzz",
+                "run",
+                t,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ])
+            .current_dir(root().join("fuzz"))
+            .env_remove("RUSTC")
+            .env_remove("RUSTDOC")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .output()
+            .with_context(|| format!("running cargo fuzz run {t}"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let done = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("Done "))
+            .unwrap_or("no summary");
+        println!("fuzz {t}: {done}");
+        if !out.status.success() {
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+            bail!("fuzz target {t} failed (see fuzz/artifacts/{t}/)");
+        }
+    }
+    Ok(())
 }

@@ -28,6 +28,10 @@ const APT_PACKAGES: &[&str] = &[
     // cc for the C programs that use include/prfcntl.h (tests/c/).
     "gcc",
     "libc6-dev",
+    // The HTTP load test (agent/tests/stress.rs) and the network namespace of the loopback
+    // test (agent/tests/security.rs).
+    "wrk",
+    "iproute2",
 ];
 
 /// Python modules the tests use, with the PyPI package that provides each: psutil (works on a
@@ -61,6 +65,24 @@ fn pip() -> anyhow::Result<()> {
         if !status.success() {
             bail!("pip install {package} failed");
         }
+    }
+    Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` only (the test suite runs the fuzz properties without
+/// it; installing takes a minute, fuzzing builds take longer).
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    if ok(Command::new("cargo").args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("setup: cargo install cargo-fuzz");
+    let status = Command::new("cargo")
+        .args(["install", "cargo-fuzz", "--locked"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .status()
+        .context("running cargo install cargo-fuzz")?;
+    if !status.success() {
+        bail!("installing cargo-fuzz failed");
     }
     Ok(())
 }

@@ -4,11 +4,11 @@
 // Handlers bail out with a ready `Response`, as in crate::http; boxing it buys nothing.
 #![allow(clippy::result_large_err)]
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     body::Bytes,
-    extract::{Path, State as AxState},
+    extract::{ConnectInfo, Path, State as AxState},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -54,7 +54,7 @@ fn ctl_error(e: &CtlError) -> Response {
 }
 
 /// 401 without credentials, 403 with the wrong ones.
-fn authorize(ctl: &CtlHttp, headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn authorize(ctl: &CtlHttp, headers: &HeaderMap) -> Result<(), Response> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(reply(
             StatusCode::UNAUTHORIZED,
@@ -94,13 +94,28 @@ fn pid_of(raw: &str) -> Result<u32, Response> {
     })
 }
 
+/// Control is for this host: a listener opened to the network (`--listen 0.0.0.0:…`, for
+/// Prometheus) serves remote peers the read-only routes only, token or not. Without connection
+/// information (a router driven directly) the caller is local.
+fn local_only(ext: &axum::http::Extensions) -> Result<(), Response> {
+    match ext.get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(peer)) if !peer.ip().is_loopback() => Err(reply(
+            StatusCode::FORBIDDEN,
+            "control is served to loopback callers only",
+            None,
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub async fn ctl(
     AxState(app): AxState<App>,
     Path(pid): Path<String>,
+    ext: axum::http::Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&app.ctl, &headers) {
+    if let Err(r) = local_only(&ext).and_then(|()| authorize(&app.ctl, &headers)) {
         return r;
     }
     let pid = match pid_of(&pid) {
@@ -112,7 +127,7 @@ pub async fn ctl(
     }
     let cmd = match Command::parse(&body) {
         Ok(c) => c,
-        Err(e) => return ctl_error(&e),
+        Err(e) => return ctl_error(&e.into()),
     };
     match app.ctl.control.ctl_async(Caller::ROOT, pid, cmd).await {
         Ok(()) => ([(header::CONTENT_TYPE, "text/plain")], "ok\n").into_response(),
@@ -124,9 +139,10 @@ pub async fn ctl(
 pub async fn wait(
     AxState(app): AxState<App>,
     Path(pid): Path<String>,
+    ext: axum::http::Extensions,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&app.ctl, &headers) {
+    if let Err(r) = local_only(&ext).and_then(|()| authorize(&app.ctl, &headers)) {
         return r;
     }
     let pid = match pid_of(&pid) {

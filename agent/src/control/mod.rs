@@ -13,6 +13,7 @@ pub mod http;
 #[cfg(test)]
 mod tests;
 pub mod wait;
+pub mod words;
 
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -21,6 +22,7 @@ use std::{
 };
 
 pub use actor::Control;
+pub use words::{BadWord, Command, SIGNALS, note_signal};
 
 /// Who is asking. The FUSE layer fills this from the request (`req.uid()`, `req.gid()`,
 /// `req.pid()`); an HTTP caller holding the agent's token is root.
@@ -39,153 +41,6 @@ impl Caller {
         gid: 0,
         pid: 0,
     };
-}
-
-/// A ctl command (one per write).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
-    // Plan 9 proc(3).
-    /// Suspend the process (SIGSTOP, or PTRACE_INTERRUPT for a tracee) and wait until stopped.
-    Stop,
-    /// Resume a stopped process; EBUSY if it is not stopped.
-    Start,
-    /// Block until the target is stopped or has exited; the target is not touched.
-    WaitStop,
-    /// `start`, then `waitstop`.
-    StartStop,
-    /// Set the stop-on-exec bit (inherited across fork).
-    Hang,
-    /// Clear it.
-    NoHang,
-    /// SIGKILL.
-    Kill,
-    // FreeBSD procfs(5).
-    /// Trace the process (PTRACE_SEIZE) and stop it; the agent is its debugger until `detach`.
-    Attach,
-    /// Stop tracing and let the process continue.
-    Detach,
-    /// Continue a stopped tracee until a signal arrives, it hits a breakpoint, or exits.
-    Run,
-    /// Single-step a stopped tracee (no signal delivered) and wait for the step to finish.
-    Step,
-    /// Wait until the target is stopped, ready for debugging (same as `waitstop`).
-    Wait,
-    /// Deliver this signal (a lower-case name without `SIG`).
-    Signal(i32),
-}
-
-impl Command {
-    /// Parses one ctl write. A single trailing newline is allowed (what `echo` writes);
-    /// anything else that is not exactly a command is EINVAL.
-    pub fn parse(raw: &[u8]) -> Result<Command, CtlError> {
-        let text = raw.strip_suffix(b"\n").unwrap_or(raw);
-        let text = std::str::from_utf8(text)
-            .map_err(|_| CtlError::Invalid("ctl command is not UTF-8".into()))?;
-        Ok(match text {
-            "stop" => Command::Stop,
-            "start" => Command::Start,
-            "waitstop" => Command::WaitStop,
-            "startstop" => Command::StartStop,
-            "hang" => Command::Hang,
-            "nohang" => Command::NoHang,
-            "kill" => Command::Kill,
-            "attach" => Command::Attach,
-            "detach" => Command::Detach,
-            "run" => Command::Run,
-            "step" => Command::Step,
-            "wait" => Command::Wait,
-            other => match signal_by_name(other) {
-                Some(sig) => Command::Signal(sig),
-                None => {
-                    return Err(CtlError::Invalid(format!(
-                        "unknown ctl command {other:?} (known: stop start waitstop startstop \
-                         hang nohang kill attach detach run step wait, or a signal name such \
-                         as term, int, usr1)"
-                    )));
-                }
-            },
-        })
-    }
-}
-
-/// Signal names as FreeBSD's ctl takes them: lower case, without `SIG`. `stop` and `kill`
-/// are not here: as ctl words they are Plan 9's commands (which send SIGSTOP and SIGKILL
-/// anyway).
-pub const SIGNALS: &[(&str, i32)] = &[
-    ("hup", libc::SIGHUP),
-    ("int", libc::SIGINT),
-    ("quit", libc::SIGQUIT),
-    ("ill", libc::SIGILL),
-    ("trap", libc::SIGTRAP),
-    ("abrt", libc::SIGABRT),
-    ("iot", libc::SIGIOT),
-    ("bus", libc::SIGBUS),
-    ("fpe", libc::SIGFPE),
-    ("usr1", libc::SIGUSR1),
-    ("segv", libc::SIGSEGV),
-    ("usr2", libc::SIGUSR2),
-    ("pipe", libc::SIGPIPE),
-    ("alrm", libc::SIGALRM),
-    ("term", libc::SIGTERM),
-    ("stkflt", libc::SIGSTKFLT),
-    ("chld", libc::SIGCHLD),
-    ("cont", libc::SIGCONT),
-    ("tstp", libc::SIGTSTP),
-    ("ttin", libc::SIGTTIN),
-    ("ttou", libc::SIGTTOU),
-    ("urg", libc::SIGURG),
-    ("xcpu", libc::SIGXCPU),
-    ("xfsz", libc::SIGXFSZ),
-    ("vtalrm", libc::SIGVTALRM),
-    ("prof", libc::SIGPROF),
-    ("winch", libc::SIGWINCH),
-    ("io", libc::SIGIO),
-    ("poll", libc::SIGPOLL),
-    ("pwr", libc::SIGPWR),
-    ("sys", libc::SIGSYS),
-];
-
-pub fn signal_by_name(name: &str) -> Option<i32> {
-    SIGNALS.iter().find(|(n, _)| *n == name).map(|&(_, s)| s)
-}
-
-/// Plan 9 notes and the signals they become. Plan 9 delivers arbitrary strings; Linux can
-/// only deliver signals, so only these notes exist here and any other is EINVAL. The
-/// `sys: …` notes are the ones the Plan 9 kernel itself posts for the matching faults.
-pub const NOTES: &[(&str, i32)] = &[
-    ("interrupt", libc::SIGINT),
-    ("hangup", libc::SIGHUP),
-    ("alarm", libc::SIGALRM),
-    ("kill", libc::SIGKILL),
-    ("quit", libc::SIGQUIT),
-    ("term", libc::SIGTERM),
-    ("stop", libc::SIGSTOP),
-    ("cont", libc::SIGCONT),
-    ("usr1", libc::SIGUSR1),
-    ("usr2", libc::SIGUSR2),
-    ("sys: write on closed pipe", libc::SIGPIPE),
-    ("sys: trap: fault read", libc::SIGSEGV),
-    ("sys: trap: fault write", libc::SIGSEGV),
-    ("sys: trap: divide error", libc::SIGFPE),
-    ("sys: trap: illegal instruction", libc::SIGILL),
-    ("sys: breakpoint", libc::SIGTRAP),
-];
-
-/// The signal a note names; a single trailing newline is allowed.
-pub fn note_signal(raw: &[u8]) -> Result<i32, CtlError> {
-    let text = raw.strip_suffix(b"\n").unwrap_or(raw);
-    let text = std::str::from_utf8(text).unwrap_or("");
-    NOTES
-        .iter()
-        .find(|(n, _)| *n == text)
-        .map(|&(_, s)| s)
-        .ok_or_else(|| {
-            CtlError::Invalid(format!(
-                "unknown note {:?} (known: {})",
-                String::from_utf8_lossy(raw),
-                NOTES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-            ))
-        })
 }
 
 /// Why a control operation failed, with the errno the FUSE layer returns and the HTTP status.
@@ -230,6 +85,12 @@ pub enum CtlError {
     /// A wait for a stop was given up because the caller got a signal. EINTR.
     #[error("interrupted by a signal to the caller")]
     Interrupted,
+}
+
+impl From<BadWord> for CtlError {
+    fn from(e: BadWord) -> Self {
+        CtlError::Invalid(e.0)
+    }
 }
 
 impl CtlError {
@@ -359,6 +220,29 @@ impl ProcInfo {
     }
 }
 
+/// Whether `caller` may read what procfs guards with a ptrace-read check (`environ`, `io`,
+/// `maps`, the `exe`/`cwd`/`root`/`fd` links): root, or the same uid and gid on every real,
+/// effective and saved id of a dumpable process — the rule `Target::open` applies to control,
+/// without its refusals of init, kernel threads and the agent, which procfs lets root read.
+/// The agent reads these files as root, so without this check the view would show another
+/// user's (or a non-dumpable process's, like ssh-agent's) memory layout and environment.
+pub fn may_read(caller: &Caller, pid: u32) -> Result<(), CtlError> {
+    if caller.uid == 0 {
+        return Ok(());
+    }
+    let i = ProcInfo::read(pid)?;
+    let same_uid = i.uids[..3].iter().all(|&u| u == caller.uid);
+    let same_gid = i.gids[..3].iter().all(|&g| g == caller.gid);
+    if same_uid && same_gid && i.dumpable {
+        Ok(())
+    } else {
+        Err(CtlError::Denied(format!(
+            "process {pid} is not readable by uid {}",
+            caller.uid
+        )))
+    }
+}
+
 /// A process pinned by a pidfd after the permission check: signals sent through it can
 /// never reach a newer process that reused the pid.
 pub struct Target {
@@ -474,7 +358,7 @@ pub type KernelHandle = Arc<Mutex<crate::kernel::Kernel>>;
 
 #[cfg(test)]
 mod parse_tests {
-    use super::*;
+    use super::{words::signal_by_name, *};
 
     #[test]
     fn every_plan9_and_freebsd_word_parses() {
@@ -517,7 +401,9 @@ mod parse_tests {
             b"\xff\xfe",
             b"stop\0",
         ] {
-            let e = Command::parse(bad).expect_err(&format!("{bad:?} must be rejected"));
+            let e = CtlError::from(
+                Command::parse(bad).expect_err(&format!("{bad:?} must be rejected")),
+            );
             assert_eq!(e.errno(), libc::EINVAL, "{bad:?}");
             assert_eq!(e.http_status(), 400);
         }
@@ -544,7 +430,10 @@ mod parse_tests {
         assert_eq!(note_signal(b"kill"), Ok(libc::SIGKILL));
         assert_eq!(note_signal(b"sys: write on closed pipe"), Ok(libc::SIGPIPE));
         for bad in [&b"int"[..], b"", b"Interrupt", b"interrupt now"] {
-            assert_eq!(note_signal(bad).map_err(|e| e.errno()), Err(libc::EINVAL));
+            assert_eq!(
+                note_signal(bad).map_err(|e| CtlError::from(e).errno()),
+                Err(libc::EINVAL)
+            );
         }
     }
 

@@ -491,7 +491,7 @@ impl ProcFs {
             Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
                 Some(Kind::KernelLink(name)) => {
                     let (_, p) = self.process(pid)?;
-                    self.allow_link(req, &p)?;
+                    may_read(req, pid)?;
                     kernel_link(&p, name)
                 }
                 Some(Kind::BsdLink(link)) => {
@@ -503,7 +503,7 @@ impl ProcFs {
             },
             Node::Fd(pid, fd) => {
                 let (_, p) = self.process(pid)?;
-                self.allow_link(req, &p)?;
+                may_read(req, pid)?;
                 kernel_link(&p, &format!("fd/{fd}"))
             }
             _ => Err(Errno::EINVAL),
@@ -708,16 +708,6 @@ impl ProcFs {
         access::check(who, &attr, mask, || access::groups_of(req.pid()))
     }
 
-    /// procfs lets only a process's owner (or root) follow its exe, cwd, root and fd links
-    /// (`proc_fd_access_allowed`); the agent reads them as root, so it must ask the same.
-    fn allow_link(&self, req: &Request, p: &Process) -> Result<(), Errno> {
-        if req.uid() == 0 || req.uid() == Self::owner(p).0 {
-            Ok(())
-        } else {
-            Err(Errno::EACCES)
-        }
-    }
-
     fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
@@ -796,6 +786,26 @@ fn parse_id(name: &str) -> Result<u32, Errno> {
         return Err(Errno::ENOENT);
     }
     name.parse().map_err(|_| Errno::ENOENT)
+}
+
+/// Files procfs guards with a ptrace-read check on top of their mode (fs/proc/base.c:
+/// `proc_mem_open` for `maps` and `environ`, `io`'s `ptrace_may_access`); the `exe`, `cwd`,
+/// `root` and `fd/N` links too (`proc_fd_access_allowed`). The agent reads them as root, so
+/// the view must apply the same rule to its caller.
+fn ptrace_guarded(src: Source) -> bool {
+    matches!(
+        src,
+        Source::Maps | Source::Plan9Segment | Source::Kernel("environ" | "io")
+    )
+}
+
+fn may_read(req: &Request, pid: u32) -> Result<(), Errno> {
+    let caller = Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: 0,
+    };
+    crate::control::may_read(&caller, pid).map_err(|e| Errno::from_i32(e.errno()))
 }
 
 fn parse_fd(name: &str) -> Result<u32, Errno> {
@@ -945,6 +955,13 @@ impl Filesystem for ProcFs {
             // Only control files take writes.
             return reply.error(Errno::EACCES);
         }
+        if let Node::ProcFile(pid, i) = node
+            && let Some(Kind::File(src)) = self.files_table().get(i as usize).map(|e| e.kind)
+            && ptrace_guarded(src)
+            && let Err(e) = may_read(req, pid)
+        {
+            return reply.error(e);
+        }
         match self.render(req, node) {
             Ok(bytes) => {
                 let fh = self.new_fh();
@@ -1038,6 +1055,15 @@ impl Filesystem for ProcFs {
         match Node::from_ino(ino.0)
             .ok_or(Errno::ENOENT)
             .and_then(|n| self.allow(req, n, READ).map(|()| n))
+            .and_then(|n| {
+                // fd/ is 0500, but a non-dumpable process's is root's in procfs.
+                if let Node::ProcFile(pid, i) = n
+                    && let Some(Kind::FdDir) = self.files_table().get(i as usize).map(|e| e.kind)
+                {
+                    may_read(req, pid)?;
+                }
+                Ok(n)
+            })
             .and_then(|n| self.dir_entries(n))
         {
             Ok(list) => {

@@ -174,6 +174,33 @@ fn flag(key: &str, value: Option<&str>) -> Result<bool, OptionError> {
     }
 }
 
+/// The properties the option parser keeps for any input: no panic, and what it accepts is
+/// within bounds and parses the same again. Run by the fuzz target (`fuzz/`, `cargo xtask
+/// fuzz`) and, over a generated corpus, by the unit tests.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_check(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return; // mount(8) and the socket hand over strings
+    };
+    match MountOptions::parse(text) {
+        Ok(o) => {
+            assert_eq!(o.text, text);
+            assert!(o.umask <= 0o777);
+            match &o.scope {
+                Scope::All => {}
+                Scope::Cgroup(p) => assert!(
+                    !p.as_os_str().is_empty()
+                        && !p.components().any(|c| c == std::path::Component::ParentDir),
+                    "{p:?}"
+                ),
+                Scope::CgroupOf(pid) => assert!(*pid > 0),
+            }
+            assert_eq!(MountOptions::parse(text).as_ref(), Ok(&o));
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

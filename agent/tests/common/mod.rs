@@ -93,10 +93,23 @@ impl Agent {
     }
 
     pub fn try_get(&self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        self.try_get_as(path, None)
+    }
+
+    /// GET with `Authorization: Bearer TOKEN` (the routes that need the token: `maps`).
+    pub fn get_with_token(&self, path: &str) -> (u16, Vec<u8>) {
+        self.try_get_as(path, Some(&self.token()))
+            .expect("HTTP request")
+    }
+
+    fn try_get_as(&self, path: &str, token: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
         let mut s = TcpStream::connect(&self.addr)?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
         )?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf)?;

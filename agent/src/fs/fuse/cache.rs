@@ -138,6 +138,14 @@ impl ProcFs {
         let Some(bound) = self.opts.cache else {
             return attr;
         };
+        // The kernel serves cached pages to whoever passes its mode check, so a file procfs
+        // shows only to those who may ptrace the process is shown to its owner only.
+        if let Node::ProcFile(_, i) = node
+            && let Some(Kind::File(src)) = self.files_table().get(i as usize).map(|e| e.kind)
+            && super::ptrace_guarded(src)
+        {
+            attr.perm &= 0o700;
+        }
         // Taken before rendering, for the reason given in cached_read.
         let rev = self.stamp_rev(node);
         let bytes = if attr.kind == FileType::RegularFile {

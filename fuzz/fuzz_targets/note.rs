@@ -1,0 +1,8 @@
+//! Plan 9 notes as written to `/PID/note` and `/PID/notepg` (the same property function as
+//! ctl; a separate target so each keeps a corpus of its own language).
+#![no_main]
+
+#[path = "../../agent/src/control/words.rs"]
+mod words;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| words::fuzz_check(data));
