@@ -191,7 +191,10 @@ impl Kernel {
             .map(|chunk| {
                 // SAFETY: TaskRecord is repr(C) plain data written by our own program, and
                 // read_unaligned copes with the Vec's byte alignment.
-                unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<TaskRecord>()) }
+                let mut t =
+                    unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<TaskRecord>()) };
+                scrub(&mut t);
+                t
             })
             .collect())
     }
@@ -314,6 +317,22 @@ fn possible_cpus() -> u32 {
 
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_ITER_CREATE: libc::c_long = 33;
+
+/// Zeroes what the record's length fields say is unused: the bytes after a name's NUL and
+/// the groups past `ngroups` can hold whatever the per-CPU buffer held before, and two passes
+/// over a process that did not change must give identical records (the table compares them).
+fn scrub(t: &mut TaskRecord) {
+    fn after_nul(s: &mut [u8]) {
+        if let Some(n) = s.iter().position(|&b| b == 0) {
+            s[n..].fill(0);
+        }
+    }
+    after_nul(&mut t.comm);
+    after_nul(&mut t.full_name);
+    after_nul(&mut t.wq_desc);
+    let n = (t.ngroups as usize).min(t.groups.len());
+    t.groups[n..].fill(0);
+}
 
 /// A bpf(2) command whose attribute is a few u32s and whose result is a new fd.
 fn bpf_cmd(cmd: libc::c_long, words: &[u32]) -> Result<std::os::fd::OwnedFd, KernelError> {

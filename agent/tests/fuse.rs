@@ -792,7 +792,9 @@ fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
     use std::io::Write as _;
     writeln!(child.stdin.as_mut().unwrap()).unwrap();
     eventually(5, "the exec", || {
-        proc_stat(pid).filter(|(c, _)| c == "sleep").map(drop)
+        proc_stat(pid)
+            .filter(|(c, f)| c == "sleep" && f[0] == "S")
+            .map(drop)
     });
     std::thread::sleep(Duration::from_millis(4100));
     assert_eq!(name(), "Name:\tsleep", "the bound was kept");
