@@ -10,6 +10,7 @@ pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_KILL: u32 = 5;
 pub const CAP_NET_BIND_SERVICE: u32 = 10;
 pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_SYS_NICE: u32 = 23;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
@@ -25,9 +26,12 @@ pub const CAP_BPF: u32 = 39;
 /// - `CAP_DAC_READ_SEARCH`: `/proc/PID/environ`, `io` and `fd/` are mode 0400/0500 of the
 ///   process's owner; root reads them through this capability.
 /// - `CAP_KILL`: the control layer's signals to any user's process.
+/// - `CAP_SYS_NICE`: SVR4's PFCNICE on any user's process (setpriority(2) on another uid's
+///   process needs it, whichever way the value moves).
 pub const KEEP: &[u32] = &[
     CAP_DAC_READ_SEARCH,
     CAP_KILL,
+    CAP_SYS_NICE,
     CAP_SYS_PTRACE,
     CAP_SYS_ADMIN,
     CAP_PERFMON,
@@ -139,6 +143,6 @@ mod tests {
         assert_eq!(mask(&[]), 0);
         assert_eq!(mask(&[CAP_KILL, CAP_BPF]), (1 << 5) | (1 << 39));
         // The documented set, as /proc/PID/status shows it in CapEff.
-        assert_eq!(format!("{:016x}", mask(KEEP)), "000000c000280024");
+        assert_eq!(format!("{:016x}", mask(KEEP)), "000000c000a80024");
     }
 }
