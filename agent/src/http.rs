@@ -378,6 +378,11 @@ async fn file(
         Err(e) if e.errno() == libc::ENOENT => {
             error(StatusCode::NOT_FOUND, format!("process {}: {e}", p.pid))
         }
+        // The kernel refused the agent itself (a process in another user namespace, or with
+        // capabilities the agent dropped): the caller may not see it either.
+        Err(e) if matches!(e.errno(), libc::EACCES | libc::EPERM) => {
+            error(StatusCode::FORBIDDEN, format!("process {}: {e}", p.pid))
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
