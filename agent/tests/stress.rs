@@ -485,9 +485,11 @@ fn a_reused_pid_never_shows_the_previous_process() {
             .unwrap_or_else(|e| panic!("pid {pid} reused by someone else first: errno {e}"));
         assert_eq!(b, pid);
         reused += 1;
+        // Asleep, not just renamed: the kernel sets the new name in the middle of exec, before
+        // the exec tracepoint fires, and until then the agent rightly has the old argv.
         eventually(10, "the second process to exec", || {
             proc_stat(pid)
-                .filter(|(c, _)| c == "second-sleep")
+                .filter(|(c, f)| c == "second-sleep" && f[0] == "S")
                 .map(drop)
         });
         // From here on, every interface shows the second process, never the first.
