@@ -279,20 +279,8 @@ fn self_resolves_to_the_calling_process_and_files_have_owners() {
 
     // A process of another user: its directory and files are that user's; environ is not
     // readable by others.
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sleep",
-            "30",
-        ])
-        .spawn()
-        .unwrap();
+    let mut child = common::sleep_as_nobody(30);
     let pid = child.id();
-    eventually(5, "exec", || {
-        proc_stat(pid).filter(|(c, _)| c == "sleep").map(drop)
-    });
     std::thread::sleep(Duration::from_millis(150));
     use std::os::unix::fs::MetadataExt as _;
     let md = std::fs::metadata(view.join(pid.to_string())).unwrap();
@@ -1081,20 +1069,8 @@ fn freebsd_nodes_belong_to_the_real_user_and_mem_to_kmem() {
     require_root!();
     let agent = Agent::start();
     let view = mount_view(&agent, "freebsd", "personality=freebsd");
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sleep",
-            "30",
-        ])
-        .spawn()
-        .unwrap();
+    let mut child = common::sleep_as_nobody(30);
     let pid = child.id();
-    eventually(5, "exec", || {
-        proc_stat(pid).filter(|(c, _)| c == "sleep").map(drop)
-    });
     eventually(5, "owned by nobody", || {
         use std::os::unix::fs::MetadataExt as _;
         let md = std::fs::metadata(view.join(pid.to_string())).ok()?;

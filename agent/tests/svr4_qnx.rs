@@ -345,16 +345,7 @@ fn svr4_nice_as_non_root_follows_the_manual() {
     let (agent, view) = mounted("svr4", "");
     let prog = prfcntl_live(&agent.dir);
     let nobody = 65534;
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sleep",
-            "60",
-        ])
-        .spawn()
-        .unwrap();
+    let mut child = common::sleep_as_nobody(60);
     let pid = child.id();
     settle(&view, pid, "sleep", &pid.to_string());
     let file = view.join(pid.to_string());

@@ -654,12 +654,13 @@ impl Actor {
                 Ok(())
             }
             (None, 0) => Ok(()),
-            (None, mask) => self.seize_running(target, mask),
+            // Traced for the mask only: left running.
+            (None, mask) => self.seize_only(target, Some(mask)),
         }
     }
 
-    /// PTRACE_SEIZE without a stop, for the signal trace mask.
-    fn seize_running(&mut self, target: &Target, mask: u64) -> Result<(), CtlError> {
+    /// PTRACE_SEIZE and the bookkeeping of a new tracee, which is left running.
+    fn seize_only(&mut self, target: &Target, sigmask: Option<u64>) -> Result<(), CtlError> {
         let pid = target.pid;
         if target.info.tracer != 0 {
             return Err(CtlError::Busy(format!(
@@ -678,7 +679,7 @@ impl Actor {
                 stopped: false,
                 pending: 0,
                 stepping: false,
-                sigmask: Some(mask),
+                sigmask,
             },
         );
         Ok(())
@@ -713,26 +714,7 @@ impl Actor {
     /// interrupt on top of it would leave a second trap pending for after the next resume.
     fn seize(&mut self, target: &Target, sigmask: Option<u64>) -> Result<(), CtlError> {
         let pid = target.pid;
-        if target.info.tracer != 0 {
-            return Err(CtlError::Busy(format!(
-                "process {pid} is traced by {}",
-                target.info.tracer
-            )));
-        }
-        ptrace(libc::PTRACE_SEIZE, pid, 0, 0).map_err(|e| match e {
-            libc::EPERM => CtlError::Busy(format!("process {pid} cannot be traced now")),
-            e => ptrace_err(pid, "PTRACE_SEIZE", e),
-        })?;
-        self.tracees.insert(
-            pid,
-            Tracee {
-                start: target.info.start,
-                stopped: false,
-                pending: 0,
-                stepping: false,
-                sigmask,
-            },
-        );
+        self.seize_only(target, sigmask)?;
         if !ProcInfo::read(pid).is_ok_and(|i| i.state == 't') {
             ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0)
                 .map_err(|e| ptrace_err(pid, "PTRACE_INTERRUPT", e))?;

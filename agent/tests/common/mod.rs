@@ -308,3 +308,18 @@ pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) ->
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A `sleep SECS` run as uid and gid 65534 (nobody) with no supplementary groups, once it has
+/// exec'd: another user's process for the permission tests.
+pub fn sleep_as_nobody(secs: u32) -> Child {
+    let child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep"])
+        .arg(secs.to_string())
+        .spawn()
+        .expect("setpriv sleep");
+    let pid = child.id();
+    eventually(5, "exec", || {
+        proc_stat(pid).filter(|(c, _)| c == "sleep").map(drop)
+    });
+    child
+}
