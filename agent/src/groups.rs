@@ -24,7 +24,7 @@ use crate::table::{Change, Process};
 pub enum GroupBy {
     /// The process name (/proc/PID/comm).
     Comm,
-    /// The executable path (as given to execve), or argv[0] when no exec was seen.
+    /// The executable path (as given to execve), or `argv[0]` when no exec was seen.
     Exe,
     /// The real user's name (or the uid when it has none).
     User,
@@ -191,7 +191,7 @@ fn parse_template(s: &str) -> Result<Vec<Part>, String> {
 pub struct Facts<'a> {
     pub pid: u32,
     pub comm: &'a [u8],
-    /// The exec'd path, else argv[0].
+    /// The exec'd path, else `argv[0]`.
     pub exe: &'a [u8],
     /// argv joined by spaces, as process-exporter matches it.
     pub cmdline: String,

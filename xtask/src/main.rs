@@ -203,6 +203,18 @@ fn lint() -> anyhow::Result<()> {
             "warnings",
         ],
         &[],
+    )?;
+    // Doc comments are read by people: a broken intra-doc link is a wrong sentence.
+    cargo_env(
+        &[
+            "doc",
+            "--workspace",
+            "--exclude",
+            "bpfproc-ebpf",
+            "--no-deps",
+        ],
+        &[],
+        &[("RUSTDOCFLAGS", "-D warnings")],
     )
 }
 
