@@ -440,6 +440,9 @@ fn a_killed_agents_mount_is_recovered_and_sigterm_unmounts() {
         std::fs::read(view.join("uptime")).is_ok(),
         "the next agent took the mount point over"
     );
+    // A file still open in the view makes a plain unmount fail with EBUSY; SIGTERM must not
+    // leave the mount behind for that.
+    let held = std::fs::File::open(view.join("uptime")).unwrap();
     let status = agent.stop();
     assert!(status.success(), "{status}");
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
@@ -450,6 +453,7 @@ fn a_killed_agents_mount_is_recovered_and_sigterm_unmounts() {
     assert!(
         matches!(std::fs::read(view.join("uptime")), Err(e) if e.kind() == ErrorKind::NotFound)
     );
+    drop(held);
 }
 
 fn state_of(view: &Path, pid: u32) -> Option<String> {

@@ -277,7 +277,16 @@ impl Mounts {
             .collect();
         for dir in all {
             if let Err(e) = self.umount(&dir) {
-                tracing::warn!("unmounting {}: {e}", dir.display());
+                // Busy (a file still open in it): the agent is leaving, and a mount left behind
+                // would answer ENOTCONN until someone cleaned it up. Detach it instead: open
+                // files fail from now on, and the mount point is a plain directory again.
+                let detached = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                    // SAFETY: valid NUL-terminated path.
+                    .map(|c| unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) });
+                tracing::warn!(
+                    "unmounting {}: {e}; detached it instead (rc {detached:?})",
+                    dir.display()
+                );
             }
         }
     }
