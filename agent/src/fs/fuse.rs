@@ -700,12 +700,16 @@ impl ProcFs {
         if req.uid() == 0 && mask & EXEC == 0 {
             return Ok(());
         }
-        let attr = self.getattr_node(node)?;
+        Self::allow_attr(req, &self.getattr_node(node)?, mask)
+    }
+
+    /// `allow` for a node whose attributes are already at hand.
+    fn allow_attr(req: &Request, attr: &FileAttr, mask: u16) -> Result<(), Errno> {
         let who = Who {
             uid: req.uid(),
             gid: req.gid(),
         };
-        access::check(who, &attr, mask, || access::groups_of(req.pid()))
+        access::check(who, attr, mask, || access::groups_of(req.pid()))
     }
 
     fn new_fh(&self) -> u64 {
@@ -894,8 +898,8 @@ impl Filesystem for ProcFs {
         let want = (mask.bits() & 0o7) as u16;
         match Node::from_ino(ino.0)
             .ok_or(Errno::ENOENT)
-            .and_then(|n| self.getattr_node(n).map(|_| n))
-            .and_then(|n| self.allow(req, n, want))
+            .and_then(|n| self.getattr_node(n))
+            .and_then(|attr| Self::allow_attr(req, &attr, want))
         {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

@@ -280,11 +280,9 @@ impl Mounts {
                 // Busy (a file still open in it): the agent is leaving, and a mount left behind
                 // would answer ENOTCONN until someone cleaned it up. Detach it instead: open
                 // files fail from now on, and the mount point is a plain directory again.
-                let detached = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-                    // SAFETY: valid NUL-terminated path.
-                    .map(|c| unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) });
+                let rc = detach(&dir);
                 tracing::warn!(
-                    "unmounting {}: {e}; detached it instead (rc {detached:?})",
+                    "unmounting {}: {e}; detached it instead (rc {rc})",
                     dir.display()
                 );
             }
@@ -342,10 +340,18 @@ fn connection_dir(dir: &Path) -> Option<PathBuf> {
 fn recover_stale(dir: &Path) {
     if let Err(e) = std::fs::metadata(dir)
         && e.raw_os_error() == Some(libc::ENOTCONN)
-        && let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
     {
-        // SAFETY: valid NUL-terminated path.
-        let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let rc = detach(dir);
         tracing::info!(dir = %dir.display(), rc, "detached a stale mount left by a previous agent");
+    }
+}
+
+/// Lazily unmounts `dir` (MNT_DETACH): it leaves the namespace now, and what still has files
+/// open in it sees them fail. Returns umount2's result (-1 for a path with a NUL byte).
+fn detach(dir: &Path) -> i32 {
+    match std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) {
+        // SAFETY: valid NUL-terminated path.
+        Ok(c) => unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) },
+        Err(_) => -1,
     }
 }
