@@ -95,26 +95,9 @@ fn same_but_run_state(a: &str, b: &str) -> bool {
 }
 
 fn mounted_agent() -> (Agent, PathBuf) {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("bpfproc-fuse-{}-{port}", std::process::id()));
-    let view = dir.join("view");
-    std::fs::create_dir_all(&view).unwrap();
     // Numbers at most 1 ms old: the comparisons read the kernel just before and after the view,
     // and a snapshot taken before the first kernel read could legitimately differ from both.
-    let agent = Agent::start_in(
-        dir,
-        format!("127.0.0.1:{port}"),
-        &["--mount", view.to_str().unwrap(), "--max-staleness-ms", "1"],
-    );
-    (agent, view)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    Agent::start_with_view(&["--max-staleness-ms", "1"])
 }
 
 /// A small process tree of our own that stays put while the tools look at it.
@@ -433,7 +416,7 @@ fn a_killed_agents_mount_is_recovered_and_sigterm_unmounts() {
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
     let agent = Agent::start_in(
         dir,
-        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", common::free_port()),
         &["--mount", view.to_str().unwrap()],
     );
     assert!(

@@ -156,15 +156,6 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn hostile_requests_get_4xx_with_a_clear_error_and_never_a_crash() {
     require_root!();
@@ -182,7 +173,7 @@ fn hostile_requests_get_4xx_with_a_clear_error_and_never_a_crash() {
         .collect();
     let mut rng = Rng(0x0ddb_1ade_5eed);
     let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
-    let rss_start = rss_kib(agent.pid());
+    let rss_start = common::rss_kib(agent.pid());
     for i in 0..n {
         let template = &paths[rng.below(paths.len())];
         let mut path = template.clone();
@@ -259,7 +250,7 @@ fn hostile_requests_get_4xx_with_a_clear_error_and_never_a_crash() {
             );
         }
     }
-    let rss_end = rss_kib(agent.pid());
+    let rss_end = common::rss_kib(agent.pid());
     eprintln!(
         "FIGURES hostile http: {n} requests from {} OpenAPI paths, statuses {by_status:?}, no 5xx; \
          agent RSS {rss_start} -> {rss_end} KiB",

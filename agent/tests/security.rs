@@ -95,22 +95,10 @@ impl Drop for Reaped {
 #[test]
 fn a_non_root_caller_gets_from_the_view_what_procfs_gives_it() {
     require_root!();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("bpfproc-sec-{}-{port}", std::process::id()));
-    let view = dir.join("view");
-    std::fs::create_dir_all(&view).unwrap();
+    let (agent, view) = Agent::start_with_view(&[]);
     // The caller must be able to reach the mount point.
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let _agent = Agent::start_in(
-        dir,
-        format!("127.0.0.1:{port}"),
-        &["--mount", view.to_str().unwrap()],
-    );
+    std::fs::set_permissions(&agent.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let as_user = |uid: &str| {
         vec![
             "setpriv".to_string(),

@@ -424,25 +424,8 @@ fn pid_series(metrics: &str, pid: u32) -> Vec<String> {
 fn a_reused_pid_never_shows_the_previous_process() {
     require_root!();
     let rounds = if long() { 500 } else { 20 };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("bpfproc-reuse-{}-{port}", std::process::id()));
-    let view = dir.join("view");
-    std::fs::create_dir_all(&view).unwrap();
-    let agent = Agent::start_in(
-        dir.clone(),
-        format!("127.0.0.1:{port}"),
-        &[
-            "--mount",
-            view.to_str().unwrap(),
-            "--metrics-per-pid",
-            "--metrics-per-pid-max",
-            "100000",
-        ],
-    );
+    let (agent, view) =
+        Agent::start_with_view(&["--metrics-per-pid", "--metrics-per-pid-max", "100000"]);
     let (_pdir, second) = program("second-sleep", "/bin/sleep");
     let first = CString::new("/bin/sleep").unwrap();
     let second_c = CString::new(second.as_os_str().as_bytes()).unwrap();
@@ -591,15 +574,6 @@ fn wrk(addr: &str, secs: u64, script: &Path) -> (u64, u64, u64, String) {
     (requests, non2xx, socket, text)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn http_under_load_answers_every_request_in_bounded_memory() {
     require_root!();
@@ -626,9 +600,9 @@ end
     .unwrap();
     // A warm-up round sizes the caches; the measured round must not grow memory past it.
     let (warm_requests, warm_bad, warm_sock, _) = wrk(&agent.addr, secs.min(5), &script);
-    let rss_warm = rss_kib(them);
+    let rss_warm = common::rss_kib(them);
     let (requests, non2xx, socket_errors, text) = wrk(&agent.addr, secs, &script);
-    let rss_after = rss_kib(them);
+    let rss_after = common::rss_kib(them);
     figures(
         "http load",
         format_args!(
@@ -672,19 +646,7 @@ fn op(o: Op, path: &Path) -> std::io::Result<()> {
 fn fuse_readers_walking_while_processes_churn_see_only_enoent() {
     require_root!();
     let (secs, walkers) = (if long() { 60 } else { 5 }, 8);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("bpfproc-walk-{}-{port}", std::process::id()));
-    let view = dir.join("view");
-    std::fs::create_dir_all(&view).unwrap();
-    let agent = Agent::start_in(
-        dir,
-        format!("127.0.0.1:{port}"),
-        &["--mount", view.to_str().unwrap()],
-    );
+    let (agent, view) = Agent::start_with_view(&[]);
     let stop = Arc::new(AtomicBool::new(false));
     let spawned = Arc::new(AtomicU64::new(0));
     let churn: Vec<_> = (0..2)
@@ -812,19 +774,7 @@ fn fuse_readers_walking_while_processes_churn_see_only_enoent() {
 fn ctl_writes_racing_exit_get_enoent_and_never_crash_the_agent() {
     require_root!();
     let n = if long() { 2_000 } else { 150 };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("bpfproc-race-{}-{port}", std::process::id()));
-    let view = dir.join("view");
-    std::fs::create_dir_all(&view).unwrap();
-    let agent = Agent::start_in(
-        dir,
-        format!("127.0.0.1:{port}"),
-        &["--mount", view.to_str().unwrap()],
-    );
+    let (agent, view) = Agent::start_with_view(&[]);
     let token = agent.token();
     let mut outcomes: HashMap<String, u64> = HashMap::new();
     let commands = [

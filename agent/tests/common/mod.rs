@@ -42,7 +42,7 @@ pub struct Agent {
     pub token_file: std::path::PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }
@@ -58,6 +58,21 @@ impl Agent {
         let dir = std::env::temp_dir().join(format!("bpfproc-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("test dir");
         Self::start_in(dir, addr, extra)
+    }
+
+    /// Starts an agent with a proc view mounted from the start at `<its dir>/view`, which it
+    /// returns; `extra` goes to the agent after `--mount`.
+    pub fn start_with_view(extra: &[&str]) -> (Agent, std::path::PathBuf) {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("bpfproc-test-{}-{port}", std::process::id()));
+        let view = dir.join("view");
+        std::fs::create_dir_all(&view).expect("view dir");
+        let mount = ["--mount", view.to_str().expect("utf-8 temp dir")];
+        let args: Vec<&str> = mount.iter().chain(extra).copied().collect();
+        (
+            Self::start_in(dir, format!("127.0.0.1:{port}"), &args),
+            view,
+        )
     }
 
     /// Starts an agent reusing `dir` (its socket and mount points), e.g. after a crash.
@@ -322,4 +337,14 @@ pub fn sleep_as_nobody(secs: u32) -> Child {
         proc_stat(pid).filter(|(c, _)| c == "sleep").map(drop)
     });
     child
+}
+
+/// VmRSS of a process in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
