@@ -10,7 +10,7 @@ use bpfproc_common::{ARGS_LEN, ExecEvent, ProcEntry, kind, pflag, stat};
 
 use crate::{
     EVENTS, PROCS, SCRATCH, bump,
-    kread::{Fail, ptr, rd, task_info},
+    kread::{Fail, ld, task_info},
     off, wake_flags,
 };
 
@@ -29,7 +29,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     let old_pid: u32 = ctx.arg(1);
     let bprm: *const u8 = ctx.arg(2);
     bump(stat::EXEC_SEEN);
-    let tgid: u32 = rd(task, off!(task_tgid))?;
+    let tgid: u32 = ld(task, off!(task_tgid));
     let entry = match PROCS.get_ptr_mut(&tgid) {
         Some(e) => e,
         None => {
@@ -50,7 +50,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     entry.exec_ts = ts;
     entry.task.flags = (entry.task.flags & pflag::HANG) | pflag::EXECED;
 
-    let filename = ptr(bprm, off!(bprm_filename))?;
+    let filename: *const u8 = ld(bprm, off!(bprm_filename));
     entry.filename_len =
         match unsafe { bpf_probe_read_kernel_str_bytes(filename, &mut entry.filename) } {
             Ok(name) => name.len() as u32,
@@ -58,9 +58,9 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), Fail> {
         };
 
     // argv is already on the new stack: mm->arg_start..arg_end.
-    let mm = ptr(task, off!(task_mm))?;
-    let start: u64 = rd(mm, off!(mm_arg_start))?;
-    let end: u64 = rd(mm, off!(mm_arg_end))?;
+    let mm: *const u8 = ld(task, off!(task_mm));
+    let start: u64 = ld(mm, off!(mm_arg_start));
+    let end: u64 = ld(mm, off!(mm_arg_end));
     let mut len = end.saturating_sub(start);
     if len > ARGS_LEN as u64 {
         len = ARGS_LEN as u64;

@@ -5,7 +5,7 @@ use bpfproc_common::{Event, kind, stat};
 
 use crate::{
     EVENTS, PROCS, bump,
-    kread::{Fail, ptr, rd, task_info},
+    kread::{Fail, ld, task_info},
     off, wake_flags,
 };
 
@@ -27,7 +27,7 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     bump(stat::EXIT_SEEN);
     let Some(mut rec) = EVENTS.reserve::<Event>(0) else {
         // Still drop the map entry: the table must not keep a dead process.
-        let tgid: u32 = rd(task, off!(task_tgid))?;
+        let tgid: u32 = ld(task, off!(task_tgid));
         let _ = PROCS.remove(&tgid);
         return Err(stat::RINGBUF_FULL);
     };
@@ -51,15 +51,15 @@ fn fill(task: *const u8, ev: &mut Event) -> Result<(), Fail> {
     ev.aux = 1;
     ev.ts = unsafe { bpf_ktime_get_boot_ns() };
     task_info(task, &mut ev.task)?;
-    ev.task.exit_code = rd(task, off!(task_exit_code))?;
-    let signal = ptr(task, off!(task_signal))?;
+    ev.task.exit_code = ld(task, off!(task_exit_code));
+    let signal: *const u8 = ld(task, off!(task_signal));
     // Threads that already exited were folded into signal_struct; this one has not been yet.
-    let own_u: u64 = rd(task, off!(task_utime))?;
-    let own_s: u64 = rd(task, off!(task_stime))?;
-    ev.task.utime = own_u + rd::<u64>(signal, off!(signal_utime))?;
-    ev.task.stime = own_s + rd::<u64>(signal, off!(signal_stime))?;
-    ev.task.cutime = rd(signal, off!(signal_cutime))?;
-    ev.task.cstime = rd(signal, off!(signal_cstime))?;
+    let own_u: u64 = ld(task, off!(task_utime));
+    let own_s: u64 = ld(task, off!(task_stime));
+    ev.task.utime = own_u + ld::<u64>(signal, off!(signal_utime));
+    ev.task.stime = own_s + ld::<u64>(signal, off!(signal_stime));
+    ev.task.cutime = ld(signal, off!(signal_cutime));
+    ev.task.cstime = ld(signal, off!(signal_cstime));
     if let Some(entry) = PROCS.get_ptr(&ev.task.tgid) {
         ev.task.flags = unsafe { (*entry).task.flags };
     }
@@ -78,8 +78,8 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
 
 fn try_free(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     let task: *const u8 = ctx.arg(0);
-    let tid: u32 = rd(task, off!(task_pid))?;
-    let tgid: u32 = rd(task, off!(task_tgid))?;
+    let tid: u32 = ld(task, off!(task_pid));
+    let tgid: u32 = ld(task, off!(task_tgid));
     if tid != tgid {
         return Ok(());
     }
@@ -93,13 +93,7 @@ fn try_free(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     ev.ts = unsafe { bpf_ktime_get_boot_ns() };
     ev.task.tgid = tgid;
     ev.task.tid = tid;
-    ev.task.start_boottime = match rd(task, off!(task_start_boottime)) {
-        Ok(t) => t,
-        Err(e) => {
-            rec.discard(0);
-            return Err(e);
-        }
-    };
+    ev.task.start_boottime = ld(task, off!(task_start_boottime));
     rec.submit(wake_flags());
     Ok(())
 }

@@ -7,7 +7,7 @@ use bpfproc_common::{Event, ProcEntry, kind, pflag, stat};
 
 use crate::{
     EVENTS, PROCS, SCRATCH, bump,
-    kread::{Fail, rd, task_info},
+    kread::{Fail, ld, task_info},
     off, wake_flags,
 };
 
@@ -22,8 +22,8 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
 fn try_fork(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     let parent: *const u8 = ctx.arg(0);
     let child: *const u8 = ctx.arg(1);
-    let tid: u32 = rd(child, off!(task_pid))?;
-    let tgid: u32 = rd(child, off!(task_tgid))?;
+    let tid: u32 = ld(child, off!(task_pid));
+    let tgid: u32 = ld(child, off!(task_tgid));
     if tid != tgid {
         // A new thread: the process already has its entry; the iterator counts threads.
         return Ok(());
@@ -32,7 +32,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     let entry = SCRATCH.get_ptr_mut(0).ok_or(stat::MAP_FULL)?;
     let entry = unsafe { &mut *entry };
     // The child is a copy of the forking process: same argv, same exec'd file, same hang bit.
-    let forker: u32 = rd(parent, off!(task_tgid))?;
+    let forker: u32 = ld(parent, off!(task_tgid));
     match PROCS.get_ptr(&forker) {
         Some(p) => unsafe {
             bpf_probe_read_kernel(

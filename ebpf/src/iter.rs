@@ -8,7 +8,7 @@ use bpfproc_common::{ProcEntry, TaskRecord, pflag, stat};
 
 use crate::{
     ITER_SCRATCH, MAX_CPUS, NR_CPUS, PCPU_OFF, PROCS, RQ_TO_THIS_CPU_OFF, SCRATCH, bump,
-    kread::{Fail, ptr, rd, rd_into, task_info},
+    kread::{Fail, ld, ptr, rd, rd_into, task_info},
     off,
 };
 
@@ -93,120 +93,68 @@ fn backfill(task: *const u8, tgid: u32) {
     }
 }
 
-/// Power-of-two capacities of the per-CPU copies of each structure; the agent refuses to load
-/// on a kernel whose structures are larger. A field is then one masked load from the copy
-/// instead of a helper call: ~25 reads per task instead of ~170.
-const TASK_CAP: usize = 16384;
-const SIGNAL_CAP: usize = 4096;
-const MM_CAP: usize = 4096;
-const CRED_CAP: usize = 1024;
-const ACT_CAP: usize = 4096;
-/// Room past the mask for the widest field read (the 16-byte comm is copied, not loaded).
-const SLACK: usize = 16;
-
-#[repr(C)]
-pub struct IterBufs {
-    task: [u8; TASK_CAP + SLACK],
-    signal: [u8; SIGNAL_CAP + SLACK],
-    mm: [u8; MM_CAP + SLACK],
-    cred: [u8; CRED_CAP + SLACK],
-    act: [u8; ACT_CAP + SLACK],
-}
-
-#[aya_ebpf::macros::map]
-static ITER_BUFS: aya_ebpf::maps::PerCpuArray<IterBufs> =
-    aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
-
-/// A field of a copied structure. The mask keeps the verifier's bounds; the agent checked at
-/// load that every offset lies inside the copy.
-#[inline(always)]
-fn at<T: Copy, const N: usize>(buf: &[u8; N], off: u32) -> T {
-    let i = (off as usize) & (N - SLACK - 1);
-    unsafe { core::ptr::read_unaligned(buf.as_ptr().add(i) as *const T) }
-}
-
-#[inline(always)]
-fn ptr_at<const N: usize>(buf: &[u8; N], off: u32) -> *const u8 {
-    at::<u64, N>(buf, off) as *const u8
-}
-
-/// Copies `size` bytes of the structure at `src` into `buf`.
-#[inline(always)]
-fn copy<const N: usize>(buf: &mut [u8; N], src: *const u8, size: u32) -> Result<(), Fail> {
-    let n = size & (N - SLACK - 1) as u32;
-    let ret = unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_kernel(buf.as_mut_ptr().cast(), n, src.cast())
-    };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(stat::READ_ERROR)
-    }
-}
-
 fn fill(task: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
-    let b = ITER_BUFS.get_ptr_mut(0).ok_or(stat::MAP_FULL)?;
-    let b = unsafe { &mut *b };
-    copy(&mut b.task, task, off!(task_size))?;
-    let t = &b.task;
-    r.tid = at(t, off!(task_pid));
-    r.tgid = at(t, off!(task_tgid));
-    r.ppid = rd(ptr_at(t, off!(task_real_parent)), off!(task_tgid))?;
-    let ptraced: u32 = at(t, off!(task_ptrace));
+    let t = task;
+    r.tid = ld(t, off!(task_pid));
+    r.tgid = ld(t, off!(task_tgid));
+    r.ppid = ld(ld::<*const u8>(t, off!(task_real_parent)), off!(task_tgid));
+    let ptraced: u32 = ld(t, off!(task_ptrace));
     r.tracer_pid = if ptraced != 0 {
-        rd(ptr_at(t, off!(task_parent)), off!(task_tgid))?
+        ld(ld::<*const u8>(t, off!(task_parent)), off!(task_tgid))
     } else {
         0
     };
-    r.state = at(t, off!(task_state));
-    r.exit_state = at(t, off!(task_exit_state));
-    r.pf_flags = at(t, off!(task_flags));
-    r.prio = at(t, off!(task_prio));
-    r.static_prio = at(t, off!(task_static_prio));
-    r.rt_priority = at(t, off!(task_rt_priority));
-    r.policy = at(t, off!(task_policy));
-    r.cpu = at(t, off!(task_cpu));
-    r.exit_signal = at(t, off!(task_exit_signal));
-    r.start_boottime = at(t, off!(task_start_boottime));
-    r.start_time = at(t, off!(task_start_time));
-    r.utime = at(t, off!(task_utime));
-    r.stime = at(t, off!(task_stime));
-    r.gtime = at(t, off!(task_gtime));
-    r.min_flt = at(t, off!(task_min_flt));
-    r.maj_flt = at(t, off!(task_maj_flt));
-    r.nvcsw = at(t, off!(task_nvcsw));
-    r.nivcsw = at(t, off!(task_nivcsw));
-    r.sig_blocked = at(t, off!(task_blocked));
-    r.sig_pending = at(t, off!(task_pending_signal));
-    r.comm = at(t, off!(task_comm));
-    r.exit_code = at(t, off!(task_exit_code));
-    r.sum_exec_runtime = at(t, off!(task_sum_exec_runtime));
-    r.prev_utime = at(t, off!(task_prev_utime));
-    r.prev_stime = at(t, off!(task_prev_stime));
-    r.cpus_allowed = at(t, off!(task_cpus_mask));
-    r.atomic_flags = at::<u64, _>(t, off!(task_atomic_flags)) as u32;
+    r.state = ld(t, off!(task_state));
+    r.exit_state = ld(t, off!(task_exit_state));
+    r.pf_flags = ld(t, off!(task_flags));
+    r.prio = ld(t, off!(task_prio));
+    r.static_prio = ld(t, off!(task_static_prio));
+    r.rt_priority = ld(t, off!(task_rt_priority));
+    r.policy = ld(t, off!(task_policy));
+    r.cpu = ld(t, off!(task_cpu));
+    r.exit_signal = ld(t, off!(task_exit_signal));
+    r.start_boottime = ld(t, off!(task_start_boottime));
+    r.start_time = ld(t, off!(task_start_time));
+    r.utime = ld(t, off!(task_utime));
+    r.stime = ld(t, off!(task_stime));
+    r.gtime = ld(t, off!(task_gtime));
+    r.min_flt = ld(t, off!(task_min_flt));
+    r.maj_flt = ld(t, off!(task_maj_flt));
+    r.nvcsw = ld(t, off!(task_nvcsw));
+    r.nivcsw = ld(t, off!(task_nivcsw));
+    r.sig_blocked = ld(t, off!(task_blocked));
+    r.sig_pending = ld(t, off!(task_pending_signal));
+    r.comm = ld(t, off!(task_comm));
+    r.exit_code = ld(t, off!(task_exit_code));
+    r.sum_exec_runtime = ld(t, off!(task_sum_exec_runtime));
+    r.prev_utime = ld(t, off!(task_prev_utime));
+    r.prev_stime = ld(t, off!(task_prev_stime));
+    r.cpus_allowed = ld(t, off!(task_cpus_mask));
+    r.atomic_flags = ld::<u64>(t, off!(task_atomic_flags)) as u32;
     let seccomp = off!(task_seccomp_mode);
     r.seccomp = if seccomp == u32::MAX {
         0
     } else {
-        at(t, seccomp)
+        ld(t, seccomp)
     };
-    let cred = ptr_at(t, off!(task_cred));
-    let signal = ptr_at(t, off!(task_signal));
-    let sighand = ptr_at(t, off!(task_sighand));
-    let mm = ptr_at(t, off!(task_mm));
-    let cgroups = ptr_at(t, off!(task_cgroups));
-    let fs = ptr_at(t, off!(task_fs));
-    let files = ptr_at(t, off!(task_files));
+    let cred = ld::<*const u8>(t, off!(task_cred));
+    let signal = ld::<*const u8>(t, off!(task_signal));
+    let sighand = ld::<*const u8>(t, off!(task_sighand));
+    let mm = ld::<*const u8>(t, off!(task_mm));
+    let cgroups = ld::<*const u8>(t, off!(task_cgroups));
+    let fs = ld::<*const u8>(t, off!(task_fs));
+    let files = ld::<*const u8>(t, off!(task_files));
     let private = off!(task_worker_private);
     let kthread = if private == u32::MAX {
         core::ptr::null()
     } else {
-        ptr_at(t, private)
+        ld::<*const u8>(t, private)
     };
 
-    learn_cpu_offset(ptr_at(t, off!(task_se_cfs_rq)));
-    fill_cred(b, cred, r)?;
+    if PCPU_OFF.get(r.cpu).is_none_or(|v| *v == 0) {
+        learn_cpu_offset(ld::<*const u8>(t, off!(task_se_cfs_rq)));
+    }
+    fill_cred(cred, r)?;
     if r.tid != r.tgid {
         // Everything below is shared by the thread group; the agent copies it from the
         // leader's record instead of reading it once per thread.
@@ -214,25 +162,25 @@ fn fill(task: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
     }
     r.cgroup_id = 0;
     if !cgroups.is_null() {
-        let cgrp = ptr(cgroups, off!(css_set_dfl_cgrp))?;
-        let kn = ptr(cgrp, off!(cgroup_kn))?;
-        r.cgroup_id = rd(kn, off!(kernfs_node_id))?;
+        let cgrp: *const u8 = ld(cgroups, off!(css_set_dfl_cgrp));
+        let kn: *const u8 = ld(cgrp, off!(cgroup_kn));
+        r.cgroup_id = ld(kn, off!(kernfs_node_id));
     }
     r.umask = if fs.is_null() {
         0
     } else {
-        rd(fs, off!(fs_umask))?
+        ld(fs, off!(fs_umask))
     };
     r.max_fds = 0;
     if !files.is_null() {
-        let fdt = ptr(files, off!(files_fdt))?;
+        let fdt: *const u8 = ld(files, off!(files_fdt));
         if !fdt.is_null() {
-            r.max_fds = rd(fdt, off!(fdtable_max_fds))?;
+            r.max_fds = ld(fdt, off!(fdtable_max_fds));
         }
     }
-    fill_signal(b, signal, r)?;
+    fill_signal(signal, r)?;
     if r.tid == r.tgid {
-        fill_sighand(b, sighand, r)?;
+        fill_sighand(sighand, r)?;
     } else {
         r.sig_ignored = 0;
         r.sig_caught = 0;
@@ -243,75 +191,71 @@ fn fill(task: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
         clear_mm(r);
     } else {
         r.has_mm = 1;
-        fill_mm(b, mm, r)?;
+        fill_mm(mm, r)?;
     }
     Ok(())
 }
 
-fn fill_cred(b: &mut IterBufs, cred: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
-    copy(&mut b.cred, cred, off!(cred_size))?;
-    let c = &b.cred;
-    r.uid = at(c, off!(cred_uid));
-    r.euid = at(c, off!(cred_euid));
-    r.suid = at(c, off!(cred_suid));
-    r.fsuid = at(c, off!(cred_fsuid));
-    r.gid = at(c, off!(cred_gid));
-    r.egid = at(c, off!(cred_egid));
-    r.sgid = at(c, off!(cred_sgid));
-    r.fsgid = at(c, off!(cred_fsgid));
-    r.cap_inheritable = at(c, off!(cred_cap_inheritable));
-    r.cap_permitted = at(c, off!(cred_cap_permitted));
-    r.cap_effective = at(c, off!(cred_cap_effective));
-    r.cap_bset = at(c, off!(cred_cap_bset));
-    r.cap_ambient = at(c, off!(cred_cap_ambient));
+fn fill_cred(cred: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
+    let c = cred;
+    r.uid = ld(c, off!(cred_uid));
+    r.euid = ld(c, off!(cred_euid));
+    r.suid = ld(c, off!(cred_suid));
+    r.fsuid = ld(c, off!(cred_fsuid));
+    r.gid = ld(c, off!(cred_gid));
+    r.egid = ld(c, off!(cred_egid));
+    r.sgid = ld(c, off!(cred_sgid));
+    r.fsgid = ld(c, off!(cred_fsgid));
+    r.cap_inheritable = ld(c, off!(cred_cap_inheritable));
+    r.cap_permitted = ld(c, off!(cred_cap_permitted));
+    r.cap_effective = ld(c, off!(cred_cap_effective));
+    r.cap_bset = ld(c, off!(cred_cap_bset));
+    r.cap_ambient = ld(c, off!(cred_cap_ambient));
     r.ngroups = 0;
-    let groups = ptr_at(c, off!(cred_group_info));
+    let groups = ld::<*const u8>(c, off!(cred_group_info));
     if !groups.is_null() {
-        let n: i32 = rd(groups, off!(group_info_ngroups))?;
+        let n: i32 = ld(groups, off!(group_info_ngroups));
         r.ngroups = n.max(0) as u32;
-        rd_into(&mut r.groups, groups, off!(group_info_gid))?;
+        // `gid[]` is a flexible array, beyond what the verifier lets a direct load reach.
+        if n > 0 {
+            rd_into(&mut r.groups, groups, off!(group_info_gid))?;
+        }
     }
     Ok(())
 }
 
-fn fill_signal(b: &mut IterBufs, signal: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
-    copy(&mut b.signal, signal, off!(signal_size))?;
-    let s = &b.signal;
-    r.nr_threads = at(s, off!(signal_nr_threads));
-    r.sig_utime = at(s, off!(signal_utime));
-    r.sig_stime = at(s, off!(signal_stime));
-    r.cutime = at(s, off!(signal_cutime));
-    r.cstime = at(s, off!(signal_cstime));
-    r.sig_min_flt = at(s, off!(signal_min_flt));
-    r.sig_maj_flt = at(s, off!(signal_maj_flt));
-    r.cmin_flt = at(s, off!(signal_cmin_flt));
-    r.cmaj_flt = at(s, off!(signal_cmaj_flt));
-    r.sig_shared_pending = at(s, off!(signal_shared_pending));
-    r.cgtime = at(s, off!(signal_cgtime));
-    r.sig_sum_sched_runtime = at(s, off!(signal_sum_sched_runtime));
-    r.sig_prev_utime = at(s, off!(signal_prev_utime));
-    r.sig_prev_stime = at(s, off!(signal_prev_stime));
-    let base = s.as_ptr();
-    rd_into(
-        &mut r.rlim,
-        base,
-        off!(signal_rlim) & (SIGNAL_CAP as u32 - 1),
-    )?;
+fn fill_signal(signal: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
+    let s = signal;
+    r.nr_threads = ld(s, off!(signal_nr_threads));
+    r.sig_utime = ld(s, off!(signal_utime));
+    r.sig_stime = ld(s, off!(signal_stime));
+    r.cutime = ld(s, off!(signal_cutime));
+    r.cstime = ld(s, off!(signal_cstime));
+    r.sig_min_flt = ld(s, off!(signal_min_flt));
+    r.sig_maj_flt = ld(s, off!(signal_maj_flt));
+    r.cmin_flt = ld(s, off!(signal_cmin_flt));
+    r.cmaj_flt = ld(s, off!(signal_cmaj_flt));
+    r.sig_shared_pending = ld(s, off!(signal_shared_pending));
+    r.cgtime = ld(s, off!(signal_cgtime));
+    r.sig_sum_sched_runtime = ld(s, off!(signal_sum_sched_runtime));
+    r.sig_prev_utime = ld(s, off!(signal_prev_utime));
+    r.sig_prev_stime = ld(s, off!(signal_prev_stime));
+    rd_into(&mut r.rlim, s, off!(signal_rlim))?;
     let pids = off!(signal_pids);
-    r.pgid = pid_nr(ptr_at(s, pids + PIDTYPE_PGID * 8))?;
-    r.sid = pid_nr(ptr_at(s, pids + PIDTYPE_SID * 8))?;
+    r.pgid = pid_nr(ld::<*const u8>(s, pids + PIDTYPE_PGID * 8))?;
+    r.sid = pid_nr(ld::<*const u8>(s, pids + PIDTYPE_SID * 8))?;
     r.tty_nr = 0;
     r.tpgid = -1;
-    let tty = ptr_at(s, off!(signal_tty));
+    let tty = ld::<*const u8>(s, off!(signal_tty));
     if !tty.is_null() {
-        let index: i32 = rd(tty, off!(tty_index))?;
-        let driver = ptr(tty, off!(tty_driver))?;
-        let major: i32 = rd(driver, off!(tty_driver_major))?;
-        let minor_start: i32 = rd(driver, off!(tty_driver_minor_start))?;
+        let index: i32 = ld(tty, off!(tty_index));
+        let driver: *const u8 = ld(tty, off!(tty_driver));
+        let major: i32 = ld(driver, off!(tty_driver_major));
+        let minor_start: i32 = ld(driver, off!(tty_driver_minor_start));
         let minor = (minor_start + index) as u32;
         // new_encode_dev(), as /proc/PID/stat prints it.
         r.tty_nr = (minor & 0xff) | ((major as u32) << 8) | ((minor & !0xff) << 12);
-        let pgrp = ptr(tty, off!(tty_pgrp))?;
+        let pgrp: *const u8 = ld(tty, off!(tty_pgrp));
         if !pgrp.is_null() {
             r.tpgid = pid_nr(pgrp)? as i32;
         }
@@ -323,22 +267,17 @@ fn pid_nr(pid: *const u8) -> Result<u32, Fail> {
     if pid.is_null() {
         return Ok(0);
     }
-    rd(pid, off!(pid_numbers_nr))
+    Ok(ld(pid, off!(pid_numbers_nr)))
 }
 
-fn fill_sighand(b: &mut IterBufs, sighand: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
+fn fill_sighand(sighand: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
     let mut ignored = 0u64;
     let mut caught = 0u64;
     if !sighand.is_null() {
-        let stride = off!(k_sigaction_size);
-        copy(
-            &mut b.act,
-            sighand.wrapping_add(off!(sighand_action) as usize),
-            stride * 64,
-        )?;
+        let (action, stride) = (off!(sighand_action), off!(k_sigaction_size));
         for i in 0..64u32 {
             // sa_handler is the first member of k_sigaction.sa.
-            let handler: u64 = at(&b.act, i * stride);
+            let handler: u64 = ld(sighand, action + i * stride);
             if handler == SIG_IGN {
                 ignored |= 1 << i;
             } else if handler != 0 {
@@ -423,10 +362,8 @@ fn learn_cpu_offset(cfs_rq: *const u8) {
     if cfs_rq.is_null() || distance == 0 || rq_off == u32::MAX || cpu_off == u32::MAX {
         return;
     }
-    let Ok(rq) = ptr(cfs_rq, rq_off) else { return };
-    let Ok(cpu) = rd::<u32>(rq, cpu_off) else {
-        return;
-    };
+    let rq: *const u8 = ld(cfs_rq, rq_off);
+    let cpu: u32 = ld(rq, cpu_off);
     if cpu >= MAX_CPUS || PCPU_OFF.get(cpu).is_some_and(|v| *v != 0) {
         return;
     }
@@ -437,11 +374,14 @@ fn learn_cpu_offset(cfs_rq: *const u8) {
 
 /// `percpu_counter_sum_positive()`, as /proc reports rss: the central count plus every CPU's
 /// not-yet-folded delta (the central count alone can be off by a batch per CPU).
-fn rss(m: &[u8; MM_CAP + SLACK], counter: u32) -> (u64, u64) {
+#[inline(always)]
+fn rss(m: *const u8, counter: u32) -> (u64, u64) {
     let base = off!(mm_rss_stat) + counter * off!(percpu_counter_size);
-    let central: i64 = at(m, base + off!(percpu_counter_count));
+    let central: i64 = ld(m, base + off!(percpu_counter_count));
     let mut v = central;
-    let counters = at::<u64, _>(m, base + off!(percpu_counter_counters));
+    // A `__percpu` pointer: read as a plain number (the verifier forbids arithmetic on the
+    // typed pointer a direct load would give).
+    let counters: u64 = ld(m, base + off!(percpu_counter_counters));
     let ncpu = unsafe { core::ptr::read_volatile(&NR_CPUS) }.min(MAX_CPUS);
     if counters != 0 {
         for cpu in 0..ncpu {
@@ -457,17 +397,16 @@ fn rss(m: &[u8; MM_CAP + SLACK], counter: u32) -> (u64, u64) {
     (central.max(0) as u64, v.max(0) as u64)
 }
 
-fn fill_mm(b: &mut IterBufs, mm: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
-    copy(&mut b.mm, mm, off!(mm_size))?;
-    let m = &b.mm;
-    r.total_vm = at(m, off!(mm_total_vm));
-    r.locked_vm = at(m, off!(mm_locked_vm));
-    r.pinned_vm = at(m, off!(mm_pinned_vm));
-    r.data_vm = at(m, off!(mm_data_vm));
-    r.exec_vm = at(m, off!(mm_exec_vm));
-    r.stack_vm = at(m, off!(mm_stack_vm));
-    r.hiwater_rss = at(m, off!(mm_hiwater_rss));
-    r.hiwater_vm = at(m, off!(mm_hiwater_vm));
+fn fill_mm(mm: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
+    let m = mm;
+    r.total_vm = ld(m, off!(mm_total_vm));
+    r.locked_vm = ld(m, off!(mm_locked_vm));
+    r.pinned_vm = ld(m, off!(mm_pinned_vm));
+    r.data_vm = ld(m, off!(mm_data_vm));
+    r.exec_vm = ld(m, off!(mm_exec_vm));
+    r.stack_vm = ld(m, off!(mm_stack_vm));
+    r.hiwater_rss = ld(m, off!(mm_hiwater_rss));
+    r.hiwater_vm = ld(m, off!(mm_hiwater_vm));
     (r.rss_file, r.rss_sum[0]) = rss(m, MM_FILEPAGES);
     (r.rss_anon, r.rss_sum[1]) = rss(m, MM_ANONPAGES);
     (r.rss_swapents, r.rss_sum[2]) = rss(m, MM_SWAPENTS);
@@ -476,18 +415,18 @@ fn fill_mm(b: &mut IterBufs, mm: *const u8, r: &mut TaskRecord) -> Result<(), Fa
     r.pgtables_bytes = if pgtables == u32::MAX {
         0
     } else {
-        at(m, pgtables)
+        ld(m, pgtables)
     };
-    r.start_code = at(m, off!(mm_start_code));
-    r.end_code = at(m, off!(mm_end_code));
-    r.start_data = at(m, off!(mm_start_data));
-    r.end_data = at(m, off!(mm_end_data));
-    r.start_brk = at(m, off!(mm_start_brk));
-    r.brk = at(m, off!(mm_brk));
-    r.start_stack = at(m, off!(mm_start_stack));
-    r.arg_start = at(m, off!(mm_arg_start));
-    r.arg_end = at(m, off!(mm_arg_end));
-    r.env_start = at(m, off!(mm_env_start));
-    r.env_end = at(m, off!(mm_env_end));
+    r.start_code = ld(m, off!(mm_start_code));
+    r.end_code = ld(m, off!(mm_end_code));
+    r.start_data = ld(m, off!(mm_start_data));
+    r.end_data = ld(m, off!(mm_end_data));
+    r.start_brk = ld(m, off!(mm_start_brk));
+    r.brk = ld(m, off!(mm_brk));
+    r.start_stack = ld(m, off!(mm_start_stack));
+    r.arg_start = ld(m, off!(mm_arg_start));
+    r.arg_end = ld(m, off!(mm_arg_end));
+    r.env_start = ld(m, off!(mm_env_start));
+    r.env_end = ld(m, off!(mm_env_end));
     Ok(())
 }

@@ -8,6 +8,16 @@ use crate::off;
 /// A failed read, already mapped to the stats counter it should bump.
 pub(crate) type Fail = u32;
 
+/// A field of a structure the verifier knows the BTF type of (a tracing argument, the
+/// iterator's task, or a pointer loaded from either): a plain load, which the JIT makes a
+/// fault-safe native load. Roughly a nanosecond, against ~50 ns for a helper call; it was
+/// what took one iterator pass from 16 ms to a few at 3,000 processes. The offset must be
+/// known to the verifier (it is: `OFFSETS` lives in frozen read-only data).
+#[inline(always)]
+pub(crate) fn ld<T: Copy>(base: *const u8, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize) as *const T) }
+}
+
 #[inline(always)]
 pub(crate) fn rd<T: Copy>(base: *const u8, offset: u32) -> Result<T, Fail> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
@@ -39,22 +49,22 @@ pub(crate) fn ptr(base: *const u8, offset: u32) -> Result<*const u8, Fail> {
 /// Fills the identity fields of `info` from `task`.
 #[inline(always)]
 pub(crate) fn task_info(task: *const u8, info: &mut TaskInfo) -> Result<(), Fail> {
-    info.tid = rd(task, off!(task_pid))?;
-    info.tgid = rd(task, off!(task_tgid))?;
+    info.tid = ld(task, off!(task_pid));
+    info.tgid = ld(task, off!(task_tgid));
     // The parent a user sees is real_parent's thread group, not `parent` (a tracer) and not the
     // forking thread.
-    let parent = ptr(task, off!(task_real_parent))?;
-    info.ppid = rd(parent, off!(task_tgid))?;
-    let cred = ptr(task, off!(task_real_cred))?;
-    info.uid = rd(cred, off!(cred_uid))?;
-    info.gid = rd(cred, off!(cred_gid))?;
-    let cred = ptr(task, off!(task_cred))?;
-    info.euid = rd(cred, off!(cred_euid))?;
-    info.egid = rd(cred, off!(cred_egid))?;
-    info.pf_flags = rd(task, off!(task_flags))?;
-    let signal = ptr(task, off!(task_signal))?;
-    info.nr_threads = rd(signal, off!(signal_nr_threads))?;
-    info.start_boottime = rd(task, off!(task_start_boottime))?;
-    rd_into(&mut info.comm, task, off!(task_comm))?;
+    let parent: *const u8 = ld(task, off!(task_real_parent));
+    info.ppid = ld(parent, off!(task_tgid));
+    let cred: *const u8 = ld(task, off!(task_real_cred));
+    info.uid = ld(cred, off!(cred_uid));
+    info.gid = ld(cred, off!(cred_gid));
+    let cred: *const u8 = ld(task, off!(task_cred));
+    info.euid = ld(cred, off!(cred_euid));
+    info.egid = ld(cred, off!(cred_egid));
+    info.pf_flags = ld(task, off!(task_flags));
+    let signal: *const u8 = ld(task, off!(task_signal));
+    info.nr_threads = ld(signal, off!(signal_nr_threads));
+    info.start_boottime = ld(task, off!(task_start_boottime));
+    info.comm = ld(task, off!(task_comm));
     Ok(())
 }

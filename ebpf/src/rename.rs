@@ -7,7 +7,7 @@ use bpfproc_common::{Event, kind, stat};
 
 use crate::{
     EVENTS, bump,
-    kread::{Fail, rd},
+    kread::{Fail, ld},
     off, wake_flags,
 };
 
@@ -23,8 +23,8 @@ pub fn task_rename(ctx: BtfTracePointContext) -> i32 {
 fn try_rename(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     let task: *const u8 = ctx.arg(0);
     let comm: *const u8 = ctx.arg(1);
-    let tid: u32 = rd(task, off!(task_pid))?;
-    let tgid: u32 = rd(task, off!(task_tgid))?;
+    let tid: u32 = ld(task, off!(task_pid));
+    let tgid: u32 = ld(task, off!(task_tgid));
     if tid != tgid {
         // A thread's name is not the process's name.
         return Ok(());
@@ -41,13 +41,7 @@ fn try_rename(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     ev.task.tid = tid;
     ev.task.comm = [0; 16];
     let _ = unsafe { bpf_probe_read_kernel_str_bytes(comm, &mut ev.task.comm) };
-    ev.task.start_boottime = match rd(task, off!(task_start_boottime)) {
-        Ok(t) => t,
-        Err(e) => {
-            rec.discard(0);
-            return Err(e);
-        }
-    };
+    ev.task.start_boottime = ld(task, off!(task_start_boottime));
     rec.submit(wake_flags());
     Ok(())
 }
