@@ -14,12 +14,6 @@ pub enum BtfError {
     NoStruct(String),
     #[error("kernel BTF: struct {ty} has no member {member}")]
     NoMember { ty: String, member: String },
-    #[error("kernel struct {name} is {size} bytes; the BPF iterator copies at most {cap}")]
-    TooLarge {
-        name: &'static str,
-        size: u32,
-        cap: u32,
-    },
     #[error("bad offset spec {0}")]
     BadSpec(String),
 }
@@ -33,23 +27,6 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, BtfError> {
         *slot = resolve_spec(btf, spec)?;
     }
     Ok(offsets)
-}
-
-/// The iterator copies whole structures into fixed per-CPU buffers (ebpf/src/iter.rs); refuse to
-/// load where one would not fit rather than read the wrong bytes.
-pub fn check_fits(o: &Offsets) -> Result<(), BtfError> {
-    for (name, size, cap) in [
-        ("task_struct", o.task_size, 16384),
-        ("signal_struct", o.signal_size, 4096),
-        ("mm_struct", o.mm_size, 4096),
-        ("cred", o.cred_size, 1024),
-        ("k_sigaction[64]", o.k_sigaction_size * 64, 4096),
-    ] {
-        if size >= cap {
-            return Err(BtfError::TooLarge { name, size, cap });
-        }
-    }
-    Ok(())
 }
 
 /// Offset of per-CPU variable `b` minus that of `a` in the `.data..percpu` section. A real

@@ -159,9 +159,13 @@ fn main() -> std::process::ExitCode {
     // arena keeps its high-water mark: with the tokio workers, blocking threads and FUSE
     // threads that was ~30 MB of the agent's RSS. Two arenas serve this allocation pattern
     // (one actor, short renders) without contention worth measuring.
+    // A fixed mmap threshold: glibc otherwise raises it after the first large free, and the
+    // multi-megabyte buffers of each iterator pass and listing then come from the heap, whose
+    // freed middle is never returned.
     // SAFETY: called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,

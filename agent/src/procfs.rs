@@ -36,6 +36,15 @@ pub fn alive_since(pid: u32, start_boottime: u64, ns_per_tick: u64) -> bool {
     f.get(19).and_then(|v| v.parse::<u64>().ok()) == Some(start_boottime / ns_per_tick.max(1))
 }
 
+/// Whether `pid` is a process that has not exited (a zombie has).
+pub fn alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    split_stat(&stat)
+        .is_some_and(|(_, f)| !matches!(f.first().map(String::as_str), Some("Z" | "X")))
+}
+
 pub fn read_file(pid: u32, name: &str) -> std::io::Result<Vec<u8>> {
     fs::read(Path::new("/proc").join(pid.to_string()).join(name))
 }

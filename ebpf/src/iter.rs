@@ -90,6 +90,13 @@ fn backfill(task: *const u8, tgid: u32) {
     // NOEXIST: a fork or exec that raced us has better data.
     if PROCS.insert(&tgid, entry, 1).is_err() {
         bump(stat::MAP_FULL);
+        return;
+    }
+    // The process may have begun to exit since its flags were read, and its exit hook may
+    // already have removed the entry we just made: PF_EXITING is set before that hook runs,
+    // so seeing it clear now means the hook is still to come and will remove the entry.
+    if ld::<u32>(task, off!(task_flags)) & PF_EXITING != 0 {
+        let _ = PROCS.remove(&tgid);
     }
 }
 
