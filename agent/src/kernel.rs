@@ -84,7 +84,7 @@ impl Kernel {
     /// Loads the object, resolves offsets from the running kernel's BTF and attaches the
     /// hooks. Events flow into the ring buffer from the moment this returns.
     pub fn load(cfg: &KernelConfig) -> Result<Self, KernelError> {
-        let vmlinux = btf_rs::Btf::from_file(btf::VMLINUX).map_err(btf::BtfError::from)?;
+        let vmlinux = btf::Btf::from_file(btf::VMLINUX)?;
         let offsets = btf::resolve(&vmlinux)?;
         // How to find each CPU's per-CPU offset from a runqueue pointer (see ebpf/src/iter.rs);
         // 0 disables the per-CPU part of the rss sums.
@@ -184,7 +184,23 @@ impl Kernel {
     }
 
     /// One pass of the task iterator: every task on the host, threads included.
-    pub fn tasks(&self) -> Result<Vec<TaskRecord>, KernelError> {
+    /// With `backfill`, processes that have no entry in the process map get one (the first
+    /// pass, and the periodic sweeps).
+    pub fn tasks(&mut self, backfill: bool) -> Result<Vec<TaskRecord>, KernelError> {
+        let mut ctl: aya::maps::Array<&mut MapData, u32> = self
+            .ebpf
+            .map_mut("ITER_CTL")
+            .ok_or(KernelError::Iter("ITER_CTL missing".into()))?
+            .try_into()
+            .map_err(|source| KernelError::Map {
+                name: "ITER_CTL",
+                source,
+            })?;
+        ctl.set(0, &u32::from(backfill), 0)
+            .map_err(|source| KernelError::Map {
+                name: "ITER_CTL",
+                source,
+            })?;
         let holder = self
             .iter_link
             .as_ref()

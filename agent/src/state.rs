@@ -265,7 +265,7 @@ pub fn spawn(
     // Backfill synchronously: the hooks are already attached, so anything that starts from
     // here on is in the ring buffer, and the snapshot/event ordering rules reconcile the two.
     let started = boot_ns();
-    let records = kernel.lock().expect("kernel lock").tasks()?;
+    let records = kernel.lock().expect("kernel lock").tasks(true)?;
     let needs = table.apply_snapshot(started, &records, true);
     let (extra, _) = procfs_missing(&records, ns_per_tick);
     for rec in &extra {
@@ -537,7 +537,7 @@ fn start_refresh(
     tokio::task::spawn_blocking(move || {
         let started = boot_ns();
         let t0 = std::time::Instant::now();
-        let records = match kernel.lock().map(|k| k.tasks()) {
+        let records = match kernel.lock().map(|mut k| k.tasks(gc)) {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::warn!("task iterator failed: {e}");

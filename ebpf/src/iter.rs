@@ -7,7 +7,7 @@ use aya_ebpf::helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_seq_writ
 use bpfproc_common::{ProcEntry, TaskRecord, pflag, stat};
 
 use crate::{
-    ITER_SCRATCH, MAX_CPUS, NR_CPUS, PCPU_OFF, PROCS, RQ_TO_THIS_CPU_OFF, SCRATCH, bump,
+    ITER_CTL, ITER_SCRATCH, MAX_CPUS, NR_CPUS, PCPU_OFF, PROCS, RQ_TO_THIS_CPU_OFF, SCRATCH, bump,
     kread::{Fail, ld, ptr, rd, rd_into, task_info},
     off,
 };
@@ -60,7 +60,11 @@ pub fn dump_task(ctx: *mut c_void) -> i32 {
             // read(), so nothing is lost.
             if ret != 0 && ret != -75 {
                 bump(stat::ITER_ERROR);
-            } else if rec.tid == rec.tgid && rec.exit_state == 0 && rec.pf_flags & PF_EXITING == 0 {
+            } else if rec.tid == rec.tgid
+                && rec.exit_state == 0
+                && rec.pf_flags & PF_EXITING == 0
+                && ITER_CTL.get(0).is_some_and(|on| *on != 0)
+            {
                 backfill(task, rec.tgid);
             }
         }
