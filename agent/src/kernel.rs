@@ -47,7 +47,7 @@ pub struct KernelConfig {
 impl Default for KernelConfig {
     fn default() -> Self {
         Self {
-            ringbuf_bytes: 8 << 20,
+            ringbuf_bytes: 2 << 20,
             max_processes: 65536,
         }
     }

@@ -535,6 +535,7 @@ fn start_refresh(
         .map(|p| p.pid)
         .collect();
     tokio::task::spawn_blocking(move || {
+        trim_heap();
         let started = boot_ns();
         let t0 = std::time::Instant::now();
         let records = match kernel.lock().map(|mut k| k.tasks(gc)) {
@@ -592,6 +593,29 @@ fn start_refresh(
             gc_dropped,
         });
     });
+}
+
+/// Hands freed heap pages back to the kernel, at most every few seconds. By itself glibc
+/// returns only the top of a heap; the table's churn and each pass's multi-megabyte record
+/// buffer leave free pages inside it (17 of 70 MB at 10,000 processes). Runs on a blocking
+/// thread before a pass, when the previous pass's buffers have been freed.
+fn trim_heap() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const EVERY_NS: u64 = 5_000_000_000;
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = boot_ns();
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < EVERY_NS
+        || LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    // SAFETY: malloc_trim has no preconditions and is thread-safe.
+    unsafe { libc::malloc_trim(0) };
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "heap trimmed");
 }
 
 fn start_identities(table: &ProcessTable, pids: Vec<u32>, tx: mpsc::Sender<Msg>) {
