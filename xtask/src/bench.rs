@@ -27,6 +27,19 @@ pub struct BenchArgs {
     out: Option<std::path::PathBuf>,
 }
 
+impl BenchArgs {
+    /// The `--quick` run the test suite makes to prove the benchmark still works end to end;
+    /// its report goes to `out`, and nothing about its timings is asserted.
+    pub fn smoke(out: std::path::PathBuf) -> Self {
+        Self {
+            quick: true,
+            processes: Vec::new(),
+            rounds: 0,
+            out: Some(out),
+        }
+    }
+}
+
 struct Sleepers(Vec<Child>);
 
 impl Drop for Sleepers {

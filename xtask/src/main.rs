@@ -102,7 +102,15 @@ fn main() -> anyhow::Result<()> {
             if !is_root() {
                 eprintln!("note: not root; the integration tests will skip (CI runs them as root)");
             }
-            cargo(&["test", "--workspace", "--exclude", "bpfproc-ebpf"], &args)
+            cargo(&["test", "--workspace", "--exclude", "bpfproc-ebpf"], &args)?;
+            // The whole suite (no filter) also proves `cargo xtask bench` still runs: its
+            // --quick form, reported to a scratch file so BENCHMARKS.md keeps the full run.
+            if is_root() && args.is_empty() {
+                build_release()?;
+                let out = std::env::temp_dir().join("bpfproc-bench-smoke.md");
+                bench::run(bench::BenchArgs::smoke(out))?;
+            }
+            Ok(())
         }
         Cmd::Lint => {
             setup::run()?;
