@@ -3,7 +3,7 @@
 //! pid reuse, a snapshot racing live events); the actor in `state.rs` only feeds it.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
 };
 
@@ -425,27 +425,45 @@ impl ProcessTable {
     ) -> Vec<u32> {
         self.version += 1;
         self.counters.snapshots += 1;
-        let mut groups: BTreeMap<u32, Vec<TaskRecord>> = BTreeMap::new();
-        for r in records {
-            groups.entry(r.tgid).or_default().push(*r);
-        }
+        // Group the pass's records by process without copying them: sort (tgid, leader first,
+        // tid, index) and walk the runs. Most processes have one thread, and for them nothing
+        // is allocated unless they changed. (A BTreeMap of per-process Vecs cost ~1 µs a process,
+        // 11 ms a pass at 10,000.)
+        let mut order: Vec<(u32, bool, u32, u32)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.tgid, r.tid != r.tgid, r.tid, i as u32))
+            .collect();
+        order.sort_unstable();
         let mut needs_identity = Vec::new();
-        let mut seen = HashSet::with_capacity(groups.len());
-        for (pid, mut tasks) in groups {
-            // Leader first, then threads by tid.
-            tasks.sort_by_key(|t| (t.tid != pid, t.tid));
-            let leader = tasks[0];
-            if leader.tid == pid {
-                for t in &mut tasks[1..] {
-                    inherit_group_fields(t, &leader);
+        // Ascending, since `order` is: membership is a binary search.
+        let mut seen: Vec<u32> = Vec::with_capacity(order.len());
+        let mut threads: Vec<TaskRecord> = Vec::new();
+        let mut rest = order.as_slice();
+        while let Some(&(pid, ..)) = rest.first() {
+            let n = rest.iter().take_while(|o| o.0 == pid).count();
+            let (run, tail) = rest.split_at(n);
+            rest = tail;
+            let tasks: &[TaskRecord] = if n == 1 {
+                std::slice::from_ref(&records[run[0].3 as usize])
+            } else {
+                threads.clear();
+                threads.extend(run.iter().map(|o| records[o.3 as usize]));
+                let leader = threads[0];
+                if leader.tid == pid {
+                    for t in &mut threads[1..] {
+                        inherit_group_fields(t, &leader);
+                    }
                 }
-            }
+                &threads
+            };
+            let leader = tasks[0];
             if let Some(&(start, _)) = self.tombstones.get(&pid)
                 && start == leader.start_boottime
             {
                 continue;
             }
-            seen.insert(pid);
+            seen.push(pid);
             match self.live.get_mut(&pid) {
                 Some(slot) if slot.start_boottime == leader.start_boottime => {
                     // Reparenting has no event; the snapshot is the source.
@@ -468,7 +486,7 @@ impl ProcessTable {
                     // Most processes sleep between two passes: leaving them untouched keeps
                     // their revision, so everything rendered from them stays valid (and the
                     // entry is not copied away from the snapshots that share it).
-                    if !reparented && !renamed && same_records(&slot.tasks, &tasks) {
+                    if !reparented && !renamed && same_records(&slot.tasks, tasks) {
                         continue;
                     }
                     let p = edit(slot);
@@ -483,7 +501,7 @@ impl ProcessTable {
                         needs_identity.push(pid);
                         self.counters.identity_repairs += 1;
                     }
-                    p.tasks = tasks;
+                    p.tasks = tasks.to_vec();
                     p.refreshed_at = started;
                 }
                 Some(slot) if slot.event_ts >= started => {
@@ -493,7 +511,7 @@ impl ProcessTable {
                     self.retire_if_reused(pid, leader.start_boottime, started);
                     let origin = Origin::Iterator;
                     let mut p = Process::from_record(&leader, started, origin);
-                    p.tasks = tasks;
+                    p.tasks = tasks.to_vec();
                     p.refreshed_at = started;
                     if p.needs_identity {
                         needs_identity.push(pid);
@@ -512,7 +530,9 @@ impl ProcessTable {
             .live
             .iter()
             .filter(|(pid, p)| {
-                !seen.contains(*pid) && p.event_ts < started && p.origin != Origin::Procfs
+                seen.binary_search(pid).is_err()
+                    && p.event_ts < started
+                    && p.origin != Origin::Procfs
             })
             .map(|(pid, _)| *pid)
             .collect();
