@@ -713,6 +713,78 @@ fn fuse_requests(agent: &Agent, op: &str) -> u64 {
 }
 
 #[test]
+fn never_stale_reads_come_from_a_fresh_backing_file_and_concurrent_opens_still_work() {
+    require_root!();
+    let (agent, view) = Agent::start_with_view(&[]);
+    let mut child = Command::new("sh")
+        .args(["-c", "read line; exec sleep 60"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let status = view.join(format!("{pid}/status"));
+    eventually(5, "the child in the view", || {
+        std::fs::metadata(&status).ok().map(drop)
+    });
+    let first_line = |text: &[u8]| {
+        String::from_utf8_lossy(text)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // One open at a time: every open renders afresh, and the kernel reads the rendering from
+    // its backing file, so the agent sees OPENs and no READ (with a kernel that has FUSE
+    // passthrough, which this suite's kernel does).
+    let (opens, reads) = (fuse_requests(&agent, "open"), fuse_requests(&agent, "read"));
+    for _ in 0..5 {
+        assert_eq!(first_line(&std::fs::read(&status).unwrap()), "Name:\tsh");
+    }
+    assert!(fuse_requests(&agent, "open") >= opens + 5);
+    assert_eq!(
+        fuse_requests(&agent, "read"),
+        reads,
+        "reads served by the kernel"
+    );
+    // Reads at offsets and in small pieces see the same bytes as one read.
+    let whole = std::fs::read(&status).unwrap();
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::File::open(&status).unwrap();
+        let mut piece = [0u8; 7];
+        let n = f.read_at(&mut piece, 5).unwrap();
+        assert_eq!(&piece[..n], &whole[5..5 + n]);
+    }
+    // Two handles open on the same file at once: the kernel allows one backing file per
+    // inode, so both share it, re-rendered by the second open; both read the whole file, and
+    // still no READ reaches the agent.
+    let reads = fuse_requests(&agent, "read");
+    {
+        use std::io::Read as _;
+        let mut a = std::fs::File::open(&status).unwrap();
+        let mut b = std::fs::File::open(&status).unwrap();
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        b.read_to_end(&mut tb).unwrap();
+        a.read_to_end(&mut ta).unwrap();
+        assert_eq!(first_line(&ta), "Name:\tsh");
+        assert_eq!(first_line(&tb), "Name:\tsh");
+        assert_eq!(ta.len(), tb.len());
+    }
+    assert_eq!(fuse_requests(&agent, "read"), reads);
+    // Never stale: once the process has exec'd, the next open shows it.
+    use std::io::Write as _;
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    eventually(5, "the exec", || {
+        proc_stat(pid)
+            .filter(|(c, f)| c == "sleep" && f[0] == "S")
+            .map(drop)
+    });
+    assert_eq!(first_line(&std::fs::read(&status).unwrap()), "Name:\tsleep");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
 fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
     require_root!();
     let agent = Agent::start();

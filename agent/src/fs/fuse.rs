@@ -1,6 +1,8 @@
 //! The `fuser::Filesystem` adapter: a thin layer that decodes inodes, asks the process table
 //! for a snapshot, and calls the shared renderers. File contents are rendered once at open and
-//! served from that copy (direct_io, so the size 0 that getattr reports never truncates a read).
+//! served from that copy: by the kernel itself from a memfd where FUSE passthrough is available
+//! (fuse/passthrough.rs), otherwise by READs (direct_io, so the size 0 that getattr reports
+//! never truncates a read).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -24,6 +26,7 @@ use fuser::{
 // Personality-specific parts of the adapter, and the cache= mode, as child modules so they
 // share its internals.
 mod cache;
+mod passthrough;
 mod qnx;
 mod svr4;
 
@@ -62,6 +65,10 @@ pub struct ControlFiles {
 #[derive(Clone)]
 enum Handle {
     Bytes(Arc<Vec<u8>>),
+    /// Rendered into a memfd the kernel reads from itself (passthrough.rs).
+    Backed {
+        ino: u64,
+    },
     Control {
         pid: u32,
         ctl: ControlFile,
@@ -77,6 +84,7 @@ pub struct ProcFs {
     control: Option<ControlFiles>,
     scope: Mutex<ScopeCache>,
     files: Mutex<HashMap<u64, Handle>>,
+    passthrough: passthrough::Passthrough,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
     rendered: Arc<Mutex<cache::Rendered>>,
     next_fh: AtomicU64,
@@ -208,6 +216,7 @@ impl ProcFs {
             control,
             scope: Mutex::new(scope),
             files: Mutex::new(HashMap::new()),
+            passthrough: passthrough::Passthrough::default(),
             dirs: Mutex::new(HashMap::new()),
             rendered: Arc::default(),
             next_fh: AtomicU64::new(1),
@@ -857,6 +866,9 @@ pub(super) fn same_process(p: &Process) -> Result<(), ViewError> {
 
 impl Filesystem for ProcFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.opts.cache.is_none() {
+            self.passthrough.negotiate(config);
+        }
         if self.opts.cache.is_some()
             && let Err(missing) = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
         {
@@ -969,6 +981,21 @@ impl Filesystem for ProcFs {
         match self.render(req, node) {
             Ok(bytes) => {
                 let fh = self.new_fh();
+                if let Some(id) = self.passthrough.back(&reply, ino.0, &bytes) {
+                    if let Ok(mut files) = self.files.lock() {
+                        files.insert(fh, Handle::Backed { ino: ino.0 });
+                    }
+                    // No DIRECT_IO: it would override passthrough and send READs after all.
+                    return reply.opened_passthrough(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_NOFLUSH,
+                        &id,
+                    );
+                }
+                if self.passthrough.backed(ino.0) {
+                    // The kernel would refuse any other kind of open of this inode now.
+                    return reply.error(Errno::EIO);
+                }
                 if let Ok(mut files) = self.files.lock() {
                     files.insert(fh, Handle::Bytes(Arc::new(bytes)));
                 }
@@ -1002,6 +1029,8 @@ impl Filesystem for ProcFs {
         }
         match self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned()) {
             Some(Handle::Bytes(bytes)) => reply.data(window(&bytes, offset, size)),
+            // The kernel reads a backed handle from its memfd and never asks.
+            Some(Handle::Backed { .. }) => reply.error(Errno::EIO),
             Some(Handle::Control { pid, ctl, caller }) => {
                 let Some(cf) = self.control.clone() else {
                     return reply.error(Errno::EOPNOTSUPP);
@@ -1030,8 +1059,9 @@ impl Filesystem for ProcFs {
         reply: ReplyEmpty,
     ) {
         super::count_request(super::Op::Release);
-        if let Ok(mut files) = self.files.lock() {
-            files.remove(&fh.0);
+        let handle = self.files.lock().ok().and_then(|mut f| f.remove(&fh.0));
+        if let Some(Handle::Backed { ino, .. }) = handle {
+            self.passthrough.closed(ino);
         }
         self.qnx_release(fh.0);
         reply.ok();

@@ -1,0 +1,139 @@
+//! FUSE passthrough for rendered files on never-stale mounts (Linux ≥ 6.9).
+//!
+//! A file's contents are rendered at open anyway; instead of keeping them for the READs that
+//! follow, the agent writes them to a memfd and registers it as the open file's backing file.
+//! The kernel then serves read(2) from the memfd itself: the READ round trip, about half of
+//! what a caller waits for per file, disappears, and RELEASE is sent in the background. Every
+//! open still renders afresh, so nothing served is older than the staleness bound.
+//!
+//! The kernel allows one backing file per inode at a time and wants every open of an inode
+//! that has one to use it. So while a file has open handles, each new open rewrites that
+//! inode's memfd in place and hands out the same backing: the new opener sees a fresh
+//! rendering, and so does a holder of an earlier handle that reads again, as with procfs,
+//! which renders at read. A reader in the middle of a multi-read of a file that another open
+//! re-renders can see the two renderings spliced; procfs tools read these files in one go.
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    os::fd::{FromRawFd as _, OwnedFd},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use fuser::{BackingId, InitFlags, KernelConfig, ReplyOpen};
+
+/// Whether the connection negotiated passthrough, and the backing of each inode with open
+/// handles.
+#[derive(Default)]
+pub(super) struct Passthrough {
+    on: AtomicBool,
+    open: Mutex<HashMap<u64, Backing>>,
+}
+
+struct Backing {
+    file: std::fs::File,
+    id: Arc<BackingId>,
+    handles: u32,
+}
+
+impl Passthrough {
+    /// Asks for passthrough in INIT; a kernel without it leaves the mount on direct I/O.
+    pub(super) fn negotiate(&self, config: &mut KernelConfig) {
+        let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.on.store(ok, Ordering::Relaxed);
+        tracing::debug!(passthrough = ok, "FUSE init");
+    }
+
+    /// The backing for a new handle on `ino` holding `bytes`, or `None` when this open must be
+    /// served by READs (passthrough off or failing).
+    pub(super) fn back(&self, reply: &ReplyOpen, ino: u64, bytes: &[u8]) -> Option<Arc<BackingId>> {
+        if !self.on.load(Ordering::Relaxed) {
+            return None;
+        }
+        // Held across the memfd and the ioctl: two opens of one inode racing to register two
+        // backings would make the kernel fail the second with EBUSY.
+        let mut open = self.open.lock().ok()?;
+        if let Some(b) = open.get_mut(&ino) {
+            return match rewrite(&b.file, bytes) {
+                Ok(()) => {
+                    b.handles += 1;
+                    Some(b.id.clone())
+                }
+                // The kernel insists on this backing for the inode's other opens; without
+                // fresh contents in it, refuse rather than serve stale ones.
+                Err(e) => {
+                    tracing::warn!("rewriting a passthrough file: {e}");
+                    None
+                }
+            };
+        }
+        let made = memfd(bytes).and_then(|file| {
+            let id = reply.open_backing(&file)?;
+            Ok(Backing {
+                file,
+                id: Arc::new(id),
+                handles: 1,
+            })
+        });
+        match made {
+            Ok(b) => {
+                let id = b.id.clone();
+                open.insert(ino, b);
+                Some(id)
+            }
+            Err(e) => {
+                // EPERM (no CAP_SYS_ADMIN) or a kernel that refuses memfds will refuse every
+                // time: stop trying. Anything else (ENOMEM, EMFILE) may pass next time.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM | libc::EINVAL | libc::ELOOP)
+                ) {
+                    tracing::warn!("FUSE passthrough unavailable, serving reads instead: {e}");
+                    self.on.store(false, Ordering::Relaxed);
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether `ino` has a backing file, which every open of it must then use.
+    pub(super) fn backed(&self, ino: u64) -> bool {
+        self.open.lock().is_ok_and(|o| o.contains_key(&ino))
+    }
+
+    /// A backed handle on `ino` was released. The last one closes the backing id and the memfd
+    /// (the kernel keeps its own references while files still use them).
+    pub(super) fn closed(&self, ino: u64) {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(b) = open.get_mut(&ino)
+        {
+            b.handles -= 1;
+            if b.handles == 0 {
+                open.remove(&ino);
+            }
+        }
+    }
+}
+
+fn rewrite(file: &std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    file.write_all_at(bytes, 0)?;
+    file.set_len(bytes.len() as u64)
+}
+
+fn memfd(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    // SAFETY: a NUL-terminated name and valid flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"bpfproc".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    Ok(file)
+}
