@@ -756,8 +756,7 @@ fn never_stale_reads_come_from_a_fresh_backing_file_and_concurrent_opens_still_w
         assert_eq!(&piece[..n], &whole[5..5 + n]);
     }
     // Two handles open on the same file at once: the kernel allows one backing file per
-    // inode, so both share it, re-rendered by the second open; both read the whole file, and
-    // still no READ reaches the agent.
+    // inode, so both share it; both read the whole file, and still no READ reaches the agent.
     let reads = fuse_requests(&agent, "read");
     {
         use std::io::Read as _;

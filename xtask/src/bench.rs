@@ -210,7 +210,7 @@ fn fuse_vs_proc(
     );
     let _ = writeln!(
         report,
-        "\nThe rounds run back to back, so each `ps` on the cache view finds what the previous one left in the page cache, revalidated with one GETATTR per file every {} ms; the never-stale view answers every stat, open, read and close itself.",
+        "\nThe rounds run back to back, so each `ps` on the cache view finds what the previous one left in the page cache, revalidated with one GETATTR per file every {} ms; the never-stale view renders every file afresh at each open and answers each stat and open itself (the kernel then reads the rendering from a memfd, FUSE passthrough, so no READ reaches the agent; RELEASE is sent in the background).",
         CACHE_MS / 2
     );
     let n = pids.len().max(1);

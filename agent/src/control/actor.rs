@@ -833,6 +833,11 @@ impl Actor {
         }
         ptrace(libc::PTRACE_DETACH, pid, 0, t.pending as u64)
             .map_err(|e| ptrace_err(pid, "PTRACE_DETACH", e))?;
+        if keep_stopped && was_stopped {
+            // It runs for a moment to take the SIGSTOP: answer once it is stopped again, so
+            // that whoever asked next (or looks at it after shutdown) finds it stopped.
+            settle_stopped(pid);
+        }
         Ok(())
     }
 

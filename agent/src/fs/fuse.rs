@@ -981,7 +981,10 @@ impl Filesystem for ProcFs {
         match self.render(req, node) {
             Ok(bytes) => {
                 let fh = self.new_fh();
-                if let Some(id) = self.passthrough.back(&reply, ino.0, &bytes) {
+                if let Some(id) = self
+                    .passthrough
+                    .back(&reply, ino.0, &bytes, self.state.max_age)
+                {
                     if let Ok(mut files) = self.files.lock() {
                         files.insert(fh, Handle::Backed { ino: ino.0 });
                     }

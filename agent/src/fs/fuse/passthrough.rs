@@ -7,11 +7,11 @@
 //! open still renders afresh, so nothing served is older than the staleness bound.
 //!
 //! The kernel allows one backing file per inode at a time and wants every open of an inode
-//! that has one to use it. So while a file has open handles, each new open rewrites that
-//! inode's memfd in place and hands out the same backing: the new opener sees a fresh
-//! rendering, and so does a holder of an earlier handle that reads again, as with procfs,
-//! which renders at read. A reader in the middle of a multi-read of a file that another open
-//! re-renders can see the two renderings spliced; procfs tools read these files in one go.
+//! that has one to use it. So while a file has open handles, a new open shares that inode's
+//! memfd: as it is when it was rendered within the staleness bound, otherwise re-rendered in
+//! place first. A tool that opens, reads and closes never sees two renderings mixed; a handle
+//! held open past the bound while the file is opened again reads the newer rendering from then
+//! on.
 
 use std::{
     collections::HashMap,
@@ -37,6 +37,7 @@ struct Backing {
     file: std::fs::File,
     id: Arc<BackingId>,
     handles: u32,
+    rendered: std::time::Instant,
 }
 
 impl Passthrough {
@@ -48,9 +49,16 @@ impl Passthrough {
         tracing::debug!(passthrough = ok, "FUSE init");
     }
 
-    /// The backing for a new handle on `ino` holding `bytes`, or `None` when this open must be
-    /// served by READs (passthrough off or failing).
-    pub(super) fn back(&self, reply: &ReplyOpen, ino: u64, bytes: &[u8]) -> Option<Arc<BackingId>> {
+    /// The backing for a new handle on `ino` holding `bytes` (rendered now), or `None` when this
+    /// open must be served by READs (passthrough off or failing). An inode already backed by a
+    /// rendering younger than `fresh` keeps it.
+    pub(super) fn back(
+        &self,
+        reply: &ReplyOpen,
+        ino: u64,
+        bytes: &[u8],
+        fresh: std::time::Duration,
+    ) -> Option<Arc<BackingId>> {
         if !self.on.load(Ordering::Relaxed) {
             return None;
         }
@@ -58,9 +66,14 @@ impl Passthrough {
         // backings would make the kernel fail the second with EBUSY.
         let mut open = self.open.lock().ok()?;
         if let Some(b) = open.get_mut(&ino) {
+            if b.rendered.elapsed() <= fresh {
+                b.handles += 1;
+                return Some(b.id.clone());
+            }
             return match rewrite(&b.file, bytes) {
                 Ok(()) => {
                     b.handles += 1;
+                    b.rendered = std::time::Instant::now();
                     Some(b.id.clone())
                 }
                 // The kernel insists on this backing for the inode's other opens; without
@@ -77,6 +90,7 @@ impl Passthrough {
                 file,
                 id: Arc::new(id),
                 handles: 1,
+                rendered: std::time::Instant::now(),
             })
         });
         match made {
