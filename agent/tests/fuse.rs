@@ -713,19 +713,12 @@ fn fuse_requests(agent: &Agent, op: &str) -> u64 {
 }
 
 #[test]
-fn never_stale_reads_come_from_a_fresh_backing_file_and_concurrent_opens_still_work() {
+fn passthrough_reads_come_from_a_fresh_backing_file_and_concurrent_opens_still_work() {
     require_root!();
-    let (agent, view) = Agent::start_with_view(&[]);
-    let mut child = Command::new("sh")
-        .args(["-c", "read line; exec sleep 60"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let status = view.join(format!("{pid}/status"));
-    eventually(5, "the child in the view", || {
-        std::fs::metadata(&status).ok().map(drop)
-    });
+    let agent = Agent::start();
+    let view = mount_view(&agent, "pt", "passthrough");
+    let mut child = ExecOnCue::start();
+    let status = child.file_in(&view, "status");
     let first_line = |text: &[u8]| {
         String::from_utf8_lossy(text)
             .lines()
@@ -735,7 +728,7 @@ fn never_stale_reads_come_from_a_fresh_backing_file_and_concurrent_opens_still_w
     };
     // One open at a time: every open renders afresh, and the kernel reads the rendering from
     // its backing file, so the agent sees OPENs and no READ (with a kernel that has FUSE
-    // passthrough, which this suite's kernel does).
+    // passthrough, which this suite's kernel, 6.18, does).
     let (opens, reads) = (fuse_requests(&agent, "open"), fuse_requests(&agent, "read"));
     for _ in 0..5 {
         assert_eq!(first_line(&std::fs::read(&status).unwrap()), "Name:\tsh");
@@ -771,16 +764,54 @@ fn never_stale_reads_come_from_a_fresh_backing_file_and_concurrent_opens_still_w
     }
     assert_eq!(fuse_requests(&agent, "read"), reads);
     // Never stale: once the process has exec'd, the next open shows it.
-    use std::io::Write as _;
-    writeln!(child.stdin.as_mut().unwrap()).unwrap();
-    eventually(5, "the exec", || {
-        proc_stat(pid)
-            .filter(|(c, f)| c == "sleep" && f[0] == "S")
-            .map(drop)
-    });
+    child.exec();
     assert_eq!(first_line(&std::fs::read(&status).unwrap()), "Name:\tsleep");
-    child.kill().unwrap();
-    child.wait().unwrap();
+}
+
+/// A shell that execs `sleep 60` when told to: a process whose status changes on cue.
+struct ExecOnCue(Child);
+
+impl ExecOnCue {
+    fn start() -> Self {
+        let child = Command::new("sh")
+            .args(["-c", "read line; exec sleep 60"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        ExecOnCue(child)
+    }
+
+    /// `name` of this process in `view`, once the view shows the process.
+    fn file_in(&self, view: &Path, name: &str) -> PathBuf {
+        let path = view.join(format!("{}/{name}", self.0.id()));
+        eventually(5, "the child in the view", || {
+            std::fs::metadata(&path).ok().map(drop)
+        });
+        path
+    }
+
+    /// Tells it to exec, and waits until it sleeps in the new image.
+    fn exec(&mut self) {
+        use std::io::Write as _;
+        writeln!(self.0.stdin.as_mut().unwrap()).unwrap();
+        let pid = self.0.id();
+        eventually(5, "the exec", || {
+            proc_stat(pid)
+                .filter(|(c, f)| c == "sleep" && f[0] == "S")
+                .map(drop)
+        });
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ExecOnCue {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 #[test]
@@ -793,14 +824,9 @@ fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
     let out = agent.cli(&["mount", "-o", "cache=4000", view.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
 
-    // A process whose status will change: a shell that execs when told to.
-    let mut child = Command::new("sh")
-        .args(["-c", "read line; exec sleep 60"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let status = view.join(format!("{pid}/status"));
+    let mut child = ExecOnCue::start();
+    let pid = child.0.id();
+    let status = child.file_in(&view, "status");
     let name = || {
         std::fs::read_to_string(&status)
             .unwrap()
@@ -809,9 +835,6 @@ fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
             .unwrap()
             .to_string()
     };
-    eventually(5, "the child in the view", || {
-        std::fs::metadata(&status).ok().map(drop)
-    });
     assert_eq!(name(), "Name:\tsh");
     // Read again at once: the kernel serves it (no OPEN, no READ reaches the agent).
     let (opens, reads) = (fuse_requests(&agent, "open"), fuse_requests(&agent, "read"));
@@ -835,13 +858,7 @@ fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
 
     // The process changes; within the bound the view may still show the old name, after it
     // the new one.
-    use std::io::Write as _;
-    writeln!(child.stdin.as_mut().unwrap()).unwrap();
-    eventually(5, "the exec", || {
-        proc_stat(pid)
-            .filter(|(c, f)| c == "sleep" && f[0] == "S")
-            .map(drop)
-    });
+    child.exec();
     std::thread::sleep(Duration::from_millis(4100));
     assert_eq!(name(), "Name:\tsleep", "the bound was kept");
     // A process that sleeps through whole periods keeps its cached pages: the agent checked
@@ -856,8 +873,7 @@ fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
     );
 
     // An exited process is gone from the view once the bound has passed.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     std::thread::sleep(Duration::from_millis(4100));
     assert_eq!(errno_of(std::fs::read(&status)), Some(libc::ENOENT));
     let out = agent.cli(&["umount", view.to_str().unwrap()]);

@@ -157,10 +157,12 @@ fn read_status_files(root: &std::path::Path, pids: &[u32]) -> anyhow::Result<()>
 /// The bound of the bounded-staleness view the benchmarks mount next to the never-stale one.
 const CACHE_MS: u64 = 1000;
 
+/// The views `ps` and single reads go through, beside /proc: (short name, row label, mount).
+type Views<'a> = [(&'a str, &'a str, &'a std::path::Path)];
+
 fn fuse_vs_proc(
     addr: &str,
-    view: &std::path::Path,
-    cached: &std::path::Path,
+    views: &Views,
     pids: &[u32],
     rounds: usize,
     report: &mut String,
@@ -170,47 +172,52 @@ fn fuse_vs_proc(
         name: format!("`{PS}` on /proc"),
         samples: vec![],
     };
-    let mut ours = Series {
-        name: format!("`{PS}` on the bpfproc view"),
-        samples: vec![],
-    };
-    let mut cache = Series {
-        name: format!("`{PS}` on a `cache={CACHE_MS}` view (bounded staleness)"),
-        samples: vec![],
-    };
+    let mut ours: Vec<Series> = views
+        .iter()
+        .map(|(_, label, _)| Series {
+            name: format!("`{PS}` on {label}"),
+            samples: vec![],
+        })
+        .collect();
     let requests = |dir: &std::path::Path| -> anyhow::Result<u64> {
         let before = agent_stat(addr, "fuse_requests")?;
         in_namespace(Some(dir), PS)?;
         Ok(agent_stat(addr, "fuse_requests")? - before)
     };
     // Twice each: the first run also looks names up, which later runs find in the dcache.
-    requests(view)?;
-    let per_ps = requests(view)?;
-    requests(cached)?;
-    let per_ps_cached = requests(cached)?;
+    let mut per_ps = Vec::new();
+    for (_, _, dir) in views {
+        requests(dir)?;
+        per_ps.push(requests(dir)?);
+    }
     for _ in 0..rounds {
         kernel.samples.push(time(|| in_namespace(None, PS))?);
-        ours.samples.push(time(|| in_namespace(Some(view), PS))?);
-        cache.samples.push(time(|| in_namespace(Some(cached), PS))?);
+        for (series, (_, _, dir)) in ours.iter_mut().zip(views) {
+            series.samples.push(time(|| in_namespace(Some(dir), PS))?);
+        }
     }
-    let ratio = ours.median().as_secs_f64() / kernel.median().as_secs_f64();
-    let ratio_cached = cache.median().as_secs_f64() / kernel.median().as_secs_f64();
+    let ratio = |s: &Series| s.median().as_secs_f64() / kernel.median().as_secs_f64();
+    let summary: Vec<String> = ours
+        .iter()
+        .zip(views)
+        .zip(&per_ps)
+        .map(|((s, (name, _, _)), n)| format!("{name}: {:.2}× ({n} FUSE requests)", ratio(s)))
+        .collect();
     println!(
-        "ps through FUSE: {:.1} ms (cache: {:.1} ms) vs {:.1} ms on /proc = {ratio:.2}x ({ratio_cached:.2}x)",
-        ms(ours.median()),
-        ms(cache.median()),
-        ms(kernel.median())
+        "ps through FUSE vs {:.1} ms on /proc: {}",
+        ms(kernel.median()),
+        summary.join("; ")
     );
-    table(
-        &format!(
-            "`ps -e` through a mounted view — never-stale: {ratio:.2}× the time on /proc ({per_ps} FUSE requests per `ps -e`); cache={CACHE_MS}: {ratio_cached:.2}× ({per_ps_cached} requests)"
-        ),
-        &[kernel, ours, cache],
-        report,
+    let title = format!(
+        "`ps -e` through a mounted view, time relative to /proc — {}",
+        summary.join("; ")
     );
+    let mut rows = vec![kernel];
+    rows.extend(ours);
+    table(&title, &rows, report);
     let _ = writeln!(
         report,
-        "\nThe rounds run back to back, so each `ps` on the cache view finds what the previous one left in the page cache, revalidated with one GETATTR per file every {} ms; the never-stale view renders every file afresh at each open and answers each stat and open itself (the kernel then reads the rendering from a memfd, FUSE passthrough, so no READ reaches the agent; RELEASE is sent in the background).",
+        "\nThe rounds run back to back, so each `ps` on the cache view finds what the previous one left in the page cache, revalidated with one GETATTR per file every {} ms. A never-stale view renders every file afresh at each open and answers each stat, open, read and close itself; with `passthrough` the kernel reads each rendering from a memfd, so no READ reaches the agent, and RELEASE goes in the background.",
         CACHE_MS / 2
     );
     let n = pids.len().max(1);
@@ -218,42 +225,40 @@ fn fuse_vs_proc(
         name: format!("`/proc/PID/status` open+read+close ×{n}"),
         samples: vec![],
     };
-    let mut ours = Series {
-        name: format!("view `PID/status` open+read+close ×{n}"),
-        samples: vec![],
-    };
-    let mut cache = Series {
-        name: format!("`cache={CACHE_MS}` view `PID/status` open+read+close ×{n}"),
-        samples: vec![],
-    };
+    let mut ours: Vec<Series> = views
+        .iter()
+        .map(|(name, _, _)| Series {
+            name: format!("{name} view `PID/status` open+read+close ×{n}"),
+            samples: vec![],
+        })
+        .collect();
     for _ in 0..rounds {
         kernel.samples.push(time(|| {
             read_status_files(std::path::Path::new("/proc"), pids)
         })?);
-        ours.samples.push(time(|| read_status_files(view, pids))?);
-        cache
-            .samples
-            .push(time(|| read_status_files(cached, pids))?);
+        for (series, (_, _, dir)) in ours.iter_mut().zip(views) {
+            series.samples.push(time(|| read_status_files(dir, pids))?);
+        }
     }
     let per = |s: &Series| s.median().as_secs_f64() * 1e6 / n as f64;
-    let ratio = per(&ours) / per(&kernel);
-    let ratio_cached = per(&cache) / per(&kernel);
+    let summary: Vec<String> = ours
+        .iter()
+        .zip(views)
+        .map(|(s, (name, _, _))| format!("{name}: {:.1} µs, {:.2}×", per(s), per(s) / per(&kernel)))
+        .collect();
     println!(
-        "single status file: {:.1} us (cache: {:.1} us) vs {:.1} us = {ratio:.2}x ({ratio_cached:.2}x)",
-        per(&ours),
-        per(&cache),
-        per(&kernel)
+        "single status file vs {:.1} us on /proc: {}",
+        per(&kernel),
+        summary.join("; ")
     );
-    table(
-        &format!(
-            "One `status` open+read+close: {:.1} µs on the view vs {:.1} µs on /proc — {ratio:.2}× (cache={CACHE_MS}: {:.1} µs, {ratio_cached:.2}×)",
-            per(&ours),
-            per(&kernel),
-            per(&cache)
-        ),
-        &[kernel, ours, cache],
-        report,
+    let title = format!(
+        "One `status` open+read+close: {:.1} µs on /proc — {}",
+        per(&kernel),
+        summary.join("; ")
     );
+    let mut rows = vec![kernel];
+    rows.extend(ours);
+    table(&title, &rows, report);
     Ok(())
 }
 
@@ -470,18 +475,38 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .take(500)
                 .collect();
         }
-        let cached = work.join("cached");
-        std::fs::create_dir_all(&cached)?;
-        let mounted = Command::new(&bin)
-            .args(["mount", "-o", &format!("cache={CACHE_MS}")])
-            .arg(&cached)
-            .arg("--socket")
-            .arg(work.join("bpfproc.sock"))
-            .status()?;
-        if !mounted.success() {
-            bail!("mounting the cache view failed");
-        }
-        fuse_vs_proc(&addr, &view, &cached, &pids, rounds, &mut report)?;
+        let mount = |name: &str, options: &str| -> anyhow::Result<std::path::PathBuf> {
+            let dir = work.join(name);
+            std::fs::create_dir_all(&dir)?;
+            let mounted = Command::new(&bin)
+                .args(["mount", "-o", options])
+                .arg(&dir)
+                .arg("--socket")
+                .arg(work.join("bpfproc.sock"))
+                .status()?;
+            if !mounted.success() {
+                bail!("mounting a view with -o {options} failed");
+            }
+            Ok(dir)
+        };
+        let passthrough = mount("passthrough", "passthrough")?;
+        let cached = mount("cached", &format!("cache={CACHE_MS}"))?;
+        let cache_label = format!("a `cache={CACHE_MS}` view (bounded staleness)");
+        let cache_name = format!("cache={CACHE_MS}");
+        let views = [
+            (
+                "never-stale",
+                "the bpfproc view (never-stale)",
+                view.as_path(),
+            ),
+            (
+                "passthrough",
+                "a never-stale `passthrough` view",
+                passthrough.as_path(),
+            ),
+            (cache_name.as_str(), cache_label.as_str(), cached.as_path()),
+        ];
+        fuse_vs_proc(&addr, &views, &pids, rounds, &mut report)?;
         scrape_vs_process_exporter(&addr, &groups, rounds, &mut report)?;
         drop(agent);
         let _ = std::fs::remove_dir_all(&work);

@@ -1,8 +1,8 @@
 //! The `fuser::Filesystem` adapter: a thin layer that decodes inodes, asks the process table
 //! for a snapshot, and calls the shared renderers. File contents are rendered once at open and
-//! served from that copy: by the kernel itself from a memfd where FUSE passthrough is available
-//! (fuse/passthrough.rs), otherwise by READs (direct_io, so the size 0 that getattr reports
-//! never truncates a read).
+//! served from that copy: by READs (direct_io, so the size 0 that getattr reports never
+//! truncates a read), or with `-o passthrough` by the kernel itself from a memfd
+//! (fuse/passthrough.rs).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -866,7 +866,7 @@ pub(super) fn same_process(p: &Process) -> Result<(), ViewError> {
 
 impl Filesystem for ProcFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if self.opts.cache.is_none() {
+        if self.opts.passthrough {
             self.passthrough.negotiate(config);
         }
         if self.opts.cache.is_some()
@@ -981,10 +981,7 @@ impl Filesystem for ProcFs {
         match self.render(req, node) {
             Ok(bytes) => {
                 let fh = self.new_fh();
-                if let Some(id) = self
-                    .passthrough
-                    .back(&reply, ino.0, &bytes, self.state.max_age)
-                {
+                if let Some(id) = self.passthrough.back(&reply, ino.0, &bytes) {
                     if let Ok(mut files) = self.files.lock() {
                         files.insert(fh, Handle::Backed { ino: ino.0 });
                     }

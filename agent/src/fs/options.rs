@@ -44,6 +44,9 @@ pub struct MountOptions {
     /// serves repeated reads from its page cache without asking the agent. Such a mount has
     /// no control files.
     pub cache: Option<std::time::Duration>,
+    /// Serve rendered files through FUSE passthrough (fuse/passthrough.rs): no READ round
+    /// trips, but opens of a file that overlap share one rendering.
+    pub passthrough: bool,
     /// The raw text, for listings.
     pub text: String,
 }
@@ -57,6 +60,7 @@ impl Default for MountOptions {
             umask: 0,
             allow_other: true,
             cache: None,
+            passthrough: false,
             text: String::new(),
         }
     }
@@ -135,6 +139,7 @@ impl MountOptions {
                         OptionError::Bad(key.into(), format!("{v:?} is not 1..=60000 ms"))
                     })?));
                 }
+                "passthrough" => o.passthrough = flag(key, value)?,
                 "allow_other" => o.allow_other = flag(key, value)?,
                 "noallow_other" => o.allow_other = !flag(key, value)?,
                 "umask" => {
@@ -158,6 +163,13 @@ impl MountOptions {
             return Err(OptionError::Bad(
                 "cache".into(),
                 "only the linux personality can be cached".into(),
+            ));
+        }
+        if o.passthrough && o.cache.is_some() {
+            // A cache mount has no opens to pass through: the kernel opens its files itself.
+            return Err(OptionError::Bad(
+                "passthrough".into(),
+                "a cache= mount reads through the page cache instead".into(),
             ));
         }
         Ok(o)
@@ -204,6 +216,14 @@ pub fn fuzz_check(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passthrough_is_a_never_stale_option() {
+        assert!(!MountOptions::parse("").unwrap().passthrough);
+        assert!(MountOptions::parse("passthrough").unwrap().passthrough);
+        assert!(MountOptions::parse("passthrough=1").is_err());
+        assert!(MountOptions::parse("passthrough,cache=100").is_err());
+    }
 
     #[test]
     fn defaults_and_full_set() {

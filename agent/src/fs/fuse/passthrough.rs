@@ -1,4 +1,4 @@
-//! FUSE passthrough for rendered files on never-stale mounts (Linux ≥ 6.9).
+//! `-o passthrough`: FUSE passthrough for rendered files on never-stale mounts (Linux ≥ 6.9).
 //!
 //! A file's contents are rendered at open anyway; instead of keeping them for the READs that
 //! follow, the agent writes them to a memfd and registers it as the open file's backing file.
@@ -8,10 +8,13 @@
 //!
 //! The kernel allows one backing file per inode at a time and wants every open of an inode
 //! that has one to use it. So while a file has open handles, a new open shares that inode's
-//! memfd: as it is when it was rendered within the staleness bound, otherwise re-rendered in
-//! place first. A tool that opens, reads and closes never sees two renderings mixed; a handle
-//! held open past the bound while the file is opened again reads the newer rendering from then
-//! on.
+//! memfd, rewritten in place if its own rendering differs (a reused pid's new process, or
+//! numbers that moved). Each open thus reads a rendering made at that open. A handle opened
+//! earlier that reads again afterwards sees the newer rendering, and one caught between two
+//! partial reads of a file whose contents changed can see the two spliced; tools open, read
+//! and close these files in one go. That sharing is why it is an option and not the default:
+//! without it every open keeps its own rendering for as long as it is open, even across the
+//! reuse of its pid.
 
 use std::{
     collections::HashMap,
@@ -37,7 +40,8 @@ struct Backing {
     file: std::fs::File,
     id: Arc<BackingId>,
     handles: u32,
-    rendered: std::time::Instant,
+    /// What the memfd holds.
+    contents: Vec<u8>,
 }
 
 impl Passthrough {
@@ -49,16 +53,9 @@ impl Passthrough {
         tracing::debug!(passthrough = ok, "FUSE init");
     }
 
-    /// The backing for a new handle on `ino` holding `bytes` (rendered now), or `None` when this
-    /// open must be served by READs (passthrough off or failing). An inode already backed by a
-    /// rendering younger than `fresh` keeps it.
-    pub(super) fn back(
-        &self,
-        reply: &ReplyOpen,
-        ino: u64,
-        bytes: &[u8],
-        fresh: std::time::Duration,
-    ) -> Option<Arc<BackingId>> {
+    /// The backing for a new handle on `ino` holding `bytes`, or `None` when this open must be
+    /// served by READs (passthrough off or failing).
+    pub(super) fn back(&self, reply: &ReplyOpen, ino: u64, bytes: &[u8]) -> Option<Arc<BackingId>> {
         if !self.on.load(Ordering::Relaxed) {
             return None;
         }
@@ -66,14 +63,14 @@ impl Passthrough {
         // backings would make the kernel fail the second with EBUSY.
         let mut open = self.open.lock().ok()?;
         if let Some(b) = open.get_mut(&ino) {
-            if b.rendered.elapsed() <= fresh {
+            if b.contents == bytes {
                 b.handles += 1;
                 return Some(b.id.clone());
             }
             return match rewrite(&b.file, bytes) {
                 Ok(()) => {
                     b.handles += 1;
-                    b.rendered = std::time::Instant::now();
+                    b.contents = bytes.to_vec();
                     Some(b.id.clone())
                 }
                 // The kernel insists on this backing for the inode's other opens; without
@@ -90,7 +87,7 @@ impl Passthrough {
                 file,
                 id: Arc::new(id),
                 handles: 1,
-                rendered: std::time::Instant::now(),
+                contents: bytes.to_vec(),
             })
         });
         match made {
