@@ -349,23 +349,27 @@ impl Kernel {
 
     /// Drops map entries of processes that are gone: the iterator (which began at boot-clock
     /// `started`) did not see them and they began before it. An entry can outlive its process
-    /// when the iterator's backfill insert races the exit. Returns how many were dropped.
+    /// when the iterator's backfill insert races the exit. Returns how many were dropped, and
+    /// the keys that remain.
     pub fn gc(
         &mut self,
         seen: &std::collections::HashSet<u32>,
         started: u64,
-    ) -> Result<usize, KernelError> {
+    ) -> Result<(usize, Vec<u32>), KernelError> {
         let mut procs = self.procs_mut()?;
-        let stale: Vec<u32> = procs
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(pid, e)| !seen.contains(pid) && e.task.start_boottime < started)
-            .map(|(pid, _)| pid)
-            .collect();
+        let mut kept = Vec::new();
+        let mut stale = Vec::new();
+        for (pid, e) in procs.iter().filter_map(Result::ok) {
+            if !seen.contains(&pid) && e.task.start_boottime < started {
+                stale.push(pid);
+            } else {
+                kept.push(pid);
+            }
+        }
         for pid in &stale {
             let _ = procs.remove(pid);
         }
-        Ok(stale.len())
+        Ok((stale.len(), kept))
     }
 }
 

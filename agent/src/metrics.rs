@@ -129,7 +129,8 @@ families! {
         ringbuf_size: IntGauge = "bpfproc_ringbuf_size_bytes",
         /// Bytes written to the ring buffer and not yet consumed by the agent.
         ringbuf_used: IntGauge = "bpfproc_ringbuf_used_bytes",
-        /// Entries in the in-kernel process map.
+        /// Entries in the in-kernel process map, as of the last sweep (every 10 s while the
+        /// agent is asked for numbers).
         map_entries: IntGauge = "bpfproc_process_map_entries",
         /// Capacity of the in-kernel process map (--max-processes).
         map_capacity: IntGauge = "bpfproc_process_map_capacity",

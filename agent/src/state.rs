@@ -70,8 +70,10 @@ pub struct AgentStats {
     pub last_iterator_us: u64,
     pub last_iterator_tasks: usize,
     pub exited_retained: usize,
+    /// Process-map entries at the last sweep (every 10 s while anyone asks for numbers; a
+    /// count per scrape would cost a syscall per entry).
     pub bpf_map_entries: usize,
-    /// Process-map entries with no live process in the table: zero at rest, else a leak.
+    /// Of those, entries with no live process in the table: zero at rest, else a leak.
     pub bpf_map_orphans: usize,
     /// Process-map entries the periodic sweep had to drop (their process was gone).
     pub map_gc_dropped: u64,
@@ -99,6 +101,8 @@ pub(crate) enum Msg {
         procfs: Vec<Vec<bpfproc_common::TaskRecord>>,
         procfs_gone: Vec<u32>,
         gc_dropped: usize,
+        /// After a sweep, the process map's keys.
+        map_pids: Option<Vec<u32>>,
     },
     Identities(Vec<Identity>),
     /// Periodic: loss check, and refresh-ahead while clients are polling.
@@ -281,6 +285,9 @@ pub fn spawn(
     );
 
     let mut stats = AgentStats::default();
+    if let Ok(pids) = kernel.lock().expect("kernel lock").map_pids() {
+        map_stats(&mut stats, &pids, &table);
+    }
     let mut last_refresh = started;
     let mut refreshing = false;
     let mut waiters: Vec<(Duration, oneshot::Sender<Arc<Snapshot>>)> = Vec::new();
@@ -357,6 +364,7 @@ pub fn spawn(
                     procfs,
                     procfs_gone,
                     gc_dropped,
+                    map_pids,
                 } => {
                     refreshing = false;
                     stats.map_gc_dropped += gc_dropped as u64;
@@ -382,6 +390,9 @@ pub fn spawn(
                     }
                     for pid in procfs_gone {
                         table.drop_procfs(pid, started);
+                    }
+                    if let Some(pids) = map_pids {
+                        map_stats(&mut stats, &pids, &table);
                     }
                     last_refresh = started;
                     if !needs.is_empty() {
@@ -447,18 +458,12 @@ pub fn spawn(
                     s.fuse_requests_by_op = crate::fs::requests().collect();
                     s.fuse_requests = s.fuse_requests_by_op.values().sum();
                     s.exited_retained = table.exited().len();
-                    if let Ok(k) = kernel.lock() {
-                        if let Ok(counters) = k.stats() {
-                            for (i, v) in counters.iter().enumerate() {
-                                s.kernel.insert(stat::NAMES[i], *v);
-                            }
+                    if let Ok(k) = kernel.lock()
+                        && let Ok(counters) = k.stats()
+                    {
+                        for (i, v) in counters.iter().enumerate() {
+                            s.kernel.insert(stat::NAMES[i], *v);
                         }
-                        let pids = k.map_pids().unwrap_or_default();
-                        s.bpf_map_entries = pids.len();
-                        s.bpf_map_orphans = pids
-                            .iter()
-                            .filter(|p| !table.live().contains_key(p))
-                            .count();
                     }
                     let _ = reply.send(s);
                 }
@@ -499,6 +504,15 @@ fn current(
         *l = Some(snap.clone());
     }
     snap
+}
+
+/// The process map's size and orphans, against the table as just updated.
+fn map_stats(stats: &mut AgentStats, pids: &[u32], table: &ProcessTable) {
+    stats.bpf_map_entries = pids.len();
+    stats.bpf_map_orphans = pids
+        .iter()
+        .filter(|p| !table.live().contains_key(p))
+        .count();
 }
 
 fn kernel_losses(kernel: &Arc<Mutex<Kernel>>) -> u64 {
@@ -549,14 +563,17 @@ fn start_refresh(
         let took_us = t0.elapsed().as_micros() as u64;
         tracing::debug!(tasks = records.len(), us = took_us, "task iterator pass");
         let mut gc_dropped = 0;
+        let mut map_pids = None;
         if gc && !records.is_empty() {
             let seen: std::collections::HashSet<u32> = records.iter().map(|r| r.tgid).collect();
             if let Ok(mut k) = kernel.lock() {
                 match k.gc(&seen, started) {
-                    Ok(0) => {}
-                    Ok(n) => {
+                    Ok((n, kept)) => {
                         gc_dropped = n;
-                        tracing::debug!(entries = n, "dropped stale process-map entries");
+                        map_pids = Some(kept);
+                        if n > 0 {
+                            tracing::debug!(entries = n, "dropped stale process-map entries");
+                        }
                     }
                     Err(e) => tracing::warn!("process-map gc failed: {e}"),
                 }
@@ -571,6 +588,7 @@ fn start_refresh(
                 procfs: Vec::new(),
                 procfs_gone: Vec::new(),
                 gc_dropped,
+                map_pids: None,
             });
             return;
         }
@@ -591,6 +609,7 @@ fn start_refresh(
             procfs,
             procfs_gone,
             gc_dropped,
+            map_pids,
         });
     });
 }
