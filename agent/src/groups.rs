@@ -366,6 +366,15 @@ struct Member {
     seen: u64,
 }
 
+/// Books what `m` gained in its group into the group's cumulative total.
+fn leave_into(groups: &mut BTreeMap<Arc<str>, Cumulative>, m: &Member) {
+    groups
+        .entry(m.group.clone())
+        .or_default()
+        .cpu
+        .add(m.last.since(m.base));
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Cumulative {
     cpu: Cpu,
@@ -457,12 +466,7 @@ impl Ledger {
     }
 
     fn leave(&mut self, m: &Member) {
-        let gained = m.last.since(m.base);
-        self.groups
-            .entry(m.group.clone())
-            .or_default()
-            .cpu
-            .add(gained);
+        leave_into(&mut self.groups, m);
     }
 
     /// Applies one change, in the order the table applied it.
@@ -575,7 +579,9 @@ impl Ledger {
             let Some(group) = self.key(p) else { continue };
             let id = (p.pid, p.start_boottime);
             let now = cpu_of(p);
-            let mut m = self.members.remove(&id).unwrap_or(Member {
+            // Updated in place: a remove and an insert per process per scrape were a few
+            // percent of a scrape.
+            let m = self.members.entry(id).or_insert_with(|| Member {
                 // Found by the backfill or a rescan: all its CPU time so far is new to us.
                 group: group.clone(),
                 base: Cpu::default(),
@@ -584,8 +590,8 @@ impl Ledger {
             });
             if m.group != group {
                 // Renamed, or moved to another cgroup: not a start, but a move.
-                self.leave(&m);
-                m = Member {
+                leave_into(&mut self.groups, m);
+                *m = Member {
                     group: group.clone(),
                     base: m.last,
                     last: m.last,
@@ -607,7 +613,6 @@ impl Ledger {
             } else {
                 row.threads += 1;
             }
-            self.members.insert(id, m);
         }
         // Members the table no longer lists went without an exit record (or before the
         // backfill saw them): their last reading is all we will ever know.
