@@ -19,8 +19,9 @@ pub const CAP_BPF: u32 = 39;
 /// - `CAP_BPF`, `CAP_PERFMON`: load and attach the programs; after that the maps, the ring
 ///   buffer and the task iterator are used through fds, but kernels before 6.5 refuse every
 ///   bpf(2) command without CAP_BPF when `kernel.unprivileged_bpf_disabled` is set.
-/// - `CAP_SYS_ADMIN`: `bpfproc mount` mounts views on demand, and a stale mount is detached
-///   with umount2(2); before 5.8 the BPF side needs it too.
+/// - `CAP_SYS_ADMIN`: `bpfproc mount` mounts views on demand, a stale mount is detached
+///   with umount2(2), and `-o passthrough` registers its memfds as FUSE backing files
+///   (FUSE_DEV_IOC_BACKING_OPEN); before 5.8 the BPF side needs it too.
 /// - `CAP_SYS_PTRACE`: the control layer's ptrace and process_vm_readv of any user's process,
 ///   and reading other users' `/proc/PID/{exe,maps,environ,cmdline}`.
 /// - `CAP_DAC_READ_SEARCH`: `/proc/PID/environ`, `io` and `fd/` are mode 0400/0500 of the
