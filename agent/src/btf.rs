@@ -77,9 +77,9 @@ impl Btf {
         if u16_at(0) != Some(MAGIC) {
             return Err(BtfError::Malformed("bad magic (or not little-endian)"));
         }
-        let word = |o: usize| -> Result<usize, BtfError> {
-            data.get(o..o + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        let word = |o: usize| {
+            le32(&data, o)
+                .map(|w| w as usize)
                 .ok_or(BtfError::Malformed("short header"))
         };
         let hdr = word(4)?;
@@ -118,10 +118,7 @@ impl Btf {
     }
 
     fn word(&self, at: usize) -> Result<u32, BtfError> {
-        self.data
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or(BtfError::Malformed("type past the end"))
+        le32(&self.data, at).ok_or(BtfError::Malformed("type past the end"))
     }
 
     fn header(&self, at: usize) -> Result<Ty, BtfError> {
@@ -178,6 +175,11 @@ impl Btf {
             Ok((self.name(self.word(m)?), self.word(m + 4)?, bits))
         })
     }
+}
+
+fn le32(data: &[u8], at: usize) -> Option<u32> {
+    data.get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Resolves every spec in [`Offsets::SPECS`] against `btf`.

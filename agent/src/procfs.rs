@@ -24,25 +24,22 @@ pub fn identity(pid: u32) -> (Vec<u8>, Option<Vec<u8>>) {
     (cmdline, exe)
 }
 
+/// The fields of /proc/PID/stat after the command name (state first), if `pid` exists.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    split_stat(&stat).map(|(_, f)| f)
+}
+
 /// Whether `pid` is alive in the kernel's /proc and started at `start_boottime` (ns), to the
 /// clock tick /proc reports.
 pub fn alive_since(pid: u32, start_boottime: u64, ns_per_tick: u64) -> bool {
-    let Ok(stat) = fs::read(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some((_, f)) = split_stat(&stat) else {
-        return false;
-    };
-    f.get(19).and_then(|v| v.parse::<u64>().ok()) == Some(start_boottime / ns_per_tick.max(1))
+    stat_fields(pid).and_then(|f| f.get(19)?.parse::<u64>().ok())
+        == Some(start_boottime / ns_per_tick.max(1))
 }
 
 /// Whether `pid` is a process that has not exited (a zombie has).
 pub fn alive(pid: u32) -> bool {
-    let Ok(stat) = fs::read(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    split_stat(&stat)
-        .is_some_and(|(_, f)| !matches!(f.first().map(String::as_str), Some("Z" | "X")))
+    stat_fields(pid).is_some_and(|f| !matches!(f.first().map(String::as_str), Some("Z" | "X")))
 }
 
 pub fn read_file(pid: u32, name: &str) -> std::io::Result<Vec<u8>> {
@@ -65,8 +62,8 @@ pub fn records(pid: u32, ns_per_tick: u64) -> Vec<TaskRecord> {
         .collect();
     // Threads that already exited count in the process's totals but in no thread's file:
     // carry the difference the way signal_struct does.
-    if let (Some(total), false) = (fs::read(format!("/proc/{pid}/stat")).ok(), recs.is_empty())
-        && let Some((_, f)) = split_stat(&total)
+    if !recs.is_empty()
+        && let Some(f) = stat_fields(pid)
     {
         let n = |i: usize| {
             f.get(i - 3)

@@ -724,6 +724,18 @@ impl ProcFs {
     fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Remembers the open file `fh` until its release.
+    fn keep(&self, fh: u64, handle: Handle) {
+        if let Ok(mut files) = self.files.lock() {
+            files.insert(fh, handle);
+        }
+    }
+
+    /// The open file `fh`, if it is one of ours.
+    fn handle(&self, fh: FileHandle) -> Option<Handle> {
+        self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned())
+    }
 }
 
 fn control_read(
@@ -959,9 +971,7 @@ impl Filesystem for ProcFs {
                 Ok(handle)
             }) {
                 Ok(handle) => {
-                    if let Ok(mut files) = self.files.lock() {
-                        files.insert(fh, handle);
-                    }
+                    self.keep(fh, handle);
                     reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
                 }
                 Err(e) => reply.error(e),
@@ -982,9 +992,7 @@ impl Filesystem for ProcFs {
             Ok(bytes) => {
                 let fh = self.new_fh();
                 if let Some(id) = self.passthrough.back(&reply, ino.0, &bytes) {
-                    if let Ok(mut files) = self.files.lock() {
-                        files.insert(fh, Handle::Backed { ino: ino.0 });
-                    }
+                    self.keep(fh, Handle::Backed { ino: ino.0 });
                     // No DIRECT_IO: it would override passthrough and send READs after all.
                     return reply.opened_passthrough(
                         FileHandle(fh),
@@ -996,9 +1004,7 @@ impl Filesystem for ProcFs {
                     // The kernel would refuse any other kind of open of this inode now.
                     return reply.error(Errno::EIO);
                 }
-                if let Ok(mut files) = self.files.lock() {
-                    files.insert(fh, Handle::Bytes(Arc::new(bytes)));
-                }
+                self.keep(fh, Handle::Bytes(Arc::new(bytes)));
                 // NOFLUSH: nothing is ever written, so close(2) need not wait for a FLUSH round trip.
                 reply.opened(
                     FileHandle(fh),
@@ -1027,7 +1033,7 @@ impl Filesystem for ProcFs {
                 Err(e) => reply.error(e),
             };
         }
-        match self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned()) {
+        match self.handle(fh) {
             Some(Handle::Bytes(bytes)) => reply.data(window(&bytes, offset, size)),
             // The kernel reads a backed handle from its memfd and never asks.
             Some(Handle::Backed { .. }) => reply.error(Errno::EIO),
@@ -1301,9 +1307,7 @@ impl Filesystem for ProcFs {
         reply: ReplyWrite,
     ) {
         super::count_request(super::Op::Write);
-        let Some(Handle::Control { pid, ctl, caller }) =
-            self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned())
-        else {
+        let Some(Handle::Control { pid, ctl, caller }) = self.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
         let Some(cf) = self.control.clone() else {

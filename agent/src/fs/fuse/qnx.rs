@@ -150,7 +150,7 @@ impl ProcFs {
             pid,
             ctl: ControlFile::Ctl,
             ..
-        }) = self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned())
+        }) = self.handle(fh)
         else {
             return reply.error(Errno::ENOTTY);
         };

@@ -64,9 +64,7 @@ impl ProcFs {
         arg: &[u8],
         reply: ReplyIoctl,
     ) {
-        let Some(Handle::Control { pid, .. }) =
-            self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned())
-        else {
+        let Some(Handle::Control { pid, .. }) = self.handle(fh) else {
             return reply.error(Errno::ENOTTY);
         };
         let request = match svr4::request(cmd, arg) {
