@@ -242,6 +242,51 @@ fn bad_operations_get_procfs_errnos() {
 }
 
 #[test]
+fn a_name_no_process_directory_holds_is_looked_up_once_but_pids_every_time() {
+    require_root!();
+    let (agent, view) = mounted_agent();
+    let tree = Tree::new();
+    let pid = tree.0.id();
+    let lookups = || fuse_requests(&agent, "lookup");
+    // Resolve the directories first, so only the last component is looked up below.
+    std::fs::metadata(view.join(format!("{pid}/task/{pid}/stat"))).unwrap();
+    let before = lookups();
+    for _ in 0..3 {
+        // procps opens `ctty` in every process directory; Linux never had one.
+        assert_eq!(
+            errno_of(std::fs::metadata(view.join(format!("{pid}/ctty")))),
+            Some(libc::ENOENT)
+        );
+        assert_eq!(
+            errno_of(std::fs::metadata(
+                view.join(format!("{pid}/task/{pid}/ctty"))
+            )),
+            Some(libc::ENOENT)
+        );
+    }
+    assert_eq!(
+        lookups(),
+        before + 2,
+        "each miss is remembered by the kernel"
+    );
+    // A pid that does not exist yet may exist at the next lookup: never remembered.
+    let before = lookups();
+    for _ in 0..3 {
+        assert_eq!(
+            errno_of(std::fs::metadata(view.join("4000000"))),
+            Some(libc::ENOENT)
+        );
+    }
+    assert_eq!(lookups(), before + 3);
+    // The names a process directory does hold still resolve.
+    assert!(
+        std::fs::read_to_string(view.join(format!("{pid}/stat")))
+            .unwrap()
+            .starts_with(&format!("{pid} (sleep)"))
+    );
+}
+
+#[test]
 fn self_resolves_to_the_calling_process_and_files_have_owners() {
     require_root!();
     let (_agent, view) = mounted_agent();

@@ -71,6 +71,204 @@ impl Drop for Agent {
     }
 }
 
+/// FUSE over io_uring is off unless the fuse module's `enable_uring` says otherwise: on for
+/// the benchmark's floor, then back as it was.
+struct UringSwitch(bool);
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+impl UringSwitch {
+    fn on() -> anyhow::Result<Self> {
+        let was = std::fs::read_to_string(ENABLE_URING)
+            .context("this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)")?;
+        let was = was.trim() == "Y";
+        std::fs::write(ENABLE_URING, "1")?;
+        Ok(Self(was))
+    }
+}
+
+impl Drop for UringSwitch {
+    fn drop(&mut self) {
+        if !self.0 {
+            let _ = std::fs::write(ENABLE_URING, "0");
+        }
+    }
+}
+
+/// A running `cargo xtask fuse-floor` (floor.rs).
+struct Floor {
+    dir: std::path::PathBuf,
+    child: Child,
+    uring: bool,
+}
+
+impl Floor {
+    fn start(dir: &std::path::Path, uring: bool) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("fuse-floor").arg(dir);
+        if uring {
+            cmd.arg("--uring");
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the FUSE floor")?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+        }
+        let floor = Self {
+            dir: dir.to_owned(),
+            child,
+            uring,
+        };
+        if line.trim() != "ready" {
+            bail!("the FUSE floor did not start: {}", floor.stop());
+        }
+        Ok(floor)
+    }
+
+    /// Unmounts it; returns its account of which transport carried the requests.
+    fn stop(mut self) -> String {
+        self.unmount();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let _ = self.child.wait();
+        format!(
+            "FUSE floor{}: {}",
+            if self.uring { " (io_uring)" } else { "" },
+            err.trim()
+        )
+    }
+
+    fn unmount(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("umount").arg(&self.dir).status();
+        }
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        self.unmount();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The least a FUSE round trip can cost here: one byte there and back through two pipes
+/// between two processes, which is the shape of a request the agent answers (the caller
+/// sleeps, the server wakes, answers, and wakes the caller). Once with both on one CPU, once
+/// left to the scheduler, as `ps` is.
+fn round_trip_floor(rounds: usize, report: &mut String) -> anyhow::Result<()> {
+    const TRIPS: usize = 20_000;
+    let mut pinned = Series {
+        name: format!("{TRIPS} pipe round trips, both processes on CPU 0"),
+        samples: vec![],
+    };
+    let mut free = Series {
+        name: format!("{TRIPS} pipe round trips, placed by the scheduler"),
+        samples: vec![],
+    };
+    for _ in 0..rounds {
+        pinned.samples.push(ping_pong(TRIPS, true)?);
+        free.samples.push(ping_pong(TRIPS, false)?);
+    }
+    let us = |s: &Series| s.median().as_secs_f64() * 1e6 / TRIPS as f64;
+    let (one, any) = (us(&pinned), us(&free));
+    println!("round trip between processes: {one:.1} us on one CPU, {any:.1} us placed freely");
+    table(
+        &format!(
+            "The floor under every FUSE round trip: a process-to-process round trip takes {one:.1} µs on one CPU, {any:.1} µs placed by the scheduler"
+        ),
+        &[pinned, free],
+        report,
+    );
+    let _ = writeln!(
+        report,
+        "\nA never-stale view answers each of `ps`'s stat, open, read and close of a process's files with one such round trip or more; the requests-per-`ps` count above times these times is the least such a view can add to `ps`, however little the server does. The FUSE floor rows measure the same with a server that does nothing but forward to /proc."
+    );
+    Ok(())
+}
+
+/// `trips` one-byte round trips between this process and a forked child, through two pipes.
+fn ping_pong(trips: usize, one_cpu: bool) -> anyhow::Result<Duration> {
+    let mut fds = [0i32; 4];
+    // SAFETY: each pipe() writes two descriptors into its half of the array.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0
+        || unsafe { libc::pipe(fds[2..].as_mut_ptr()) } != 0
+    {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    let [to_child, from_parent, to_parent, from_child] = [fds[1], fds[0], fds[3], fds[2]];
+    // SAFETY: a zeroed cpu_set_t is a valid (empty) set, filled by sched_getaffinity.
+    let mut before: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    if one_cpu {
+        // SAFETY: as above; the child inherits the mask set here.
+        unsafe {
+            libc::sched_getaffinity(0, size, &mut before);
+            let mut cpu0: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut cpu0);
+            libc::sched_setaffinity(0, size, &cpu0);
+        }
+    }
+    // SAFETY: the child only reads, writes and exits: async-signal-safe calls.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closes this function's descriptors and restores the mask it changed.
+        unsafe {
+            for fd in fds {
+                libc::close(fd);
+            }
+            if one_cpu {
+                libc::sched_setaffinity(0, size, &before);
+            }
+        }
+        bail!("fork: {e}");
+    }
+    if child == 0 {
+        let mut b = 0u8;
+        for _ in 0..trips {
+            // SAFETY: one byte into and out of a valid buffer.
+            unsafe {
+                if libc::read(from_parent, (&raw mut b).cast(), 1) != 1 {
+                    libc::_exit(1);
+                }
+                libc::write(to_parent, (&raw const b).cast(), 1);
+            }
+        }
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let start = Instant::now();
+    let mut b = 0u8;
+    for _ in 0..trips {
+        // SAFETY: as in the child.
+        unsafe {
+            libc::write(to_child, (&raw const b).cast(), 1);
+            libc::read(from_child, (&raw mut b).cast(), 1);
+        }
+    }
+    let took = start.elapsed();
+    // SAFETY: reaps the child and closes this function's descriptors.
+    unsafe {
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+        for fd in fds {
+            libc::close(fd);
+        }
+        if one_cpu {
+            libc::sched_setaffinity(0, size, &before);
+        }
+    }
+    Ok(took)
+}
+
 fn count_processes() -> usize {
     std::fs::read_dir("/proc")
         .map(|d| {
@@ -157,12 +355,18 @@ fn read_status_files(root: &std::path::Path, pids: &[u32]) -> anyhow::Result<()>
 /// The bound of the bounded-staleness view the benchmarks mount next to the never-stale one.
 const CACHE_MS: u64 = 1000;
 
-/// The views `ps` and single reads go through, beside /proc: (short name, row label, mount).
-type Views<'a> = [(&'a str, &'a str, &'a std::path::Path)];
+/// A view `ps` and single reads go through, beside /proc.
+struct View<'a> {
+    name: &'a str,
+    label: &'a str,
+    dir: &'a std::path::Path,
+    /// Served by the agent, whose FUSE request counter tells how many requests a `ps` makes.
+    agent: bool,
+}
 
 fn fuse_vs_proc(
     addr: &str,
-    views: &Views,
+    views: &[View],
     pids: &[u32],
     rounds: usize,
     report: &mut String,
@@ -174,8 +378,8 @@ fn fuse_vs_proc(
     };
     let mut ours: Vec<Series> = views
         .iter()
-        .map(|(_, label, _)| Series {
-            name: format!("`{PS}` on {label}"),
+        .map(|v| Series {
+            name: format!("`{PS}` on {}", v.label),
             samples: vec![],
         })
         .collect();
@@ -186,14 +390,19 @@ fn fuse_vs_proc(
     };
     // Twice each: the first run also looks names up, which later runs find in the dcache.
     let mut per_ps = Vec::new();
-    for (_, _, dir) in views {
-        requests(dir)?;
-        per_ps.push(requests(dir)?);
+    for v in views {
+        if v.agent {
+            requests(v.dir)?;
+            per_ps.push(Some(requests(v.dir)?));
+        } else {
+            in_namespace(Some(v.dir), PS)?;
+            per_ps.push(None);
+        }
     }
     for _ in 0..rounds {
         kernel.samples.push(time(|| in_namespace(None, PS))?);
-        for (series, (_, _, dir)) in ours.iter_mut().zip(views) {
-            series.samples.push(time(|| in_namespace(Some(dir), PS))?);
+        for (series, v) in ours.iter_mut().zip(views) {
+            series.samples.push(time(|| in_namespace(Some(v.dir), PS))?);
         }
     }
     let ratio = |s: &Series| s.median().as_secs_f64() / kernel.median().as_secs_f64();
@@ -201,7 +410,10 @@ fn fuse_vs_proc(
         .iter()
         .zip(views)
         .zip(&per_ps)
-        .map(|((s, (name, _, _)), n)| format!("{name}: {:.2}× ({n} FUSE requests)", ratio(s)))
+        .map(|((s, v), n)| match n {
+            Some(n) => format!("{}: {:.2}× ({n} FUSE requests)", v.name, ratio(s)),
+            None => format!("{}: {:.2}×", v.name, ratio(s)),
+        })
         .collect();
     println!(
         "ps through FUSE vs {:.1} ms on /proc: {}",
@@ -227,8 +439,8 @@ fn fuse_vs_proc(
     };
     let mut ours: Vec<Series> = views
         .iter()
-        .map(|(name, _, _)| Series {
-            name: format!("{name} view `PID/status` open+read+close ×{n}"),
+        .map(|v| Series {
+            name: format!("{} view `PID/status` open+read+close ×{n}", v.name),
             samples: vec![],
         })
         .collect();
@@ -236,15 +448,24 @@ fn fuse_vs_proc(
         kernel.samples.push(time(|| {
             read_status_files(std::path::Path::new("/proc"), pids)
         })?);
-        for (series, (_, _, dir)) in ours.iter_mut().zip(views) {
-            series.samples.push(time(|| read_status_files(dir, pids))?);
+        for (series, v) in ours.iter_mut().zip(views) {
+            series
+                .samples
+                .push(time(|| read_status_files(v.dir, pids))?);
         }
     }
     let per = |s: &Series| s.median().as_secs_f64() * 1e6 / n as f64;
     let summary: Vec<String> = ours
         .iter()
         .zip(views)
-        .map(|(s, (name, _, _))| format!("{name}: {:.1} µs, {:.2}×", per(s), per(s) / per(&kernel)))
+        .map(|(s, v)| {
+            format!(
+                "{}: {:.1} µs, {:.2}×",
+                v.name,
+                per(s),
+                per(s) / per(&kernel)
+            )
+        })
         .collect();
     println!(
         "single status file vs {:.1} us on /proc: {}",
@@ -365,6 +586,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bin = crate::root().join("target/release/bpfproc");
     let mut report = String::new();
     let mut sleepers = Sleepers(Vec::new());
+    let uring = UringSwitch::on();
+    if let Err(e) = &uring {
+        println!("no FUSE-over-io_uring floor: {e:#}");
+    }
+    let uring = uring.ok();
     // The same groups for both exporters: process-exporter's config, which the agent reads too.
     let groups =
         std::env::temp_dir().join(format!("bpfproc-bench-groups-{}.yaml", std::process::id()));
@@ -494,20 +720,50 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let cached = mount("cached", &format!("cache={CACHE_MS}"))?;
         let cache_label = format!("a `cache={CACHE_MS}` view (bounded staleness)");
         let cache_name = format!("cache={CACHE_MS}");
-        let views = [
-            (
-                "never-stale",
-                "the bpfproc view (never-stale)",
-                view.as_path(),
-            ),
-            (
-                "passthrough",
-                "a never-stale `passthrough` view",
-                passthrough.as_path(),
-            ),
-            (cache_name.as_str(), cache_label.as_str(), cached.as_path()),
+        let floor_dev = Floor::start(&work.join("floor"), false)?;
+        let floor_uring = uring
+            .as_ref()
+            .map(|_| Floor::start(&work.join("floor-uring"), true))
+            .transpose()?;
+        let mut views = vec![
+            View {
+                name: "never-stale",
+                label: "the bpfproc view (never-stale)",
+                dir: &view,
+                agent: true,
+            },
+            View {
+                name: "passthrough",
+                label: "a never-stale `passthrough` view",
+                dir: &passthrough,
+                agent: true,
+            },
+            View {
+                name: &cache_name,
+                label: &cache_label,
+                dir: &cached,
+                agent: true,
+            },
+            View {
+                name: "floor",
+                label: "the FUSE floor over /dev/fuse (forwards to /proc, no work of its own)",
+                dir: &floor_dev.dir,
+                agent: false,
+            },
         ];
+        if let Some(f) = &floor_uring {
+            views.push(View {
+                name: "floor io_uring",
+                label: "the FUSE floor over io_uring (per-CPU queues)",
+                dir: &f.dir,
+                agent: false,
+            });
+        }
         fuse_vs_proc(&addr, &views, &pids, rounds, &mut report)?;
+        for floor in [Some(floor_dev), floor_uring].into_iter().flatten() {
+            let _ = writeln!(report, "\n{}", floor.stop());
+        }
+        round_trip_floor(rounds, &mut report)?;
         scrape_vs_process_exporter(&addr, &groups, rounds, &mut report)?;
         drop(agent);
         let _ = std::fs::remove_dir_all(&work);

@@ -5,6 +5,7 @@
 //! nightly (aya 0.16 needs rustc >= 1.98).
 
 mod bench;
+mod floor;
 mod setup;
 
 use std::{
@@ -52,6 +53,9 @@ enum Cmd {
     Lint,
     /// Side-by-side benchmarks; writes BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// The benchmarks' FUSE floor: /proc served over FUSE with no work of its own.
+    #[command(hide = true)]
+    FuseFloor(floor::FloorArgs),
     /// The long forms of the stress tests (agent/tests/stress.rs, hostile.rs): 100,000 spawns,
     /// 60 s of wrk, 500 pid reuses, … on a release build. Prints a FIGURES line per test.
     Stress {
@@ -116,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             lint()
         }
+        Cmd::FuseFloor(args) => floor::run(args),
         Cmd::Bench(args) => {
             setup::run()?;
             build_release()?;

@@ -464,6 +464,22 @@ impl ProcFs {
         }
     }
 
+    /// Whether `name` can name nothing in `parent` whichever process the directory is of: a
+    /// process's or thread's directory holds a fixed set of names, so the kernel may keep a
+    /// miss for ENTRY_TTL instead of asking again at every probe (the kernel keeps a plain
+    /// ENOENT for an open, but a `stat` of `ctty`, which Linux never had, asks each time).
+    fn never_holds(&self, parent: Node, name: &OsStr) -> bool {
+        let Some(name) = name.to_str() else {
+            return true;
+        };
+        match parent {
+            Node::ProcDir(_) => entry_index(self.files_table(), name)
+                .is_none_or(|i| !self.serves(&self.files_table()[i as usize])),
+            Node::ThreadDir(..) => entry_index(THREAD_FILES, name).is_none(),
+            _ => false,
+        }
+    }
+
     /// The thread-group id of the calling thread (FUSE reports the thread).
     fn caller_tgid(&self, tid: u32) -> Result<u32, Errno> {
         let snap = self.snapshot()?;
@@ -900,6 +916,17 @@ impl Filesystem for ProcFs {
             .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)));
         match result {
             Ok(attr) => reply.entry_with_ttls(&self.attr_ttl(), &ENTRY_TTL, &attr, Generation(0)),
+            Err(Errno::ENOENT)
+                if Node::from_ino(parent.0).is_some_and(|p| self.never_holds(p, name)) =>
+            {
+                // Inode 0: the kernel keeps the miss for ENTRY_TTL.
+                let none = self.attr(Node::Root, FileType::RegularFile, 0, (0, 0), UNIX_EPOCH);
+                let none = FileAttr {
+                    ino: INodeNo(0),
+                    ..none
+                };
+                reply.entry_with_ttls(&ENTRY_TTL, &ENTRY_TTL, &none, Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
