@@ -60,25 +60,38 @@ pub fn records(pid: u32, ns_per_tick: u64) -> Vec<TaskRecord> {
         .into_iter()
         .filter_map(|tid| record(pid, tid, ns_per_tick))
         .collect();
-    // Threads that already exited count in the process's totals but in no thread's file:
-    // carry the difference the way signal_struct does.
-    if !recs.is_empty()
-        && let Some(f) = stat_fields(pid)
-    {
+    if let Some(f) = stat_fields(pid) {
         let n = |i: usize| {
             f.get(i - 3)
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
                 * ns_per_tick
         };
-        let (ut, st): (u64, u64) = recs
-            .iter()
-            .fold((0, 0), |a, r| (a.0 + r.utime, a.1 + r.stime));
-        recs[0].sig_utime = n(14).saturating_sub(ut);
-        recs[0].sig_stime = n(15).saturating_sub(st);
-        recs[0].sig_sum_sched_runtime = recs[0].sig_utime + recs[0].sig_stime;
+        carry_group_times(&mut recs, n(14), n(15));
     }
     recs
+}
+
+/// Makes the process's totals come out as the kernel's `utime` and `stime` for the whole
+/// group (read after the threads'). Threads that already exited count in those but in no
+/// thread's file, and the kernel scales each thread's times on its own, so the threads'
+/// times do not add up to the group's: summed, their user time can exceed the group's while
+/// their system time falls short. The group's numbers become the `prev` that the renderers'
+/// `cputime_adjust` never goes below, with the runtime set no higher, so it returns them as
+/// they are.
+fn carry_group_times(recs: &mut [TaskRecord], utime: u64, stime: u64) {
+    if recs.is_empty() {
+        return;
+    }
+    let (ut, st, rt) = recs.iter().fold((0, 0, 0), |a, r| {
+        (a.0 + r.utime, a.1 + r.stime, a.2 + r.sum_exec_runtime)
+    });
+    let group = &mut recs[0];
+    group.sig_utime = utime.saturating_sub(ut);
+    group.sig_stime = stime.saturating_sub(st);
+    group.sig_sum_sched_runtime = (utime + stime).saturating_sub(rt);
+    group.sig_prev_utime = utime;
+    group.sig_prev_stime = stime;
 }
 
 fn record(pid: u32, tid: u32, ns_per_tick: u64) -> Option<TaskRecord> {
@@ -201,6 +214,28 @@ pub fn split_stat(stat: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_procfs_process_totals_are_the_kernels_group_times() {
+        use crate::table::{Origin, Process};
+        // Two threads each scaled on its own: together 10 user and 2 system ticks' worth,
+        // where the kernel's group numbers say 8 and 6 (the rest from a thread that exited).
+        let mut recs: Vec<TaskRecord> = [(7, 5, 1), (8, 5, 1)]
+            .into_iter()
+            .map(|(tid, u, s)| {
+                // SAFETY: plain integers; all-zero is valid.
+                let mut r: TaskRecord = unsafe { std::mem::zeroed() };
+                (r.tid, r.tgid, r.utime, r.stime) = (tid, 7, u, s);
+                r.sum_exec_runtime = u + s;
+                r
+            })
+            .collect();
+        carry_group_times(&mut recs, 8, 6);
+        let mut p = Process::from_record(&recs[0], 0, Origin::Procfs);
+        p.tasks = recs.clone();
+        let sum = crate::view::linux::totals(&p, &recs[0], true);
+        assert_eq!((sum.utime, sum.stime), (8, 6));
+    }
 
     #[test]
     fn split_stat_handles_parens_in_comm() {

@@ -124,7 +124,7 @@ impl Process {
         }
     }
 
-    fn from_record(rec: &TaskRecord, ts: u64, origin: Origin) -> Self {
+    pub(crate) fn from_record(rec: &TaskRecord, ts: u64, origin: Origin) -> Self {
         Self {
             pid: rec.tgid,
             ppid: rec.ppid,
