@@ -51,7 +51,8 @@ enum Command {
     Mount {
         /// Comma-separated options: personality=linux|plan9|freebsd|netbsd|openbsd|svr4|qnx,
         /// cgroup=PATH or pid=PID (show one cgroup subtree), umask=OCTAL, noallow_other,
-        /// nolinux, cache=MS (bounded staleness).
+        /// nolinux, cache=MS (bounded staleness), passthrough (the kernel reads renderings
+        /// from memfds), uring (FUSE-over-io_uring queues; no control files).
         #[arg(short = 'o', default_value = "")]
         options: String,
         dir: PathBuf,

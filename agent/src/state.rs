@@ -66,6 +66,8 @@ pub struct AgentStats {
     /// FUSE requests answered by all mounts, and by operation.
     pub fuse_requests: u64,
     pub fuse_requests_by_op: std::collections::BTreeMap<&'static str, u64>,
+    /// Of all FUSE requests, those the io_uring queues of `-o uring` mounts carried.
+    pub fuse_uring_requests: u64,
     /// The last task-iterator pass: how long it took and how many tasks it returned.
     pub last_iterator_us: u64,
     pub last_iterator_tasks: usize,
@@ -262,6 +264,10 @@ pub fn spawn(
         events: events.clone(),
         max_age: cfg.max_age,
     };
+    // A finished pass reaches the actor through the ring reader, which drains the ring first:
+    // a process that exited before the pass started has its exit record applied before the
+    // pass shows it gone, so its exit status is never taken for lost.
+    let passes = state.queries.clone();
     let mut table = ProcessTable::new(cfg.exited_cap);
     let mut ledger = cfg.groups;
     let ns_per_tick = 1_000_000_000 / clock_ticks();
@@ -353,7 +359,7 @@ pub fn spawn(
                         if !refreshing {
                             refreshing = true;
                             let gc = take_gc(&mut last_gc);
-                            start_refresh(kernel.clone(), tx.clone(), &table, ns_per_tick, gc);
+                            start_refresh(kernel.clone(), passes.clone(), &table, ns_per_tick, gc);
                         }
                     }
                 }
@@ -446,7 +452,7 @@ pub fn spawn(
                     if due && !refreshing {
                         refreshing = true;
                         let gc = take_gc(&mut last_gc);
-                        start_refresh(kernel.clone(), tx.clone(), &table, ns_per_tick, gc);
+                        start_refresh(kernel.clone(), passes.clone(), &table, ns_per_tick, gc);
                     }
                 }
                 Msg::Stats(reply) => {
@@ -457,6 +463,7 @@ pub fn spawn(
                     s.fast_path_misses = latest.misses.load(std::sync::atomic::Ordering::Relaxed);
                     s.fuse_requests_by_op = crate::fs::requests().collect();
                     s.fuse_requests = s.fuse_requests_by_op.values().sum();
+                    s.fuse_uring_requests = crate::fs::uring_requests();
                     s.exited_retained = table.exited().len();
                     if let Ok(k) = kernel.lock()
                         && let Ok(counters) = k.stats()

@@ -926,6 +926,99 @@ fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
 }
 
 #[test]
+fn a_uring_view_serves_the_same_view_over_io_uring_queues() {
+    require_root!();
+    if !Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)");
+        return;
+    }
+    let (agent, _) = mounted_agent();
+    let uring_requests = || {
+        agent.json("/v1/stats")["fuse_uring_requests"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = uring_requests();
+    let view = mount_view(&agent, "uring", "uring");
+    let tree = Tree::new();
+    let pid = tree.0.id();
+    let compared = agree(&view, &agent, "ps -e -o pid,ppid,comm,stat,rss,args");
+    assert!(compared >= 3, "{compared}");
+    // The queues carried the requests, not /dev/fuse: at least one per process listed.
+    assert!(uring_requests() >= before + compared as u64);
+
+    // The caller's own process, and the same errnos as the fuser-served view.
+    let me = std::process::id();
+    assert_eq!(
+        std::fs::read_link(view.join("self")).unwrap(),
+        Path::new(&me.to_string())
+    );
+    assert_eq!(
+        errno_of(std::fs::create_dir(view.join("new"))),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        errno_of(std::fs::remove_dir(view.join(me.to_string()))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno_of(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(view.join(format!("{pid}/stat")))
+        ),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        errno_of(std::fs::read(view.join("4000000/stat"))),
+        Some(libc::ENOENT)
+    );
+    // No control files: the queues answer in turn and cannot leave one waiting.
+    assert_eq!(
+        errno_of(std::fs::metadata(view.join(format!("{pid}/ctl")))),
+        Some(libc::ENOENT)
+    );
+    assert!(!names_in(&view.join(pid.to_string())).contains(&"ctl".to_string()));
+
+    // A file opened before its process exits still reads what it was at open.
+    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+    let cpid = child.id();
+    eventually(5, "child in view", || {
+        std::fs::read(view.join(format!("{cpid}/stat"))).ok()
+    });
+    let mut open = std::fs::File::open(view.join(format!("{cpid}/status"))).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut open, &mut text).unwrap();
+    assert!(text.contains(&format!("Pid:\t{cpid}\n")), "{text}");
+    eventually(5, "ENOENT after exit", || {
+        (errno_of(std::fs::read(view.join(format!("{cpid}/stat")))) == Some(libc::ENOENT))
+            .then_some(())
+    });
+
+    // Unmounted by the agent, even with another mount namespace holding a copy.
+    let mut holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    eventually(5, "the namespace", || {
+        std::fs::read_to_string(format!("/proc/{}/mounts", holder.id()))
+            .ok()
+            .filter(|m| m.contains(view.to_str().unwrap()))
+            .map(drop)
+    });
+    let out = agent.cli(&["umount", view.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let list = String::from_utf8(agent.cli(&["mounts"]).stdout).unwrap();
+    assert!(!list.contains(view.to_str().unwrap()), "{list}");
+    let copy = format!("/proc/{}/root{}", holder.id(), view.display());
+    assert_eq!(errno_of(std::fs::read_dir(copy)), Some(libc::ENOTCONN));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+#[test]
 fn umount_returns_while_another_mount_namespace_holds_the_view() {
     require_root!();
     let agent = Agent::start();

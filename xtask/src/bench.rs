@@ -429,7 +429,7 @@ fn fuse_vs_proc(
     table(&title, &rows, report);
     let _ = writeln!(
         report,
-        "\nThe rounds run back to back, so each `ps` on the cache view finds what the previous one left in the page cache, revalidated with one GETATTR per file every {} ms. A never-stale view renders every file afresh at each open and answers each stat, open, read and close itself; with `passthrough` the kernel reads each rendering from a memfd, so no READ reaches the agent, and RELEASE goes in the background.",
+        "\nThe rounds run back to back, so each `ps` on the cache view finds what the previous one left in the page cache, revalidated with one GETATTR per file every {} ms. A never-stale view renders every file afresh at each open and answers each stat, open, read and close itself; with `passthrough` the kernel reads each rendering from a memfd, so no READ reaches the agent, and RELEASE goes in the background; with `uring` the same requests come through FUSE-over-io_uring queues, one per CPU, answered on the CPU that made them.",
         CACHE_MS / 2
     );
     let n = pids.len().max(1);
@@ -717,6 +717,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Ok(dir)
         };
         let passthrough = mount("passthrough", "passthrough")?;
+        let uring_view = uring
+            .as_ref()
+            .map(|_| mount("uring", "uring"))
+            .transpose()?;
         let cached = mount("cached", &format!("cache={CACHE_MS}"))?;
         let cache_label = format!("a `cache={CACHE_MS}` view (bounded staleness)");
         let cache_name = format!("cache={CACHE_MS}");
@@ -739,6 +743,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 agent: true,
             },
             View {
+                name: "uring",
+                label: "a never-stale `uring` view (io_uring queues)",
+                dir: uring_view.as_deref().unwrap_or(&view),
+                agent: true,
+            },
+            View {
                 name: &cache_name,
                 label: &cache_label,
                 dir: &cached,
@@ -751,6 +761,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 agent: false,
             },
         ];
+        if uring_view.is_none() {
+            views.retain(|v| v.name != "uring");
+        }
         if let Some(f) = &floor_uring {
             views.push(View {
                 name: "floor io_uring",

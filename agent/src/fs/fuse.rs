@@ -29,6 +29,7 @@ mod cache;
 mod passthrough;
 mod qnx;
 mod svr4;
+pub(super) mod uring;
 
 use super::{
     access::{self, EXEC, READ, Who},
@@ -53,6 +54,38 @@ const TTL: Duration = Duration::ZERO;
 /// encodes only the pid, so a reused pid's cached name shows the new process. This saves two
 /// LOOKUP round trips per file a tool opens. Absent names are never cached.
 const ENTRY_TTL: Duration = Duration::from_secs(60);
+
+/// Who asks: the fields of a request's header the handlers use, whichever transport brought
+/// it (fuser's /dev/fuse loop, or fuse/uring.rs).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Asker {
+    uid: u32,
+    gid: u32,
+    /// The calling thread, as FUSE reports it.
+    pid: u32,
+}
+
+impl Asker {
+    fn uid(&self) -> u32 {
+        self.uid
+    }
+    fn gid(&self) -> u32 {
+        self.gid
+    }
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl From<&Request> for Asker {
+    fn from(req: &Request) -> Self {
+        Self {
+            uid: req.uid(),
+            gid: req.gid(),
+            pid: req.pid(),
+        }
+    }
+}
 
 /// The control layer, for the control files.
 #[derive(Clone)]
@@ -245,9 +278,10 @@ impl ProcFs {
     }
 
     /// Whether `e` is served by this mount: a `cache=` mount has no control files, since the
-    /// kernel would answer their opens and cache their reads.
+    /// kernel would answer their opens and cache their reads; nor has a `uring` one, whose
+    /// queues answer in turn and cannot leave a control read waiting on a stopped process.
     fn serves(&self, e: &Entry) -> bool {
-        self.opts.cache.is_none() || !matches!(e.kind, Kind::Control(_))
+        (self.opts.cache.is_none() && !self.opts.uring) || !matches!(e.kind, Kind::Control(_))
     }
 
     /// The process for `pid` if it is live and in this mount's scope; a process that started
@@ -500,7 +534,7 @@ impl ProcFs {
             .ok_or(Errno::ENOENT)
     }
 
-    fn readlink_node(&self, req: &Request, node: Node) -> Result<Vec<u8>, Errno> {
+    fn readlink_node(&self, req: &Asker, node: Node) -> Result<Vec<u8>, Errno> {
         match node {
             Node::Global(i) => match self.globals().get(i as usize).map(|g| g.kind) {
                 Some(GlobalKind::SelfLink) => {
@@ -535,7 +569,7 @@ impl ProcFs {
         }
     }
 
-    fn render(&self, req: &Request, node: Node) -> Result<Vec<u8>, Errno> {
+    fn render(&self, req: &Asker, node: Node) -> Result<Vec<u8>, Errno> {
         match node {
             Node::Global(i) => match self.globals().get(i as usize).map(|g| g.kind) {
                 Some(GlobalKind::KernelFile(path)) => std::fs::read(Path::new("/proc").join(path))
@@ -696,7 +730,7 @@ impl ProcFs {
 
     /// Opens a control file: the process must exist in this view, and the opener is
     /// remembered, since every operation is checked against the caller's own rights.
-    fn open_control(&self, req: &Request, pid: u32, ctl: ControlFile) -> Result<Handle, Errno> {
+    fn open_control(&self, req: &Asker, pid: u32, ctl: ControlFile) -> Result<Handle, Errno> {
         self.process(pid)?;
         if self.control.is_none() {
             return Err(Errno::EOPNOTSUPP);
@@ -721,7 +755,7 @@ impl ProcFs {
 
     /// Whether the caller may do `mask` to `node`, decided as the kernel's mode check would
     /// (fs/access.rs). Root reading or writing needs no attributes, so costs nothing.
-    fn allow(&self, req: &Request, node: Node, mask: u16) -> Result<(), Errno> {
+    fn allow(&self, req: &Asker, node: Node, mask: u16) -> Result<(), Errno> {
         if req.uid() == 0 && mask & EXEC == 0 {
             return Ok(());
         }
@@ -729,7 +763,7 @@ impl ProcFs {
     }
 
     /// `allow` for a node whose attributes are already at hand.
-    fn allow_attr(req: &Request, attr: &FileAttr, mask: u16) -> Result<(), Errno> {
+    fn allow_attr(req: &Asker, attr: &FileAttr, mask: u16) -> Result<(), Errno> {
         let who = Who {
             uid: req.uid(),
             gid: req.gid(),
@@ -840,7 +874,7 @@ fn ptrace_guarded(src: Source) -> bool {
     )
 }
 
-fn may_read(req: &Request, pid: u32) -> Result<(), Errno> {
+fn may_read(req: &Asker, pid: u32) -> Result<(), Errno> {
     let caller = Caller {
         uid: req.uid(),
         gid: req.gid(),
@@ -892,6 +926,164 @@ pub(super) fn same_process(p: &Process) -> Result<(), ViewError> {
     }
 }
 
+/// What a LOOKUP found.
+pub(super) enum Found {
+    Node(FileAttr),
+    /// Nothing, and nothing can ever be there (`never_holds`): the kernel may keep the miss.
+    Never,
+}
+
+/// What an OPEN made.
+pub(super) enum Opened {
+    /// A control file's handle, kept.
+    Handle(u64),
+    /// A file's contents, rendered now; the transport keeps them (or backs them with a memfd).
+    Rendered(Vec<u8>),
+}
+
+/// How a rendered file is opened: DIRECT_IO, so the size 0 that getattr reports never
+/// truncates a read; NOFLUSH, since nothing is ever written, so close(2) need not wait for a
+/// FLUSH round trip.
+const RENDERED_OPEN: FopenFlags = FopenFlags::FOPEN_DIRECT_IO.union(FopenFlags::FOPEN_NOFLUSH);
+
+/// The operations, whichever transport brought the request: fuser's adapter below, or the
+/// io_uring queues of fuse/uring.rs.
+impl ProcFs {
+    fn do_lookup(&self, req: &Asker, parent: u64, name: &OsStr) -> Result<Found, Errno> {
+        let result = Node::from_ino(parent)
+            .ok_or(Errno::ENOENT)
+            .and_then(|p| self.allow(req, p, EXEC).map(|()| p))
+            .and_then(|p| self.lookup_node(p, name))
+            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)));
+        match result {
+            Ok(attr) => Ok(Found::Node(attr)),
+            Err(Errno::ENOENT)
+                if Node::from_ino(parent).is_some_and(|p| self.never_holds(p, name)) =>
+            {
+                Ok(Found::Never)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn do_getattr(&self, req: &Asker, ino: u64) -> Result<FileAttr, Errno> {
+        Node::from_ino(ino)
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)))
+    }
+
+    fn do_access(&self, req: &Asker, ino: u64, mask: u32) -> Result<(), Errno> {
+        let want = (mask & 0o7) as u16;
+        Node::from_ino(ino)
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.getattr_node(n))
+            .and_then(|attr| Self::allow_attr(req, &attr, want))
+    }
+
+    fn do_readlink(&self, req: &Asker, ino: u64) -> Result<Vec<u8>, Errno> {
+        Node::from_ino(ino)
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.readlink_node(req, n))
+    }
+
+    fn do_open(&self, req: &Asker, ino: u64, flags: OpenFlags) -> Result<Opened, Errno> {
+        let node = Node::from_ino(ino).ok_or(Errno::ENOENT)?;
+        if self.opts.cache.is_some() {
+            // FUSE_NO_OPEN_SUPPORT: the kernel opens this mount's files itself from now on, and
+            // reads go through its page cache (attributes carry sizes; see with_contents).
+            return Err(Errno::ENOSYS);
+        }
+        self.allow(req, node, access::open_mask(flags.acc_mode()))?;
+        let control = match node {
+            // SVR4: the process file is its address space, as `mem`.
+            Node::PidFile(pid) => Some((pid, ControlFile::Mem)),
+            Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
+                Some(Kind::Control(ctl)) => Some((pid, ctl)),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some((pid, ctl)) = control {
+            let fh = self.new_fh();
+            let handle = self.open_control(req, pid, ctl)?;
+            self.qnx_open(node, flags, fh, &handle)?;
+            self.keep(fh, handle);
+            return Ok(Opened::Handle(fh));
+        }
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            // Only control files take writes.
+            return Err(Errno::EACCES);
+        }
+        if let Node::ProcFile(pid, i) = node
+            && let Some(Kind::File(src)) = self.files_table().get(i as usize).map(|e| e.kind)
+            && ptrace_guarded(src)
+        {
+            may_read(req, pid)?;
+        }
+        self.render(req, node).map(Opened::Rendered)
+    }
+
+    /// Keeps a rendering for the READs of handle `fh`.
+    fn keep_rendered(&self, fh: u64, bytes: Vec<u8>) -> u64 {
+        self.keep(fh, Handle::Bytes(Arc::new(bytes)));
+        fh
+    }
+
+    /// The READ of a rendered file's handle.
+    fn read_rendered(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        match self.handle(FileHandle(fh)) {
+            Some(Handle::Bytes(bytes)) => Ok(window(&bytes, offset, size).to_vec()),
+            Some(_) => Err(Errno::EIO),
+            None => Err(Errno::EBADF),
+        }
+    }
+
+    fn do_release(&self, fh: u64) {
+        let handle = self.files.lock().ok().and_then(|mut f| f.remove(&fh));
+        if let Some(Handle::Backed { ino, .. }) = handle {
+            self.passthrough.closed(ino);
+        }
+        self.qnx_release(fh);
+    }
+
+    /// The listing is taken once, at opendir, so a reader walking it in several calls sees one
+    /// consistent directory.
+    fn do_opendir(&self, req: &Asker, ino: u64) -> Result<u64, Errno> {
+        let list = Node::from_ino(ino)
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.allow(req, n, READ).map(|()| n))
+            .and_then(|n| {
+                // fd/ is 0500, but a non-dumpable process's is root's in procfs.
+                if let Node::ProcFile(pid, i) = n
+                    && let Some(Kind::FdDir) = self.files_table().get(i as usize).map(|e| e.kind)
+                {
+                    may_read(req, pid)?;
+                }
+                Ok(n)
+            })
+            .and_then(|n| self.dir_entries(n))?;
+        let fh = self.new_fh();
+        if let Ok(mut dirs) = self.dirs.lock() {
+            dirs.insert(fh, Arc::new(list));
+        }
+        Ok(fh)
+    }
+
+    fn listing(&self, fh: u64) -> Result<Arc<Vec<DirEnt>>, Errno> {
+        self.dirs
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&fh).cloned())
+            .ok_or(Errno::EBADF)
+    }
+
+    fn do_releasedir(&self, fh: u64) {
+        if let Ok(mut dirs) = self.dirs.lock() {
+            dirs.remove(&fh);
+        }
+    }
+}
+
 impl Filesystem for ProcFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if self.opts.passthrough {
@@ -909,16 +1101,11 @@ impl Filesystem for ProcFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         super::count_request(super::Op::Lookup);
-        let result = Node::from_ino(parent.0)
-            .ok_or(Errno::ENOENT)
-            .and_then(|p| self.allow(req, p, EXEC).map(|()| p))
-            .and_then(|p| self.lookup_node(p, name))
-            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)));
-        match result {
-            Ok(attr) => reply.entry_with_ttls(&self.attr_ttl(), &ENTRY_TTL, &attr, Generation(0)),
-            Err(Errno::ENOENT)
-                if Node::from_ino(parent.0).is_some_and(|p| self.never_holds(p, name)) =>
-            {
+        match self.do_lookup(&Asker::from(req), parent.0, name) {
+            Ok(Found::Node(attr)) => {
+                reply.entry_with_ttls(&self.attr_ttl(), &ENTRY_TTL, &attr, Generation(0))
+            }
+            Ok(Found::Never) => {
                 // Inode 0: the kernel keeps the miss for ENTRY_TTL.
                 let none = self.attr(Node::Root, FileType::RegularFile, 0, (0, 0), UNIX_EPOCH);
                 let none = FileAttr {
@@ -933,10 +1120,7 @@ impl Filesystem for ProcFs {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         super::count_request(super::Op::Getattr);
-        match Node::from_ino(ino.0)
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)))
-        {
+        match self.do_getattr(&Asker::from(req), ino.0) {
             Ok(attr) => reply.attr(&self.attr_ttl(), &attr),
             Err(e) => reply.error(e),
         }
@@ -946,12 +1130,7 @@ impl Filesystem for ProcFs {
     /// one open(2) would give.
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         super::count_request(super::Op::Access);
-        let want = (mask.bits() & 0o7) as u16;
-        match Node::from_ino(ino.0)
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.getattr_node(n))
-            .and_then(|attr| Self::allow_attr(req, &attr, want))
-        {
+        match self.do_access(&Asker::from(req), ino.0, mask.bits() as u32) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -959,10 +1138,7 @@ impl Filesystem for ProcFs {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         super::count_request(super::Op::Readlink);
-        match Node::from_ino(ino.0)
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.readlink_node(req, n))
-        {
+        match self.do_readlink(&Asker::from(req), ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
         }
@@ -970,53 +1146,9 @@ impl Filesystem for ProcFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         super::count_request(super::Op::Open);
-        let node = match Node::from_ino(ino.0) {
-            Some(n) => n,
-            None => return reply.error(Errno::ENOENT),
-        };
-        if self.opts.cache.is_some() {
-            // FUSE_NO_OPEN_SUPPORT: the kernel opens this mount's files itself from now on, and
-            // reads go through its page cache (attributes carry sizes; see with_contents).
-            return reply.error(Errno::ENOSYS);
-        }
-        if let Err(e) = self.allow(req, node, access::open_mask(flags.acc_mode())) {
-            return reply.error(e);
-        }
-        let control = match node {
-            // SVR4: the process file is its address space, as `mem`.
-            Node::PidFile(pid) => Some((pid, ControlFile::Mem)),
-            Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
-                Some(Kind::Control(ctl)) => Some((pid, ctl)),
-                _ => None,
-            },
-            _ => None,
-        };
-        if let Some((pid, ctl)) = control {
-            let fh = self.new_fh();
-            return match self.open_control(req, pid, ctl).and_then(|handle| {
-                self.qnx_open(node, flags, fh, &handle)?;
-                Ok(handle)
-            }) {
-                Ok(handle) => {
-                    self.keep(fh, handle);
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
-                }
-                Err(e) => reply.error(e),
-            };
-        }
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            // Only control files take writes.
-            return reply.error(Errno::EACCES);
-        }
-        if let Node::ProcFile(pid, i) = node
-            && let Some(Kind::File(src)) = self.files_table().get(i as usize).map(|e| e.kind)
-            && ptrace_guarded(src)
-            && let Err(e) = may_read(req, pid)
-        {
-            return reply.error(e);
-        }
-        match self.render(req, node) {
-            Ok(bytes) => {
+        match self.do_open(&Asker::from(req), ino.0, flags) {
+            Ok(Opened::Handle(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(Opened::Rendered(bytes)) => {
                 let fh = self.new_fh();
                 if let Some(id) = self.passthrough.back(&reply, ino.0, &bytes) {
                     self.keep(fh, Handle::Backed { ino: ino.0 });
@@ -1031,12 +1163,8 @@ impl Filesystem for ProcFs {
                     // The kernel would refuse any other kind of open of this inode now.
                     return reply.error(Errno::EIO);
                 }
-                self.keep(fh, Handle::Bytes(Arc::new(bytes)));
-                // NOFLUSH: nothing is ever written, so close(2) need not wait for a FLUSH round trip.
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
-                );
+                let fh = self.keep_rendered(fh, bytes);
+                reply.opened(FileHandle(fh), RENDERED_OPEN);
             }
             Err(e) => reply.error(e),
         }
@@ -1054,6 +1182,7 @@ impl Filesystem for ProcFs {
         reply: ReplyData,
     ) {
         super::count_request(super::Op::Read);
+        let req = &Asker::from(req);
         if fh.0 == 0 {
             return match self.cached_read(req, ino.0) {
                 Ok(bytes) => reply.data(window(&bytes, offset, size)),
@@ -1092,11 +1221,7 @@ impl Filesystem for ProcFs {
         reply: ReplyEmpty,
     ) {
         super::count_request(super::Op::Release);
-        let handle = self.files.lock().ok().and_then(|mut f| f.remove(&fh.0));
-        if let Some(Handle::Backed { ino, .. }) = handle {
-            self.passthrough.closed(ino);
-        }
-        self.qnx_release(fh.0);
+        self.do_release(fh.0);
         reply.ok();
     }
 
@@ -1117,29 +1242,8 @@ impl Filesystem for ProcFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         super::count_request(super::Op::Opendir);
-        // The listing is taken once, at opendir, so a reader walking it in several calls sees
-        // one consistent directory.
-        match Node::from_ino(ino.0)
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.allow(req, n, READ).map(|()| n))
-            .and_then(|n| {
-                // fd/ is 0500, but a non-dumpable process's is root's in procfs.
-                if let Node::ProcFile(pid, i) = n
-                    && let Some(Kind::FdDir) = self.files_table().get(i as usize).map(|e| e.kind)
-                {
-                    may_read(req, pid)?;
-                }
-                Ok(n)
-            })
-            .and_then(|n| self.dir_entries(n))
-        {
-            Ok(list) => {
-                let fh = self.new_fh();
-                if let Ok(mut dirs) = self.dirs.lock() {
-                    dirs.insert(fh, Arc::new(list));
-                }
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
+        match self.do_opendir(&Asker::from(req), ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -1153,8 +1257,9 @@ impl Filesystem for ProcFs {
         mut reply: ReplyDirectory,
     ) {
         super::count_request(super::Op::Readdir);
-        let Some(list) = self.dirs.lock().ok().and_then(|d| d.get(&fh.0).cloned()) else {
-            return reply.error(Errno::EBADF);
+        let list = match self.listing(fh.0) {
+            Ok(list) => list,
+            Err(e) => return reply.error(e),
         };
         for (i, e) in list.iter().enumerate().skip(offset as usize) {
             if reply.add(
@@ -1178,9 +1283,7 @@ impl Filesystem for ProcFs {
         reply: ReplyEmpty,
     ) {
         super::count_request(super::Op::Releasedir);
-        if let Ok(mut dirs) = self.dirs.lock() {
-            dirs.remove(&fh.0);
-        }
+        self.do_releasedir(fh.0);
         reply.ok();
     }
 
@@ -1314,6 +1417,7 @@ impl Filesystem for ProcFs {
         reply: ReplyIoctl,
     ) {
         super::count_request(super::Op::Ioctl);
+        let req = &Asker::from(req);
         match self.opts.personality {
             Personality::Svr4 => self.svr4_ioctl(req, fh, cmd, in_data, reply),
             Personality::Qnx => self.qnx_ioctl(req, fh, cmd, in_data, reply),

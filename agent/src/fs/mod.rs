@@ -126,8 +126,36 @@ pub enum MountError {
 }
 
 struct Mounted {
-    session: fuser::BackgroundSession,
+    session: Transport,
     options: String,
+}
+
+/// Who serves a mount: fuser's threads on /dev/fuse, or our io_uring queues (`-o uring`).
+enum Transport {
+    Fuser(fuser::BackgroundSession),
+    Uring(fuse::uring::Session),
+}
+
+impl Transport {
+    /// Whether the connection has ended (someone unmounted the view from outside).
+    fn is_finished(&self) -> bool {
+        match self {
+            Transport::Fuser(s) => s.guard.is_finished(),
+            Transport::Uring(s) => s.is_finished(),
+        }
+    }
+
+    fn umount_and_join(self) -> std::io::Result<()> {
+        match self {
+            Transport::Fuser(s) => s.umount_and_join(),
+            Transport::Uring(s) => s.umount_and_join(),
+        }
+    }
+}
+
+/// Requests the io_uring queues have carried, over all `-o uring` mounts.
+pub fn uring_requests() -> u64 {
+    fuse::uring::REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 pub struct Mounts {
@@ -202,13 +230,20 @@ impl Mounts {
             SessionACL::Owner
         };
         config.n_threads = Some(2);
-        let invalidator = fs.invalidator();
-        let session = fuser::Session::new(fs, &dir, &config)
-            .and_then(fuser::Session::spawn)
-            .map_err(|e| MountError::Io(dir.clone(), e))?;
-        if let Some(invalidator) = invalidator {
-            invalidator.spawn(session.notifier());
-        }
+        let session = if opts.uring {
+            fuse::uring::Session::mount(fs, &dir, opts.allow_other)
+                .map(Transport::Uring)
+                .map_err(|e| MountError::Io(dir.clone(), e))?
+        } else {
+            let invalidator = fs.invalidator();
+            let session = fuser::Session::new(fs, &dir, &config)
+                .and_then(fuser::Session::spawn)
+                .map_err(|e| MountError::Io(dir.clone(), e))?;
+            if let Some(invalidator) = invalidator {
+                invalidator.spawn(session.notifier());
+            }
+            Transport::Fuser(session)
+        };
         tracing::info!(dir = %dir.display(), options = %text, "mounted proc view");
         live.insert(
             dir,
@@ -294,7 +329,7 @@ impl Mounts {
         let mut live = self.live.lock().expect("mount table lock");
         let gone: Vec<PathBuf> = live
             .iter()
-            .filter(|(_, m)| m.session.guard.is_finished())
+            .filter(|(_, m)| m.session.is_finished())
             .map(|(d, _)| d.clone())
             .collect();
         for d in gone {

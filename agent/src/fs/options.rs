@@ -47,6 +47,10 @@ pub struct MountOptions {
     /// Serve rendered files through FUSE passthrough (fuse/passthrough.rs): no READ round
     /// trips, but opens of a file that overlap share one rendering.
     pub passthrough: bool,
+    /// Serve the view over FUSE-over-io_uring queues, one per CPU (fuse/uring.rs), instead
+    /// of fuser's /dev/fuse threads: a request is answered on the CPU that made it. Such a
+    /// mount has no control files.
+    pub uring: bool,
     /// The raw text, for listings.
     pub text: String,
 }
@@ -61,6 +65,7 @@ impl Default for MountOptions {
             allow_other: true,
             cache: None,
             passthrough: false,
+            uring: false,
             text: String::new(),
         }
     }
@@ -140,6 +145,7 @@ impl MountOptions {
                     })?));
                 }
                 "passthrough" => o.passthrough = flag(key, value)?,
+                "uring" => o.uring = flag(key, value)?,
                 "allow_other" => o.allow_other = flag(key, value)?,
                 "noallow_other" => o.allow_other = !flag(key, value)?,
                 "umask" => {
@@ -171,6 +177,23 @@ impl MountOptions {
                 "passthrough".into(),
                 "a cache= mount reads through the page cache instead".into(),
             ));
+        }
+        if o.uring {
+            let clash = if o.cache.is_some() {
+                Some("cache=")
+            } else if o.passthrough {
+                Some("passthrough")
+            } else if matches!(o.personality, Personality::Svr4 | Personality::Qnx) {
+                Some("this personality's ioctls")
+            } else {
+                None
+            };
+            if let Some(what) = clash {
+                return Err(OptionError::Bad(
+                    "uring".into(),
+                    format!("the io_uring transport serves never-stale views without {what}"),
+                ));
+            }
         }
         Ok(o)
     }
@@ -216,6 +239,28 @@ pub fn fuzz_check(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uring_is_a_plain_never_stale_option() {
+        assert!(!MountOptions::parse("").unwrap().uring);
+        assert!(MountOptions::parse("uring").unwrap().uring);
+        assert!(
+            MountOptions::parse("uring,personality=freebsd")
+                .unwrap()
+                .uring
+        );
+        for clash in [
+            "cache=100",
+            "passthrough",
+            "personality=svr4",
+            "personality=qnx",
+        ] {
+            assert!(
+                MountOptions::parse(&format!("uring,{clash}")).is_err(),
+                "{clash}"
+            );
+        }
+    }
 
     #[test]
     fn passthrough_is_a_never_stale_option() {

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier, Request};
+use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier};
 
 use super::ProcFs;
 use crate::{
@@ -134,7 +134,12 @@ impl ProcFs {
     /// On a `cache=` mount, attributes carry the size and mtime of the contents (rendered
     /// now, kept for the READ that follows), and every node the kernel learns of is stamped
     /// for the invalidation ticker.
-    pub(super) fn with_contents(&self, req: &Request, node: Node, mut attr: FileAttr) -> FileAttr {
+    pub(super) fn with_contents(
+        &self,
+        req: &super::Asker,
+        node: Node,
+        mut attr: FileAttr,
+    ) -> FileAttr {
         let Some(bound) = self.opts.cache else {
             return attr;
         };
@@ -168,7 +173,7 @@ impl ProcFs {
     }
 
     /// A READ without a handle (the kernel opened the file itself).
-    pub(super) fn cached_read(&self, req: &Request, ino: u64) -> Result<Arc<Vec<u8>>, Errno> {
+    pub(super) fn cached_read(&self, req: &super::Asker, ino: u64) -> Result<Arc<Vec<u8>>, Errno> {
         let bound = self.opts.cache.ok_or(Errno::EBADF)?;
         if let Some(b) = self
             .rendered

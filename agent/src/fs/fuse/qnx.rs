@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use fuser::{Errno, FileAttr, FileHandle, OpenAccMode, OpenFlags, ReplyIoctl, Request};
+use fuser::{Errno, FileAttr, FileHandle, OpenAccMode, OpenFlags, ReplyIoctl};
 
 use super::{Handle, Personality, ProcFs};
 use crate::{
@@ -140,7 +140,7 @@ impl ProcFs {
     /// otherwise), so the one writer is the one controller.
     pub(super) fn qnx_ioctl(
         &self,
-        req: &Request,
+        req: &super::Asker,
         fh: FileHandle,
         cmd: u32,
         arg: &[u8],

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use fuser::{Errno, FileAttr, FileHandle, FileType, ReplyIoctl, Request};
+use fuser::{Errno, FileAttr, FileHandle, FileType, ReplyIoctl};
 
 use super::{DirEnt, Handle, ProcFs, errno, kernel_file, kernel_link};
 use crate::{
@@ -58,7 +58,7 @@ impl ProcFs {
     /// threads.
     pub(super) fn svr4_ioctl(
         &self,
-        req: &Request,
+        req: &super::Asker,
         fh: FileHandle,
         cmd: u32,
         arg: &[u8],
