@@ -1019,6 +1019,60 @@ fn a_uring_view_serves_the_same_view_over_io_uring_queues() {
 }
 
 #[test]
+fn uring_with_passthrough_opens_over_the_queues_and_reads_in_the_kernel() {
+    require_root!();
+    if !Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)");
+        return;
+    }
+    let agent = Agent::start();
+    let view = mount_view(&agent, "uring-passthrough", "uring,passthrough");
+    let uring_requests = || {
+        agent.json("/v1/stats")["fuse_uring_requests"]
+            .as_u64()
+            .unwrap()
+    };
+    let mut child = ExecOnCue::start();
+    let status = child.file_in(&view, "status");
+    let name = || {
+        std::fs::read_to_string(&status)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(name(), "Name:\tsh");
+    let (opens, reads, carried) = (
+        fuse_requests(&agent, "open"),
+        fuse_requests(&agent, "read"),
+        uring_requests(),
+    );
+    for _ in 0..5 {
+        assert_eq!(name(), "Name:\tsh");
+    }
+    assert!(
+        fuse_requests(&agent, "open") >= opens + 5,
+        "every open renders afresh"
+    );
+    assert_eq!(
+        fuse_requests(&agent, "read"),
+        reads,
+        "the kernel reads the memfd"
+    );
+    assert!(
+        uring_requests() >= carried + 5,
+        "the opens came over the queues"
+    );
+    // Never stale: the next open shows the exec.
+    child.exec();
+    eventually(5, "the new program", || {
+        (name() == "Name:\tsleep").then_some(())
+    });
+    child.kill();
+}
+
+#[test]
 fn umount_returns_while_another_mount_namespace_holds_the_view() {
     require_root!();
     let agent = Agent::start();

@@ -721,6 +721,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .as_ref()
             .map(|_| mount("uring", "uring"))
             .transpose()?;
+        let uring_backed = uring
+            .as_ref()
+            .map(|_| mount("uring-passthrough", "uring,passthrough"))
+            .transpose()?;
         let cached = mount("cached", &format!("cache={CACHE_MS}"))?;
         let cache_label = format!("a `cache={CACHE_MS}` view (bounded staleness)");
         let cache_name = format!("cache={CACHE_MS}");
@@ -749,6 +753,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 agent: true,
             },
             View {
+                name: "uring+passthrough",
+                label: "a never-stale `uring,passthrough` view",
+                dir: uring_backed.as_deref().unwrap_or(&view),
+                agent: true,
+            },
+            View {
                 name: &cache_name,
                 label: &cache_label,
                 dir: &cached,
@@ -762,7 +772,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             },
         ];
         if uring_view.is_none() {
-            views.retain(|v| v.name != "uring");
+            views.retain(|v| !v.name.starts_with("uring"));
         }
         if let Some(f) = &floor_uring {
             views.push(View {

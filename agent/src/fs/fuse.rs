@@ -945,6 +945,9 @@ pub(super) enum Opened {
 /// truncates a read; NOFLUSH, since nothing is ever written, so close(2) need not wait for a
 /// FLUSH round trip.
 const RENDERED_OPEN: FopenFlags = FopenFlags::FOPEN_DIRECT_IO.union(FopenFlags::FOPEN_NOFLUSH);
+/// How a file backed by a memfd is opened: no DIRECT_IO, which would override passthrough and
+/// send READs after all.
+const BACKED_OPEN: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
 /// The operations, whichever transport brought the request: fuser's adapter below, or the
 /// io_uring queues of fuse/uring.rs.
@@ -1023,10 +1026,27 @@ impl ProcFs {
         self.render(req, node).map(Opened::Rendered)
     }
 
-    /// Keeps a rendering for the READs of handle `fh`.
-    fn keep_rendered(&self, fh: u64, bytes: Vec<u8>) -> u64 {
+    /// A new handle for a rendering: backed by a memfd the kernel reads itself on a
+    /// `passthrough` mount (with the backing's id to open it with), otherwise kept for READs.
+    fn open_rendered(
+        &self,
+        ino: u64,
+        bytes: Vec<u8>,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<passthrough::Id>,
+    ) -> Result<(u64, Option<Arc<passthrough::Id>>), Errno> {
+        let fh = self.new_fh();
+        if self.opts.passthrough {
+            if let Some(id) = self.passthrough.back(register, ino, &bytes) {
+                self.keep(fh, Handle::Backed { ino });
+                return Ok((fh, Some(id)));
+            }
+            if self.passthrough.backed(ino) {
+                // The kernel would refuse any other kind of open of this inode now.
+                return Err(Errno::EIO);
+            }
+        }
         self.keep(fh, Handle::Bytes(Arc::new(bytes)));
-        fh
+        Ok((fh, None))
     }
 
     /// The READ of a rendered file's handle.
@@ -1149,22 +1169,17 @@ impl Filesystem for ProcFs {
         match self.do_open(&Asker::from(req), ino.0, flags) {
             Ok(Opened::Handle(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Ok(Opened::Rendered(bytes)) => {
-                let fh = self.new_fh();
-                if let Some(id) = self.passthrough.back(&reply, ino.0, &bytes) {
-                    self.keep(fh, Handle::Backed { ino: ino.0 });
-                    // No DIRECT_IO: it would override passthrough and send READs after all.
-                    return reply.opened_passthrough(
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_NOFLUSH,
-                        &id,
-                    );
+                let register =
+                    |f: &std::fs::File| reply.open_backing(f).map(passthrough::Id::Fuser);
+                match self.open_rendered(ino.0, bytes, register) {
+                    Ok((fh, Some(id))) => {
+                        if let passthrough::Id::Fuser(id) = &*id {
+                            reply.opened_passthrough(FileHandle(fh), BACKED_OPEN, id);
+                        }
+                    }
+                    Ok((fh, None)) => reply.opened(FileHandle(fh), RENDERED_OPEN),
+                    Err(e) => reply.error(e),
                 }
-                if self.passthrough.backed(ino.0) {
-                    // The kernel would refuse any other kind of open of this inode now.
-                    return reply.error(Errno::EIO);
-                }
-                let fh = self.keep_rendered(fh, bytes);
-                reply.opened(FileHandle(fh), RENDERED_OPEN);
             }
             Err(e) => reply.error(e),
         }

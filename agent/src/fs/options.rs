@@ -181,8 +181,6 @@ impl MountOptions {
         if o.uring {
             let clash = if o.cache.is_some() {
                 Some("cache=")
-            } else if o.passthrough {
-                Some("passthrough")
             } else if matches!(o.personality, Personality::Svr4 | Personality::Qnx) {
                 Some("this personality's ioctls")
             } else {

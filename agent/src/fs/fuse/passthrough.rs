@@ -19,14 +19,14 @@
 use std::{
     collections::HashMap,
     io::Write as _,
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
 };
 
-use fuser::{BackingId, InitFlags, KernelConfig, ReplyOpen};
+use fuser::{BackingId, InitFlags, KernelConfig};
 
 /// Whether the connection negotiated passthrough, and the backing of each inode with open
 /// handles.
@@ -36,9 +36,46 @@ pub(super) struct Passthrough {
     open: Mutex<HashMap<u64, Backing>>,
 }
 
+/// A backing file registered with the kernel; dropping it unregisters it.
+pub(super) enum Id {
+    /// Through fuser, which closes it when its `BackingId` drops.
+    Fuser(BackingId),
+    /// Through the `/dev/fuse` descriptor of a `uring` mount (fuse/uring.rs).
+    Dev { dev: Arc<OwnedFd>, id: u32 },
+}
+
+impl Drop for Id {
+    fn drop(&mut self) {
+        if let Id::Dev { dev, id } = self {
+            // SAFETY: FUSE_DEV_IOC_BACKING_CLOSE reads one u32. It fails harmlessly once the
+            // connection has ended.
+            unsafe { libc::ioctl(dev.as_raw_fd(), BACKING_CLOSE, &raw const *id) };
+        }
+    }
+}
+
+/// `_IOW(229, 1, struct fuse_backing_map)` and `_IOW(229, 2, uint32_t)`.
+const BACKING_OPEN: libc::c_ulong = 0x4010_e501;
+const BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+
+/// Registers `file` as a backing file on the FUSE connection `dev`.
+pub(super) fn register(dev: &Arc<OwnedFd>, file: &std::fs::File) -> std::io::Result<Id> {
+    // struct fuse_backing_map: fd, flags, padding.
+    let map: [u32; 4] = [file.as_raw_fd() as u32, 0, 0, 0];
+    // SAFETY: the kernel reads 16 bytes from `map`.
+    let id = unsafe { libc::ioctl(dev.as_raw_fd(), BACKING_OPEN, map.as_ptr()) };
+    if id < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Id::Dev {
+        dev: dev.clone(),
+        id: id as u32,
+    })
+}
+
 struct Backing {
     file: std::fs::File,
-    id: Arc<BackingId>,
+    id: Arc<Id>,
     handles: u32,
     /// What the memfd holds.
     contents: Vec<u8>,
@@ -49,13 +86,24 @@ impl Passthrough {
     pub(super) fn negotiate(&self, config: &mut KernelConfig) {
         let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
+        self.negotiated(ok);
+    }
+
+    /// Whether INIT agreed to passthrough (fuse/uring.rs negotiates it itself).
+    pub(super) fn negotiated(&self, ok: bool) {
         self.on.store(ok, Ordering::Relaxed);
         tracing::debug!(passthrough = ok, "FUSE init");
     }
 
-    /// The backing for a new handle on `ino` holding `bytes`, or `None` when this open must be
-    /// served by READs (passthrough off or failing).
-    pub(super) fn back(&self, reply: &ReplyOpen, ino: u64, bytes: &[u8]) -> Option<Arc<BackingId>> {
+    /// The backing for a new handle on `ino` holding `bytes`, registered by `register` if the
+    /// inode has none yet; `None` when this open must be served by READs (passthrough off or
+    /// failing).
+    pub(super) fn back(
+        &self,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<Id>,
+        ino: u64,
+        bytes: &[u8],
+    ) -> Option<Arc<Id>> {
         if !self.on.load(Ordering::Relaxed) {
             return None;
         }
@@ -82,7 +130,7 @@ impl Passthrough {
             };
         }
         let made = memfd(bytes).and_then(|file| {
-            let id = reply.open_backing(&file)?;
+            let id = register(&file)?;
             Ok(Backing {
                 file,
                 id: Arc::new(id),

@@ -7,8 +7,8 @@
 //! fuser does not speak this transport and keeps its request decoding private, so this module
 //! mounts, answers INIT and decodes requests itself (the kernel's uapi: include/uapi/linux/fuse.h
 //! and Documentation/filesystems/fuse/fuse-io-uring.rst), and calls the same operations as the
-//! fuser adapter (`ProcFs::do_*`). It serves what a never-stale view without control files
-//! needs; the option parser refuses the rest.
+//! fuser adapter (`ProcFs::do_*`), with `-o passthrough` too. It serves what a never-stale view
+//! without control files needs; the option parser refuses the rest.
 
 use std::{
     ffi::{CString, OsStr},
@@ -28,7 +28,7 @@ use std::{
 
 use fuser::{Errno, FileAttr, FileType, OpenFlags};
 
-use super::{Asker, ENTRY_TTL, Found, Opened, ProcFs, RENDERED_OPEN};
+use super::{Asker, BACKED_OPEN, ENTRY_TTL, Found, Opened, ProcFs, RENDERED_OPEN, passthrough};
 use crate::fs::{Op, count_request};
 
 /// Requests carried by the io_uring queues, for /v1/stats (tests check the transport is used).
@@ -72,7 +72,9 @@ const BIG_WRITES: u64 = 1 << 5;
 const PARALLEL_DIROPS: u64 = 1 << 18;
 const MAX_PAGES: u64 = 1 << 22;
 const INIT_EXT: u64 = 1 << 30;
+const PASSTHROUGH: u64 = 1 << 37;
 const OVER_IO_URING: u64 = 1 << 41;
+const FOPEN_PASSTHROUGH: u32 = 1 << 7;
 
 const IN_HEADER: usize = 40;
 const OUT_HEADER: usize = 16;
@@ -201,7 +203,8 @@ fn mode_bits(kind: FileType) -> u32 {
 /// The shared state of a mount's threads.
 struct Conn {
     fs: ProcFs,
-    fd: OwnedFd,
+    /// Shared with the passthrough backings registered on it, which unregister through it.
+    fd: Arc<OwnedFd>,
     initialised: AtomicBool,
     /// Whether the kernel agreed to FUSE_OVER_IO_URING in INIT.
     uring: AtomicBool,
@@ -255,15 +258,28 @@ impl Conn {
                 count_request(Op::Open);
                 let flags = OpenFlags(u32_at(op, 0) as i32);
                 fs.do_open(&h.asker, h.nodeid, flags).and_then(|opened| {
-                    let fh = match opened {
-                        Opened::Rendered(bytes) => fs.keep_rendered(fs.new_fh(), bytes),
-                        // The option parser keeps control files off these mounts.
+                    let bytes = match opened {
+                        Opened::Rendered(bytes) => bytes,
+                        // `serves` keeps control files off these mounts.
                         Opened::Handle(fh) => {
                             fs.do_release(fh);
                             return Err(Errno::EACCES);
                         }
                     };
-                    Out(out).u64(fh).u32(RENDERED_OPEN.bits()).u32(0);
+                    let register = |f: &std::fs::File| passthrough::register(&self.fd, f);
+                    match fs.open_rendered(h.nodeid, bytes, register)? {
+                        (fh, Some(id)) => {
+                            let backing = match &*id {
+                                passthrough::Id::Dev { id, .. } => *id,
+                                passthrough::Id::Fuser(_) => 0,
+                            };
+                            let flags = BACKED_OPEN.bits() | FOPEN_PASSTHROUGH;
+                            Out(out).u64(fh).u32(flags).u32(backing);
+                        }
+                        (fh, None) => {
+                            Out(out).u64(fh).u32(RENDERED_OPEN.bits()).u32(0);
+                        }
+                    }
                     Ok(())
                 })
             }
@@ -326,16 +342,22 @@ impl Conn {
     fn init(&self, op: &[u8], out: &mut Vec<u8>) {
         let minor = u32_at(op, 4);
         let offered = u64::from(u32_at(op, 12)) | (u64::from(u32_at(op, 16)) << 32);
-        let flags = offered
-            & (ASYNC_READ | BIG_WRITES | PARALLEL_DIROPS | MAX_PAGES | INIT_EXT | OVER_IO_URING);
+        let mut wanted =
+            ASYNC_READ | BIG_WRITES | PARALLEL_DIROPS | MAX_PAGES | INIT_EXT | OVER_IO_URING;
+        if self.fs.opts.passthrough {
+            wanted |= PASSTHROUGH;
+        }
+        let flags = offered & wanted;
         self.uring
             .store(flags & OVER_IO_URING != 0, Ordering::Release);
+        self.fs.passthrough.negotiated(flags & PASSTHROUGH != 0);
         // struct fuse_init_out.
         let mut o = Out(out);
         o.u32(7).u32(minor.min(45)).u32(MAX_PAYLOAD as u32);
         o.u32(flags as u32).u16(16).u16(12).u32(MAX_PAYLOAD as u32);
         o.u32(1).u16((MAX_PAYLOAD / 4096) as u16).u16(0);
-        o.u32((flags >> 32) as u32);
+        // flags2, then max_stack_depth: a backing file may not itself be on a stacked fs.
+        o.u32((flags >> 32) as u32).u32(1);
         out.resize(64, 0);
         self.initialised.store(true, Ordering::Release);
     }
@@ -631,7 +653,7 @@ impl Session {
         }
         let conn = Arc::new(Conn {
             fs,
-            fd,
+            fd: Arc::new(fd),
             initialised: AtomicBool::new(false),
             uring: AtomicBool::new(false),
         });
