@@ -247,12 +247,12 @@ mod tests {
                 .unwrap()
                 .uring
         );
-        for clash in [
-            "cache=100",
-            "passthrough",
-            "personality=svr4",
-            "personality=qnx",
-        ] {
+        assert!(
+            MountOptions::parse("uring,passthrough")
+                .unwrap()
+                .passthrough
+        );
+        for clash in ["cache=100", "personality=svr4", "personality=qnx"] {
             assert!(
                 MountOptions::parse(&format!("uring,{clash}")).is_err(),
                 "{clash}"
