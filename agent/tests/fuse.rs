@@ -179,6 +179,13 @@ fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
 fn bad_operations_get_procfs_errnos() {
     require_root!();
     let (_agent, view) = mounted_agent();
+    refuses_bad_operations(&view);
+    open_files_outlive_their_process(&view);
+}
+
+/// Nothing can be made, removed, renamed or written, and names that are not there are ENOENT,
+/// each with procfs's errno.
+fn refuses_bad_operations(view: &Path) {
     let me = std::process::id();
     assert_eq!(
         errno_of(std::fs::create_dir(view.join("new"))),
@@ -221,9 +228,11 @@ fn bad_operations_get_procfs_errnos() {
         errno_of(std::fs::read(view.join(format!("{me}/nosuch")))),
         Some(libc::ENOENT)
     );
+}
 
-    // A process that exits is ENOENT afterwards, and a file opened before it exited still reads
-    // the snapshot taken at open.
+/// A process that exits is ENOENT afterwards, and a file opened before it exited still reads
+/// the snapshot taken at open.
+fn open_files_outlive_their_process(view: &Path) {
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = child.id();
     eventually(5, "child in view", || {
@@ -953,26 +962,7 @@ fn a_uring_view_serves_the_same_view_over_io_uring_queues() {
         std::fs::read_link(view.join("self")).unwrap(),
         Path::new(&me.to_string())
     );
-    assert_eq!(
-        errno_of(std::fs::create_dir(view.join("new"))),
-        Some(libc::EACCES)
-    );
-    assert_eq!(
-        errno_of(std::fs::remove_dir(view.join(me.to_string()))),
-        Some(libc::EPERM)
-    );
-    assert_eq!(
-        errno_of(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(view.join(format!("{pid}/stat")))
-        ),
-        Some(libc::EACCES)
-    );
-    assert_eq!(
-        errno_of(std::fs::read(view.join("4000000/stat"))),
-        Some(libc::ENOENT)
-    );
+    refuses_bad_operations(&view);
     // No control files: the queues answer in turn and cannot leave one waiting.
     assert_eq!(
         errno_of(std::fs::metadata(view.join(format!("{pid}/ctl")))),
@@ -980,42 +970,10 @@ fn a_uring_view_serves_the_same_view_over_io_uring_queues() {
     );
     assert!(!names_in(&view.join(pid.to_string())).contains(&"ctl".to_string()));
 
-    // A file opened before its process exits still reads what it was at open.
-    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-    let cpid = child.id();
-    eventually(5, "child in view", || {
-        std::fs::read(view.join(format!("{cpid}/stat"))).ok()
-    });
-    let mut open = std::fs::File::open(view.join(format!("{cpid}/status"))).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut open, &mut text).unwrap();
-    assert!(text.contains(&format!("Pid:\t{cpid}\n")), "{text}");
-    eventually(5, "ENOENT after exit", || {
-        (errno_of(std::fs::read(view.join(format!("{cpid}/stat")))) == Some(libc::ENOENT))
-            .then_some(())
-    });
+    open_files_outlive_their_process(&view);
 
     // Unmounted by the agent, even with another mount namespace holding a copy.
-    let mut holder = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sleep", "60"])
-        .spawn()
-        .unwrap();
-    eventually(5, "the namespace", || {
-        std::fs::read_to_string(format!("/proc/{}/mounts", holder.id()))
-            .ok()
-            .filter(|m| m.contains(view.to_str().unwrap()))
-            .map(drop)
-    });
-    let out = agent.cli(&["umount", view.to_str().unwrap()]);
-    assert!(out.status.success(), "{out:?}");
-    let list = String::from_utf8(agent.cli(&["mounts"]).stdout).unwrap();
-    assert!(!list.contains(view.to_str().unwrap()), "{list}");
-    let copy = format!("/proc/{}/root{}", holder.id(), view.display());
-    assert_eq!(errno_of(std::fs::read_dir(copy)), Some(libc::ENOTCONN));
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    umount_while_another_namespace_holds(&agent, &view);
 }
 
 #[test]
@@ -1072,15 +1030,9 @@ fn uring_with_passthrough_opens_over_the_queues_and_reads_in_the_kernel() {
     child.kill();
 }
 
-#[test]
-fn umount_returns_while_another_mount_namespace_holds_the_view() {
-    require_root!();
-    let agent = Agent::start();
-    let view = agent.dir.join("held");
-    std::fs::create_dir_all(&view).unwrap();
-    let out = agent.cli(&["mount", view.to_str().unwrap()]);
-    assert!(out.status.success(), "{out:?}");
-    // A namespace created now copies the mount and keeps it after ours is gone.
+/// Unmounts `view` through the agent while a mount namespace made now holds a copy of it: the
+/// unmount returns, the agent forgets the view, and the copy is dead rather than served on.
+fn umount_while_another_namespace_holds(agent: &Agent, view: &Path) {
     let mut holder = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sleep", "60"])
         .spawn()
@@ -1095,11 +1047,21 @@ fn umount_returns_while_another_mount_namespace_holds_the_view() {
     assert!(out.status.success(), "{out:?}");
     let list = String::from_utf8(agent.cli(&["mounts"]).stdout).unwrap();
     assert!(!list.contains(view.to_str().unwrap()), "{list}");
-    // The copy in the other namespace is dead, not served by a leftover session.
     let copy = format!("/proc/{}/root{}", holder.id(), view.display());
     assert_eq!(errno_of(std::fs::read_dir(copy)), Some(libc::ENOTCONN));
     holder.kill().unwrap();
     holder.wait().unwrap();
+}
+
+#[test]
+fn umount_returns_while_another_mount_namespace_holds_the_view() {
+    require_root!();
+    let agent = Agent::start();
+    let view = agent.dir.join("held");
+    std::fs::create_dir_all(&view).unwrap();
+    let out = agent.cli(&["mount", view.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    umount_while_another_namespace_holds(&agent, &view);
 }
 
 /// Mounts a view with `options` through the CLI at a new directory of the agent's.
