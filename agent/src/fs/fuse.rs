@@ -273,6 +273,13 @@ impl ProcFs {
         self.opts.cache.map_or(TTL, |_| cache::STAMP_TTL)
     }
 
+    /// How long the kernel may keep a name: a `cache=` mount's as long as its attributes, so a
+    /// tool that polls less often than ENTRY_TTL does not look every name up again; the
+    /// ticker's invalidations still reach every inode whose process changed or went.
+    fn entry_ttl(&self) -> Duration {
+        self.opts.cache.map_or(ENTRY_TTL, |_| cache::STAMP_TTL)
+    }
+
     fn half_cache(&self) -> Duration {
         self.opts.cache.unwrap_or_default() / 2
     }
@@ -500,7 +507,7 @@ impl ProcFs {
 
     /// Whether `name` can name nothing in `parent` whichever process the directory is of: a
     /// process's or thread's directory holds a fixed set of names, so the kernel may keep a
-    /// miss for ENTRY_TTL instead of asking again at every probe (the kernel keeps a plain
+    /// miss as long as a name instead of asking again at every probe (the kernel keeps a plain
     /// ENOENT for an open, but a `stat` of `ctty`, which Linux never had, asks each time).
     fn never_holds(&self, parent: Node, name: &OsStr) -> bool {
         let Some(name) = name.to_str() else {
@@ -1123,16 +1130,17 @@ impl Filesystem for ProcFs {
         super::count_request(super::Op::Lookup);
         match self.do_lookup(&Asker::from(req), parent.0, name) {
             Ok(Found::Node(attr)) => {
-                reply.entry_with_ttls(&self.attr_ttl(), &ENTRY_TTL, &attr, Generation(0))
+                reply.entry_with_ttls(&self.attr_ttl(), &self.entry_ttl(), &attr, Generation(0))
             }
             Ok(Found::Never) => {
-                // Inode 0: the kernel keeps the miss for ENTRY_TTL.
+                // Inode 0: the kernel keeps the miss as long as a name.
                 let none = self.attr(Node::Root, FileType::RegularFile, 0, (0, 0), UNIX_EPOCH);
                 let none = FileAttr {
                     ino: INodeNo(0),
                     ..none
                 };
-                reply.entry_with_ttls(&ENTRY_TTL, &ENTRY_TTL, &none, Generation(0))
+                let ttl = self.entry_ttl();
+                reply.entry_with_ttls(&ttl, &ttl, &none, Generation(0))
             }
             Err(e) => reply.error(e),
         }

@@ -25,9 +25,11 @@ use crate::{
     state::State,
 };
 
-/// How long an inode's stamp outlives its last GETATTR; also the attribute TTL of a cache
-/// mount, so that the kernel never holds attributes for an inode the ticker has forgotten.
-pub(super) const STAMP_TTL: Duration = Duration::from_secs(60);
+/// How long an inode's stamp outlives its last GETATTR; also the attribute and name TTL of a
+/// cache mount, so that the kernel never holds attributes for an inode the ticker has
+/// forgotten. Ten minutes: a tool polling every few minutes still finds its names and pages
+/// (a stamp is ~100 bytes; 60,000 of them at 10,000 processes are ~6 MB).
+pub(super) const STAMP_TTL: Duration = Duration::from_secs(600);
 
 /// What the kernel was last told about each inode of a cache mount.
 #[derive(Default)]

@@ -25,7 +25,7 @@ use std::{
 use fuser::{Errno, FileAttr, FileType, OpenFlags};
 use fusewire::{Attr, Header, Out, init, op, u32_at, u64_at};
 
-use super::{Asker, BACKED_OPEN, ENTRY_TTL, Found, Opened, ProcFs, RENDERED_OPEN, passthrough};
+use super::{Asker, BACKED_OPEN, Found, Opened, ProcFs, RENDERED_OPEN, passthrough};
 use crate::fs::{Op, count_request};
 
 /// Requests carried by the io_uring queues, for /v1/stats (tests check the transport is used).
@@ -93,10 +93,10 @@ impl fusewire::Server for Conn {
                     .map(|found| {
                         let attr = match found {
                             Found::Node(attr) => wire_attr(&attr),
-                            // Inode 0: the kernel keeps the miss for ENTRY_TTL.
+                            // Inode 0: the kernel keeps the miss as long as a name.
                             Found::Never => Attr::default(),
                         };
-                        Out(out).entry(&attr, ENTRY_TTL, fs.attr_ttl());
+                        Out(out).entry(&attr, fs.entry_ttl(), fs.attr_ttl());
                     })
             }
             op::GETATTR => {
