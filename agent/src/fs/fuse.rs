@@ -52,7 +52,8 @@ const TTL: Duration = Duration::ZERO;
 /// Names are: a cached name of a process that has gone still leads to an inode whose every
 /// operation answers ENOENT (attributes and contents are always asked for), and an inode number
 /// encodes only the pid, so a reused pid's cached name shows the new process. This saves two
-/// LOOKUP round trips per file a tool opens. Absent names are never cached.
+/// LOOKUP round trips per file a tool opens. An absent name is cached only where nothing can
+/// ever be (`never_holds`). A `cache=` mount keeps names longer (`entry_ttl`).
 const ENTRY_TTL: Duration = Duration::from_secs(60);
 
 /// Who asks: the fields of a request's header the handlers use, whichever transport brought
