@@ -825,6 +825,12 @@ fn passthrough_reads_come_from_a_fresh_backing_file_and_concurrent_opens_still_w
 /// A shell that execs `sleep 60` when told to: a process whose status changes on cue.
 struct ExecOnCue(Child);
 
+/// The first line of the file at `path`.
+fn first_line(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
 impl ExecOnCue {
     fn start() -> Self {
         let child = Command::new("sh")
@@ -881,14 +887,7 @@ fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
     let mut child = ExecOnCue::start();
     let pid = child.0.id();
     let status = child.file_in(&view, "status");
-    let name = || {
-        std::fs::read_to_string(&status)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let name = || first_line(&status);
     assert_eq!(name(), "Name:\tsh");
     // Read again at once: the kernel serves it (no OPEN, no READ reaches the agent).
     let (opens, reads) = (fuse_requests(&agent, "open"), fuse_requests(&agent, "read"));
@@ -992,14 +991,7 @@ fn uring_with_passthrough_opens_over_the_queues_and_reads_in_the_kernel() {
     };
     let mut child = ExecOnCue::start();
     let status = child.file_in(&view, "status");
-    let name = || {
-        std::fs::read_to_string(&status)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let name = || first_line(&status);
     assert_eq!(name(), "Name:\tsh");
     let (opens, reads, carried) = (
         fuse_requests(&agent, "open"),
