@@ -217,6 +217,24 @@ fn lint() -> anyhow::Result<()> {
         ],
         &[],
     )?;
+    // The BPF programs build for their own target (agent/build.rs, with aya-build): lint
+    // them there.
+    cargo(
+        &[
+            "clippy",
+            "-p",
+            "bpfproc-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
     // Doc comments are read by people: a broken intra-doc link is a wrong sentence.
     cargo_env(
         &[
