@@ -120,6 +120,15 @@ pub fn u64_at(b: &[u8], at: usize) -> u64 {
         .map_or(0, u64::from_ne_bytes)
 }
 
+/// The part of `bytes` a READ at `offset` of `size` bytes returns.
+pub fn window(bytes: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let end = start.saturating_add(size as usize).min(bytes.len());
+    &bytes[start..end]
+}
+
 /// struct fuse_in_header, the fields servers use.
 #[derive(Clone, Copy, Debug)]
 pub struct Header {
@@ -486,15 +495,18 @@ fn serve_queue(
         return;
     }
     let mut out = Vec::with_capacity(MAX_PAYLOAD);
+    // Reused: this loop runs once per request.
+    let mut done: Vec<(usize, i32)> = Vec::with_capacity(ENTRIES);
     loop {
         if ring.submit_and_wait(1).is_err() {
             return;
         }
-        let done: Vec<(usize, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data() as usize, c.result()))
-            .collect();
-        for (i, result) in done {
+        done.clear();
+        done.extend(
+            ring.completion()
+                .map(|c| (c.user_data() as usize, c.result())),
+        );
+        for &(i, result) in &done {
             let Some(e) = entries.get_mut(i) else {
                 continue;
             };

@@ -158,12 +158,9 @@ impl Floor {
                 Out(out).open(fh, fusewire::FOPEN_DIRECT_IO, 0);
             }
             op::READ => {
-                let (fh, offset, size) = (u64_at(op, 0), u64_at(op, 8) as usize, u32_at(op, 16));
                 let files = self.files.lock().map_err(|_| libc::EIO)?;
-                let data = files.get(&fh).ok_or(libc::EBADF)?;
-                let start = offset.min(data.len());
-                let end = (offset + size as usize).min(data.len());
-                out.extend_from_slice(&data[start..end]);
+                let data = files.get(&u64_at(op, 0)).ok_or(libc::EBADF)?;
+                out.extend_from_slice(fusewire::window(data, u64_at(op, 8), u32_at(op, 16)));
             }
             op::RELEASE => {
                 self.files

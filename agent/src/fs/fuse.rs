@@ -23,6 +23,8 @@ use fuser::{
     ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
+use fusewire::window;
+
 // Personality-specific parts of the adapter, and the cache= mode, as child modules so they
 // share its internals.
 mod cache;
@@ -854,15 +856,6 @@ fn control_write(
     }
 }
 
-/// The part of `bytes` a read at `offset` of `size` bytes returns.
-fn window(bytes: &[u8], offset: u64, size: u32) -> &[u8] {
-    let start = usize::try_from(offset)
-        .unwrap_or(usize::MAX)
-        .min(bytes.len());
-    let end = start.saturating_add(size as usize).min(bytes.len());
-    &bytes[start..end]
-}
-
 fn parse_id(name: &str) -> Result<u32, Errno> {
     // Canonical decimal only: "007" is not a pid directory on Linux.
     if name.is_empty() || name.starts_with('0') || !name.bytes().all(|b| b.is_ascii_digit()) {
@@ -1057,10 +1050,10 @@ impl ProcFs {
         Ok((fh, None))
     }
 
-    /// The READ of a rendered file's handle.
-    fn read_rendered(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    /// The rendering a READ of handle `fh` is served from.
+    fn rendering(&self, fh: u64) -> Result<Arc<Vec<u8>>, Errno> {
         match self.handle(FileHandle(fh)) {
-            Some(Handle::Bytes(bytes)) => Ok(window(&bytes, offset, size).to_vec()),
+            Some(Handle::Bytes(bytes)) => Ok(bytes),
             Some(_) => Err(Errno::EIO),
             None => Err(Errno::EBADF),
         }

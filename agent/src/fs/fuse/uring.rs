@@ -23,7 +23,7 @@ use std::{
 };
 
 use fuser::{Errno, FileAttr, FileType, OpenFlags};
-use fusewire::{Attr, Header, Out, init, op, u32_at, u64_at};
+use fusewire::{Attr, Header, Out, init, op, u32_at, u64_at, window};
 
 use super::{Asker, BACKED_OPEN, Found, Opened, ProcFs, RENDERED_OPEN, passthrough};
 use crate::fs::{Op, count_request};
@@ -121,8 +121,8 @@ impl fusewire::Server for Conn {
             op::READ => {
                 count_request(Op::Read);
                 let size = u32_at(op, 16).min(fusewire::MAX_PAYLOAD as u32);
-                fs.read_rendered(u64_at(op, 0), u64_at(op, 8), size)
-                    .map(|data| out.extend_from_slice(&data))
+                fs.rendering(u64_at(op, 0))
+                    .map(|bytes| out.extend_from_slice(window(&bytes, u64_at(op, 8), size)))
             }
             op::RELEASE => {
                 count_request(Op::Release);
