@@ -314,22 +314,15 @@ fn parse_pid(raw: &str) -> Result<u32, Response> {
         .ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("{raw:?} is not a pid")))
 }
 
-/// The snapshot and the process for `pid`, making sure its numbers have been read at least
-/// once (a process that forked after the last refresh has none yet).
+/// The snapshot and the process for `pid`, its numbers at most the staleness bound old.
 async fn lookup(app: &App, raw: &str) -> Result<(Arc<Snapshot>, Arc<Process>), Response> {
     let pid = parse_pid(raw)?;
-    let mut snap = app.state.snapshot_fast().await.map_err(|_| unavailable())?;
-    if snap.get(pid).is_some_and(|p| p.tasks.is_empty()) {
-        snap = app
-            .state
-            .snapshot_within(Duration::ZERO)
-            .await
-            .map_err(|_| unavailable())?;
-    }
-    let p = snap
-        .get(pid)
-        .cloned()
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no process {pid}")))?;
+    let (snap, p) = app
+        .state
+        .process(pid, app.state.max_age)
+        .await
+        .map_err(|_| unavailable())?;
+    let p = p.ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no process {pid}")))?;
     Ok((snap, p))
 }
 

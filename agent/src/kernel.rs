@@ -1,7 +1,10 @@
 //! Loading and talking to the BPF programs: attach the scheduler hooks, read the ring buffer,
 //! run the task iterator, read the failure counters.
 
-use std::{io::Read as _, os::fd::AsRawFd as _};
+use std::{
+    io::Read as _,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -206,34 +209,31 @@ impl Kernel {
             .as_ref()
             .ok_or(KernelError::Iter("iterator not attached".into()))?;
         let fd = bpf_cmd(BPF_ITER_CREATE, &[holder.fd.as_raw_fd() as u32, 0])?;
-        let mut file = std::fs::File::from(fd);
-        // Records are parsed as they arrive through one small buffer, so a pass at 10,000
-        // tasks allocates its 11 MB of records once instead of twice (bytes, then records).
-        const REC: usize = size_of::<TaskRecord>();
-        let mut out = Vec::with_capacity(self.last_tasks.get().max(256) + 64);
-        let mut buf = vec![0u8; 64 * REC];
-        let mut have = 0;
-        loop {
-            let n = file.read(&mut buf[have..])?;
-            if n == 0 {
-                break;
-            }
-            have += n;
-            let (chunks, _) = buf[..have].as_chunks::<REC>();
-            out.extend(chunks.iter().map(|chunk| {
-                // SAFETY: TaskRecord is repr(C) plain data written by our own program, and
-                // read_unaligned copes with the buffer's byte alignment.
-                let mut t =
-                    unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<TaskRecord>()) };
-                scrub(&mut t);
-                t
-            }));
-            let used = chunks.len() * REC;
-            buf.copy_within(used..have, 0);
-            have -= used;
-        }
+        let out = read_records(fd, self.last_tasks.get().max(256) + 64, 64)?;
         self.last_tasks.set(out.len());
         Ok(out)
+    }
+
+    /// A reader of one process's tasks that needs neither this struct nor its lock.
+    pub fn task_reader(&self) -> Result<TaskReader, KernelError> {
+        let iter: &Iter = self
+            .ebpf
+            .program("dump_task")
+            .ok_or(KernelError::Iter("program dump_task missing".into()))?
+            .try_into()
+            .map_err(|source| KernelError::Program {
+                name: "dump_task",
+                source,
+            })?;
+        let prog = iter
+            .fd()
+            .map_err(|source| KernelError::Program {
+                name: "dump_task",
+                source,
+            })?
+            .as_fd()
+            .try_clone_to_owned()?;
+        Ok(TaskReader { prog })
     }
 
     /// The failure and activity counters, summed over CPUs, in `stat` index order.
@@ -386,6 +386,71 @@ fn possible_cpus() -> u32 {
         .map_or(1, |m| m + 1)
 }
 
+/// Runs the task iterator over the threads of one process only (`bpf_iter_link_info.task.pid`,
+/// Linux 6.1): what an open of one process's file needs costs that process's threads, not a
+/// pass over the whole host.
+pub struct TaskReader {
+    prog: std::os::fd::OwnedFd,
+}
+
+impl TaskReader {
+    /// The records of `pid`'s threads, in the iterator's order; empty if no such process.
+    pub fn process(&self, pid: u32) -> Result<Vec<TaskRecord>, KernelError> {
+        // struct bpf_iter_link_info { struct { u32 tid, pid, pid_fd; } task; }
+        let info = [0u32, pid, 0];
+        let ptr = info.as_ptr() as u64;
+        let link = bpf_cmd(
+            BPF_LINK_CREATE,
+            &[
+                self.prog.as_raw_fd() as u32,
+                0,
+                BPF_TRACE_ITER,
+                0,
+                ptr as u32,
+                (ptr >> 32) as u32,
+                size_of_val(&info) as u32,
+            ],
+        )?;
+        let fd = bpf_cmd(BPF_ITER_CREATE, &[link.as_raw_fd() as u32, 0])?;
+        read_records(fd, 1, 4)
+    }
+}
+
+/// Reads an iterator's records as they arrive through one small buffer, so a pass at 10,000
+/// tasks allocates its 11 MB of records once instead of twice (bytes, then records).
+fn read_records(
+    fd: std::os::fd::OwnedFd,
+    expect: usize,
+    chunk: usize,
+) -> Result<Vec<TaskRecord>, KernelError> {
+    const REC: usize = size_of::<TaskRecord>();
+    let mut file = std::fs::File::from(fd);
+    let mut out = Vec::with_capacity(expect);
+    let mut buf = vec![0u8; chunk * REC];
+    let mut have = 0;
+    loop {
+        let n = file.read(&mut buf[have..])?;
+        if n == 0 {
+            break;
+        }
+        have += n;
+        let (chunks, _) = buf[..have].as_chunks::<REC>();
+        out.extend(chunks.iter().map(|chunk| {
+            // SAFETY: TaskRecord is repr(C) plain data written by our own program, and
+            // read_unaligned copes with the buffer's byte alignment.
+            let mut t = unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<TaskRecord>()) };
+            scrub(&mut t);
+            t
+        }));
+        let used = chunks.len() * REC;
+        buf.copy_within(used..have, 0);
+        have -= used;
+    }
+    Ok(out)
+}
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_TRACE_ITER: u32 = 28;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_ITER_CREATE: libc::c_long = 33;
 

@@ -320,6 +320,23 @@ fn answer(resp: socket::Response) -> anyhow::Result<()> {
     }
 }
 
+/// Lifts the soft limit on open files to the hard one, as servers do: every FUSE mount, open
+/// handle, passthrough backing and HTTP connection takes a descriptor, and the usual soft
+/// limit of 1,024 is a shell's, not a server's.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to a plain struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     check_args(&args)?;
     let grouping = match &args.metrics_groups_config {
@@ -327,6 +344,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         None => groups::Grouping::By(args.metrics_group_by),
     };
     let host = view::Host::detect();
+    raise_nofile();
     let t0 = std::time::Instant::now();
     let mut kernel = kernel::Kernel::load(&kernel::KernelConfig {
         ringbuf_bytes: args.ringbuf_bytes,
@@ -381,6 +399,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     // All ptrace work happens on this thread (see control/actor.rs).
     let control =
         control::Control::spawn(Some(kernel.clone())).context("starting the control thread")?;
+    let touched = state.clone();
+    control.on_change(Box::new(move |pid| touched.touch(pid)));
     let token: Arc<str> = cli::new_token()?.into();
     cli::write_token(&args.token_file, &token)
         .with_context(|| format!("writing the token file {}", args.token_file.display()))?;

@@ -63,6 +63,8 @@ pub struct AgentStats {
     /// Snapshot requests answered without the actor (fast path) and sent to it.
     pub fast_path_hits: u64,
     pub fast_path_misses: u64,
+    /// Reads of one process's threads that stood in for a pass (see `State::process`).
+    pub process_reads: u64,
     /// FUSE requests answered by all mounts, and by operation.
     pub fuse_requests: u64,
     pub fuse_requests_by_op: std::collections::BTreeMap<&'static str, u64>,
@@ -109,6 +111,8 @@ pub(crate) enum Msg {
     Identities(Vec<Identity>),
     /// Periodic: loss check, and refresh-ahead while clients are polling.
     Tick,
+    /// Reads of single processes have cost about a pass: start one.
+    Ahead,
     Stats(oneshot::Sender<AgentStats>),
     Groups(oneshot::Sender<GroupReport>),
 }
@@ -126,7 +130,41 @@ struct Latest {
     /// Answers given by `current()` without the actor, and the ones it had to decline.
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
+    /// Reads one process's threads, for `process_within`; `None` where the kernel (< 6.1)
+    /// cannot narrow a task iterator to one process.
+    reader: OnceLock<Option<crate::kernel::TaskReader>>,
+    /// Processes read on their own since the snapshot's numbers went stale (see `Overlay`).
+    overlays: Mutex<Overlays>,
+    process_reads: std::sync::atomic::AtomicU64,
+    /// When a control command last changed each process (see `State::touch`).
+    touched: Mutex<std::collections::HashMap<u32, u64>>,
 }
+
+/// One process's numbers, read on their own: an open of one file in a table whose numbers are
+/// stale costs a read of that process's threads, not a pass over the host (26 ms at 10,000
+/// processes, waited for by the open).
+struct Overlay {
+    /// The revision of the table's entry the numbers were laid over: a later event (an exec,
+    /// an exit) makes it another entry, and the overlay void.
+    base_rev: u64,
+    read_at: u64,
+    process: Arc<Process>,
+}
+
+#[derive(Default)]
+struct Overlays {
+    by_pid: std::collections::HashMap<u32, Overlay>,
+    /// The snapshot (by `refreshed_at`) whose stale numbers the reads below stood in for.
+    epoch: u64,
+    reads: usize,
+}
+
+/// Reads of single processes that cost as much as one pass over this many processes: past
+/// it, a pass is started ahead (a process's read is ~8 of a pass's per-process cost), so a
+/// reader of every process, like `ps`, gets whole passes.
+const OVERLAY_READS_PER_PASS: usize = 8;
+/// Overlays kept before the stale ones are swept.
+const OVERLAYS_KEPT: usize = 4096;
 
 /// A cheap handle to the actor.
 #[derive(Clone)]
@@ -213,6 +251,115 @@ impl State {
         found
     }
 
+    /// `pid`'s entry in `snap` (which must be current: every event applied) with numbers at
+    /// most `max_age` old: the entry itself if the snapshot's numbers are fresh enough, else
+    /// the entry with its threads read again on their own. `None`: the process ended or its
+    /// pid was reused since, or the kernel cannot read one process, and only a pass can tell.
+    fn process_within(&self, snap: &Snapshot, pid: u32, max_age: Duration) -> Option<Arc<Process>> {
+        let base = snap.get(pid)?;
+        let now = boot_ns();
+        let bound = max_age.as_nanos() as u64;
+        let l = &self.latest;
+        let changed = l
+            .touched
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&pid).copied())
+            .unwrap_or(0);
+        let fresh = |read_at: u64| now.saturating_sub(read_at) <= bound && read_at >= changed;
+        if fresh(snap.refreshed_at) && !base.tasks.is_empty() {
+            return Some(base.clone());
+        }
+        if let Ok(o) = l.overlays.lock()
+            && let Some(o) = o.by_pid.get(&pid)
+            && o.base_rev == base.rev
+            && fresh(o.read_at)
+        {
+            return Some(o.process.clone());
+        }
+        let reader = l.reader.get()?.as_ref()?;
+        let read_at = boot_ns();
+        let records = match reader.process(pid) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(pid, "reading one process's tasks: {e}");
+                return None;
+            }
+        };
+        l.process_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let process = crate::table::refreshed(base, records, read_at)?;
+        let Ok(mut o) = l.overlays.lock() else {
+            return Some(process);
+        };
+        if o.epoch != snap.refreshed_at {
+            o.epoch = snap.refreshed_at;
+            o.reads = 0;
+        }
+        o.reads += 1;
+        if o.reads == (snap.processes.len() / OVERLAY_READS_PER_PASS).max(16) {
+            // Demand enough for a pass: start one ahead; reads go on meanwhile.
+            let _ = self.tx.try_send(Msg::Ahead);
+        }
+        if o.by_pid.len() >= OVERLAYS_KEPT {
+            o.by_pid
+                .retain(|_, v| now.saturating_sub(v.read_at) <= bound);
+        }
+        o.by_pid.insert(
+            pid,
+            Overlay {
+                base_rev: base.rev,
+                read_at,
+                process: process.clone(),
+            },
+        );
+        Some(process)
+    }
+
+    /// The table as it is now (every event applied) and `pid`'s entry in it with numbers at
+    /// most `max_age` old; `None` if there is no such process.
+    pub async fn process(
+        &self,
+        pid: u32,
+        max_age: Duration,
+    ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone> {
+        let mut snap = match self.current(Duration::MAX) {
+            Some(s) => s,
+            None => self.snapshot_within(Duration::MAX).await?,
+        };
+        if snap.get(pid).is_none() {
+            return Ok((snap, None));
+        }
+        if let Some(p) = self.process_within(&snap, pid, max_age) {
+            return Ok((snap, Some(p)));
+        }
+        // Ended, or its pid reused, since the events we have (or this kernel cannot read one
+        // process): a pass settles it. A process born since the last one has no numbers
+        // until the next.
+        for bound in [max_age, Duration::ZERO] {
+            snap = self.snapshot_within(bound).await?;
+            if snap.get(pid).is_none_or(|p| !p.tasks.is_empty()) {
+                break;
+            }
+        }
+        let p = snap.get(pid).cloned();
+        Ok((snap, p))
+    }
+
+    /// `pid` was just changed by a control command (stopped, resumed, its memory written):
+    /// its numbers from before do not count as fresh, so a read after the command returns
+    /// shows its effect, however long the staleness bound.
+    pub fn touch(&self, pid: u32) {
+        let now = boot_ns();
+        if let Ok(mut t) = self.latest.touched.lock() {
+            if t.len() >= OVERLAYS_KEPT {
+                // Older than any bound: the numbers read since are newer anyway.
+                t.retain(|_, at| now.saturating_sub(*at) < 60_000_000_000);
+            }
+            t.insert(pid, now);
+        }
+    }
+
     /// A snapshot at most `max_age` old: from the fast path when it is current, else from the
     /// actor.
     pub async fn snapshot_fast(&self) -> Result<Arc<Snapshot>, Gone> {
@@ -290,6 +437,18 @@ pub fn spawn(
         "backfilled"
     );
 
+    // Tried once on ourselves: a kernel before 6.1 refuses a task iterator narrowed to one
+    // process, and then every stale number waits for a pass, as before.
+    let reader = kernel
+        .lock()
+        .expect("kernel lock")
+        .task_reader()
+        .and_then(|r| r.process(std::process::id()).map(|_| r));
+    let _ = latest.reader.set(
+        reader
+            .inspect_err(|e| tracing::warn!("no one-process task reads: {e}"))
+            .ok(),
+    );
     let mut stats = AgentStats::default();
     if let Ok(pids) = kernel.lock().expect("kernel lock").map_pids() {
         map_stats(&mut stats, &pids, &table);
@@ -349,8 +508,12 @@ pub fn spawn(
                         .fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
                 }
                 Msg::Snapshot { max_age, reply } => {
-                    last_query = std::time::Instant::now();
-                    demanded = true;
+                    // A question that takes numbers of any age (a listing, a process's
+                    // existence) does not ask for fresh ones.
+                    if max_age != Duration::MAX {
+                        last_query = std::time::Instant::now();
+                        demanded = true;
+                    }
                     let age = Duration::from_nanos(boot_ns().saturating_sub(last_refresh));
                     if age <= max_age {
                         let _ = reply.send(current(&table, &mut cached, last_refresh, &latest));
@@ -426,6 +589,15 @@ pub fn spawn(
                         table.set_identity(pid, start, cmdline, exe);
                     }
                 }
+                Msg::Ahead => {
+                    last_query = std::time::Instant::now();
+                    demanded = true;
+                    if !refreshing {
+                        refreshing = true;
+                        let gc = take_gc(&mut last_gc);
+                        start_refresh(kernel.clone(), passes.clone(), &table, ns_per_tick, gc);
+                    }
+                }
                 Msg::Tick => {
                     let now = std::time::Instant::now();
                     // A moved loss counter means some record never reached us: reconcile now
@@ -461,6 +633,9 @@ pub fn spawn(
                     s.live_processes = table.live().len();
                     s.fast_path_hits = latest.hits.load(std::sync::atomic::Ordering::Relaxed);
                     s.fast_path_misses = latest.misses.load(std::sync::atomic::Ordering::Relaxed);
+                    s.process_reads = latest
+                        .process_reads
+                        .load(std::sync::atomic::Ordering::Relaxed);
                     s.fuse_requests_by_op = crate::fs::requests().collect();
                     s.fuse_requests = s.fuse_requests_by_op.values().sum();
                     s.fuse_uring_requests = crate::fs::uring_requests();

@@ -612,6 +612,55 @@ impl ProcessTable {
 /// The iterator reads the thread-group-wide parts of a task (signal_struct, mm, sighand, fs,
 /// files, cgroup) only for the leader; give each thread the leader's values, as the kernel's
 /// per-thread files show them.
+/// `base` with the numbers of a one-process iterator read taken at `at` (the records of its
+/// threads in any order), as a whole-table pass would have left it; `None` if the records are
+/// of another process (none: it ended; another start: its pid was reused), which only the
+/// table, with its events, can tell apart. An unchanged process comes back as `base` itself,
+/// keeping its revision and so everything already rendered from it.
+pub fn refreshed(
+    base: &Arc<Process>,
+    mut records: Vec<TaskRecord>,
+    at: u64,
+) -> Option<Arc<Process>> {
+    let pid = base.pid;
+    records.sort_unstable_by_key(|r| (r.tid != pid, r.tid));
+    let leader = *records.first()?;
+    if leader.tgid != pid || leader.start_boottime != base.start_boottime {
+        return None;
+    }
+    if leader.tid == pid {
+        for t in &mut records[1..] {
+            inherit_group_fields(t, &leader);
+        }
+    }
+    let ids = (
+        leader.ppid,
+        leader.uid,
+        leader.gid,
+        leader.euid,
+        leader.egid,
+    );
+    let comm = cstr(&leader.comm);
+    // As in a pass: a name no event gave is taken from the kernel, but argv and exe wait for
+    // the next pass, which re-reads them.
+    let renamed = !base.kthread && comm != base.comm.as_slice();
+    if !renamed
+        && ids == (base.ppid, base.uid, base.gid, base.euid, base.egid)
+        && same_records(&base.tasks, &records)
+    {
+        return Some(base.clone());
+    }
+    let mut p = Process::clone(base);
+    p.rev = next_rev();
+    (p.ppid, p.uid, p.gid, p.euid, p.egid) = ids;
+    if renamed {
+        p.comm = comm.to_vec();
+    }
+    p.tasks = records;
+    p.refreshed_at = at;
+    Some(Arc::new(p))
+}
+
 fn inherit_group_fields(t: &mut TaskRecord, l: &TaskRecord) {
     t.pgid = l.pgid;
     t.sid = l.sid;
@@ -763,6 +812,43 @@ mod tests {
         r.nr_threads = 1;
         r.comm[..4].copy_from_slice(b"init");
         r
+    }
+
+    #[test]
+    fn one_process_read_refreshes_its_numbers_as_a_pass_would() {
+        let mut t = ProcessTable::new(16);
+        let mut leader = record(700, 700, 1, 5);
+        leader.sig_utime = 40;
+        let mut thread = record(700, 703, 1, 6);
+        thread.utime = 9;
+        t.apply_snapshot(10, &[leader, thread], true);
+        let base = t.get(700).unwrap().clone();
+        // Nothing moved: the same entry, so what was rendered from it stays valid.
+        let same = refreshed(&base, vec![thread, leader], 20).unwrap();
+        assert!(Arc::ptr_eq(&same, &base));
+        // The thread ran, the group's times moved and the process was reparented; the records
+        // come thread first, as an iterator may give them.
+        let mut leader2 = leader;
+        leader2.sig_utime = 55;
+        leader2.ppid = 2;
+        let mut thread2 = thread;
+        thread2.utime = 12;
+        let p = refreshed(&base, vec![thread2, leader2], 30).unwrap();
+        assert_ne!(p.rev, base.rev);
+        assert_eq!(p.refreshed_at, 30);
+        assert_eq!(p.ppid, 2);
+        assert_eq!(
+            p.tasks.iter().map(|r| r.tid).collect::<Vec<_>>(),
+            [700, 703]
+        );
+        assert_eq!(p.tasks[1].utime, 12);
+        // A thread carries its group's fields from the leader, as after a pass.
+        assert_eq!(p.tasks[1].sig_utime, 55);
+        // The table itself is untouched: only a pass or an event changes it.
+        assert_eq!(t.get(700).unwrap().rev, base.rev);
+        // A new process on the reused pid, or none: only the table can say which.
+        assert!(refreshed(&base, vec![record(700, 700, 1, 99)], 40).is_none());
+        assert!(refreshed(&base, Vec::new(), 40).is_none());
     }
 
     #[test]

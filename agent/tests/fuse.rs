@@ -296,6 +296,54 @@ fn a_name_no_process_directory_holds_is_looked_up_once_but_pids_every_time() {
 }
 
 #[test]
+fn a_stale_table_brings_only_the_opened_process_up_to_date() {
+    require_root!();
+    let (agent, view) = Agent::start_with_view(&["--max-staleness-ms", "50"]);
+    let mut busy = Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    let pid = busy.id();
+    // utime, in clock ticks: the 14th field of stat.
+    let utime = |root: &Path| -> u64 {
+        let stat = std::fs::read_to_string(root.join(format!("{pid}/stat"))).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        after.split(' ').nth(11).unwrap().parse().unwrap()
+    };
+    let first = utime(&view);
+    // Long past the bound, and nobody asked meanwhile: every number in the table is stale.
+    std::thread::sleep(Duration::from_millis(400));
+    let stats = agent.json("/v1/stats");
+    let second = utime(&view);
+    let kernel = utime(Path::new("/proc"));
+    let after = agent.json("/v1/stats");
+    busy.kill().unwrap();
+    busy.wait().unwrap();
+    assert!(
+        first < second && second <= kernel,
+        "the view's utime moved with the kernel's: {first} then {second}, kernel {kernel}"
+    );
+    assert_eq!(
+        after["process_reads"].as_u64().unwrap(),
+        stats["process_reads"].as_u64().unwrap() + 1,
+        "one read of the one process"
+    );
+    assert_eq!(
+        after["table"]["snapshots"], stats["table"]["snapshots"],
+        "and no pass over the host"
+    );
+    // Over HTTP too.
+    let before = after["process_reads"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let me = std::process::id();
+    assert_eq!(agent.json(&format!("/v1/processes/{me}"))["pid"], me);
+    assert_eq!(
+        agent.json("/v1/stats")["process_reads"].as_u64().unwrap(),
+        before + 1
+    );
+}
+
+#[test]
 fn self_resolves_to_the_calling_process_and_files_have_owners() {
     require_root!();
     let (_agent, view) = mounted_agent();
@@ -505,6 +553,31 @@ fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .write(true)
         .open(path)?
         .write_all(data)
+}
+
+#[test]
+fn a_control_command_shows_in_the_next_read_however_long_the_bound() {
+    require_root!();
+    // A minute's staleness: without the table knowing of the command, the view would show
+    // the state from before it for that long.
+    let (agent, view) = Agent::start_with_view(&["--max-staleness-ms", "60000"]);
+    let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = child.id();
+    // (Whatever the view shows now may stay for the minute.)
+    eventually(5, "child asleep", || {
+        (state_of(Path::new("/proc"), pid).as_deref() == Some("S")).then_some(())
+    });
+    let ctl = view.join(format!("{pid}/ctl"));
+    let state_over_http = || agent.json(&format!("/v1/processes/{pid}"))["state"].clone();
+    write_file(&ctl, b"stop").unwrap();
+    assert_eq!(state_of(&view, pid).as_deref(), Some("T"));
+    assert_eq!(state_over_http(), "T");
+    write_file(&ctl, b"start").unwrap();
+    // Running again, or already back in its sleep.
+    assert!(matches!(state_of(&view, pid).as_deref(), Some("S" | "R")));
+    assert!(state_over_http() == "S" || state_over_http() == "R");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]

@@ -128,16 +128,18 @@ fn svr4_root_is_one_five_digit_file_per_process() {
         );
     }
     // Size: the virtual memory in use (VmSize); owner: the effective ids; mode 0600.
-    let vm_kb: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    // (The table's numbers are at most the staleness bound old: right after the exec they
-    // can still be the half-built address space's.)
+    // (The comm `settle` waits for is set midway through the exec: until it ends, both the
+    // kernel's VmSize and the table's can be the half-built address space's.)
+    let vm_kb = || -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
     eventually(5, "size = VmSize", || {
-        (std::fs::metadata(view.join(&name)).ok()?.len() == vm_kb * 1024).then_some(())
+        let size = std::fs::metadata(view.join(&name)).ok()?.len();
+        (size == vm_kb()? * 1024).then_some(())
     });
     assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (0, 0, 0o600));
     // Creating or removing entries fails.

@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex, OnceLock, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -113,6 +113,20 @@ enum Msg {
 pub struct Control {
     tx: mpsc::Sender<Msg>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    changed: Arc<OnceLock<Changed>>,
+}
+
+/// Told the pid of every process a command may have changed, once the change is made.
+pub type Changed = Box<dyn Fn(u32) + Send + Sync>;
+
+impl Op {
+    /// Whether carrying it out may change the process (its state, memory or registers).
+    fn changes(&self) -> bool {
+        !matches!(
+            self,
+            Op::Status { .. } | Op::ReadMem { .. } | Op::GetRegs { .. } | Op::GetSigMask
+        )
+    }
 }
 
 impl Control {
@@ -126,11 +140,25 @@ impl Control {
         Ok(Control {
             tx,
             thread: Arc::new(Mutex::new(Some(thread))),
+            changed: Arc::default(),
         })
+    }
+
+    /// Sets who is told of the changes commands make (the process table, so that what is read
+    /// after a command returns shows its effect, whatever the staleness bound).
+    pub fn on_change(&self, f: Changed) {
+        let _ = self.changed.set(f);
+    }
+
+    fn touch(&self, pid: u32) {
+        if let Some(f) = self.changed.get() {
+            f(pid);
+        }
     }
 
     fn call(&self, caller: &Caller, pid: u32, op: Op) -> Result<Reply, CtlError> {
         let (reply, rx) = mpsc::sync_channel(1);
+        let changes = op.changes();
         self.tx
             .send(Msg::Req {
                 caller: *caller,
@@ -139,7 +167,11 @@ impl Control {
                 reply,
             })
             .map_err(|_| CtlError::Gone)?;
-        rx.recv().map_err(|_| CtlError::Gone)?
+        let r = rx.recv().map_err(|_| CtlError::Gone)?;
+        if changes {
+            self.touch(pid);
+        }
+        r
     }
 
     /// Parses one write to `ctl` and carries it out. A malformed command is EINVAL and the
@@ -182,7 +214,10 @@ impl Control {
                 loop {
                     polls = polls.wrapping_add(1);
                     match self.call(caller, pid, Op::Status { start })? {
-                        Reply::State(RunState::Stopped) => return Ok(()),
+                        Reply::State(RunState::Stopped) => {
+                            self.touch(pid);
+                            return Ok(());
+                        }
                         Reply::State(RunState::Gone) if exit_ok => return Ok(()),
                         Reply::State(RunState::Gone) => return Err(CtlError::NoProcess(pid)),
                         _ if polls.is_multiple_of(CHECK_EVERY) && interrupted() => {

@@ -260,14 +260,26 @@ impl ProcFs {
         })
     }
 
+    /// The table as it is now, every event applied. Which processes there are needs no
+    /// numbers, so its numbers may be of any age (they are brought within the bound process
+    /// by process, `process`), unless the mount shows a cgroup's processes only: a move to
+    /// another cgroup has no event, so the listing needs numbers within the bound.
     fn snapshot(&self) -> Result<Arc<Snapshot>, Errno> {
-        let bound = self.state.max_age.max(self.half_cache());
+        let bound = match self.opts.scope {
+            Scope::All => Duration::MAX,
+            _ => self.bound(),
+        };
         if let Some(s) = self.state.current(bound) {
             return Ok(s);
         }
         self.rt
             .block_on(self.state.snapshot_within(bound))
             .map_err(|_| Errno::EIO)
+    }
+
+    /// How old this mount's numbers may be.
+    fn bound(&self) -> Duration {
+        self.state.max_age.max(self.half_cache())
     }
 
     /// How long the kernel may keep attributes: never on a never-stale mount. A `cache=`
@@ -294,17 +306,14 @@ impl ProcFs {
         (self.opts.cache.is_none() && !self.opts.uring) || !matches!(e.kind, Kind::Control(_))
     }
 
-    /// The process for `pid` if it is live and in this mount's scope; a process that started
-    /// after the last refresh gets one fresh snapshot so its numbers exist.
+    /// The process for `pid` if it is live and in this mount's scope, its numbers within the
+    /// mount's bound.
     fn process(&self, pid: u32) -> Result<(Arc<Snapshot>, Arc<Process>), Errno> {
-        let mut snap = self.snapshot()?;
-        if snap.get(pid).is_some_and(|p| p.tasks.is_empty()) {
-            snap = self
-                .rt
-                .block_on(self.state.snapshot_within(Duration::ZERO))
-                .map_err(|_| Errno::EIO)?;
-        }
-        let p = snap.get(pid).cloned().ok_or(Errno::ENOENT)?;
+        let (snap, p) = self
+            .rt
+            .block_on(self.state.process(pid, self.bound()))
+            .map_err(|_| Errno::EIO)?;
+        let p = p.ok_or(Errno::ENOENT)?;
         if !self.visible(&p) {
             return Err(Errno::ENOENT);
         }

@@ -15,6 +15,9 @@
 //! and close these files in one go. That sharing is why it is an option and not the default:
 //! without it every open keeps its own rendering for as long as it is open, even across the
 //! reuse of its pid.
+//!
+//! A backing outlives its last handle for a while (`KEEP_IDLE`), so reading the same file
+//! again costs the memfd nothing if the contents did not change, or one rewrite if they did.
 
 use std::{
     collections::HashMap,
@@ -29,11 +32,47 @@ use std::{
 use fuser::{BackingId, InitFlags, KernelConfig};
 
 /// Whether the connection negotiated passthrough, and the backing of each inode with open
-/// handles.
+/// handles or recently closed ones.
 #[derive(Default)]
 pub(super) struct Passthrough {
     on: AtomicBool,
-    open: Mutex<HashMap<u64, Backing>>,
+    open: Mutex<Backings>,
+}
+
+/// Backings of files nobody has open kept for the next open of the same file, which then
+/// costs no syscall if the contents did not change (a sleeping process's `status`), or a
+/// rewrite of the memfd if they did, instead of a new memfd and two ioctls. Each keeps a
+/// memfd (one page, usually) and its descriptor.
+const KEEP_IDLE: usize = 1024;
+
+#[derive(Default)]
+struct Backings {
+    by_ino: HashMap<u64, Backing>,
+    /// Inodes in the order their backings went idle; may hold ones reopened since.
+    idle: std::collections::VecDeque<u64>,
+    idle_n: usize,
+}
+
+impl Backings {
+    fn went_idle(&mut self, ino: u64) {
+        self.idle.push_back(ino);
+        self.idle_n += 1;
+        while self.idle_n > KEEP_IDLE {
+            let Some(old) = self.idle.pop_front() else {
+                break;
+            };
+            if self.by_ino.get(&old).is_some_and(|b| b.handles == 0) {
+                self.by_ino.remove(&old);
+                self.idle_n -= 1;
+            }
+        }
+        if self.idle.len() > 4 * KEEP_IDLE {
+            let by_ino = &self.by_ino;
+            let mut seen = std::collections::HashSet::new();
+            self.idle
+                .retain(|i| by_ino.get(i).is_some_and(|b| b.handles == 0) && seen.insert(*i));
+        }
+    }
 }
 
 /// A backing file registered with the kernel; dropping it unregisters it.
@@ -110,24 +149,27 @@ impl Passthrough {
         // Held across the memfd and the ioctl: two opens of one inode racing to register two
         // backings would make the kernel fail the second with EBUSY.
         let mut open = self.open.lock().ok()?;
-        if let Some(b) = open.get_mut(&ino) {
-            if b.contents == bytes {
-                b.handles += 1;
-                return Some(b.id.clone());
-            }
-            return match rewrite(&b.file, bytes) {
-                Ok(()) => {
-                    b.handles += 1;
-                    b.contents = bytes.to_vec();
-                    Some(b.id.clone())
-                }
-                // The kernel insists on this backing for the inode's other opens; without
-                // fresh contents in it, refuse rather than serve stale ones.
-                Err(e) => {
+        let open = &mut *open;
+        if let Some(b) = open.by_ino.get_mut(&ino) {
+            if b.contents != bytes {
+                if let Err(e) = rewrite(&b.file, bytes) {
                     tracing::warn!("rewriting a passthrough file: {e}");
-                    None
+                    if b.handles == 0 {
+                        open.by_ino.remove(&ino);
+                        open.idle_n -= 1;
+                    }
+                    // With handles open the kernel insists on this backing for the inode;
+                    // without fresh contents in it, refuse rather than serve stale ones.
+                    return None;
                 }
-            };
+                b.contents.clear();
+                b.contents.extend_from_slice(bytes);
+            }
+            if b.handles == 0 {
+                open.idle_n -= 1;
+            }
+            b.handles += 1;
+            return Some(b.id.clone());
         }
         let made = memfd(bytes).and_then(|file| {
             let id = register(&file)?;
@@ -141,7 +183,7 @@ impl Passthrough {
         match made {
             Ok(b) => {
                 let id = b.id.clone();
-                open.insert(ino, b);
+                open.by_ino.insert(ino, b);
                 Some(id)
             }
             Err(e) => {
@@ -159,20 +201,24 @@ impl Passthrough {
         }
     }
 
-    /// Whether `ino` has a backing file, which every open of it must then use.
+    /// Whether `ino` has open handles on a backing file, which every open of it must then use.
     pub(super) fn backed(&self, ino: u64) -> bool {
-        self.open.lock().is_ok_and(|o| o.contains_key(&ino))
+        self.open
+            .lock()
+            .is_ok_and(|o| o.by_ino.get(&ino).is_some_and(|b| b.handles > 0))
     }
 
-    /// A backed handle on `ino` was released. The last one closes the backing id and the memfd
+    /// A backed handle on `ino` was released. After the last one the backing is kept for the
+    /// next open, among the `KEEP_IDLE` latest; older ones close their backing id and memfd
     /// (the kernel keeps its own references while files still use them).
     pub(super) fn closed(&self, ino: u64) {
         if let Ok(mut open) = self.open.lock()
-            && let Some(b) = open.get_mut(&ino)
+            && let Some(b) = open.by_ino.get_mut(&ino)
+            && b.handles > 0
         {
             b.handles -= 1;
             if b.handles == 0 {
-                open.remove(&ino);
+                open.went_idle(ino);
             }
         }
     }
