@@ -311,7 +311,10 @@ impl ProcFs {
     fn process(&self, pid: u32) -> Result<(Arc<Snapshot>, Arc<Process>), Errno> {
         let (snap, p) = self
             .rt
-            .block_on(self.state.process(pid, self.bound()))
+            .block_on(
+                self.state
+                    .process(pid, self.bound(), self.opts.cache.is_none()),
+            )
             .map_err(|_| Errno::EIO)?;
         let p = p.ok_or(Errno::ENOENT)?;
         if !self.visible(&p) {
