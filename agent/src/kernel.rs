@@ -3,7 +3,8 @@
 
 use std::{
     io::Read as _,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    sync::{Arc, Mutex},
 };
 
 use aya::{
@@ -209,7 +210,8 @@ impl Kernel {
             .as_ref()
             .ok_or(KernelError::Iter("iterator not attached".into()))?;
         let fd = bpf_cmd(BPF_ITER_CREATE, &[holder.fd.as_raw_fd() as u32, 0])?;
-        let out = read_records(fd, self.last_tasks.get().max(256) + 64, 64)?;
+        let mut buf = vec![0u8; 64 * size_of::<TaskRecord>()];
+        let out = read_records(fd, self.last_tasks.get().max(256) + 64, &mut buf)?;
         self.last_tasks.set(out.len());
         Ok(out)
     }
@@ -233,7 +235,10 @@ impl Kernel {
             })?
             .as_fd()
             .try_clone_to_owned()?;
-        Ok(TaskReader { prog })
+        Ok(TaskReader {
+            prog,
+            links: Mutex::default(),
+        })
     }
 
     /// The failure and activity counters, summed over CPUs, in `stat` index order.
@@ -390,16 +395,39 @@ fn possible_cpus() -> u32 {
 /// Linux 6.1): what an open of one process's file needs costs that process's threads, not a
 /// pass over the whole host.
 pub struct TaskReader {
-    prog: std::os::fd::OwnedFd,
+    prog: OwnedFd,
+    /// The iterator links of recently read pids. A link names a pid, not a process, so it
+    /// serves a reused pid's new process too (the caller checks which process it got); reusing
+    /// one saves its creation and teardown, ~40 % of a read.
+    links: Mutex<std::collections::HashMap<u32, Arc<OwnedFd>>>,
 }
+
+/// Links kept before all are dropped; each is a descriptor and a small kernel object.
+const LINKS_KEPT: usize = 4096;
 
 impl TaskReader {
     /// The records of `pid`'s threads, in the iterator's order; empty if no such process.
     pub fn process(&self, pid: u32) -> Result<Vec<TaskRecord>, KernelError> {
+        let link = self.link(pid)?;
+        let fd = bpf_cmd(BPF_ITER_CREATE, &[link.as_raw_fd() as u32, 0])?;
+        let mut buf = [0u8; 8 * size_of::<TaskRecord>()];
+        let out = read_records(fd, 1, &mut buf)?;
+        if out.is_empty()
+            && let Ok(mut links) = self.links.lock()
+        {
+            links.remove(&pid);
+        }
+        Ok(out)
+    }
+
+    fn link(&self, pid: u32) -> Result<Arc<OwnedFd>, KernelError> {
+        if let Some(l) = self.links.lock().ok().and_then(|l| l.get(&pid).cloned()) {
+            return Ok(l);
+        }
         // struct bpf_iter_link_info { struct { u32 tid, pid, pid_fd; } task; }
         let info = [0u32, pid, 0];
         let ptr = info.as_ptr() as u64;
-        let link = bpf_cmd(
+        let link = Arc::new(bpf_cmd(
             BPF_LINK_CREATE,
             &[
                 self.prog.as_raw_fd() as u32,
@@ -410,23 +438,27 @@ impl TaskReader {
                 (ptr >> 32) as u32,
                 size_of_val(&info) as u32,
             ],
-        )?;
-        let fd = bpf_cmd(BPF_ITER_CREATE, &[link.as_raw_fd() as u32, 0])?;
-        read_records(fd, 1, 4)
+        )?);
+        if let Ok(mut links) = self.links.lock() {
+            if links.len() >= LINKS_KEPT {
+                links.clear();
+            }
+            links.insert(pid, link.clone());
+        }
+        Ok(link)
     }
 }
 
 /// Reads an iterator's records as they arrive through one small buffer, so a pass at 10,000
 /// tasks allocates its 11 MB of records once instead of twice (bytes, then records).
 fn read_records(
-    fd: std::os::fd::OwnedFd,
+    fd: OwnedFd,
     expect: usize,
-    chunk: usize,
+    buf: &mut [u8],
 ) -> Result<Vec<TaskRecord>, KernelError> {
     const REC: usize = size_of::<TaskRecord>();
     let mut file = std::fs::File::from(fd);
     let mut out = Vec::with_capacity(expect);
-    let mut buf = vec![0u8; chunk * REC];
     let mut have = 0;
     loop {
         let n = file.read(&mut buf[have..])?;
