@@ -1007,6 +1007,36 @@ fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
 }
 
 #[test]
+fn an_idle_cache_mount_rests_and_starts_cold() {
+    require_root!();
+    let agent = Agent::start();
+    let view = mount_view(&agent, "idle", "cache=1000");
+    let mut child = ExecOnCue::start();
+    let status = child.file_in(&view, "status");
+    assert_eq!(first_line(&status), "Name:\tsh");
+    let passes = || {
+        agent.json("/v1/stats")["table"]["snapshots"]
+            .as_u64()
+            .unwrap()
+    };
+    // In use: the ticker makes a pass every half bound, to invalidate what changed.
+    let before = passes();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(passes() >= before + 2, "warm: a pass each period");
+    // Asked nothing for a minute: the mount costs nothing from then on.
+    std::thread::sleep(Duration::from_secs(60));
+    let before = passes();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(passes(), before, "idle: no pass");
+    // The kernel was told to forget what it held: a change made while the mount rested shows
+    // at the next read, which reaches the agent.
+    child.exec();
+    let reads = fuse_requests(&agent, "read");
+    assert_eq!(first_line(&status), "Name:\tsleep");
+    assert!(fuse_requests(&agent, "read") > reads);
+}
+
+#[test]
 fn a_uring_view_serves_the_same_view_over_io_uring_queues() {
     require_root!();
     if !Path::new("/sys/module/fuse/parameters/enable_uring").exists() {

@@ -1082,6 +1082,7 @@ impl ProcFs {
     /// The listing is taken once, at opendir, so a reader walking it in several calls sees one
     /// consistent directory.
     fn do_opendir(&self, req: &Asker, ino: u64) -> Result<u64, Errno> {
+        self.asked();
         let list = Node::from_ino(ino)
             .ok_or(Errno::ENOENT)
             .and_then(|n| self.allow(req, n, READ).map(|()| n))
