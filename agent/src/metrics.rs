@@ -125,6 +125,9 @@ families! {
         pid_reuse: IntCounter = "bpfproc_pid_reuse_total",
         /// Task-iterator passes applied to the table.
         iterator_passes: IntCounter = "bpfproc_iterator_passes_total",
+        /// Reads of one process's threads that stood in for a pass (a view's file or
+        /// `/v1/processes/PID` asked about a process whose numbers were stale).
+        process_reads: IntCounter = "bpfproc_process_reads_total",
         /// Size of the kernel ring buffer.
         ringbuf_size: IntGauge = "bpfproc_ringbuf_size_bytes",
         /// Bytes written to the ring buffer and not yet consumed by the agent.
@@ -265,6 +268,7 @@ impl Metrics {
         set(&f.found_by_rescan, t.found_by_rescan);
         set(&f.pid_reuse, t.pid_reuse);
         set(&f.iterator_passes, t.snapshots);
+        set(&f.process_reads, stats.process_reads);
         set(&f.events_received, stats.events_received);
         set(&f.rescans, stats.rescans);
         set(&f.exits_nonzero, groups.exits.nonzero);

@@ -341,6 +341,13 @@ fn a_stale_table_brings_only_the_opened_process_up_to_date() {
         agent.json("/v1/stats")["process_reads"].as_u64().unwrap(),
         before + 1
     );
+    let (_, metrics) = agent.get("/metrics");
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .lines()
+            .any(|l| l == format!("bpfproc_process_reads_total {}", before + 1)),
+        "and in /metrics"
+    );
 }
 
 #[test]
