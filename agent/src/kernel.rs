@@ -82,6 +82,8 @@ pub struct Kernel {
 struct IterLinkHolder {
     _link: aya::programs::links::FdLink,
     fd: std::os::fd::OwnedFd,
+    /// The program, for the links `TaskReader` makes for one process each.
+    prog: OwnedFd,
 }
 
 impl Kernel {
@@ -153,6 +155,14 @@ impl Kernel {
                 name: "dump_task",
                 source,
             })?;
+        let prog = iter
+            .fd()
+            .map_err(|source| KernelError::Program {
+                name: "dump_task",
+                source,
+            })?
+            .as_fd()
+            .try_clone_to_owned()?;
         let link_id = iter.attach().map_err(|source| KernelError::Program {
             name: "dump_task",
             source,
@@ -171,7 +181,11 @@ impl Kernel {
             .map_err(|e| KernelError::Iter(e.to_string()))?
             .id();
         let fd = bpf_cmd(BPF_LINK_GET_FD_BY_ID, &[id, 0, 0])?;
-        kernel.iter_link = Some(IterLinkHolder { _link: fd_link, fd });
+        kernel.iter_link = Some(IterLinkHolder {
+            _link: fd_link,
+            fd,
+            prog,
+        });
         Ok(kernel)
     }
 
@@ -218,23 +232,12 @@ impl Kernel {
 
     /// A reader of one process's tasks that needs neither this struct nor its lock.
     pub fn task_reader(&self) -> Result<TaskReader, KernelError> {
-        let iter: &Iter = self
-            .ebpf
-            .program("dump_task")
-            .ok_or(KernelError::Iter("program dump_task missing".into()))?
-            .try_into()
-            .map_err(|source| KernelError::Program {
-                name: "dump_task",
-                source,
-            })?;
-        let prog = iter
-            .fd()
-            .map_err(|source| KernelError::Program {
-                name: "dump_task",
-                source,
-            })?
-            .as_fd()
-            .try_clone_to_owned()?;
+        let prog = self
+            .iter_link
+            .as_ref()
+            .ok_or(KernelError::Iter("iterator not attached".into()))?
+            .prog
+            .try_clone()?;
         Ok(TaskReader {
             prog,
             links: Mutex::default(),
