@@ -479,6 +479,7 @@ pub fn spawn(
     let mut demanded = false;
     let mut last_gc = std::time::Instant::now();
     let max_age = cfg.max_age;
+    let cfg_max_age = cfg.max_age;
     let prewarm = cfg.prewarm;
 
     let ticker_tx = tx.clone();
@@ -521,9 +522,11 @@ pub fn spawn(
                         .fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
                 }
                 Msg::Snapshot { max_age, reply } => {
-                    // A question that takes numbers of any age (a listing, a process's
-                    // existence) does not ask for fresh ones.
-                    if max_age != Duration::MAX {
+                    // Refreshing ahead keeps numbers within the agent's bound for those who
+                    // ask for it (or tighter). A question that takes numbers of any age (a
+                    // listing, a process's existence) or older ones (a `cache=` mount, whose
+                    // ticker refreshes for it) does not ask for it.
+                    if max_age <= cfg_max_age {
                         last_query = std::time::Instant::now();
                         demanded = true;
                     }
