@@ -364,10 +364,11 @@ impl State {
     /// shows its effect, however long the staleness bound.
     pub fn touch(&self, pid: u32) {
         let now = boot_ns();
+        let bound = self.max_age.as_nanos() as u64;
         if let Ok(mut t) = self.latest.touched.lock() {
             if t.len() >= OVERLAYS_KEPT {
-                // Older than any bound: the numbers read since are newer anyway.
-                t.retain(|_, at| now.saturating_sub(*at) < 60_000_000_000);
+                // Past the bound, the numbers from before a command are stale anyway.
+                t.retain(|_, at| now.saturating_sub(*at) <= bound);
             }
             t.insert(pid, now);
         }
@@ -479,7 +480,6 @@ pub fn spawn(
     let mut demanded = false;
     let mut last_gc = std::time::Instant::now();
     let max_age = cfg.max_age;
-    let cfg_max_age = cfg.max_age;
     let prewarm = cfg.prewarm;
 
     let ticker_tx = tx.clone();
@@ -497,6 +497,16 @@ pub fn spawn(
     });
 
     tokio::spawn(async move {
+        // One pass at a time; the periodic sweep rides along when it is due.
+        macro_rules! start_pass {
+            () => {
+                if !refreshing {
+                    refreshing = true;
+                    let gc = take_gc(&mut last_gc);
+                    start_refresh(kernel.clone(), passes.clone(), &table, ns_per_tick, gc);
+                }
+            };
+        }
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => match m { Some(m) => m, None => break },
@@ -521,25 +531,24 @@ pub fn spawn(
                         .in_flight
                         .fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
                 }
-                Msg::Snapshot { max_age, reply } => {
+                Msg::Snapshot {
+                    max_age: asked,
+                    reply,
+                } => {
                     // Refreshing ahead keeps numbers within the agent's bound for those who
                     // ask for it (or tighter). A question that takes numbers of any age (a
                     // listing, a process's existence) or older ones (a `cache=` mount, whose
                     // ticker refreshes for it) does not ask for it.
-                    if max_age <= cfg_max_age {
+                    if asked <= max_age {
                         last_query = std::time::Instant::now();
                         demanded = true;
                     }
                     let age = Duration::from_nanos(boot_ns().saturating_sub(last_refresh));
-                    if age <= max_age {
+                    if age <= asked {
                         let _ = reply.send(current(&table, &mut cached, last_refresh, &latest));
                     } else {
-                        waiters.push((max_age, reply));
-                        if !refreshing {
-                            refreshing = true;
-                            let gc = take_gc(&mut last_gc);
-                            start_refresh(kernel.clone(), passes.clone(), &table, ns_per_tick, gc);
-                        }
+                        waiters.push((asked, reply));
+                        start_pass!();
                     }
                 }
                 Msg::Refreshed {
@@ -608,11 +617,7 @@ pub fn spawn(
                 Msg::Ahead => {
                     last_query = std::time::Instant::now();
                     demanded = true;
-                    if !refreshing {
-                        refreshing = true;
-                        let gc = take_gc(&mut last_gc);
-                        start_refresh(kernel.clone(), passes.clone(), &table, ns_per_tick, gc);
-                    }
+                    start_pass!();
                 }
                 Msg::Tick => {
                     let now = std::time::Instant::now();
@@ -637,10 +642,8 @@ pub fn spawn(
                     {
                         due = true;
                     }
-                    if due && !refreshing {
-                        refreshing = true;
-                        let gc = take_gc(&mut last_gc);
-                        start_refresh(kernel.clone(), passes.clone(), &table, ns_per_tick, gc);
+                    if due {
+                        start_pass!();
                     }
                 }
                 Msg::Stats(reply) => {

@@ -467,16 +467,9 @@ impl ProcessTable {
             match self.live.get_mut(&pid) {
                 Some(slot) if slot.start_boottime == leader.start_boottime => {
                     // Reparenting has no event; the snapshot is the source.
-                    let ids = |p: &Process| (p.ppid, p.uid, p.gid, p.euid, p.egid);
-                    let from_snapshot = (
-                        leader.ppid,
-                        leader.uid,
-                        leader.gid,
-                        leader.euid,
-                        leader.egid,
-                    );
+                    let from_snapshot = record_ids(&leader);
                     let older = slot.event_ts < started;
-                    let reparented = older && ids(slot) != from_snapshot;
+                    let reparented = older && process_ids(slot) != from_snapshot;
                     // A name the events never gave: an exec (or rename) record was lost, or is
                     // still in the ring. Either way the snapshot is newer, and argv and exe are
                     // re-read so a lost exec does not leave the parent's image on the child
@@ -609,9 +602,6 @@ impl ProcessTable {
     }
 }
 
-/// The iterator reads the thread-group-wide parts of a task (signal_struct, mm, sighand, fs,
-/// files, cgroup) only for the leader; give each thread the leader's values, as the kernel's
-/// per-thread files show them.
 /// `base` with the numbers of a one-process iterator read taken at `at` (the records of its
 /// threads in any order), as a whole-table pass would have left it; `None` if the records are
 /// of another process (none: it ended; another start: its pid was reused), which only the
@@ -633,21 +623,12 @@ pub fn refreshed(
             inherit_group_fields(t, &leader);
         }
     }
-    let ids = (
-        leader.ppid,
-        leader.uid,
-        leader.gid,
-        leader.euid,
-        leader.egid,
-    );
+    let ids = record_ids(&leader);
     let comm = cstr(&leader.comm);
     // As in a pass: a name no event gave is taken from the kernel, but argv and exe wait for
     // the next pass, which re-reads them.
     let renamed = !base.kthread && comm != base.comm.as_slice();
-    if !renamed
-        && ids == (base.ppid, base.uid, base.gid, base.euid, base.egid)
-        && same_records(&base.tasks, &records)
-    {
+    if !renamed && ids == process_ids(base) && same_records(&base.tasks, &records) {
         return Some(base.clone());
     }
     let mut p = Process::clone(base);
@@ -661,6 +642,21 @@ pub fn refreshed(
     Some(Arc::new(p))
 }
 
+/// Parent and credentials: what a pass takes from the kernel, since no event reports a
+/// reparenting (or, between execs, a change of ids).
+type Ids = (u32, u32, u32, u32, u32);
+
+fn process_ids(p: &Process) -> Ids {
+    (p.ppid, p.uid, p.gid, p.euid, p.egid)
+}
+
+fn record_ids(r: &TaskRecord) -> Ids {
+    (r.ppid, r.uid, r.gid, r.euid, r.egid)
+}
+
+/// The iterator reads the thread-group-wide parts of a task (signal_struct, mm, sighand, fs,
+/// files, cgroup) only for the leader; give each thread the leader's values, as the kernel's
+/// per-thread files show them.
 fn inherit_group_fields(t: &mut TaskRecord, l: &TaskRecord) {
     t.pgid = l.pgid;
     t.sid = l.sid;

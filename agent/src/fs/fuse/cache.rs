@@ -61,6 +61,19 @@ struct Stamp {
 }
 
 impl Rendered {
+    /// Drops the stamps `stale` picks and returns their inodes, for the kernel to forget.
+    fn forget(&mut self, stale: impl Fn(&Stamp) -> bool) -> Vec<u64> {
+        let mut gone = Vec::new();
+        self.by_ino.retain(|ino, s| {
+            let keep = !stale(s);
+            if !keep {
+                gone.push(*ino);
+            }
+            keep
+        });
+        gone
+    }
+
     fn fresh(&mut self, ino: u64, period: Duration) -> Option<Arc<Vec<u8>>> {
         self.asked = Some(Instant::now());
         self.by_ino
@@ -263,14 +276,12 @@ impl Invalidator {
                     .is_none_or(|t| t.elapsed() >= IDLE_AFTER.max(self.period * 4)),
                 Err(_) => return,
             };
-            let stale: Vec<u64> = if idle {
-                match rendered.lock() {
-                    Ok(mut r) => r.by_ino.drain().map(|(ino, _)| ino).collect(),
-                    Err(_) => return,
-                }
+            // Idle: forget everything, with no pass. Otherwise forget what moved since the
+            // stamp, by a snapshot asked early enough that the pass lands before the numbers
+            // the mount's requests use are a period old: a request then never waits for one.
+            let snap = if idle {
+                None
             } else {
-                // Asked early enough that the pass lands before the numbers the mount's
-                // requests use are older than a period: a request then never waits for one.
                 let asked = Instant::now();
                 let Ok(snap) = self
                     .rt
@@ -285,25 +296,16 @@ impl Invalidator {
                     .period
                     .saturating_sub(age + pass * 2)
                     .max(self.period / 4);
-                match rendered.lock() {
-                    Ok(mut r) => {
-                        let stale: Vec<u64> = r
-                            .by_ino
-                            .iter()
-                            .filter(|(_, s)| match s.rev {
-                                None => true,
-                                Some((pid, rev)) => snap.get(pid).is_none_or(|p| p.rev != rev),
-                            })
-                            .map(|(ino, _)| *ino)
-                            .collect();
-                        for ino in &stale {
-                            r.by_ino.remove(ino);
-                        }
-                        stale
-                    }
-                    Err(_) => return,
-                }
+                Some(snap)
             };
+            let Ok(mut r) = rendered.lock() else {
+                return;
+            };
+            let stale = r.forget(|s| match (&snap, s.rev) {
+                (Some(snap), Some((pid, rev))) => snap.get(pid).is_none_or(|p| p.rev != rev),
+                _ => true,
+            });
+            drop(r);
             for ino in stale {
                 // ENOENT: the kernel had already forgotten the inode, which is as good.
                 if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0)
