@@ -154,6 +154,17 @@ impl Process {
         self.tasks.first()
     }
 
+    /// The executable's path as `/proc/PID/exe` shows it now: the path resolved at exec, with
+    /// ` (deleted)` once the latest numbers show it unlinked.
+    pub fn exe_shown(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        const DELETED: &[u8] = b" (deleted)";
+        let exe = self.exe.as_deref()?;
+        if exe.ends_with(DELETED) || self.leader().is_none_or(|l| l.exe_deleted == 0) {
+            return Some(exe.into());
+        }
+        Some([exe, DELETED].concat().into())
+    }
+
     pub fn argv(&self) -> impl Iterator<Item = &[u8]> {
         let trimmed = self.cmdline.strip_suffix(b"\0").unwrap_or(&self.cmdline);
         trimmed
@@ -168,10 +179,8 @@ impl Process {
         self.euid = e.task.euid;
         self.egid = e.task.egid;
         self.ppid = e.task.ppid;
-        let name = &e.filename[..(e.filename_len as usize).min(e.filename.len())];
-        let name = cstr(name);
-        if !name.is_empty() {
-            self.exe = Some(name.to_vec());
+        if let Some(exe) = exe_path(e) {
+            self.exe = Some(exe);
         }
         if e.task.flags & pflag::EXECED != 0 || e.args_len > 0 {
             self.cmdline = e.args[..(e.args_len as usize).min(e.args.len())].to_vec();
@@ -602,6 +611,29 @@ impl ProcessTable {
     }
 }
 
+/// The executable an exec record names: the path the kernel resolved (`/proc/PID/exe`'s
+/// text, ` (deleted)` included), or else the path exec was given.
+fn exe_path(e: &ProcEntry) -> Option<Vec<u8>> {
+    let raw = &e.filename[..(e.filename_len as usize).min(e.filename.len())];
+    if e.task.flags & pflag::EXE_RESOLVED == 0 {
+        let name = cstr(raw);
+        return (!name.is_empty()).then(|| name.to_vec());
+    }
+    // Leaf first, each component NUL-terminated.
+    let mut path = Vec::with_capacity(raw.len() + 1);
+    for part in raw.split(|&b| b == 0).filter(|p| !p.is_empty()).rev() {
+        path.push(b'/');
+        path.extend_from_slice(part);
+    }
+    if path.is_empty() {
+        path.push(b'/');
+    }
+    if e.task.flags & pflag::EXE_DELETED != 0 {
+        path.extend_from_slice(b" (deleted)");
+    }
+    Some(path)
+}
+
 /// `base` with the numbers of a one-process iterator read taken at `at` (the records of its
 /// threads in any order), as a whole-table pass would have left it; `None` if the records are
 /// of another process (none: it ended; another start: its pid was reused), which only the
@@ -845,6 +877,30 @@ mod tests {
         // A new process on the reused pid, or none: only the table can say which.
         assert!(refreshed(&base, vec![record(700, 700, 1, 99)], 40).is_none());
         assert!(refreshed(&base, Vec::new(), 40).is_none());
+    }
+
+    #[test]
+    fn a_resolved_exe_path_is_reassembled_root_first() {
+        let KernelEvent::Exec { entry, .. } = exec(1, 100, 1, 5, &["x"]) else {
+            unreachable!()
+        };
+        let mut e = *entry;
+        let raw = b"sleep\0bin\0usr\0";
+        e.filename[..raw.len()].copy_from_slice(raw);
+        e.filename_len = raw.len() as u32;
+        e.task.flags = pflag::EXECED | pflag::EXE_RESOLVED;
+        assert_eq!(exe_path(&e).as_deref(), Some(b"/usr/bin/sleep".as_slice()));
+        e.task.flags |= pflag::EXE_DELETED;
+        assert_eq!(
+            exe_path(&e).as_deref(),
+            Some(b"/usr/bin/sleep (deleted)".as_slice())
+        );
+        // Not resolved: the path as exec was given it.
+        let raw = b"./mysleep\0";
+        e.filename[..raw.len()].copy_from_slice(raw);
+        e.filename_len = raw.len() as u32;
+        e.task.flags = pflag::EXECED;
+        assert_eq!(exe_path(&e).as_deref(), Some(b"./mysleep".as_slice()));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 
 pub const TASK_COMM_LEN: usize = 16;
-/// Bytes of the exec'd path kept per process (bprm->filename).
+/// Bytes of the executable's path kept per process: the path the kernel resolves it to
+/// (`pflag::EXE_RESOLVED`), or else `bprm->filename` as exec was given it.
 pub const FILENAME_LEN: usize = 256;
 /// Bytes of argv kept per process; longer command lines are flagged as truncated.
 pub const ARGS_LEN: usize = 1024;
@@ -72,6 +73,12 @@ pub mod pflag {
     pub const BACKFILLED: u32 = 4;
     /// An exec has been seen for this process.
     pub const EXECED: u32 = 8;
+    /// `filename` is the executable's absolute path as the kernel resolves it (`/proc/PID/exe`),
+    /// stored leaf first: each component NUL-terminated, the root's last (user space reverses
+    /// them; a component cannot hold a `/`, so the split is exact).
+    pub const EXE_RESOLVED: u32 = 16;
+    /// The executable had been unlinked when it was exec'd (`/proc/PID/exe` says `(deleted)`).
+    pub const EXE_DELETED: u32 = 32;
 }
 
 macro_rules! offsets {
@@ -190,6 +197,17 @@ offsets! {
     cgroup_kn => "cgroup.kn",
     kernfs_node_id => "kernfs_node.id",
     bprm_filename => "linux_binprm.filename",
+    bprm_file => "?linux_binprm.file",
+    file_path_mnt => "?file.f_path.mnt",
+    file_path_dentry => "file.f_path.dentry",
+    vfsmount_root => "?vfsmount.mnt_root",
+    mount_mnt => "?mount.mnt",
+    mount_parent => "?mount.mnt_parent",
+    mount_mountpoint => "?mount.mnt_mountpoint",
+    dentry_parent => "?dentry.d_parent",
+    dentry_name => "?dentry.d_name.name",
+    dentry_hash_pprev => "dentry.d_hash.pprev",
+    mm_exe_file => "mm_struct.exe_file",
     signal_cgtime => "signal_struct.cgtime",
     signal_rlim => "signal_struct.rlim",
     tty_pgrp => "tty_struct.ctrl.pgrp|tty_struct.pgrp",
@@ -334,7 +352,9 @@ pub struct TaskRecord {
     /// Bit 0: no_new_privs.
     pub atomic_flags: u32,
     pub ngroups: u32,
-    pub _pad: u32,
+    /// 1 if the executable has been unlinked since exec (`mm->exe_file`'s dentry is unhashed):
+    /// `/proc/PID/exe` then ends in ` (deleted)`.
+    pub exe_deleted: u32,
     /// The first `GROUPS_MAX` supplementary groups.
     pub groups: [u32; GROUPS_MAX],
     pub start_boottime: u64,

@@ -50,12 +50,14 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     entry.exec_ts = ts;
     entry.task.flags = (entry.task.flags & pflag::HANG) | pflag::EXECED;
 
-    let filename: *const u8 = ld(bprm, off!(bprm_filename));
-    entry.filename_len =
-        match unsafe { bpf_probe_read_kernel_str_bytes(filename, &mut entry.filename) } {
-            Ok(name) => name.len() as u32,
-            Err(_) => 0,
-        };
+    if !crate::exe::resolve(bprm, entry) {
+        let filename: *const u8 = ld(bprm, off!(bprm_filename));
+        entry.filename_len =
+            match unsafe { bpf_probe_read_kernel_str_bytes(filename, &mut entry.filename) } {
+                Ok(name) => name.len() as u32,
+                Err(_) => 0,
+            };
+    }
 
     // argv is already on the new stack: mm->arg_start..arg_end.
     let mm: *const u8 = ld(task, off!(task_mm));

@@ -203,6 +203,15 @@ fn fill(task: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
     } else {
         r.has_mm = 1;
         fill_mm(mm, r)?;
+        let exe: *const u8 = ld(mm, off!(mm_exe_file));
+        let dentry: *const u8 = if exe.is_null() {
+            core::ptr::null()
+        } else {
+            ld(exe, off!(file_path_dentry))
+        };
+        r.exe_deleted = u32::from(
+            !dentry.is_null() && ld::<*const u8>(dentry, off!(dentry_hash_pprev)).is_null(),
+        );
     }
     Ok(())
 }
@@ -337,6 +346,7 @@ fn fill_kthread_name(kthread: *const u8, r: &mut TaskRecord) -> Result<(), Fail>
 }
 
 fn clear_mm(r: &mut TaskRecord) {
+    r.exe_deleted = 0;
     r.total_vm = 0;
     r.locked_vm = 0;
     r.pinned_vm = 0;

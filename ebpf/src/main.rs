@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod exe;
 mod exec;
 mod exit;
 mod fork;
@@ -51,6 +52,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 /// Per-CPU scratch space for values too large for the 512-byte BPF stack.
 #[map]
 static SCRATCH: PerCpuArray<ProcEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU space for the executable's path while exe.rs walks it.
+#[map]
+static PATH_SCRATCH: PerCpuArray<[u8; 512]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Each CPU's per-CPU offset (`__per_cpu_offset[cpu]`), learnt by the iterator; 0 = not yet.
 #[map]

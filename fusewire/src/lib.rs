@@ -68,6 +68,11 @@ pub mod init {
     pub const OVER_IO_URING: u64 = 1 << 41;
 }
 
+/// `fuse_setattr_in.valid` bits.
+pub const FATTR_MODE: u32 = 1;
+pub const FATTR_UID: u32 = 1 << 1;
+pub const FATTR_GID: u32 = 1 << 2;
+
 /// Open flags of a reply (FOPEN_*).
 pub const FOPEN_DIRECT_IO: u32 = 1;
 pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;

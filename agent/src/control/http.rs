@@ -149,8 +149,13 @@ pub async fn wait(
         Ok(p) => p,
         Err(r) => return r,
     };
-    match app.ctl.waiter.next(Caller::ROOT, pid).await {
-        Ok(w) => ([(header::CONTENT_TYPE, "text/plain")], w.render()).into_response(),
+    // Each request is a new reader, so it never reaches the end of a handle's records.
+    match app.ctl.waiter.next(Caller::ROOT, pid, false).await {
+        Ok(w) => (
+            [(header::CONTENT_TYPE, "text/plain")],
+            w.map(|w| w.render()).unwrap_or_default(),
+        )
+            .into_response(),
         Err(e) => ctl_error(&e),
     }
 }

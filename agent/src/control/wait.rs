@@ -1,9 +1,16 @@
 //! The Plan 9 `wait` file: one Waitmsg per read for each exited child of a process, taken
-//! from the table's exit records (the BPF exit hook's status and CPU times). As in Plan 9,
-//! a record is consumed by the read that returns it, so each exit is reported once per
-//! process. A read blocks until there is an unreported exited child; a process reading its
-//! own wait file with no children at all gets ECHILD, and a read whose process exits
-//! meanwhile ends with ENOENT.
+//! from the table's exit records (the BPF exit hook's status and CPU times). In Plan 9 a
+//! Waitmsg is consumed by whoever takes it first, the wait file or wait(2); here the kernel
+//! keeps its own zombie, so a child is reported while it is a zombie (exited, not yet reaped:
+//! the usual order on Linux), or if it exited while the read was waiting, and once per
+//! process either way. A child its parent had already reaped before the read was consumed
+//! by waitpid(2) and is not reported.
+//!
+//! A read blocks until there is such a child. A process reading its own wait file with
+//! nothing to report and no living children gets ECHILD, as the manual says; on a handle
+//! that has already returned a record that is the end of the file instead, so a Unix reader
+//! that reads to EOF (`cat`, Python's `read()`) gets its records rather than an error. A
+//! read whose process exits meanwhile ends with ENOENT.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -106,12 +113,19 @@ impl Waiter {
         }
     }
 
-    /// The next Waitmsg for `pid`'s wait file, blocking as the manual says.
-    pub async fn next(&self, caller: Caller, pid: u32) -> Result<WaitMsg, CtlError> {
+    /// The next Waitmsg for `pid`'s wait file, blocking as the manual says; `None` (end of
+    /// file) when `after_record`, the handle has returned records, and no more can come.
+    pub async fn next(
+        &self,
+        caller: Caller,
+        pid: u32,
+        after_record: bool,
+    ) -> Result<Option<WaitMsg>, CtlError> {
         // The permission check reads /proc: keep it off the async workers.
         tokio::task::spawn_blocking(move || Target::open(&caller, pid).map(drop))
             .await
             .map_err(|_| CtlError::Gone)??;
+        let since = crate::state::boot_ns();
         let mut events = self.state.subscribe();
         loop {
             let snap = self
@@ -121,7 +135,6 @@ impl Waiter {
                 .map_err(|_| CtlError::Gone)?;
             let parent = snap.get(pid).ok_or(CtlError::NoProcess(pid))?;
             let key = (pid, parent.start_boottime);
-            let is_child = |p: &Process| p.ppid == pid && p.start_boottime >= key.1;
             {
                 let mut reported = self.reported.lock().map_err(|_| CtlError::Gone)?;
                 // Forget parents that are gone, and children that left the exited ring.
@@ -130,21 +143,24 @@ impl Waiter {
                 });
                 let done = reported.entry(key).or_default();
                 done.retain(|c| snap.exited.iter().any(|p| (p.pid, p.start_boottime) == *c));
-                if let Some(child) = snap
-                    .exited
-                    .iter()
-                    .find(|p| is_child(p) && !done.contains(&(p.pid, p.start_boottime)))
-                    && let Some(msg) = WaitMsg::from_process(child)
+                if let Some(child) = snap.exited.iter().find(|c| {
+                    is_child(c, key)
+                        && !done.contains(&(c.pid, c.start_boottime))
+                        && (is_zombie(&snap, c) || c.exit.is_some_and(|e| e.ts >= since))
+                }) && let Some(msg) = WaitMsg::from_process(child)
                 {
                     done.insert((child.pid, child.start_boottime));
-                    return Ok(msg);
+                    return Ok(Some(msg));
                 }
             }
             let living = snap
                 .processes
                 .iter()
-                .any(|p| is_child(p) && p.exit.is_none());
+                .any(|p| is_child(p, key) && p.exit.is_none());
             if !living && caller.pid == pid {
+                if after_record {
+                    return Ok(None);
+                }
                 // "It is an error for a process to attempt to read its own wait file when it
                 // has no children": nothing could ever end that read.
                 return Err(CtlError::NoChildren(pid));
@@ -173,6 +189,17 @@ impl Waiter {
             .await;
         }
     }
+}
+
+/// `p` is a child of the process `(pid, start)` (started after it, so not a reused pid's).
+fn is_child(p: &Process, (pid, start): Key) -> bool {
+    p.ppid == pid && p.start_boottime >= start
+}
+
+/// The exited `c` is still its parent's zombie: listed, until the kernel frees it.
+fn is_zombie(snap: &crate::state::Snapshot, c: &Process) -> bool {
+    snap.get(c.pid)
+        .is_some_and(|p| p.start_boottime == c.start_boottime && p.exit.is_some())
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ mod svr4;
 pub(super) mod uring;
 
 use super::{
-    access::{self, EXEC, READ, Who},
+    access::{self, EXEC, READ, WRITE, Who},
     options::{MountOptions, Personality, Scope},
     tree::{
         ControlFile, Entry, Global, GlobalKind, Kind, Node, Source, THREAD_FILES, entry_index,
@@ -831,8 +831,8 @@ fn control_read(
             .map(|id| slice(id.to_string().into_bytes())),
         // Each read returns the next record, as Plan 9's wait file does.
         ControlFile::Wait => rt
-            .block_on(cf.waiter.next(*caller, pid))
-            .map(|w| w.render()),
+            .block_on(cf.waiter.next(*caller, pid, offset > 0))
+            .map(|w| w.map(|w| w.render()).unwrap_or_default()),
         ControlFile::Ctl | ControlFile::Note | ControlFile::NotePg => {
             Err(CtlError::Invalid("this file is write-only".into()))
         }
@@ -986,6 +986,31 @@ impl ProcFs {
         Node::from_ino(ino)
             .ok_or(Errno::ENOENT)
             .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)))
+    }
+
+    /// SETATTR. A size or times, as `open(O_TRUNC)` (`echo stop > ctl`, `fopen("w")`) and
+    /// `touch` set them, change nothing and succeed for a caller who may write the file, as
+    /// procfs's `proc_setattr` does (`echo 5 > /proc/PID/oom_score_adj` works there): the
+    /// view's files are the process, not bytes to cut. A caller who may not write gets EACCES,
+    /// as `truncate` on a read-only procfs file does. Modes and owners are the process's and
+    /// stay so (EPERM), but for QNX's chmod of `as` and `ctl`.
+    pub(super) fn do_setattr(
+        &self,
+        req: &Asker,
+        ino: u64,
+        mode: Option<u32>,
+        owner_change: bool,
+    ) -> Result<FileAttr, Errno> {
+        let node = Node::from_ino(ino).ok_or(Errno::ENOENT)?;
+        if owner_change {
+            return Err(Errno::EPERM);
+        }
+        if let Some(mode) = mode {
+            // (The kernel has already checked that the caller owns the file or is root.)
+            return self.qnx_chmod(node, mode).unwrap_or(Err(Errno::EPERM));
+        }
+        self.allow(req, node, WRITE)?;
+        self.do_getattr(req, ino)
     }
 
     fn do_access(&self, req: &Asker, ino: u64, mask: u32) -> Result<(), Errno> {
@@ -1402,12 +1427,12 @@ impl Filesystem for ProcFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
-        size: Option<u64>,
+        _size: Option<u64>,
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
@@ -1418,18 +1443,16 @@ impl Filesystem for ProcFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // QNX: chmod of `as` and `ctl` may drop permissions. (The kernel has already checked
-        // that the caller owns the file or is root.)
-        if let (Some(mode), None, None, None) = (mode, uid, gid, size)
-            && let Some(node) = Node::from_ino(ino.0)
-            && let Some(result) = self.qnx_chmod(node, mode)
-        {
-            return match result {
-                Ok(attr) => reply.attr(&TTL, &attr),
-                Err(e) => reply.error(e),
-            };
+        super::count_request(super::Op::Setattr);
+        match self.do_setattr(
+            &Asker::from(req),
+            ino.0,
+            mode,
+            uid.is_some() || gid.is_some(),
+        ) {
+            Ok(attr) => reply.attr(&self.attr_ttl(), &attr),
+            Err(e) => reply.error(e),
         }
-        reply.error(Errno::EPERM);
     }
 
     /// The personalities' control requests: SVR4's PFC* on a process file, QNX's devctls on

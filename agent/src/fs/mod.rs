@@ -35,10 +35,11 @@ pub enum Op {
     Readdir,
     Releasedir,
     Ioctl,
+    Setattr,
 }
 
 impl Op {
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 14] = [
         Op::Lookup,
         Op::Getattr,
         Op::Access,
@@ -52,6 +53,7 @@ impl Op {
         Op::Readdir,
         Op::Releasedir,
         Op::Ioctl,
+        Op::Setattr,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +71,7 @@ impl Op {
             Op::Readdir => "readdir",
             Op::Releasedir => "releasedir",
             Op::Ioctl => "ioctl",
+            Op::Setattr => "setattr",
         }
     }
 }

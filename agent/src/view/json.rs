@@ -88,7 +88,7 @@ pub fn process(p: &Process, host: &Host) -> ProcessJson {
         start_ticks: host.ticks(p.start_boottime),
         cmdline: p.argv().map(lossy).collect(),
         cmdline_truncated: p.cmdline_truncated,
-        exe: p.exe.as_deref().map(lossy),
+        exe: p.exe_shown().as_deref().map(lossy),
         kthread: p.kthread,
         rss_bytes: leader
             .map(|t| (t.rss_sum[0] + t.rss_sum[1] + t.rss_sum[3]) * host.page_size)

@@ -214,7 +214,7 @@ pub fn noteid(p: &Process) -> Result<Vec<u8>, ViewError> {
 /// The target of `/proc/n/text`, "a pseudonym for the file from which the process was
 /// executed": the executable's path. A kernel thread has none (ENOENT, as Linux's `exe`).
 pub fn text_target(p: &Process) -> Result<Vec<u8>, ViewError> {
-    p.exe.clone().ok_or(ViewError::NoFile)
+    p.exe_shown().map(Into::into).ok_or(ViewError::NoFile)
 }
 
 /// The user name Plan 9 shows for a uid: the passwd name, or the number when there is none.

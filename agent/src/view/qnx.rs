@@ -16,7 +16,7 @@ use crate::table::Process;
 /// `/proc/PID/exefile`: the executable's path as text (no newline, as procnto gives it). A
 /// kernel thread has no executable: ENOENT.
 pub fn exefile(p: &Process) -> Result<Vec<u8>, ViewError> {
-    p.exe.clone().ok_or(ViewError::NoFile)
+    p.exe_shown().map(Into::into).ok_or(ViewError::NoFile)
 }
 
 /// The ioctl "type" byte of the devctl requests (QNX's `_DCMD_PROC` class is `P`).

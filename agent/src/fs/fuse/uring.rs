@@ -165,7 +165,18 @@ impl fusewire::Server for Conn {
             // Nothing can be created (EACCES), removed, renamed or changed (EPERM), as on the
             // fuser adapter.
             op::MKNOD | op::MKDIR | op::SYMLINK | op::LINK | op::CREATE => Err(Errno::EACCES),
-            op::UNLINK | op::RMDIR | op::RENAME | op::RENAME2 | op::SETATTR => Err(Errno::EPERM),
+            op::UNLINK | op::RMDIR | op::RENAME | op::RENAME2 => Err(Errno::EPERM),
+            op::SETATTR => {
+                count_request(Op::Setattr);
+                // fuse_setattr_in: valid, padding, fh, size, lock_owner, atime, mtime, ctime,
+                // their three nsecs, then mode at 68.
+                let valid = u32_at(op, 0);
+                let mode = (valid & fusewire::FATTR_MODE != 0).then(|| u32_at(op, 68));
+                let owner = valid & (fusewire::FATTR_UID | fusewire::FATTR_GID) != 0;
+                fs.do_setattr(&asker, h.nodeid, mode, owner).map(|attr| {
+                    Out(out).attr_out(&wire_attr(&attr), fs.attr_ttl());
+                })
+            }
             op::IOCTL => Err(Errno::ENOTTY),
             op::FORGET | op::BATCH_FORGET | op::INTERRUPT => return None,
             op::DESTROY => Ok(()),
