@@ -7,11 +7,117 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use anyhow::Context as _;
 use clap::{ArgMatches, ValueEnum as _, parser::ValueSource};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{AgentArgs, fs::MountOptions, groups};
+use crate::{fs::MountOptions, groups};
+
+/// Default HTTP address: loopback only, so nothing is exposed without an explicit choice.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+/// Where the agent writes the bearer token for the control routes (root-only, 0600), and
+/// where the control clients read it.
+pub const DEFAULT_TOKEN_FILE: &str = "/run/bpfproc/token";
+
+/// Every setting of `bpfproc agent`: its flags (with their environment variables), filled in
+/// from the config file by [`Loaded::apply`] where no flag gave them.
+#[derive(clap::Args, Debug)]
+pub struct Settings {
+    /// A TOML config file with the same settings (see docs/config.md); flags override it.
+    #[arg(long, env = "BPFPROC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Only check the --config file (and the flags) and exit: 0 when valid, 1 with the
+    /// file, line and reason when not.
+    #[arg(long, requires = "config")]
+    pub check_config: bool,
+    /// HTTP listen address.
+    #[arg(long, default_value = DEFAULT_LISTEN, env = "BPFPROC_LISTEN")]
+    pub listen: SocketAddr,
+    /// How many exited processes to retain for /v1/exited.
+    #[arg(long, default_value_t = 8192)]
+    pub exited: usize,
+    /// Upper bound on the age of state, CPU and memory numbers, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub max_staleness_ms: u64,
+    /// Kernel ring buffer size in bytes (a power of two). The default holds ~1,100 spawns
+    /// (fork, exec with argv, exit, free) between drains, which come every `--drain-ms` or at
+    /// a quarter full: a 100,000-spawn storm at 1,500/s lost nothing with it.
+    #[arg(long, default_value_t = 2 << 20)]
+    pub ringbuf_bytes: u32,
+    /// Capacity of the in-kernel process map.
+    #[arg(long, default_value_t = 65536)]
+    pub max_processes: u32,
+    /// How often the ring buffer is drained when no wake-up comes, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub drain_ms: u64,
+    /// Mount a proc view here at start (repeatable; created if missing).
+    #[arg(long)]
+    pub mount: Vec<PathBuf>,
+    /// Options for the --mount views (as `bpfproc mount -o`).
+    #[arg(long, default_value = "")]
+    pub mount_options: String,
+    /// The local control socket (`bpfproc mount` etc. connect to it).
+    #[arg(long, default_value = crate::socket::DEFAULT_SOCKET, env = "BPFPROC_SOCKET")]
+    pub socket: PathBuf,
+    /// What /metrics groups processes by (like process-exporter's name groups).
+    #[arg(long, value_enum, default_value = "comm")]
+    pub metrics_group_by: groups::GroupBy,
+    /// A process-exporter style YAML file of group rules (`process_names:` with `name`,
+    /// `comm`, `exe`, `cmdline`); replaces --metrics-group-by. Unmatched processes are not grouped.
+    #[arg(long, conflicts_with = "metrics_group_by")]
+    pub metrics_groups_config: Option<std::path::PathBuf>,
+    /// At most this many distinct groups; processes of further groups are counted as "other".
+    #[arg(long, default_value_t = 1000)]
+    pub metrics_max_groups: usize,
+    /// Also export per-process series (bounded by --metrics-per-pid-max).
+    #[arg(long)]
+    pub metrics_per_pid: bool,
+    /// The cap on per-process series: the heaviest processes by CPU are kept, the rest counted
+    /// in bpfproc_pid_series_dropped_total.
+    #[arg(long, default_value_t = 100, requires = "metrics_per_pid")]
+    pub metrics_per_pid_max: usize,
+    /// File the control token is written to (mode 0600) at start and removed from at exit.
+    #[arg(long, default_value = DEFAULT_TOKEN_FILE, env = "BPFPROC_TOKEN_FILE")]
+    pub token_file: std::path::PathBuf,
+    /// Every view to mount at start with its options: from --mount and --mount-options, or
+    /// the config file's `[[mount]]` tables.
+    #[arg(skip)]
+    pub mount_table: Vec<(PathBuf, String)>,
+}
+
+impl Settings {
+    /// The settings as the agent runs with them: `--mount` flags become the mount table, and
+    /// a `--config` file fills what no flag gave (`m` tells which did).
+    pub fn resolve(mut self, m: &ArgMatches) -> Result<Self, ConfigError> {
+        if !self.mount.is_empty() {
+            self.mount_table = self
+                .mount
+                .iter()
+                .map(|d| (d.clone(), self.mount_options.clone()))
+                .collect();
+        }
+        if let Some(path) = self.config.clone() {
+            Loaded::read(&path)?.apply(&mut self, m);
+        }
+        Ok(self)
+    }
+}
+
+/// What the agent checks before loading anything, also run by `--check-config`.
+pub fn check(args: &Settings) -> anyhow::Result<()> {
+    if !args.ringbuf_bytes.is_power_of_two() || args.ringbuf_bytes < 4096 {
+        anyhow::bail!("--ringbuf-bytes must be a power of two of at least 4096");
+    }
+    for (dir, options) in &args.mount_table {
+        MountOptions::parse(options)
+            .with_context(|| format!("mount options for {}", dir.display()))?;
+    }
+    if let Some(path) = &args.metrics_groups_config {
+        groups::Grouping::load(path)?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,7 +280,7 @@ impl Loaded {
     }
 
     /// Fills every setting the command line (or its environment variable) did not give.
-    pub fn apply(self, args: &mut AgentArgs, m: &ArgMatches) {
+    pub fn apply(self, args: &mut Settings, m: &ArgMatches) {
         let from_flag = |id: &str| {
             matches!(
                 m.value_source(id),

@@ -231,7 +231,8 @@ fn basename(path: &[u8]) -> &[u8] {
 
 /// Resolves uids and cgroup ids to names, caching what it learns.
 pub struct Names {
-    users: HashMap<u32, String>,
+    /// uid → user name: the C library's lookup, or a fixed table in tests.
+    users: fn(u32) -> String,
     cgroup_root: Option<PathBuf>,
     cgroups: HashMap<u64, String>,
     last_walk: Option<Instant>,
@@ -240,20 +241,15 @@ pub struct Names {
 impl Names {
     pub fn detect() -> Self {
         Self {
-            users: std::fs::read_to_string("/etc/passwd")
-                .map(|s| parse_passwd(&s))
-                .unwrap_or_default(),
-            cgroup_root: cgroup2_mount(),
+            users: crate::sys::users::name_or_number,
+            cgroup_root: crate::sys::cgroup::root().ok(),
             cgroups: HashMap::new(),
             last_walk: None,
         }
     }
 
     fn user(&self, uid: u32) -> String {
-        self.users
-            .get(&uid)
-            .cloned()
-            .unwrap_or_else(|| uid.to_string())
+        (self.users)(uid)
     }
 
     /// A cgroup v2 id is the inode number of its directory: an unknown id means a cgroup made
@@ -269,50 +265,12 @@ impl Names {
                 .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
         {
             self.last_walk = Some(Instant::now());
-            walk_cgroups(root, root, &mut self.cgroups);
+            self.cgroups = crate::sys::cgroup::paths_by_id(root);
         }
         self.cgroups
             .get(&id)
             .cloned()
             .unwrap_or_else(|| format!("cgroup-id:{id}"))
-    }
-}
-
-fn parse_passwd(s: &str) -> HashMap<u32, String> {
-    s.lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let uid = f.nth(1)?.parse().ok()?;
-            Some((uid, name.to_owned()))
-        })
-        .collect()
-}
-
-fn cgroup2_mount() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
-fn walk_cgroups(root: &Path, dir: &Path, out: &mut HashMap<u64, String>) {
-    use std::os::unix::fs::MetadataExt as _;
-    if let Ok(meta) = std::fs::metadata(dir) {
-        let rel = dir.strip_prefix(root).unwrap_or(dir);
-        out.insert(meta.ino(), format!("/{}", rel.display()));
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            walk_cgroups(root, &e.path(), out);
-        }
     }
 }
 
@@ -349,7 +307,7 @@ pub fn cpu_of(p: &Process) -> Option<Cpu> {
     let t = p
         .leader()
         .filter(|t| t.tid == p.pid && t.start_boottime == p.start_boottime)?;
-    let sum = crate::view::linux::totals(p, t, true);
+    let sum = p.totals(t, true);
     Some(Cpu {
         user: sum.utime,
         system: sum.stime,
@@ -447,7 +405,7 @@ impl Ledger {
         if p.kthread {
             return None;
         }
-        let comm = crate::view::process_name(p);
+        let comm = p.name();
         let facts = Facts::of(p, &comm, matches!(self.grouping, Grouping::Rules(_)));
         self.scratch.clear();
         if !render_key(&self.grouping, &facts, &mut self.names, &mut self.scratch) {
@@ -717,7 +675,11 @@ mod tests {
 
     fn names() -> Names {
         Names {
-            users: parse_passwd("root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/:/bin/false\n"),
+            users: |uid| match uid {
+                0 => "root".into(),
+                33 => "www".into(),
+                n => n.to_string(),
+            },
             cgroup_root: None,
             cgroups: HashMap::new(),
             last_walk: None,

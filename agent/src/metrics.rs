@@ -18,7 +18,7 @@ use prometheus::{
 
 use crate::{
     groups::GroupReport,
-    ring::RingFill,
+    kernel::RingFill,
     state::{AgentStats, Snapshot, State},
     view::{self, Host},
 };
@@ -277,7 +277,7 @@ impl Metrics {
         f.exits_signaled.reset();
         for (sig, n) in &groups.exits.by_signal {
             f.exits_signaled
-                .with_label_values(&[&crate::view::signal_name(*sig)])
+                .with_label_values(&[&crate::control::signal_name(*sig)])
                 .inc_by(*n);
         }
         f.kernel_hook_runs.reset();
@@ -294,8 +294,8 @@ impl Metrics {
             f.events_lost.with_label_values(&[cause]);
         }
         f.fuse_requests.reset();
-        for (op, n) in &stats.fuse_requests_by_op {
-            f.fuse_requests.with_label_values(&[op]).inc_by(*n);
+        for (op, n) in crate::fs::requests() {
+            f.fuse_requests.with_label_values(&[op]).inc_by(n);
         }
         f.map_entries.set(stats.bpf_map_entries as i64);
         f.table_live.set(stats.live_processes as i64);
@@ -413,7 +413,7 @@ fn per_pid_families(m: &PerPid, cap: usize, snap: &Snapshot, host: &Host) {
     m.dropped.inc_by(dropped as u64);
     for (p, cpu) in live.into_iter().take(cap) {
         let pid = p.pid.to_string();
-        let comm = String::from_utf8_lossy(&view::process_name(p)).into_owned();
+        let comm = String::from_utf8_lossy(&p.name()).into_owned();
         m.cpu
             .with_label_values(&[&pid, &comm, "user"])
             .inc_by(cpu.user as f64 / 1e9);
@@ -437,10 +437,10 @@ mod tests {
 
     #[test]
     fn signal_names() {
-        assert_eq!(crate::view::signal_name(9), "SIGKILL");
-        assert_eq!(crate::view::signal_name(15), "SIGTERM");
-        assert_eq!(crate::view::signal_name(40), "SIG40");
-        assert_eq!(crate::view::signal_name(0), "SIG0");
+        assert_eq!(crate::control::signal_name(9), "SIGKILL");
+        assert_eq!(crate::control::signal_name(15), "SIGTERM");
+        assert_eq!(crate::control::signal_name(40), "SIG40");
+        assert_eq!(crate::control::signal_name(0), "SIG0");
     }
 
     #[test]

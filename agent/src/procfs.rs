@@ -154,7 +154,7 @@ fn record(pid: u32, tid: u32, ns_per_tick: u64) -> Option<TaskRecord> {
     r.nr_threads = f(20) as u32;
     r.start_boottime = f(22) * ns_per_tick;
     r.start_time = r.start_boottime;
-    r.total_vm = f(23) / 4096;
+    r.total_vm = f(23) / crate::sys::page_size();
     r.has_mm = u32::from(f(23) != 0);
     // stat has only the total resident pages, not the split.
     r.rss_anon = f(24);
@@ -233,7 +233,7 @@ mod tests {
         carry_group_times(&mut recs, 8, 6);
         let mut p = Process::from_record(&recs[0], 0, Origin::Procfs);
         p.tasks = recs.clone();
-        let sum = crate::view::linux::totals(&p, &recs[0], true);
+        let sum = p.totals(&recs[0], true);
         assert_eq!((sum.utime, sum.stime), (8, 6));
     }
 

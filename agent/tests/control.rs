@@ -1,5 +1,6 @@
 //! Control end to end: a real agent, real processes, the HTTP route with its token, the
-//! BPF stop-on-exec bit, gdb, and the CLI. Root only (BPF); skipped with a message otherwise.
+//! BPF stop-on-exec bit, gdb, the CLI, and the control files of a mounted view. Root only
+//! (BPF): `#[ignore]`d otherwise.
 //! The ptrace details (attach/step/regs, mem, permission rule) are tested against forked
 //! children in agent/src/control/tests.rs.
 
@@ -7,11 +8,15 @@ mod common;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{Agent, eventually, kill, proc_stat};
+use common::{
+    Agent, eventually, kill, proc_stat,
+    view::{errno_of, mounted_agent, write_file},
+};
 
 /// The state letter and TracerPid of a process, from the kernel.
 fn state(pid: u32) -> Option<(char, u32)> {
@@ -36,8 +41,8 @@ fn sleeper() -> std::process::Child {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, ptraces"]
 fn ctl_over_http_needs_the_token_and_maps_errors() {
-    require_root!();
     let agent = Agent::start();
     let mut child = sleeper();
     let pid = child.id();
@@ -93,8 +98,8 @@ fn ctl_over_http_needs_the_token_and_maps_errors() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, ptraces"]
 fn signal_names_and_the_cli() {
-    require_root!();
     let agent = Agent::start();
     let mut child = sleeper();
     let pid = child.id();
@@ -144,8 +149,8 @@ fn signal_names_and_the_cli() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, ptraces"]
 fn hang_stops_the_execd_grandchild_at_exec_and_gdb_can_attach() {
-    require_root!();
     let agent = Agent::start();
     // The shell waits for a line, then forks a child that execs sleep.
     let mut sh = Command::new("sh")
@@ -196,8 +201,8 @@ fn hang_stops_the_execd_grandchild_at_exec_and_gdb_can_attach() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs"]
 fn run_stop_on_exec_starts_the_program_stopped() {
-    require_root!();
     let agent = Agent::start();
     let mut run = Command::new(env!("CARGO_BIN_EXE_bpfproc"))
         .args(["run", "--agent", &agent.addr, "--token-file"])
@@ -233,8 +238,8 @@ fn run_stop_on_exec_starts_the_program_stopped() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs"]
 fn plan9_wait_reports_a_childs_exit_status() {
-    require_root!();
     let agent = Agent::start();
     let mut sh = Command::new("sh")
         .args(["-c", "read go; sh -c 'exit 7'; sleep 60"])
@@ -311,8 +316,8 @@ fn plan9_wait_reports_a_childs_exit_status() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, ptraces"]
 fn agent_shutdown_detaches_its_tracees() {
-    require_root!();
     let agent = Agent::start();
     let mut held = sleeper();
     let mut running = sleeper();
@@ -330,4 +335,209 @@ fn agent_shutdown_detaches_its_tracees() {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+fn state_of(view: &Path, pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(view.join(format!("{pid}/stat"))).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().next().map(str::to_owned)
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE"]
+fn a_control_command_shows_in_the_next_read_however_long_the_bound() {
+    // A minute's staleness: without the table knowing of the command, the view would show
+    // the state from before it for that long.
+    let (agent, view) = Agent::start_with_view(&["--max-staleness-ms", "60000"]);
+    let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = child.id();
+    // (Whatever the view shows now may stay for the minute.)
+    eventually(5, "child asleep", || {
+        (state_of(Path::new("/proc"), pid).as_deref() == Some("S")).then_some(())
+    });
+    let ctl = view.join(format!("{pid}/ctl"));
+    let state_over_http = || agent.json(&format!("/v1/processes/{pid}"))["state"].clone();
+    write_file(&ctl, b"stop").unwrap();
+    assert_eq!(state_of(&view, pid).as_deref(), Some("T"));
+    assert_eq!(state_over_http(), "T");
+    write_file(&ctl, b"start").unwrap();
+    // Running again, or already back in its sleep.
+    assert!(matches!(state_of(&view, pid).as_deref(), Some("S" | "R")));
+    assert!(state_over_http() == "S" || state_over_http() == "R");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE, ptraces"]
+fn control_files_stop_start_signal_and_read_memory_through_the_mount() {
+    let (_agent, view) = mounted_agent();
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import ctypes, sys, time\n\
+             b = ctypes.create_string_buffer(b'bpfproc-marker-42')\n\
+             print(ctypes.addressof(b), flush=True)\n\
+             time.sleep(60)\n",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: u64 = line.trim().parse().unwrap();
+    eventually(5, "child in view", || {
+        std::fs::metadata(view.join(pid.to_string())).ok()
+    });
+    let ctl = view.join(format!("{pid}/ctl"));
+
+    // A malformed command is EINVAL and leaves the target running.
+    let err = write_file(&ctl, b"launch the missiles\n").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+    assert_eq!(state_of(&view, pid).as_deref(), Some("S"));
+
+    write_file(&ctl, b"stop\n").unwrap();
+    assert_eq!(
+        state_of(&view, pid).as_deref(),
+        Some("T"),
+        "stop returns once it is stopped"
+    );
+    // mem: the marker at its address, read through the view.
+    use std::os::unix::fs::FileExt as _;
+    let mem = std::fs::File::open(view.join(format!("{pid}/mem"))).unwrap();
+    let mut buf = [0u8; 17];
+    mem.read_exact_at(&mut buf, addr).unwrap();
+    assert_eq!(&buf, b"bpfproc-marker-42");
+    let regs = std::fs::read(view.join(format!("{pid}/regs"))).unwrap();
+    assert_eq!(regs.len(), 27 * 8, "user_regs_struct");
+    write_file(&ctl, b"start").unwrap();
+    eventually(5, "running again", || {
+        (state_of(&view, pid).as_deref() == Some("S")).then_some(())
+    });
+
+    // A caller who could not ptrace the target is refused by the kernel's permission check.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!("echo stop > {}", ctl.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    assert_eq!(
+        state_of(&view, pid).as_deref(),
+        Some("S"),
+        "the target is untouched"
+    );
+
+    // A signal by name (FreeBSD), then the process is gone: ENOENT.
+    write_file(&ctl, b"term").unwrap();
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    eventually(5, "ENOENT", || {
+        (errno_of(write_file(&ctl, b"stop")) == Some(libc::ENOENT)).then_some(())
+    });
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE, ptraces"]
+fn wait_and_hang_through_the_mount() {
+    let (_agent, view) = mounted_agent();
+    // A shell that runs a child exiting 7, then waits for a line before exec'ing sleep.
+    let mut sh = Command::new("sh")
+        .args(["-c", "sh -c 'exit 7'; read line; exec sleep 30"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = sh.id();
+    eventually(5, "shell in view", || {
+        std::fs::metadata(view.join(pid.to_string())).ok()
+    });
+    // Plan 9 wait: one record per read (a second read would block until another child exits),
+    // for the child that exited 7.
+    let mut buf = [0u8; 512];
+    let n = std::io::Read::read(
+        &mut std::fs::File::open(view.join(format!("{pid}/wait"))).unwrap(),
+        &mut buf,
+    )
+    .unwrap();
+    let record = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let fields: Vec<&str> = record.split_whitespace().collect();
+    let child: u32 = fields[0].parse().unwrap();
+    assert!(
+        record
+            .trim_end()
+            .ends_with(&format!("'sh {child}: exit 7'")),
+        "{record:?}"
+    );
+
+    // hang: the shell's exec stops the new program before its first instruction.
+    write_file(&view.join(format!("{pid}/ctl")), b"hang").unwrap();
+    use std::io::Write as _;
+    sh.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    eventually(5, "stopped at exec", || {
+        let (comm, f) = proc_stat(pid)?;
+        (comm == "sleep" && f[0] == "T").then_some(())
+    });
+    let status = std::fs::read_to_string(view.join(format!("{pid}/status"))).unwrap();
+    assert!(
+        status.contains("Name:\tsleep\n") && status.contains("TracerPid:\t0\n"),
+        "{status}"
+    );
+    sh.kill().unwrap();
+    sh.wait().unwrap();
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE, ptraces"]
+fn attach_step_regs_detach_through_the_mount() {
+    let (_agent, view) = mounted_agent();
+    // A busy loop, so a single step always moves the instruction pointer.
+    let mut child = Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    eventually(5, "child in view", || {
+        std::fs::metadata(view.join(pid.to_string())).ok()
+    });
+    let ctl = view.join(format!("{pid}/ctl"));
+    let rip = || -> u64 {
+        let regs = std::fs::read(view.join(format!("{pid}/regs"))).unwrap();
+        // user_regs_struct: rip is the 17th u64.
+        u64::from_ne_bytes(regs[16 * 8..17 * 8].try_into().unwrap())
+    };
+    write_file(&ctl, b"attach").unwrap();
+    assert_eq!(
+        state_of(&view, pid).as_deref(),
+        Some("t"),
+        "attached and stopped"
+    );
+    let before = rip();
+    write_file(&ctl, b"step").unwrap();
+    assert_ne!(rip(), before, "a single step moves rip");
+    // step without being attached is refused, and the process is left alone.
+    write_file(&ctl, b"detach").unwrap();
+    eventually(5, "running after detach", || {
+        (state_of(&view, pid).as_deref() == Some("R")).then_some(())
+    });
+    let err = write_file(&ctl, b"step").unwrap_err();
+    assert!(err.raw_os_error().is_some(), "{err}");
+    assert_eq!(state_of(&view, pid).as_deref(), Some("R"));
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

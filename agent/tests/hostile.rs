@@ -1,5 +1,5 @@
 //! Hostile HTTP input, as a property test driven by the project's OpenAPI document: every
-//! path of `agent/src/openapi.json` with every method, its parameters replaced by odd values
+//! path of `agent/src/http/openapi.json` with every method, its parameters replaced by odd values
 //! (huge numbers, bad percent-encodings, NUL, traversal, very long strings), random queries,
 //! bodies from empty to megabytes, oversized headers. Properties: every request gets an answer,
 //! never a 5xx; an error with a body says what was wrong in JSON; the agent keeps serving in
@@ -157,14 +157,14 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs"]
 fn hostile_requests_get_4xx_with_a_clear_error_and_never_a_crash() {
-    require_root!();
     let long = std::env::var_os("BPFPROC_STRESS").is_some_and(|v| v != "0");
     let n = if long { 30_000 } else { 1_500 };
     let agent = Agent::start();
     let token = agent.token();
     let doc: serde_json::Value =
-        serde_json::from_str(include_str!("../src/openapi.json")).expect("openapi.json");
+        serde_json::from_str(include_str!("../src/http/openapi.json")).expect("openapi.json");
     let paths: Vec<String> = doc["paths"]
         .as_object()
         .expect("paths")

@@ -2,24 +2,16 @@
 //! opens with O_TRUNC), Python's `open(…, "w")`, `tee`, several writes per open; Plan 9 `wait`
 //! read by a parent whose child is still a zombie; and `exe` as the kernel resolves it, for a
 //! program started by a relative path or through a symlinked directory. Needs root (CI runs
-//! as root) and skips otherwise.
+//! as root): `#[ignore]`d otherwise.
 
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
 };
 
-use common::{Agent, eventually, proc_stat};
-
-fn mount_view(agent: &Agent, name: &str, options: &str) -> PathBuf {
-    let view = agent.dir.join(name);
-    std::fs::create_dir_all(&view).unwrap();
-    let out = agent.cli(&["mount", "-o", options, view.to_str().unwrap()]);
-    assert!(out.status.success(), "{out:?}");
-    view
-}
+use common::{Agent, eventually, proc_stat, view::mount_view};
 
 /// A `sleep 60`, once the view lists it.
 fn sleeper(view: &Path) -> Child {
@@ -74,8 +66,8 @@ fn stopped_then_started(pid: u32, stop: impl Fn(), start: impl Fn()) {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE"]
 fn echo_into_ctl_works_in_every_personality_that_has_one() {
-    require_root!();
     let (agent, linux) = Agent::start_with_view(&[]);
     let views = [
         ("linux", linux),
@@ -178,8 +170,8 @@ fn echo_into_ctl_works_in_every_personality_that_has_one() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE, switches uid"]
 fn truncating_a_file_is_a_no_op_for_those_who_may_write_it_and_eacces_for_others() {
-    require_root!();
     let (_agent, view) = Agent::start_with_view(&[]);
     let mut child = sleeper(&view);
     let dir = view.join(child.id().to_string());
@@ -247,8 +239,8 @@ print(json.dumps({"child": c, "first": first, "rest": rest, "zombie": still_zomb
 "#;
 
 #[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE"]
 fn plan9_wait_reports_a_zombie_child_once_and_not_after_waitpid() {
-    require_root!();
     let agent = Agent::start();
     let view = mount_view(&agent, "plan9", "personality=plan9");
     let out = python(ZOMBIE_WAIT, &[view.to_str().unwrap(), &agent.addr]);
@@ -267,8 +259,8 @@ fn plan9_wait_reports_a_zombie_child_once_and_not_after_waitpid() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE"]
 fn exe_is_the_path_the_kernel_resolves() {
-    require_root!();
     let agent = Agent::start();
     let qnx = mount_view(&agent, "qnx", "personality=qnx");
     let dir = agent.dir.join("exe");

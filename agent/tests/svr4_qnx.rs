@@ -92,8 +92,8 @@ fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE"]
 fn svr4_root_is_one_five_digit_file_per_process() {
-    require_root!();
     let (_agent, view) = mounted("svr4", "");
     let mut child = spawn(&["sleep", "60"]);
     let pid = child.id();
@@ -183,8 +183,8 @@ fn svr4_root_is_one_five_digit_file_per_process() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE, ptraces"]
 fn svr4_pfc_ioctls_through_the_mount_with_prfcntl_h() {
-    require_root!();
     let (agent, view) = mounted("svr4", "");
     let prog = prfcntl_live(&agent.dir);
     let mut child = spawn(&["sleep", "60"]);
@@ -295,8 +295,8 @@ fn svr4_pfc_ioctls_through_the_mount_with_prfcntl_h() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE, ptraces"]
 fn svr4_sexec_and_sstep() {
-    require_root!();
     let (agent, view) = mounted("svr4", "");
     let prog = prfcntl_live(&agent.dir);
 
@@ -342,8 +342,8 @@ fn svr4_sexec_and_sstep() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE, switches uid"]
 fn svr4_nice_as_non_root_follows_the_manual() {
-    require_root!();
     let (agent, view) = mounted("svr4", "");
     let prog = prfcntl_live(&agent.dir);
     let nobody = 65534;
@@ -434,8 +434,8 @@ fn sh_open(uid: Option<u32>, path: &Path, redirect: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE"]
 fn qnx_personality_serves_as_ctl_cmdline_exefile() {
-    require_root!();
     let (_agent, view) = mounted("qnx", "");
     let mut child = spawn(&["sleep", "60"]);
     let pid = child.id();
@@ -514,8 +514,8 @@ fn qnx_personality_serves_as_ctl_cmdline_exefile() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE, switches uid"]
 fn qnx_umask_chmod_and_one_writer() {
-    require_root!();
     let (_agent, view) = mounted("qnx", ",umask=022");
     let mut child = spawn(&["sleep", "60"]);
     let pid = child.id();

@@ -6,6 +6,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 
 pub const TASK_COMM_LEN: usize = 16;
+/// `task_struct.flags` bit of a kernel thread (include/linux/sched.h).
+pub const PF_KTHREAD: u32 = 0x0020_0000;
 /// Bytes of the executable's path kept per process: the path the kernel resolves it to
 /// (`pflag::EXE_RESOLVED`), or else `bprm->filename` as exec was given it.
 pub const FILENAME_LEN: usize = 256;

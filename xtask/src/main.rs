@@ -103,13 +103,43 @@ fn main() -> anyhow::Result<()> {
             if !no_lint {
                 lint()?;
             }
-            if !is_root() {
-                eprintln!("note: not root; the integration tests will skip (CI runs them as root)");
+            // The tests that need root are `#[ignore = "needs root: …"]`. As root (CI) they run
+            // too: `--include-ignored` for the test binaries, after the caller's `--` if they gave
+            // one (unless they chose `--ignored` or `--include-ignored` themselves).
+            let (root, whole_suite) = (is_root(), args.is_empty());
+            let mut test_args = args;
+            if root {
+                let harness = test_args.iter().position(|a| a == "--");
+                let chosen = harness.is_some_and(|i| {
+                    test_args[i + 1..]
+                        .iter()
+                        .any(|a| a == "--ignored" || a == "--include-ignored")
+                });
+                if !chosen {
+                    if harness.is_none() {
+                        test_args.push("--".into());
+                    }
+                    test_args.push("--include-ignored".into());
+                }
+            } else {
+                eprintln!(
+                    "note: not root: the tests that need root (BPF, FUSE mounts, ptrace) are left \
+                     out and reported as ignored (CI runs them as root)"
+                );
             }
-            cargo(&["test", "--workspace", "--exclude", "bpfproc-ebpf"], &args)?;
+            cargo(
+                &["test", "--workspace", "--exclude", "bpfproc-ebpf"],
+                &test_args,
+            )?;
+            if !root {
+                eprintln!(
+                    "note: not root: the tests reported as ignored above need root and did not \
+                     run; run `cargo xtask test` as root for the whole suite"
+                );
+            }
             // The whole suite (no filter) also proves `cargo xtask bench` still runs: its
             // --quick form, reported to a scratch file so BENCHMARKS.md keeps the full run.
-            if is_root() && args.is_empty() {
+            if root && whole_suite {
                 build_release()?;
                 let out = std::env::temp_dir().join("bpfproc-bench-smoke.md");
                 bench::run(bench::BenchArgs::smoke(out))?;
@@ -128,7 +158,17 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Stress { args } => {
             setup::run()?;
+            // The stress tests need root (`#[ignore = "needs root: …"]`): run them all the same.
             let mut extra = vec!["--".to_string(), "--nocapture".into()];
+            if !args
+                .iter()
+                .any(|a| a == "--ignored" || a == "--include-ignored")
+            {
+                extra.push("--include-ignored".into());
+            }
+            if !is_root() {
+                eprintln!("note: not root: the stress tests need root and will fail");
+            }
             extra.extend(args);
             cargo_env(
                 &[

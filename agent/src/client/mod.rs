@@ -3,13 +3,13 @@
 //! formatting helpers they share. They only read the agent's public HTTP API, so they work the
 //! same against a remote agent.
 
+pub mod ctl;
 pub mod events;
 pub mod ps;
 pub mod top;
 pub mod tree;
 
 use std::{
-    collections::HashMap,
     io::{BufRead as _, Write as _},
     path::Path,
     time::Duration,
@@ -20,9 +20,6 @@ use serde::Deserialize;
 /// Where the packaged config lives; clients read its `listen` so `bpfproc ps` follows an
 /// agent moved to another port without a flag.
 pub const DEFAULT_CONFIG: &str = "/etc/bpfproc/bpfproc.toml";
-
-/// Where the agent writes its control token (the control branch's default).
-pub const DEFAULT_TOKEN_FILE: &str = "/run/bpfproc/token";
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct AgentArg {
@@ -67,10 +64,15 @@ pub struct Client {
 
 impl Client {
     pub fn new(arg: &AgentArg) -> Result<Self, ClientError> {
+        // BPFPROC_LISTEN, the agent's own variable, names the same address: a service's
+        // environment file may set only that one.
         let raw = match &arg.agent {
             Some(a) => a.clone(),
-            None => configured_listen(Path::new(DEFAULT_CONFIG))
-                .unwrap_or_else(|| crate::DEFAULT_LISTEN.to_string()),
+            None => std::env::var("BPFPROC_LISTEN")
+                .ok()
+                .filter(|l| !l.is_empty())
+                .or_else(|| configured_listen(Path::new(DEFAULT_CONFIG)))
+                .unwrap_or_else(|| crate::config::DEFAULT_LISTEN.to_string()),
         };
         let base = normalize_url(&raw)?;
         let http = ureq::Agent::config_builder()
@@ -352,7 +354,7 @@ impl Proc {
         match (self.exit_code, self.signal) {
             (_, Some(sig)) => format!(
                 "{}{}",
-                crate::view::signal_name(sig),
+                crate::control::signal_name(sig),
                 if self.core_dumped { " (core)" } else { "" }
             ),
             (Some(code), None) => code.to_string(),
@@ -361,47 +363,26 @@ impl Proc {
     }
 }
 
-/// User names from this host's /etc/passwd (a remote agent's uids are shown with these names
-/// too, as `ps` over ssh would not; numbers are shown for unknown uids).
+/// User names as this host's user database gives them (a remote agent's uids are shown with
+/// these names too, as `ps` over ssh would not; numbers are shown for unknown uids).
 #[derive(Default)]
-pub struct Users {
-    by_uid: HashMap<u32, String>,
-}
+pub struct Users;
 
 impl Users {
     pub fn load() -> Self {
-        let mut by_uid = HashMap::new();
-        if let Ok(text) = std::fs::read_to_string("/etc/passwd") {
-            for line in text.lines() {
-                let mut f = line.split(':');
-                if let (Some(name), _, Some(uid)) = (f.next(), f.next(), f.next())
-                    && let Ok(uid) = uid.parse()
-                {
-                    by_uid.entry(uid).or_insert_with(|| name.to_string());
-                }
-            }
-        }
-        Self { by_uid }
+        Self
     }
 
     pub fn name(&self, uid: u32) -> String {
-        self.by_uid
-            .get(&uid)
-            .cloned()
-            .unwrap_or_else(|| uid.to_string())
+        crate::sys::users::name_or_number(uid)
     }
 
     /// A user name or a number.
     pub fn uid(&self, user: &str) -> Option<u32> {
-        user.parse().ok().or_else(|| {
-            self.by_uid
-                .iter()
-                .find_map(|(uid, name)| (name == user).then_some(*uid))
-        })
+        crate::sys::users::uid(user)
     }
 }
 
-/// Parses a comma-separated list (`-p 1,2 -p 3` as ps takes them).
 pub fn split_list(values: &[String]) -> Vec<String> {
     values
         .iter()
@@ -456,6 +437,7 @@ fn local(t: f64) -> libc::tm {
     let secs = t as libc::time_t;
     // SAFETY: an all-zero tm is a valid value; localtime_r writes into it and reads `secs`.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals of the right types.
     unsafe { libc::localtime_r(&secs, &mut tm) };
     tm
 }
@@ -555,8 +537,8 @@ mod tests {
         assert_eq!(duration(0.0123), "12ms");
         assert_eq!(duration(3.414), "3.41s");
         assert_eq!(duration(302.0), "5m02s");
-        assert_eq!(crate::view::signal_name(9), "SIGKILL");
-        assert_eq!(crate::view::signal_name(40), "SIG40");
+        assert_eq!(crate::control::signal_name(9), "SIGKILL");
+        assert_eq!(crate::control::signal_name(40), "SIG40");
         assert_eq!(query_escape("a b&c"), "a%20b%26c");
     }
 

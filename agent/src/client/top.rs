@@ -32,7 +32,7 @@ pub struct TopArgs {
     #[arg(long, value_enum, default_value = "cpu")]
     pub sort: Sort,
     /// The agent's control token (for stop/start/kill).
-    #[arg(long, default_value = super::DEFAULT_TOKEN_FILE, env = "BPFPROC_TOKEN_FILE")]
+    #[arg(long, default_value = crate::config::DEFAULT_TOKEN_FILE, env = "BPFPROC_TOKEN_FILE")]
     pub token_file: PathBuf,
 }
 

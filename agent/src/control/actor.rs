@@ -440,10 +440,13 @@ struct Actor {
 }
 
 fn ptrace(req: libc::c_uint, pid: u32, addr: u64, data: u64) -> Result<libc::c_long, i32> {
+    // SAFETY: errno is this thread's; PEEK requests return data in-band, so -1 is an error
+    // only if errno was set by the call.
+    unsafe { *libc::__errno_location() = 0 };
     // SAFETY: every request used here takes (pid, addr, data) by value or points `data` at a
     // buffer the caller owns and sized for the request.
-    unsafe { *libc::__errno_location() = 0 };
     let r = unsafe { libc::ptrace(req, pid as libc::pid_t, addr, data) };
+    // SAFETY: this thread's errno, read right after the call.
     let errno = unsafe { *libc::__errno_location() };
     if r == -1 && errno != 0 {
         Err(errno)
@@ -942,7 +945,7 @@ fn sig_in(mask: u64, sig: i32) -> bool {
 /// process_vm_readv, one remote iovec per page: the kernel transfers whole iovecs only, so a
 /// read running into an unmapped page stops at that page instead of failing altogether.
 fn read_mem(pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, CtlError> {
-    const PAGE: u64 = 4096;
+    let page = crate::sys::page_size();
     let mut buf = vec![0u8; len];
     if len == 0 {
         return Ok(buf);
@@ -953,7 +956,7 @@ fn read_mem(pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, CtlError> {
         .checked_add(len as u64)
         .ok_or(CtlError::BadAddress(addr))?;
     while at < end {
-        let next = ((at / PAGE) + 1) * PAGE;
+        let next = ((at / page) + 1) * page;
         let n = next.min(end) - at;
         remote.push(libc::iovec {
             iov_base: at as *mut libc::c_void,

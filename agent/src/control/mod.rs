@@ -9,7 +9,6 @@
 //! the cheap, cloneable handle to it.
 
 mod actor;
-pub mod http;
 #[cfg(test)]
 mod tests;
 pub mod wait;
@@ -22,7 +21,7 @@ use std::{
 };
 
 pub use actor::Control;
-pub use words::{BadWord, Command, SIGNALS, note_signal};
+pub use words::{BadWord, Command, SIGNALS, note_signal, short_signal_name, signal_name};
 
 /// Who is asking. The FUSE layer fills this from the request (`req.uid()`, `req.gid()`,
 /// `req.pid()`); an HTTP caller holding the agent's token is root.
@@ -153,8 +152,6 @@ pub struct ProcInfo {
     /// the kernel then gives `/proc/PID/status` to root, which is how it is read here.
     pub dumpable: bool,
 }
-
-const PF_KTHREAD: u64 = 0x0020_0000;
 
 impl ProcInfo {
     /// Exact and cheap: the state letter is the one thing the table (refreshed at most every
@@ -345,7 +342,7 @@ fn group_members(pgrp: u32) -> Vec<u32> {
 }
 
 fn info_is_kthread(i: &ProcInfo) -> bool {
-    i.flags & PF_KTHREAD != 0
+    i.flags & u64::from(bpfproc_common::PF_KTHREAD) != 0
 }
 
 /// How often a blocking command (`waitstop`, `stop`, `step`, …) looks at the target again.

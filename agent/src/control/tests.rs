@@ -197,6 +197,7 @@ fn callers_may_control_only_what_they_could_ptrace() {
     assert!(matches!(root_kid.state(), 'S' | 'R'), "untouched");
 
     // The user's own process: allowed.
+    // SAFETY: plain system calls in the forked child, which owns its credentials.
     let own = Kid::fork(|| unsafe {
         libc::setresgid(1000, 1000, 1000);
         libc::setresuid(1000, 1000, 1000);
@@ -217,6 +218,7 @@ fn callers_may_control_only_what_they_could_ptrace() {
 
     // Same uid, but not dumpable (as after a setuid exec, or a uid change with
     // fs.suid_dumpable=0): off limits, as it is for ptrace(2).
+    // SAFETY: as above.
     let changed = Kid::fork(|| unsafe {
         libc::setresgid(1000, 1000, 1000);
         libc::setresuid(1000, 1000, 1000);

@@ -45,15 +45,8 @@ impl WaitMsg {
             (Some(0), _) => String::new(),
             (Some(code), _) => format!("exit {code}"),
             (None, Some(sig)) => {
-                let name = super::SIGNALS
-                    .iter()
-                    .find(|(_, s)| *s == sig)
-                    .map(|(n, _)| (*n).to_string())
-                    .unwrap_or_else(|| match sig {
-                        libc::SIGKILL => "kill".into(),
-                        libc::SIGSTOP => "stop".into(),
-                        n => n.to_string(),
-                    });
+                let name =
+                    super::short_signal_name(sig).map_or_else(|| sig.to_string(), str::to_owned);
                 let core = if exit.core_dumped() {
                     " (core dumped)"
                 } else {
@@ -125,7 +118,7 @@ impl Waiter {
         tokio::task::spawn_blocking(move || Target::open(&caller, pid).map(drop))
             .await
             .map_err(|_| CtlError::Gone)??;
-        let since = crate::state::boot_ns();
+        let since = crate::sys::clock::boot_ns();
         let mut events = self.state.subscribe();
         loop {
             let snap = self

@@ -74,9 +74,8 @@ impl Command {
     }
 }
 
-/// Signal names as FreeBSD's ctl takes them: lower case, without `SIG`. `stop` and `kill`
-/// are not here: as ctl words they are Plan 9's commands (which send SIGSTOP and SIGKILL
-/// anyway).
+/// The one table of signal names (x86-64 numbering): lower case without `SIG`, as FreeBSD's
+/// ctl takes them; the first name of a number is its own, aliases (`iot`, `poll`) follow.
 pub const SIGNALS: &[(&str, i32)] = &[
     ("hup", libc::SIGHUP),
     ("int", libc::SIGINT),
@@ -87,6 +86,7 @@ pub const SIGNALS: &[(&str, i32)] = &[
     ("iot", libc::SIGIOT),
     ("bus", libc::SIGBUS),
     ("fpe", libc::SIGFPE),
+    ("kill", libc::SIGKILL),
     ("usr1", libc::SIGUSR1),
     ("segv", libc::SIGSEGV),
     ("usr2", libc::SIGUSR2),
@@ -96,6 +96,7 @@ pub const SIGNALS: &[(&str, i32)] = &[
     ("stkflt", libc::SIGSTKFLT),
     ("chld", libc::SIGCHLD),
     ("cont", libc::SIGCONT),
+    ("stop", libc::SIGSTOP),
     ("tstp", libc::SIGTSTP),
     ("ttin", libc::SIGTTIN),
     ("ttou", libc::SIGTTOU),
@@ -111,8 +112,26 @@ pub const SIGNALS: &[(&str, i32)] = &[
     ("sys", libc::SIGSYS),
 ];
 
+/// A ctl word's signal. `stop` and `kill` are not signals here: as ctl words they are Plan 9's
+/// commands (which send SIGSTOP and SIGKILL anyway).
 pub fn signal_by_name(name: &str) -> Option<i32> {
+    if matches!(name, "stop" | "kill") {
+        return None;
+    }
     SIGNALS.iter().find(|(n, _)| *n == name).map(|&(_, s)| s)
+}
+
+/// A signal's short name (`kill` for 9), `None` for a number without one.
+pub fn short_signal_name(sig: i32) -> Option<&'static str> {
+    SIGNALS.iter().find(|&&(_, s)| s == sig).map(|&(n, _)| n)
+}
+
+/// `SIGKILL` for 9, `SIG40` for a number without a name.
+pub fn signal_name(sig: i32) -> String {
+    match short_signal_name(sig) {
+        Some(n) => format!("SIG{}", n.to_ascii_uppercase()),
+        None => format!("SIG{sig}"),
+    }
 }
 
 /// Plan 9 notes and the signals they become. Plan 9 delivers arbitrary strings; Linux can

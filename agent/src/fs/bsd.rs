@@ -12,65 +12,14 @@ use std::{io::Read as _, os::unix::ffi::OsStrExt as _, sync::OnceLock};
 use fuser::Errno;
 
 use super::{
-    fuse::{errno, kernel_file, same_process},
+    kernel_files::{errno, kernel_file, same_process},
     options::Personality,
-    tree::{ControlFile, Entry, Kind},
+    tree::{BsdLink, ControlFile, Entry, Kind},
 };
-use crate::{
-    table::Process,
-    view::{self, Host, ViewError},
-};
-
-/// A file rendered here rather than straight from the table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BsdFile {
-    /// argv; a system or zombie process's name (NetBSD's rule; FreeBSD's is the same).
-    Cmdline,
-    /// FreeBSD's one-line status, with the jail field.
-    FreeBsdStatus,
-    /// NetBSD's: FreeBSD's without the jail.
-    NetBsdStatus,
-    /// procfs_map.c's lines, from smaps.
-    FreeBsdMap,
-    /// NetBSD's map lines, from smaps.
-    NetBsdMap,
-    /// `name current max` per limit.
-    Rlimit,
-    /// The executable's ABI name.
-    Etype,
-}
-
-/// A symlink and the rule for its target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BsdLink {
-    /// The executable (NetBSD's `exe` and `file`).
-    Exe,
-    /// FreeBSD's `file`: the executable, or `unknown` if it cannot be found.
-    FreeBsdFile,
-    /// NetBSD's `cwd`: relative to the caller's root, `/` if unavailable or outside it.
-    Cwd,
-    /// NetBSD's `root`: as `cwd`.
-    Root,
-}
-
-pub fn render(p: &Process, host: &Host, f: BsdFile) -> Result<Vec<u8>, ViewError> {
-    match f {
-        BsdFile::Cmdline => view::netbsd::cmdline(p),
-        BsdFile::FreeBsdStatus => view::freebsd::status(p, host, &wchan(p)?),
-        BsdFile::NetBsdStatus => view::netbsd::status(p, host, &wchan(p)?),
-        BsdFile::FreeBsdMap => view::freebsd::map(&kernel_file(p, "smaps")?, host),
-        BsdFile::NetBsdMap => view::netbsd::map(&kernel_file(p, "smaps")?),
-        BsdFile::Rlimit => view::freebsd::rlimit(p),
-        BsdFile::Etype => {
-            let head = elf_ident(p.pid);
-            same_process(p)?;
-            view::freebsd::etype(p, head.as_deref())
-        }
-    }
-}
+use crate::{table::Process, view::ViewError};
 
 /// The kernel's wait channel; a zombie has none to read, which is what `exiting` says anyway.
-fn wchan(p: &Process) -> Result<Vec<u8>, ViewError> {
+pub(super) fn wchan(p: &Process) -> Result<Vec<u8>, ViewError> {
     match kernel_file(p, "wchan") {
         Err(ViewError::Io(_)) if p.exit.is_some() => Ok(Vec::new()),
         r => r,
@@ -78,7 +27,7 @@ fn wchan(p: &Process) -> Result<Vec<u8>, ViewError> {
 }
 
 /// The first bytes of the executable (its ELF ident), `None` if it cannot be read.
-fn elf_ident(pid: u32) -> Option<Vec<u8>> {
+pub(super) fn elf_ident(pid: u32) -> Option<Vec<u8>> {
     let mut head = Vec::with_capacity(16);
     std::fs::File::open(format!("/proc/{pid}/exe"))
         .ok()?
@@ -156,7 +105,7 @@ pub fn owner(personality: Personality, p: &Process, e: Option<&Entry>) -> Option
         return None;
     }
     let (uid, gid) = p.leader().map_or((p.uid, p.gid), |t| (t.uid, t.gid));
-    let mem = e.is_some_and(|e| e.kind == Kind::Control(ControlFile::Mem));
+    let mem = e.is_some_and(|e| matches!(e.kind, Kind::Control(ControlFile::Mem)));
     Some((uid, if mem { kmem_gid().unwrap_or(gid) } else { gid }))
 }
 

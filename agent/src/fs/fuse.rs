@@ -35,18 +35,20 @@ pub(super) mod uring;
 
 use super::{
     access::{self, EXEC, READ, WRITE, Who},
+    kernel_files::{errno, kernel_fds, kernel_link},
     options::{MountOptions, Personality, Scope},
+    show::Ctx,
     tree::{
-        ControlFile, Entry, Global, GlobalKind, Kind, Node, Source, THREAD_FILES, entry_index,
+        ControlFile, Entry, Global, GlobalKind, Kind, Node, Show, THREAD_FILES, entry_index,
         global_child, global_children,
     },
 };
 use crate::{
     control::{Caller, CtlError},
-    procfs,
     state::{Snapshot, State},
+    sys::cgroup,
     table::Process,
-    view::{self, Host, ViewError},
+    view::{Host, ViewError},
 };
 
 /// Attributes are never cached: every stat(2) asks, so a process that exited is ENOENT at once.
@@ -142,38 +144,11 @@ struct ScopeCache {
     read_at: Option<Instant>,
 }
 
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
-/// hybrid hosts).
-pub(super) fn cgroup2_root() -> std::io::Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no cgroup v2 hierarchy is mounted",
-            )
-        })
-}
-
 impl ScopeCache {
     fn new(scope: &Scope) -> std::io::Result<Self> {
         let root = match scope {
             Scope::All => None,
-            Scope::Cgroup(p) => {
-                let base = cgroup2_root()?;
-                // Either a path inside the hierarchy or one relative to its root.
-                Some(if p.starts_with(&base) {
-                    p.clone()
-                } else {
-                    base.join(p.strip_prefix("/").unwrap_or(p))
-                })
-            }
+            Scope::Cgroup(p) => Some(cgroup::dir(p)?),
             Scope::CgroupOf(pid) => {
                 let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
                 let path = text
@@ -182,7 +157,7 @@ impl ScopeCache {
                     .ok_or_else(|| {
                         std::io::Error::other(format!("process {pid} has no cgroup v2 path"))
                     })?;
-                Some(cgroup2_root()?.join(path.trim_start_matches('/')))
+                Some(cgroup::root()?.join(path.trim_start_matches('/')))
             }
         };
         if let Some(r) = &root
@@ -208,30 +183,11 @@ impl ScopeCache {
             .read_at
             .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
         {
-            self.ids.clear();
-            collect_cgroup_ids(root, &mut self.ids);
+            self.ids = cgroup::subtree_ids(root);
             self.read_at = Some(Instant::now());
         }
         self.ids.contains(&cgroup_id)
     }
-}
-
-pub(super) fn collect_cgroup_ids(dir: &Path, out: &mut HashSet<u64>) {
-    use std::os::unix::fs::MetadataExt as _;
-    if let Ok(md) = std::fs::metadata(dir) {
-        out.insert(md.ino());
-    }
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                collect_cgroup_ids(&e.path(), out);
-            }
-        }
-    }
-}
-
-pub(super) fn errno(e: &ViewError) -> Errno {
-    Errno::from_i32(e.errno())
 }
 
 impl ProcFs {
@@ -607,7 +563,7 @@ impl ProcFs {
                 let (_, p) = self.process(pid)?;
                 let e = self.files_table().get(i as usize).ok_or(Errno::ENOENT)?;
                 match e.kind {
-                    Kind::File(src) => self.render_source(&p, None, src),
+                    Kind::File(show) => self.show(&p, None, show),
                     _ => Err(Errno::EISDIR),
                 }
             }
@@ -615,7 +571,7 @@ impl ProcFs {
                 let (_, p) = self.process(pid)?;
                 let e = THREAD_FILES.get(i as usize).ok_or(Errno::ENOENT)?;
                 match e.kind {
-                    Kind::File(src) => self.render_source(&p, Some(tid), src),
+                    Kind::File(show) => self.show(&p, Some(tid), show),
                     _ => Err(Errno::EISDIR),
                 }
             }
@@ -623,35 +579,10 @@ impl ProcFs {
         }
     }
 
-    fn render_source(&self, p: &Process, tid: Option<u32>, src: Source) -> Result<Vec<u8>, Errno> {
-        use view::linux;
-        let r = match (src, tid) {
-            (Source::Stat, None) => linux::stat(p, &self.host),
-            (Source::Stat, Some(t)) => linux::task_stat(p, t, &self.host),
-            (Source::Status, None) => linux::status(p),
-            (Source::Status, Some(t)) => linux::task_status(p, t),
-            (Source::Statm, _) => linux::statm(p),
-            (Source::Cmdline, _) => linux::cmdline(p),
-            (Source::Comm, None) => linux::comm(p),
-            (Source::Comm, Some(t)) => linux::task_comm(p, t),
-            (Source::Limits, _) => linux::limits(p),
-            (Source::Maps, _) => linux::maps(p),
-            (Source::Kernel(name), None) => kernel_file(p, name),
-            (Source::Plan9Status, _) => view::plan9::status(
-                p,
-                &view::plan9::user_name(p.uid),
-                &self.host,
-                crate::state::boot_ns(),
-            ),
-            (Source::Plan9Segment, _) => {
-                kernel_file(p, "maps").and_then(|maps| view::plan9::segment(p, &maps))
-            }
-            (Source::Plan9Proc, _) => view::plan9::proc_record(p),
-            (Source::QnxExefile, _) => view::qnx::exefile(p),
-            (Source::Bsd(f), _) => super::bsd::render(p, &self.host, f),
-            (Source::Kernel(name), Some(t)) => kernel_file(p, &format!("task/{t}/{name}")),
-        };
-        r.map_err(|e| errno(&e))
+    /// A file's bytes, by its row.
+    fn show(&self, p: &Process, tid: Option<u32>, show: Show) -> Result<Vec<u8>, Errno> {
+        show.read(&Ctx { host: &self.host }, p, tid)
+            .map_err(|e| errno(&e))
     }
 
     fn dir_entries(&self, node: Node) -> Result<Vec<DirEnt>, Errno> {
@@ -876,17 +807,6 @@ fn parse_id(name: &str) -> Result<u32, Errno> {
     name.parse().map_err(|_| Errno::ENOENT)
 }
 
-/// Files procfs guards with a ptrace-read check on top of their mode (fs/proc/base.c:
-/// `proc_mem_open` for `maps` and `environ`, `io`'s `ptrace_may_access`); the `exe`, `cwd`,
-/// `root` and `fd/N` links too (`proc_fd_access_allowed`). The agent reads them as root, so
-/// the view must apply the same rule to its caller.
-fn ptrace_guarded(src: Source) -> bool {
-    matches!(
-        src,
-        Source::Maps | Source::Plan9Segment | Source::Kernel("environ" | "io")
-    )
-}
-
 fn may_read(req: &Asker, pid: u32) -> Result<(), Errno> {
     let caller = Caller {
         uid: req.uid(),
@@ -901,42 +821,6 @@ fn parse_fd(name: &str) -> Result<u32, Errno> {
         return Ok(0);
     }
     parse_id(name)
-}
-
-/// Reads the kernel's per-process file and checks the pid still names the same process, so a
-/// reused pid never shows another process's data.
-pub(super) fn kernel_file(p: &Process, name: &str) -> Result<Vec<u8>, ViewError> {
-    let bytes = procfs::read_file(p.pid, name)?;
-    same_process(p)?;
-    Ok(bytes)
-}
-
-fn kernel_link(p: &Process, name: &str) -> Result<Vec<u8>, Errno> {
-    let target = std::fs::read_link(format!("/proc/{}/{name}", p.pid))
-        .map_err(|e| errno(&ViewError::Io(e)))?;
-    same_process(p).map_err(|e| errno(&e))?;
-    Ok(target.as_os_str().as_bytes().to_vec())
-}
-
-fn kernel_fds(p: &Process) -> Result<Vec<u32>, Errno> {
-    let rd =
-        std::fs::read_dir(format!("/proc/{}/fd", p.pid)).map_err(|e| errno(&ViewError::Io(e)))?;
-    let mut fds: Vec<u32> = rd
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    same_process(p).map_err(|e| errno(&e))?;
-    fds.sort_unstable();
-    Ok(fds)
-}
-
-pub(super) fn same_process(p: &Process) -> Result<(), ViewError> {
-    let ns_per_tick = 1_000_000_000 / crate::state::clock_ticks();
-    if procfs::alive_since(p.pid, p.start_boottime, ns_per_tick) {
-        Ok(())
-    } else {
-        Err(ViewError::NoProcess)
-    }
 }
 
 /// What a LOOKUP found.
@@ -1056,8 +940,8 @@ impl ProcFs {
             return Err(Errno::EACCES);
         }
         if let Node::ProcFile(pid, i) = node
-            && let Some(Kind::File(src)) = self.files_table().get(i as usize).map(|e| e.kind)
-            && ptrace_guarded(src)
+            && let Some(Kind::File(show)) = self.files_table().get(i as usize).map(|e| e.kind)
+            && show.ptrace_read
         {
             may_read(req, pid)?;
         }

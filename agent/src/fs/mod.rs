@@ -4,7 +4,9 @@
 mod access;
 mod bsd;
 mod fuse;
+mod kernel_files;
 pub mod options;
+pub mod show;
 pub mod tree;
 
 use std::{
@@ -94,26 +96,6 @@ pub fn requests() -> impl Iterator<Item = (&'static str, u64)> {
     })
 }
 
-/// The ids of the cgroup v2 subtree at `path` (a path inside the hierarchy, or one relative to
-/// its root), as the HTTP API's `?cgroup=` filter matches them.
-pub fn cgroup_subtree(path: &Path) -> std::io::Result<std::collections::HashSet<u64>> {
-    let base = fuse::cgroup2_root()?;
-    let root = if path.starts_with(&base) {
-        path.to_path_buf()
-    } else {
-        base.join(path.strip_prefix("/").unwrap_or(path))
-    };
-    if !root.is_dir() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("cgroup {} does not exist", root.display()),
-        ));
-    }
-    let mut ids = std::collections::HashSet::new();
-    fuse::collect_cgroup_ids(&root, &mut ids);
-    Ok(ids)
-}
-
 use crate::{state::State, view::Host};
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +141,27 @@ impl Transport {
 /// Requests the io_uring queues have carried, over all `-o uring` mounts.
 pub fn uring_requests() -> u64 {
     fuse::uring::REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The FUSE views' own counters, which `/v1/stats` shows beside the table's.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FuseStats {
+    /// FUSE requests answered by all mounts, and by operation.
+    pub fuse_requests: u64,
+    pub fuse_requests_by_op: BTreeMap<&'static str, u64>,
+    /// Of all FUSE requests, those the io_uring queues of `-o uring` mounts carried.
+    pub fuse_uring_requests: u64,
+}
+
+impl FuseStats {
+    pub fn now() -> Self {
+        let by_op: BTreeMap<_, _> = requests().collect();
+        Self {
+            fuse_requests: by_op.values().sum(),
+            fuse_requests_by_op: by_op,
+            fuse_uring_requests: uring_requests(),
+        }
+    }
 }
 
 pub struct Mounts {

@@ -1,5 +1,13 @@
 //! The shape of a proc view: inode numbers that encode (kind, pid, tid/fd, file) reversibly,
-//! and the tables of files a personality serves (Linux fs/proc/base.c `tgid_base_stuff`).
+//! and the tables of files a personality serves (Linux fs/proc/base.c `tgid_base_stuff`). A
+//! row says everything about its file: name, mode, what it shows (a show function of
+//! `fs/show.rs`, or the kernel's own file), who may read it and how long a rendering holds.
+
+use super::{
+    kernel_files::kernel_file,
+    show::{self, Ctx, Rendered, Renderer},
+};
+use crate::table::Process;
 
 /// What an inode is. Encoded into the 64-bit inode number so that no inode table is needed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,27 +76,75 @@ impl Node {
     }
 }
 
-/// How a per-process file gets its bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// Rendered from the table by `view::linux`.
-    Stat,
-    Statm,
-    Status,
-    Cmdline,
-    Comm,
-    Limits,
-    Maps,
-    /// The kernel's own file of the same name (no BPF source; listed in the README).
+/// What a file shows and who may read it: the row's behaviour, which the FUSE operations, the
+/// `cache=` ticker and the HTTP API all take from the row.
+#[derive(Clone, Copy, Debug)]
+pub struct Show {
+    pub bytes: Bytes,
+    /// procfs guards the file with a ptrace-read check on top of its mode (fs/proc/base.c:
+    /// `proc_mem_open` for `maps`, `environ`, `smaps`; `io`'s `ptrace_may_access`). The agent
+    /// reads as root, so the view applies the same rule to its caller.
+    pub ptrace_read: bool,
+    /// A rendering stays right for as long as the process's record is unchanged: rendered from
+    /// it, or a kernel file only the process itself changes (it cannot while it sleeps, and
+    /// running changes its record). Other kernel files (`cgroup`, `mountinfo`, …) can change
+    /// under a sleeping process, so a `cache=` mount cannot keep them by the record.
+    pub follows_record: bool,
+}
+
+/// Where a file's bytes come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Bytes {
+    /// A show function over the table (`fs/show.rs`).
+    Render(Renderer),
+    /// The kernel's own file of this name for the same process (`task/TID/NAME` for a
+    /// thread's), its identity checked after the read.
     Kernel(&'static str),
-    /// Plan 9 `status`, `segment` and `proc` (view::plan9).
-    Plan9Status,
-    Plan9Segment,
-    Plan9Proc,
-    /// QNX `exefile` (view::qnx).
-    QnxExefile,
-    /// A FreeBSD or NetBSD file (fs/bsd.rs).
-    Bsd(super::bsd::BsdFile),
+}
+
+impl Show {
+    /// The file's bytes for process `p` (thread `tid` for a thread's file).
+    pub fn read(&self, ctx: &Ctx, p: &Process, tid: Option<u32>) -> Rendered {
+        match (self.bytes, tid) {
+            (Bytes::Render(f), _) => f(ctx, p, tid),
+            (Bytes::Kernel(name), None) => kernel_file(p, name),
+            (Bytes::Kernel(name), Some(t)) => kernel_file(p, &format!("task/{t}/{name}")),
+        }
+    }
+}
+
+/// A file rendered from the table.
+const fn rendered(f: Renderer) -> Show {
+    Show {
+        bytes: Bytes::Render(f),
+        ptrace_read: false,
+        follows_record: true,
+    }
+}
+
+/// A file served from the kernel's, which may change without the process's record.
+const fn kernel(name: &'static str) -> Show {
+    Show {
+        bytes: Bytes::Kernel(name),
+        ptrace_read: false,
+        follows_record: false,
+    }
+}
+
+/// A kernel file only the process itself changes.
+const fn own(s: Show) -> Show {
+    Show {
+        follows_record: true,
+        ..s
+    }
+}
+
+/// procfs's ptrace-read rule on top of the mode.
+const fn ptrace(s: Show) -> Show {
+    Show {
+        ptrace_read: true,
+        ..s
+    }
 }
 
 /// A control file: its data is an operation on the live process (through `control`), not a
@@ -115,14 +171,28 @@ pub enum ControlFile {
     DbRegs,
 }
 
+/// A symlink and the rule for its target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BsdLink {
+    /// The executable (NetBSD's `exe` and `file`).
+    Exe,
+    /// FreeBSD's `file`: the executable, or `unknown` if it cannot be found.
+    FreeBsdFile,
+    /// NetBSD's `cwd`: relative to the caller's root, `/` if unavailable or outside it.
+    Cwd,
+    /// NetBSD's `root`: as `cwd`.
+    Root,
+}
+
+#[derive(Clone, Copy, Debug)]
 pub enum Kind {
-    File(Source),
+    /// A file: what it shows, and who may read it.
+    File(Show),
     Control(ControlFile),
     /// A symlink whose target is the kernel's link of that name (`exe`, `cwd`, `root`).
     KernelLink(&'static str),
     /// A FreeBSD or NetBSD symlink, with its manual's rules for what it shows (fs/bsd.rs).
-    BsdLink(super::bsd::BsdLink),
+    BsdLink(BsdLink),
     /// `task/`.
     TaskDir,
     /// `fd/`.
@@ -136,11 +206,11 @@ pub struct Entry {
     pub kind: Kind,
 }
 
-const fn file(name: &'static str, mode: u16, source: Source) -> Entry {
+const fn file(name: &'static str, mode: u16, show: Show) -> Entry {
     Entry {
         name,
         mode,
-        kind: Kind::File(source),
+        kind: Kind::File(show),
     }
 }
 
@@ -154,21 +224,21 @@ const fn ctl_entry(name: &'static str, mode: u16, ctl: ControlFile) -> Entry {
 
 /// `/PID/…` in the Linux personality. Modes as procfs gives them.
 pub const PROC_FILES: &[Entry] = &[
-    file("stat", 0o444, Source::Stat),
-    file("statm", 0o444, Source::Statm),
-    file("status", 0o444, Source::Status),
-    file("cmdline", 0o444, Source::Cmdline),
-    file("comm", 0o444, Source::Comm),
-    file("limits", 0o444, Source::Limits),
-    file("maps", 0o444, Source::Maps),
-    file("environ", 0o400, Source::Kernel("environ")),
-    file("cgroup", 0o444, Source::Kernel("cgroup")),
-    file("io", 0o400, Source::Kernel("io")),
-    file("wchan", 0o444, Source::Kernel("wchan")),
-    file("mountinfo", 0o444, Source::Kernel("mountinfo")),
-    file("mounts", 0o444, Source::Kernel("mounts")),
-    file("oom_score", 0o444, Source::Kernel("oom_score")),
-    file("loginuid", 0o444, Source::Kernel("loginuid")),
+    file("stat", 0o444, rendered(show::stat)),
+    file("statm", 0o444, rendered(show::statm)),
+    file("status", 0o444, rendered(show::status)),
+    file("cmdline", 0o444, rendered(show::cmdline)),
+    file("comm", 0o444, rendered(show::comm)),
+    file("limits", 0o444, rendered(show::limits)),
+    file("maps", 0o444, ptrace(rendered(show::maps))),
+    file("environ", 0o400, ptrace(own(kernel("environ")))),
+    file("cgroup", 0o444, kernel("cgroup")),
+    file("io", 0o400, ptrace(own(kernel("io")))),
+    file("wchan", 0o444, kernel("wchan")),
+    file("mountinfo", 0o444, kernel("mountinfo")),
+    file("mounts", 0o444, kernel("mounts")),
+    file("oom_score", 0o444, kernel("oom_score")),
+    file("loginuid", 0o444, kernel("loginuid")),
     ctl_entry("ctl", 0o200, ControlFile::Ctl),
     ctl_entry("note", 0o200, ControlFile::Note),
     ctl_entry("notepg", 0o200, ControlFile::NotePg),
@@ -211,9 +281,9 @@ pub const PLAN9_FILES: &[Entry] = &[
     ctl_entry("note", 0o200, ControlFile::Note),
     ctl_entry("noteid", 0o444, ControlFile::NoteId),
     ctl_entry("notepg", 0o200, ControlFile::NotePg),
-    file("proc", 0o400, Source::Plan9Proc),
-    file("segment", 0o444, Source::Plan9Segment),
-    file("status", 0o444, Source::Plan9Status),
+    file("proc", 0o400, rendered(show::plan9_proc)),
+    file("segment", 0o444, ptrace(rendered(show::plan9_segment))),
+    file("status", 0o444, rendered(show::plan9_status)),
     Entry {
         name: "text",
         mode: 0o777,
@@ -226,16 +296,12 @@ pub const PLAN9_FILES: &[Entry] = &[
 /// umask, and `chmod` may only drop bits from them (view::qnx::Access keeps their modes).
 pub const QNX_FILES: &[Entry] = &[
     ctl_entry("as", 0o666, ControlFile::Mem),
-    file("cmdline", 0o444, Source::Cmdline),
+    file("cmdline", 0o444, rendered(show::cmdline)),
     ctl_entry("ctl", 0o666, ControlFile::Ctl),
-    file("exefile", 0o444, Source::QnxExefile),
+    file("exefile", 0o444, rendered(show::qnx_exefile)),
 ];
 
-const fn bsd_file(name: &'static str, mode: u16, f: super::bsd::BsdFile) -> Entry {
-    file(name, mode, Source::Bsd(f))
-}
-
-const fn bsd_link(name: &'static str, link: super::bsd::BsdLink) -> Entry {
+const fn bsd_link(name: &'static str, link: BsdLink) -> Entry {
     Entry {
         name,
         mode: 0o777,
@@ -247,46 +313,46 @@ const fn bsd_link(name: &'static str, link: super::bsd::BsdLink) -> Entry {
 /// 0400 where FreeBSD has 0444: Linux lets only a process's own user (ptrace read access) see
 /// its mappings, and the view must not show more than the kernel would.
 pub const FREEBSD_FILES: &[Entry] = &[
-    bsd_file("cmdline", 0o444, super::bsd::BsdFile::Cmdline),
+    file("cmdline", 0o444, rendered(show::bsd_cmdline)),
     ctl_entry("ctl", 0o200, ControlFile::Ctl),
     ctl_entry("dbregs", 0o600, ControlFile::DbRegs),
-    bsd_file("etype", 0o444, super::bsd::BsdFile::Etype),
-    bsd_link("file", super::bsd::BsdLink::FreeBsdFile),
+    file("etype", 0o444, rendered(show::freebsd_etype)),
+    bsd_link("file", BsdLink::FreeBsdFile),
     ctl_entry("fpregs", 0o600, ControlFile::FpRegs),
-    bsd_file("map", 0o400, super::bsd::BsdFile::FreeBsdMap),
+    file("map", 0o400, ptrace(rendered(show::freebsd_map))),
     ctl_entry("mem", 0o600, ControlFile::Mem),
     ctl_entry("note", 0o200, ControlFile::Note),
     ctl_entry("notepg", 0o200, ControlFile::NotePg),
     ctl_entry("regs", 0o600, ControlFile::Regs),
-    bsd_file("rlimit", 0o444, super::bsd::BsdFile::Rlimit),
-    bsd_file("status", 0o444, super::bsd::BsdFile::FreeBsdStatus),
+    file("rlimit", 0o444, rendered(show::freebsd_rlimit)),
+    file("status", 0o444, rendered(show::freebsd_status)),
 ];
 
 /// `/PID/…` in the NetBSD personality (mount_procfs(8)). The Linux-compatible rows come last
 /// (`NETBSD_LINUX_FILES` of them), so `-o nolinux` is a prefix of the table and inode numbers
 /// stay the same either way. `map` and `maps` are 0400, as FreeBSD's `map`.
 pub const NETBSD_FILES: &[Entry] = &[
-    bsd_file("cmdline", 0o444, super::bsd::BsdFile::Cmdline),
-    bsd_link("cwd", super::bsd::BsdLink::Cwd),
-    bsd_link("exe", super::bsd::BsdLink::Exe),
+    file("cmdline", 0o444, rendered(show::bsd_cmdline)),
+    bsd_link("cwd", BsdLink::Cwd),
+    bsd_link("exe", BsdLink::Exe),
     Entry {
         name: "fd",
         mode: 0o500,
         kind: Kind::FdDir,
     },
-    bsd_link("file", super::bsd::BsdLink::Exe),
+    bsd_link("file", BsdLink::Exe),
     ctl_entry("fpregs", 0o600, ControlFile::FpRegs),
-    bsd_file("map", 0o400, super::bsd::BsdFile::NetBsdMap),
-    file("maps", 0o400, Source::Kernel("maps")),
+    file("map", 0o400, ptrace(rendered(show::netbsd_map))),
+    file("maps", 0o400, ptrace(own(kernel("maps")))),
     ctl_entry("mem", 0o600, ControlFile::Mem),
     ctl_entry("note", 0o200, ControlFile::Note),
     ctl_entry("notepg", 0o200, ControlFile::NotePg),
     ctl_entry("regs", 0o600, ControlFile::Regs),
-    bsd_link("root", super::bsd::BsdLink::Root),
-    bsd_file("status", 0o444, super::bsd::BsdFile::NetBsdStatus),
+    bsd_link("root", BsdLink::Root),
+    file("status", 0o444, rendered(show::netbsd_status)),
     // Linux-compatible (NETBSD_LINUX_FILES):
-    file("stat", 0o444, Source::Stat),
-    file("statm", 0o444, Source::Statm),
+    file("stat", 0o444, rendered(show::stat)),
+    file("statm", 0o444, rendered(show::statm)),
 ];
 const NETBSD_LINUX_FILES: usize = 2;
 
@@ -350,12 +416,12 @@ pub fn files_shown(o: &super::options::MountOptions) -> &'static [Entry] {
 
 /// `/PID/task/TID/…`.
 pub const THREAD_FILES: &[Entry] = &[
-    file("stat", 0o444, Source::Stat),
-    file("statm", 0o444, Source::Statm),
-    file("status", 0o444, Source::Status),
-    file("cmdline", 0o444, Source::Cmdline),
-    file("comm", 0o444, Source::Comm),
-    file("wchan", 0o444, Source::Kernel("wchan")),
+    file("stat", 0o444, rendered(show::stat)),
+    file("statm", 0o444, rendered(show::statm)),
+    file("status", 0o444, rendered(show::status)),
+    file("cmdline", 0o444, rendered(show::cmdline)),
+    file("comm", 0o444, rendered(show::comm)),
+    file("wchan", 0o444, kernel("wchan")),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

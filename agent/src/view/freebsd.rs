@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Host, ViewError, linux, maps, process_state};
+use super::{Host, ViewError, maps, process_state};
 use crate::table::Process;
 
 /// `/proc/PID/status`: one line, space-separated, as procfs(5) lists the fields.
@@ -48,7 +48,7 @@ pub(crate) fn status_line(
     } else {
         flags.join(",")
     });
-    let sum = linux::totals(p, t, true);
+    let sum = p.totals(t, true);
     for ns in [host.boot_epoch_ns + p.start_boottime, sum.utime, sum.stime] {
         // `%jd,%ld`: microseconds are not zero-padded.
         let _ = write!(s, " {},{}", ns / 1_000_000_000, ns % 1_000_000_000 / 1000);

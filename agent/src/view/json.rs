@@ -56,7 +56,7 @@ pub fn process(p: &Process, host: &Host) -> ProcessJson {
     let leader = p.leader();
     let (mut utime, mut stime) = leader
         .map(|t| {
-            let sum = super::linux::totals(p, t, true);
+            let sum = p.totals(t, true);
             (sum.utime, sum.stime)
         })
         .unwrap_or((0, 0));
@@ -77,7 +77,7 @@ pub fn process(p: &Process, host: &Host) -> ProcessJson {
     ProcessJson {
         pid: p.pid,
         ppid: p.ppid,
-        comm: lossy(&super::process_name(p)),
+        comm: lossy(&p.name()),
         state: process_state(p).to_string(),
         uid: p.uid,
         gid: p.gid,

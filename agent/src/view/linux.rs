@@ -8,82 +8,11 @@ use bpfproc_common::TaskRecord;
 use super::{Host, ViewError, process_state, state_letter, state_name};
 use crate::table::Process;
 
-/// CPU time and faults of one task, or of the whole thread group as `thread_group_cputime`
-/// sums them; utime/stime already scaled as the kernel reports them.
-pub struct Totals {
-    pub utime: u64,
-    pub stime: u64,
-    pub min_flt: u64,
-    pub maj_flt: u64,
-    pub gtime: u64,
-}
-
-pub fn totals(p: &Process, t: &TaskRecord, whole: bool) -> Totals {
-    if !whole {
-        let (utime, stime) = cputime_adjust(
-            t.sum_exec_runtime,
-            t.utime,
-            t.stime,
-            t.prev_utime,
-            t.prev_stime,
-        );
-        return Totals {
-            utime,
-            stime,
-            min_flt: t.min_flt,
-            maj_flt: t.maj_flt,
-            gtime: t.gtime,
-        };
-    }
-    let (mut ut, mut st, mut rt) = (t.sig_utime, t.sig_stime, t.sig_sum_sched_runtime);
-    let mut out = Totals {
-        utime: 0,
-        stime: 0,
-        min_flt: t.sig_min_flt,
-        maj_flt: t.sig_maj_flt,
-        gtime: 0,
-    };
-    for th in &p.tasks {
-        ut += th.utime;
-        st += th.stime;
-        rt += th.sum_exec_runtime;
-        out.min_flt += th.min_flt;
-        out.maj_flt += th.maj_flt;
-        out.gtime += th.gtime;
-    }
-    (out.utime, out.stime) = cputime_adjust(rt, ut, st, t.sig_prev_utime, t.sig_prev_stime);
-    out
-}
-
-/// kernel/sched/cputime.c `cputime_adjust`: scale the tick-sampled utime/stime so they add up
-/// to the precise runtime, never going below what was reported before (`prev`).
-pub fn cputime_adjust(rtime: u64, utime: u64, stime: u64, prev_u: u64, prev_s: u64) -> (u64, u64) {
-    if prev_u + prev_s >= rtime {
-        return (prev_u, prev_s);
-    }
-    let mut stime = if stime == 0 {
-        0
-    } else if utime == 0 {
-        rtime
-    } else {
-        ((u128::from(stime) * u128::from(rtime)) / u128::from(stime + utime)) as u64
-    }
-    .min(rtime);
-    if stime < prev_s {
-        stime = prev_s;
-    }
-    let mut utime = rtime - stime;
-    if utime < prev_u {
-        utime = prev_u;
-        stime = rtime - utime;
-    }
-    (utime, stime)
-}
-
 /// Pages of text, as `VmExe` and statm count them (whole pages spanned by the code segment).
-fn text_pages(t: &TaskRecord) -> u64 {
-    let end = (t.end_code + 4095) & !4095;
-    end.saturating_sub(t.start_code & !4095) / 4096
+fn text_pages(t: &TaskRecord, host: &Host) -> u64 {
+    let page = host.page_size.max(1);
+    let end = t.end_code.div_ceil(page) * page;
+    end.saturating_sub(t.start_code / page * page) / page
 }
 
 fn leader(p: &Process) -> Result<&TaskRecord, ViewError> {
@@ -117,7 +46,7 @@ pub fn task_stat(p: &Process, tid: u32, host: &Host) -> Result<Vec<u8>, ViewErro
 }
 
 fn stat_line(p: &Process, t: &TaskRecord, whole: bool, host: &Host) -> Vec<u8> {
-    let sum = totals(p, t, whole);
+    let sum = p.totals(t, whole);
     let mm = t.has_mm != 0;
     let (cutime, cstime, cmin, cmaj, cgtime) = if whole {
         (t.cutime, t.cstime, t.cmin_flt, t.cmaj_flt, t.cgtime)
@@ -127,9 +56,9 @@ fn stat_line(p: &Process, t: &TaskRecord, whole: bool, host: &Host) -> Vec<u8> {
     let state = state_letter(t.state, t.exit_state);
     let mut out = format!("{} (", if whole { t.tgid } else { t.tid }).into_bytes();
     out.extend_from_slice(&if whole {
-        super::process_name(p)
+        p.name()
     } else {
-        super::task_name(t)
+        crate::table::task_name(t)
     });
     let mask = 0x7fff_ffffu64;
     let line = format!(
@@ -186,9 +115,9 @@ fn stat_line(p: &Process, t: &TaskRecord, whole: bool, host: &Host) -> Vec<u8> {
 }
 
 /// `/proc/PID/statm`, in pages.
-pub fn statm(p: &Process) -> Result<Vec<u8>, ViewError> {
+pub fn statm(p: &Process, host: &Host) -> Result<Vec<u8>, ViewError> {
     let t = leader(p)?;
-    let text = text_pages(t);
+    let text = text_pages(t, host);
     let (file, anon, _, shmem) = rss_sum(t);
     Ok(format!(
         "{} {} {} {} 0 {} 0\n",
@@ -214,7 +143,7 @@ pub fn cmdline(p: &Process) -> Result<Vec<u8>, ViewError> {
 
 /// `/proc/PID/comm`.
 pub fn comm(p: &Process) -> Result<Vec<u8>, ViewError> {
-    let mut out = super::process_name(p);
+    let mut out = p.name();
     out.push(b'\n');
     Ok(out)
 }
@@ -226,7 +155,7 @@ pub fn task_comm(p: &Process, tid: u32) -> Result<Vec<u8>, ViewError> {
         .iter()
         .find(|t| t.tid == tid)
         .ok_or(ViewError::NoFile)?;
-    let mut out = super::task_name(t);
+    let mut out = crate::table::task_name(t);
     out.push(b'\n');
     Ok(out)
 }
@@ -248,32 +177,32 @@ fn escape_name(name: &[u8], out: &mut String) {
     }
 }
 
-fn kb(pages: u64) -> u64 {
-    pages * 4
+fn kb(pages: u64, host: &Host) -> u64 {
+    pages * host.page_size / 1024
 }
 
 /// `/proc/PID/status`.
-pub fn status(p: &Process) -> Result<Vec<u8>, ViewError> {
-    status_of(p, leader(p)?, true)
+pub fn status(p: &Process, host: &Host) -> Result<Vec<u8>, ViewError> {
+    status_of(p, host, leader(p)?, true)
 }
 
 /// `/proc/PID/task/TID/status`.
-pub fn task_status(p: &Process, tid: u32) -> Result<Vec<u8>, ViewError> {
+pub fn task_status(p: &Process, host: &Host, tid: u32) -> Result<Vec<u8>, ViewError> {
     let t = p
         .tasks
         .iter()
         .find(|t| t.tid == tid)
         .ok_or(ViewError::NoFile)?;
-    status_of(p, t, t.tid == t.tgid)
+    status_of(p, host, t, t.tid == t.tgid)
 }
 
-fn status_of(p: &Process, t: &TaskRecord, whole: bool) -> Result<Vec<u8>, ViewError> {
+fn status_of(p: &Process, host: &Host, t: &TaskRecord, whole: bool) -> Result<Vec<u8>, ViewError> {
     let mut s = String::with_capacity(1400);
     s.push_str("Name:\t");
     let name = if whole {
-        super::process_name(p)
+        p.name()
     } else {
-        super::task_name(t)
+        crate::table::task_name(t)
     };
     escape_name(&name, &mut s);
     s.push('\n');
@@ -312,7 +241,7 @@ fn status_of(p: &Process, t: &TaskRecord, whole: bool) -> Result<Vec<u8>, ViewEr
     if t.has_mm != 0 {
         let (file, anon, swap, shmem) = rss_sum(t);
         let rss = file + anon + shmem;
-        let text = text_pages(t);
+        let text = text_pages(t, host);
         let lib = t.exec_vm.saturating_sub(text);
         for (name, pages) in [
             ("VmPeak", t.hiwater_vm.max(t.total_vm)),
@@ -329,10 +258,10 @@ fn status_of(p: &Process, t: &TaskRecord, whole: bool) -> Result<Vec<u8>, ViewEr
             ("VmExe", text),
             ("VmLib", lib),
         ] {
-            let _ = writeln!(s, "{name}:\t{:>8} kB", kb(pages));
+            let _ = writeln!(s, "{name}:\t{:>8} kB", kb(pages, host));
         }
         let _ = writeln!(s, "VmPTE:\t{:>8} kB", t.pgtables_bytes >> 10);
-        let _ = writeln!(s, "VmSwap:\t{:>8} kB", kb(swap));
+        let _ = writeln!(s, "VmSwap:\t{:>8} kB", kb(swap, host));
     }
     let _ = writeln!(s, "Threads:\t{}", t.nr_threads);
     let _ = writeln!(s, "SigPnd:\t{:016x}", t.sig_pending);
@@ -430,16 +359,6 @@ fn cpu_list(mask: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cputime_adjust_scales_to_runtime_and_respects_prev() {
-        // Ticks say 3:1 user:system; the precise runtime is 80.
-        assert_eq!(cputime_adjust(80, 30, 10, 0, 0), (60, 20));
-        // Never below what was reported before.
-        assert_eq!(cputime_adjust(80, 30, 10, 10, 30), (50, 30));
-        assert_eq!(cputime_adjust(80, 30, 10, 70, 20), (70, 20));
-        assert_eq!(cputime_adjust(80, 0, 0, 0, 0), (80, 0));
-    }
 
     #[test]
     fn cpu_list_compresses_ranges() {

@@ -14,9 +14,9 @@ pub mod qnx;
 #[allow(dead_code)] // wired into the mount by fs/
 pub mod svr4;
 
-use bpfproc_common::TaskRecord;
-
 use crate::table::Process;
+#[cfg(test)]
+use bpfproc_common::TaskRecord;
 
 /// Why a file cannot be rendered, with the errno a file system would return.
 #[derive(Debug, thiserror::Error)]
@@ -58,17 +58,15 @@ pub struct Host {
 
 impl Host {
     pub fn detect() -> Self {
-        let boot = crate::state::boot_ns();
+        let boot = crate::sys::clock::boot_ns();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Self {
             boot_epoch_ns: now.saturating_sub(boot),
-            clock_ticks: crate::state::clock_ticks(),
-            page_size: if page > 0 { page as u64 } else { 4096 },
+            clock_ticks: crate::sys::clock::clock_ticks(),
+            page_size: crate::sys::page_size(),
         }
     }
 
@@ -108,86 +106,6 @@ pub fn state_name(letter: char) -> &'static str {
         'Z' => "Z (zombie)",
         'P' => "P (parked)",
         _ => "I (idle)",
-    }
-}
-
-/// A task's name as /proc shows it (fs/proc/array.c `proc_task_name`): a workqueue worker's
-/// comm with its current work, a kernel thread's untruncated name, or comm.
-pub fn task_name(t: &TaskRecord) -> Vec<u8> {
-    use bpfproc_common::cstr;
-    const PF_WQ_WORKER: u32 = 0x20;
-    let comm = cstr(&t.comm);
-    let desc = cstr(&t.wq_desc);
-    let full = cstr(&t.full_name);
-    let mut name = if t.pf_flags & PF_WQ_WORKER != 0 && !desc.is_empty() {
-        let mut n = comm.to_vec();
-        n.push(if t.wq_busy != 0 { b'+' } else { b'-' });
-        n.extend_from_slice(desc);
-        n
-    } else if !full.is_empty() {
-        full.to_vec()
-    } else {
-        comm.to_vec()
-    };
-    // The kernel formats into a 64-byte buffer.
-    name.truncate(63);
-    name
-}
-
-/// A process's name as /proc shows it: its leader's, or the event-tracked comm before the first
-/// snapshot.
-pub fn process_name(p: &Process) -> Vec<u8> {
-    match p.leader() {
-        Some(t) if t.start_boottime == p.start_boottime && cstr_eq(&t.comm, &p.comm) => {
-            task_name(t)
-        }
-        _ => p.comm.clone(),
-    }
-}
-
-fn cstr_eq(raw: &[u8], comm: &[u8]) -> bool {
-    bpfproc_common::cstr(raw) == comm
-}
-
-/// `SIGKILL` for 9, `SIG40` for a number without a name (x86-64 numbering).
-pub fn signal_name(sig: i32) -> String {
-    const NAMES: [&str; 32] = [
-        "",
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
-    match NAMES.get(sig as usize) {
-        Some(n) if !n.is_empty() => (*n).to_owned(),
-        _ => format!("SIG{sig}"),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use bpfproc_common::TaskRecord;
 
-use super::{Host, ViewError, linux, maps, process_state};
+use super::{Host, ViewError, maps, process_state};
 use crate::table::Process;
 
 /// `KNAMELEN`: name and user fields are 28 bytes, 27 characters and a space.
@@ -69,7 +69,7 @@ fn put_num(out: &mut Vec<u8>, n: u64) {
 /// time is 0: Linux keeps no such sum (see the personality's page).
 pub fn status(p: &Process, user: &[u8], host: &Host, now_ns: u64) -> Result<Vec<u8>, ViewError> {
     let t = leader(p)?;
-    let sum = linux::totals(p, t, true);
+    let sum = p.totals(t, true);
     let ms = |ns: u64| ns / 1_000_000;
     let mut out = Vec::with_capacity(2 * KNAMELEN + STATESIZE + 7 * NUMSIZE);
     put_str(&mut out, &p.comm, KNAMELEN - 1, KNAMELEN);
@@ -217,23 +217,6 @@ pub fn text_target(p: &Process) -> Result<Vec<u8>, ViewError> {
     p.exe_shown().map(Into::into).ok_or(ViewError::NoFile)
 }
 
-/// The user name Plan 9 shows for a uid: the passwd name, or the number when there is none.
-/// Not pure (it reads the user database); the fs layer calls it once per render.
-pub fn user_name(uid: u32) -> Vec<u8> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: passwd is written by getpwuid_r; buf outlives every use of the pointers in it.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::passwd = std::ptr::null_mut();
-    let rc =
-        unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut res) };
-    if rc == 0 && !res.is_null() && !pw.pw_name.is_null() {
-        // SAFETY: pw_name points into buf, NUL-terminated by getpwuid_r.
-        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
-        return name.to_bytes().to_vec();
-    }
-    uid.to_string().into_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,11 +342,5 @@ Phys   R 7ffd4a7e8000 7ffd4a7ea000    3
         assert_eq!(text_target(&p).unwrap(), b"/usr/bin/sleep");
         p.exe = None;
         assert_eq!(text_target(&p).unwrap_err().errno(), libc::ENOENT);
-    }
-
-    #[test]
-    fn user_name_falls_back_to_the_number() {
-        assert_eq!(user_name(0), b"root");
-        assert_eq!(user_name(4_000_000_000), b"4000000000");
     }
 }

@@ -11,7 +11,7 @@
 
 use std::mem::size_of;
 
-use super::{Host, ViewError, linux, process_state};
+use super::{Host, ViewError, process_state};
 use crate::table::Process;
 
 // ---- ioctl request encoding (asm-generic/ioctl.h: x86-64, aarch64, riscv) ----
@@ -337,7 +337,7 @@ pub fn getpr(p: &Process, host: &Host) -> Result<PrPsInfo, ViewError> {
         // S, D, I, P: asleep.
         _ => (1, b'S'),
     };
-    let sum = linux::totals(p, t, true);
+    let sum = p.totals(t, true);
     let ts = |ns: u64| PrTimespec {
         tv_sec: (ns / 1_000_000_000) as i64,
         tv_nsec: (ns % 1_000_000_000) as i64,

@@ -9,28 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Skips (returns) the calling test unless it runs as root: loading BPF needs it. CI runs the
-/// suite as root, so there these tests always run.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !common::is_root() {
-            eprintln!("skipping: needs root to load BPF programs");
-            return;
-        }
-    };
-}
+pub mod view;
 
 pub struct Agent {
     child: Option<Child>,

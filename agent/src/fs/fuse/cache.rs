@@ -25,7 +25,7 @@ use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier};
 
 use super::ProcFs;
 use crate::{
-    fs::tree::{Kind, Node, Source},
+    fs::tree::{Kind, Node},
     state::State,
 };
 
@@ -127,31 +127,20 @@ impl Rendered {
     }
 }
 
-/// Whether a node's contents follow its process's record: rendered from it, or kernel files
-/// only the process itself changes (it cannot while it sleeps, and running changes its
-/// record). Other kernel files (`cgroup`, `mountinfo`, …) can change under a sleeping process.
-fn follows_record(source: Option<Source>) -> bool {
-    match source {
-        None => true,
-        Some(Source::Kernel(name)) => matches!(name, "environ" | "maps" | "io"),
-        Some(_) => true,
-    }
-}
-
 impl ProcFs {
     /// The stamp a cache mount keeps for `node`: its process and record revision if it
     /// belongs to one and follows it.
     fn stamp_rev(&self, node: Node) -> Option<(u32, u64)> {
-        let (pid, source) = match node {
-            Node::ProcDir(pid) | Node::ThreadDir(pid, _) | Node::Fd(pid, _) => (pid, None),
+        let (pid, follows) = match node {
+            Node::ProcDir(pid) | Node::ThreadDir(pid, _) | Node::Fd(pid, _) => (pid, true),
             Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
-                Some(Kind::File(src)) => (pid, Some(src)),
-                _ => (pid, None),
+                Some(Kind::File(show)) => (pid, show.follows_record),
+                _ => (pid, true),
             },
-            Node::ThreadFile(pid, _, _) => (pid, None),
+            Node::ThreadFile(pid, _, _) => (pid, true),
             _ => return None,
         };
-        if !follows_record(source) {
+        if !follows {
             return None;
         }
         let (_, p) = self.process(pid).ok()?;
@@ -173,8 +162,8 @@ impl ProcFs {
         // The kernel serves cached pages to whoever passes its mode check, so a file procfs
         // shows only to those who may ptrace the process is shown to its owner only.
         if let Node::ProcFile(_, i) = node
-            && let Some(Kind::File(src)) = self.files_table().get(i as usize).map(|e| e.kind)
-            && super::ptrace_guarded(src)
+            && let Some(Kind::File(show)) = self.files_table().get(i as usize).map(|e| e.kind)
+            && show.ptrace_read
         {
             attr.perm &= 0o700;
         }
@@ -290,8 +279,9 @@ impl Invalidator {
                     return;
                 };
                 let pass = asked.elapsed();
-                let age =
-                    Duration::from_nanos(crate::state::boot_ns().saturating_sub(snap.refreshed_at));
+                let age = Duration::from_nanos(
+                    crate::sys::clock::boot_ns().saturating_sub(snap.refreshed_at),
+                );
                 nap = self
                     .period
                     .saturating_sub(age + pass * 2)

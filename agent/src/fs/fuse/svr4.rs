@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, ReplyIoctl};
 
-use super::{DirEnt, Handle, ProcFs, errno, kernel_file, kernel_link};
+use super::{DirEnt, Handle, ProcFs};
+use crate::fs::kernel_files::{errno, kernel_file, kernel_link};
 use crate::{
     control::{Caller, Command, CtlError, Target},
     fs::tree::Node,

@@ -1,194 +1,19 @@
 //! The mirrored process table: a pure state machine fed by kernel events and iterator
 //! snapshots. It owns every rule about ordering (exit before exec, fork of a forgotten parent,
-//! pid reuse, a snapshot racing live events); the actor in `state.rs` only feeds it.
+//! pid reuse, a snapshot racing live events); the actor in `state` only feeds it.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
 };
 
-use bpfproc_common::{ProcEntry, TaskInfo, TaskRecord, cstr, pflag};
+use bpfproc_common::{TaskRecord, cstr};
 
 use crate::kernel::KernelEvent;
 
-const PF_KTHREAD: u32 = 0x0020_0000;
-
-/// How a live entry came to be known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// Seen forking (or exec'ing) while the agent ran.
-    Event,
-    /// Found by the task iterator: it predates the agent, or its fork record was lost.
-    Iterator,
-    /// Invisible to the iterator and read from the kernel's /proc instead (see README).
-    Procfs,
-}
-
-/// How a process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExitInfo {
-    /// Boot-clock ns.
-    pub ts: u64,
-    /// Raw wait status; `None` when the exit record was lost and the end was found by a rescan.
-    pub status: Option<u32>,
-    pub utime_ns: u64,
-    pub stime_ns: u64,
-}
-
-impl ExitInfo {
-    pub fn exit_code(&self) -> Option<i32> {
-        let s = self.status?;
-        (s & 0x7f == 0).then_some(((s >> 8) & 0xff) as i32)
-    }
-
-    pub fn signal(&self) -> Option<i32> {
-        let s = self.status?;
-        (s & 0x7f != 0).then_some((s & 0x7f) as i32)
-    }
-
-    pub fn core_dumped(&self) -> bool {
-        self.status.is_some_and(|s| s & 0x80 != 0)
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Process {
-    pub pid: u32,
-    pub ppid: u32,
-    pub comm: Vec<u8>,
-    pub uid: u32,
-    pub gid: u32,
-    pub euid: u32,
-    pub egid: u32,
-    /// With `pid`, the identity of the process: a reused pid has a different start.
-    pub start_boottime: u64,
-    pub exe: Option<Vec<u8>>,
-    /// NUL-separated argv as in /proc/PID/cmdline.
-    pub cmdline: Vec<u8>,
-    pub cmdline_truncated: bool,
-    pub kthread: bool,
-    pub origin: Origin,
-    /// Boot-clock ns of the last exec seen, if any.
-    pub exec_ts: Option<u64>,
-    /// Set once the process has exited (a zombie until it is reaped).
-    pub exit: Option<ExitInfo>,
-    /// The latest iterator record of every thread, the leader first.
-    pub tasks: Vec<TaskRecord>,
-    /// Boot-clock ns of the snapshot that last changed `tasks` (later ones found them equal).
-    pub refreshed_at: u64,
-    /// Boot-clock ns of the last event applied to this entry.
-    pub event_ts: u64,
-    /// Whether identity (argv, exe) still needs filling from outside the event stream.
-    pub needs_identity: bool,
-    /// Changes whenever this entry changes (unique across the table's life): caches of rendered
-    /// output key on (pid, rev).
-    pub rev: u64,
-}
-
-fn next_rev() -> u64 {
-    static REV: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    REV.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Mutable access to a live entry, marking it changed.
-fn edit(slot: &mut Arc<Process>) -> &mut Process {
-    let p = Arc::make_mut(slot);
-    p.rev = next_rev();
-    p
-}
-
-impl Process {
-    fn from_task(info: &TaskInfo, ts: u64, origin: Origin) -> Self {
-        Self {
-            pid: info.tgid,
-            ppid: info.ppid,
-            comm: cstr(&info.comm).to_vec(),
-            uid: info.uid,
-            gid: info.gid,
-            euid: info.euid,
-            egid: info.egid,
-            start_boottime: info.start_boottime,
-            exe: None,
-            cmdline: Vec::new(),
-            cmdline_truncated: false,
-            kthread: info.pf_flags & PF_KTHREAD != 0,
-            origin,
-            exec_ts: None,
-            exit: None,
-            tasks: Vec::new(),
-            refreshed_at: 0,
-            event_ts: ts,
-            needs_identity: false,
-            rev: next_rev(),
-        }
-    }
-
-    pub(crate) fn from_record(rec: &TaskRecord, ts: u64, origin: Origin) -> Self {
-        Self {
-            pid: rec.tgid,
-            ppid: rec.ppid,
-            comm: cstr(&rec.comm).to_vec(),
-            uid: rec.uid,
-            gid: rec.gid,
-            euid: rec.euid,
-            egid: rec.egid,
-            start_boottime: rec.start_boottime,
-            exe: None,
-            cmdline: Vec::new(),
-            cmdline_truncated: false,
-            kthread: rec.pf_flags & PF_KTHREAD != 0,
-            origin,
-            exec_ts: None,
-            exit: None,
-            tasks: Vec::new(),
-            refreshed_at: 0,
-            event_ts: ts,
-            needs_identity: rec.pf_flags & PF_KTHREAD == 0,
-            rev: next_rev(),
-        }
-    }
-
-    /// The leader's latest iterator record.
-    pub fn leader(&self) -> Option<&TaskRecord> {
-        self.tasks.first()
-    }
-
-    /// The executable's path as `/proc/PID/exe` shows it now: the path resolved at exec, with
-    /// ` (deleted)` once the latest numbers show it unlinked.
-    pub fn exe_shown(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
-        const DELETED: &[u8] = b" (deleted)";
-        let exe = self.exe.as_deref()?;
-        if exe.ends_with(DELETED) || self.leader().is_none_or(|l| l.exe_deleted == 0) {
-            return Some(exe.into());
-        }
-        Some([exe, DELETED].concat().into())
-    }
-
-    pub fn argv(&self) -> impl Iterator<Item = &[u8]> {
-        let trimmed = self.cmdline.strip_suffix(b"\0").unwrap_or(&self.cmdline);
-        trimmed
-            .split(|&b| b == 0)
-            .filter(move |_| !self.cmdline.is_empty())
-    }
-
-    fn apply_entry(&mut self, e: &ProcEntry) {
-        self.comm = cstr(&e.task.comm).to_vec();
-        self.uid = e.task.uid;
-        self.gid = e.task.gid;
-        self.euid = e.task.euid;
-        self.egid = e.task.egid;
-        self.ppid = e.task.ppid;
-        if let Some(exe) = exe_path(e) {
-            self.exe = Some(exe);
-        }
-        if e.task.flags & pflag::EXECED != 0 || e.args_len > 0 {
-            self.cmdline = e.args[..(e.args_len as usize).min(e.args.len())].to_vec();
-            self.cmdline_truncated = e.task.flags & pflag::ARGS_TRUNCATED != 0;
-            self.needs_identity = false;
-        }
-    }
-}
+mod process;
+pub use process::{ExitInfo, Origin, Process, Totals, cputime_adjust, task_name};
+use process::{edit, next_rev};
 
 /// A process that has exited: what /proc can no longer show.
 pub type Exited = Arc<Process>;
@@ -611,29 +436,6 @@ impl ProcessTable {
     }
 }
 
-/// The executable an exec record names: the path the kernel resolved (`/proc/PID/exe`'s
-/// text, ` (deleted)` included), or else the path exec was given.
-fn exe_path(e: &ProcEntry) -> Option<Vec<u8>> {
-    let raw = &e.filename[..(e.filename_len as usize).min(e.filename.len())];
-    if e.task.flags & pflag::EXE_RESOLVED == 0 {
-        let name = cstr(raw);
-        return (!name.is_empty()).then(|| name.to_vec());
-    }
-    // Leaf first, each component NUL-terminated.
-    let mut path = Vec::with_capacity(raw.len() + 1);
-    for part in raw.split(|&b| b == 0).filter(|p| !p.is_empty()).rev() {
-        path.push(b'/');
-        path.extend_from_slice(part);
-    }
-    if path.is_empty() {
-        path.push(b'/');
-    }
-    if e.task.flags & pflag::EXE_DELETED != 0 {
-        path.extend_from_slice(b" (deleted)");
-    }
-    Some(path)
-}
-
 /// `base` with the numbers of a one-process iterator read taken at `at` (the records of its
 /// threads in any order), as a whole-table pass would have left it; `None` if the records are
 /// of another process (none: it ended; another start: its pid was reused), which only the
@@ -757,6 +559,7 @@ mod tests {
     use bpfproc_common::{ARGS_LEN, FILENAME_LEN};
 
     use super::*;
+    use bpfproc_common::{ProcEntry, TaskInfo, pflag};
 
     fn info(pid: u32, ppid: u32, start: u64, comm: &str) -> TaskInfo {
         let mut c = [0u8; 16];
@@ -877,30 +680,6 @@ mod tests {
         // A new process on the reused pid, or none: only the table can say which.
         assert!(refreshed(&base, vec![record(700, 700, 1, 99)], 40).is_none());
         assert!(refreshed(&base, Vec::new(), 40).is_none());
-    }
-
-    #[test]
-    fn a_resolved_exe_path_is_reassembled_root_first() {
-        let KernelEvent::Exec { entry, .. } = exec(1, 100, 1, 5, &["x"]) else {
-            unreachable!()
-        };
-        let mut e = *entry;
-        let raw = b"sleep\0bin\0usr\0";
-        e.filename[..raw.len()].copy_from_slice(raw);
-        e.filename_len = raw.len() as u32;
-        e.task.flags = pflag::EXECED | pflag::EXE_RESOLVED;
-        assert_eq!(exe_path(&e).as_deref(), Some(b"/usr/bin/sleep".as_slice()));
-        e.task.flags |= pflag::EXE_DELETED;
-        assert_eq!(
-            exe_path(&e).as_deref(),
-            Some(b"/usr/bin/sleep (deleted)".as_slice())
-        );
-        // Not resolved: the path as exec was given it.
-        let raw = b"./mysleep\0";
-        e.filename[..raw.len()].copy_from_slice(raw);
-        e.filename_len = raw.len() as u32;
-        e.task.flags = pflag::EXECED;
-        assert_eq!(exe_path(&e).as_deref(), Some(b"./mysleep".as_slice()));
     }
 
     #[test]

@@ -16,6 +16,9 @@ use bpfproc_common::{Event, ExecEvent, ProcEntry, TaskInfo, TaskRecord, kind, st
 
 use crate::btf;
 
+mod ring_fill;
+pub use ring_fill::RingFill;
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error(transparent)]

@@ -1,67 +1,6 @@
-//! Drains the kernel's ring buffer. Records are submitted without a wake-up (a wake-up per
-//! record costs the traced workload ~20 %), so the reader drains on a short timer and wakes
-//! early only when the kernel side forces it because a backlog built up.
+//! How full the ring buffer is, read from its control pages.
 
-use std::{
-    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
-    time::Duration,
-};
-
-use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, sync::watch};
-
-use crate::{
-    kernel::KernelEvent,
-    state::{Msg, State},
-};
-
-pub async fn run(
-    ring: RingBuf<MapData>,
-    state: State,
-    mut queries: tokio::sync::mpsc::Receiver<Msg>,
-    period: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long as the
-    // AsyncFd owns the ring buffer.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)?;
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                let batch = drain(guard.get_inner_mut());
-                guard.clear_ready();
-                if !batch.is_empty() && state.push_events(batch).await.is_err() { break; }
-            }
-            _ = tick.tick() => {
-                let batch = drain(fd.get_mut());
-                if !batch.is_empty() && state.push_events(batch).await.is_err() { break; }
-            }
-            query = queries.recv() => {
-                let Some(query) = query else { break };
-                let batch = drain(fd.get_mut());
-                if !batch.is_empty() && state.push_events(batch).await.is_err() { break; }
-                if state.forward(query).await.is_err() { break; }
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    Ok(())
-}
-
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<KernelEvent> {
-    let mut out = Vec::new();
-    while let Some(item) = ring.next() {
-        match KernelEvent::decode(&item) {
-            Some(ev) => out.push(ev),
-            None => tracing::warn!(len = item.len(), "undecodable ring-buffer record"),
-        }
-    }
-    out
-}
+use std::os::fd::{AsRawFd as _, BorrowedFd, OwnedFd};
 
 /// Read-only view of the ring buffer's consumer and producer positions (the first word of its
 /// first two pages), to export how full it is without touching the reader.
@@ -81,8 +20,7 @@ unsafe impl Sync for RingFill {}
 impl RingFill {
     pub fn new(fd: BorrowedFd<'_>) -> std::io::Result<Self> {
         let fd = fd.try_clone_to_owned()?;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let page = crate::sys::page_size() as usize;
         let map = |offset: usize| -> std::io::Result<*const u64> {
             // SAFETY: a fresh read-only shared mapping of a BPF ring buffer's control page; the
             // kernel allows read-only mappings of both (kernel/bpf/ringbuf.c).

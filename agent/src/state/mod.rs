@@ -3,6 +3,8 @@
 //! bound), rescans when the kernel side counts a loss, and answers queries with immutable
 //! snapshots.
 
+pub mod reader;
+
 use std::{
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
@@ -15,19 +17,9 @@ use crate::{
     groups::{GroupReport, Ledger},
     kernel::{Kernel, KernelEvent},
     procfs,
+    sys::clock::{boot_ns, clock_ticks},
     table::{Change, Exited, Process, ProcessTable, TableCounters},
 };
-
-/// Boot-clock nanoseconds (CLOCK_BOOTTIME), the clock of every kernel timestamp we get.
-pub fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer; CLOCK_BOOTTIME always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// An immutable view of the table at one moment.
 pub struct Snapshot {
@@ -65,11 +57,6 @@ pub struct AgentStats {
     pub fast_path_misses: u64,
     /// Reads of one process's threads that stood in for a pass (see `State::process`).
     pub process_reads: u64,
-    /// FUSE requests answered by all mounts, and by operation.
-    pub fuse_requests: u64,
-    pub fuse_requests_by_op: std::collections::BTreeMap<&'static str, u64>,
-    /// Of all FUSE requests, those the io_uring queues of `-o uring` mounts carried.
-    pub fuse_uring_requests: u64,
     /// The last task-iterator pass: how long it took and how many tasks it returned.
     pub last_iterator_us: u64,
     pub last_iterator_tasks: usize,
@@ -126,7 +113,7 @@ struct Latest {
     version: std::sync::atomic::AtomicU64,
     /// Records the ring reader has handed over and the actor has not applied yet.
     in_flight: std::sync::atomic::AtomicU64,
-    ring: OnceLock<Arc<crate::ring::RingFill>>,
+    ring: OnceLock<Arc<crate::kernel::RingFill>>,
     /// Answers given by `current()` without the actor, and the ones it had to decline.
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
@@ -230,7 +217,7 @@ impl State {
     }
 
     /// Lets the fast path see whether records are waiting in the kernel's ring buffer.
-    pub fn watch_ring(&self, ring: Arc<crate::ring::RingFill>) {
+    pub fn watch_ring(&self, ring: Arc<crate::kernel::RingFill>) {
         let _ = self.latest.ring.set(ring);
     }
 
@@ -409,11 +396,15 @@ const GC_EVERY: Duration = Duration::from_secs(10);
 /// Starts the actor. The initial backfill is done before this returns, so the first query
 /// already sees every process; events that raced the backfill are applied after it in order.
 /// The returned receiver carries queries for the ring reader to forward (see `State`).
+/// The questions asked of the table, which the ring reader passes on once it has drained
+/// every record before them ([`reader::run`]).
+pub struct Queries(mpsc::Receiver<Msg>);
+
 pub fn spawn(
     kernel: Arc<Mutex<Kernel>>,
     cfg: Config,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<(State, mpsc::Receiver<Msg>)> {
+) -> anyhow::Result<(State, Queries)> {
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let (queries, queries_rx) = mpsc::channel::<Msg>(1024);
     let (events, _) = broadcast::channel(8192);
@@ -655,9 +646,6 @@ pub fn spawn(
                     s.process_reads = latest
                         .process_reads
                         .load(std::sync::atomic::Ordering::Relaxed);
-                    s.fuse_requests_by_op = crate::fs::requests().collect();
-                    s.fuse_requests = s.fuse_requests_by_op.values().sum();
-                    s.fuse_uring_requests = crate::fs::uring_requests();
                     s.exited_retained = table.exited().len();
                     if let Ok(k) = kernel.lock()
                         && let Ok(counters) = k.stats()
@@ -678,7 +666,7 @@ pub fn spawn(
         }
         tracing::debug!("process table actor stopped");
     });
-    Ok((state, queries_rx))
+    Ok((state, Queries(queries_rx)))
 }
 
 fn current(
@@ -885,10 +873,4 @@ fn procfs_missing(
         .filter(|r| !r.is_empty())
         .collect();
     (recs, missing)
-}
-
-pub fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
 }

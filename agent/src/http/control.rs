@@ -1,7 +1,8 @@
 //! `POST /v1/processes/{pid}/ctl` and `POST /v1/processes/{pid}/wait`: the control commands
 //! over HTTP, for callers holding the agent's bearer token (who act as root). `mem`, `regs`
 //! and `fpregs` are deliberately not served here.
-// Handlers bail out with a ready `Response`, as in crate::http; boxing it buys nothing.
+// Handlers bail out with a ready `Response`, as in the rest of the router; boxing it buys
+// nothing.
 #![allow(clippy::result_large_err)]
 
 use std::{net::SocketAddr, sync::Arc};
@@ -13,8 +14,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{Caller, Command, Control, CtlError, wait::Waiter};
-use crate::http::App;
+use super::App;
+use crate::control::{Caller, Command, Control, CtlError, wait::Waiter};
 
 /// What the control routes need from the app.
 #[derive(Clone)]

@@ -2,7 +2,11 @@
 // Handlers bail out with a ready `Response`, as axum handlers do; boxing it buys nothing here.
 #![allow(clippy::result_large_err)]
 
+mod control;
+
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+
+pub use control::CtlHttp;
 
 use axum::{
     Router,
@@ -29,8 +33,8 @@ pub struct App {
     pub host: Host,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub listing: Arc<Listing>,
-    /// The control commands (`crate::control::http`).
-    pub ctl: crate::control::http::CtlHttp,
+    /// The control commands (`control.rs`).
+    pub ctl: control::CtlHttp,
 }
 
 pub fn router(app: App) -> Router {
@@ -40,8 +44,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/processes/{pid}", get(one))
         .route("/v1/processes/{pid}/{file}", get(file))
         .route("/v1/processes/{pid}/task/{tid}/stat", get(task_stat))
-        .route("/v1/processes/{pid}/ctl", post(crate::control::http::ctl))
-        .route("/v1/processes/{pid}/wait", post(crate::control::http::wait))
+        .route("/v1/processes/{pid}/ctl", post(control::ctl))
+        .route("/v1/processes/{pid}/wait", post(control::wait))
         .route("/v1/exited", get(exited))
         .route("/v1/events", get(events))
         .route("/v1/stats", get(stats))
@@ -151,9 +155,13 @@ impl Filter {
                 "ppid" => f.ppid = Some(num(k, v)?),
                 "pid" => f.pid = Some(num(k, v)?),
                 "cgroup" => {
-                    f.cgroup = Some(crate::fs::cgroup_subtree(std::path::Path::new(v)).map_err(
-                        |e| error(StatusCode::BAD_REQUEST, format!("cgroup={v:?}: {e}")),
-                    )?)
+                    f.cgroup = Some(
+                        crate::sys::cgroup::dir(std::path::Path::new(v))
+                            .map(|d| crate::sys::cgroup::subtree_ids(&d))
+                            .map_err(|e| {
+                                error(StatusCode::BAD_REQUEST, format!("cgroup={v:?}: {e}"))
+                            })?,
+                    )
                 }
                 _ => {
                     return Err(error(
@@ -177,7 +185,7 @@ impl Filter {
     fn matches(&self, p: &Process) -> bool {
         self.comm
             .as_ref()
-            .is_none_or(|c| c.as_bytes() == view::process_name(p))
+            .is_none_or(|c| c.as_bytes() == p.name())
             && self.uid.is_none_or(|u| u == p.uid)
             && self.ppid.is_none_or(|u| u == p.ppid)
             && self.pid.is_none_or(|u| u == p.pid)
@@ -214,7 +222,7 @@ impl Listing {
 
     fn body(&self, snap: &Snapshot) -> bytes::Bytes {
         self.last_used.store(
-            crate::state::boot_ns(),
+            crate::sys::clock::boot_ns(),
             std::sync::atomic::Ordering::Relaxed,
         );
         snap.listing_json
@@ -258,7 +266,7 @@ impl Listing {
     pub fn prewarm(self: Arc<Self>) -> crate::state::Prewarm {
         use std::sync::atomic::Ordering;
         Arc::new(move |snap: &Snapshot| {
-            let idle = crate::state::boot_ns()
+            let idle = crate::sys::clock::boot_ns()
                 .saturating_sub(self.last_used.load(Ordering::Relaxed))
                 > 2_000_000_000;
             if idle || self.rendering.swap(true, Ordering::AcqRel) {
@@ -335,15 +343,30 @@ async fn one(AxState(app): AxState<App>, Path(pid): Path<String>) -> Response {
     }
 }
 
+/// One of the Linux view's per-process files, by its row of the view's table: the same show
+/// function, the same rule for who may read it.
 async fn file(
     AxState(app): AxState<App>,
     Path((pid, name)): Path<(String, String)>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    // procfs lets only a caller who could ptrace the process read its maps (an address-space
-    // layout defeats ASLR), and every local user can reach this port: maps needs the token.
-    if name == "maps"
-        && let Err(r) = crate::control::http::authorize(&app.ctl, &headers)
+    let Some(show) = crate::fs::tree::PROC_FILES
+        .iter()
+        .find_map(|e| match e.kind {
+            crate::fs::tree::Kind::File(show) if e.name == name => Some(show),
+            _ => None,
+        })
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no file {name:?} (known: {})", http_files().join(", ")),
+        );
+    };
+    // procfs lets only a caller who could ptrace the process read these (an address-space
+    // layout defeats ASLR, an environment holds secrets), and every local user can reach this
+    // port: they need the token.
+    if show.ptrace_read
+        && let Err(r) = control::authorize(&app.ctl, &headers)
     {
         return r;
     }
@@ -352,26 +375,14 @@ async fn file(
         Err(r) => return r,
     };
     let host = app.host;
-    let rendered: Result<Vec<u8>, ViewError> = match name.as_str() {
-        "stat" => view::linux::stat(&p, &host),
-        "statm" => view::linux::statm(&p),
-        "status" => view::linux::status(&p),
-        "cmdline" => view::linux::cmdline(&p),
-        "comm" => view::linux::comm(&p),
-        "maps" => {
-            // Reads the kernel's file: keep it off the async workers.
-            let p = p.clone();
-            match tokio::task::spawn_blocking(move || view::linux::maps(&p)).await {
-                Ok(r) => r,
-                Err(_) => Err(ViewError::NoProcess),
-            }
-        }
-        _ => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no file {name:?} (known: stat, statm, status, cmdline, comm, maps)"),
-            );
-        }
+    // Some files read the kernel's: keep them off the async workers.
+    let rendered = {
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || {
+            show.read(&crate::fs::show::Ctx { host: &host }, &p, None)
+        })
+        .await
+        .unwrap_or(Err(ViewError::NoProcess))
     };
     match rendered {
         Ok(bytes) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response(),
@@ -385,6 +396,15 @@ async fn file(
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+/// The names `GET /v1/processes/{pid}/{file}` serves: the Linux view's files.
+fn http_files() -> Vec<&'static str> {
+    crate::fs::tree::PROC_FILES
+        .iter()
+        .filter(|e| matches!(e.kind, crate::fs::tree::Kind::File(_)))
+        .map(|e| e.name)
+        .collect()
 }
 
 async fn task_stat(
@@ -424,9 +444,24 @@ async fn openapi() -> Response {
     json_bytes(OPENAPI)
 }
 
+/// The table's counters and the FUSE views', merged here: each owner gathers its own.
+#[derive(serde::Serialize)]
+struct Stats {
+    #[serde(flatten)]
+    agent: crate::state::AgentStats,
+    #[serde(flatten)]
+    fuse: crate::fs::FuseStats,
+}
+
 async fn stats(AxState(app): AxState<App>) -> Response {
     match app.state.stats().await {
-        Ok(s) => json_bytes(serde_json::to_vec(&s).unwrap_or_default()),
+        Ok(agent) => {
+            let body = Stats {
+                agent,
+                fuse: crate::fs::FuseStats::now(),
+            };
+            json_bytes(serde_json::to_vec(&body).unwrap_or_default())
+        }
         Err(_) => unavailable(),
     }
 }
@@ -465,4 +500,25 @@ async fn events(AxState(app): AxState<App>, Query(q): Query<HashMap<String, Stri
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_file_names_are_the_views_files() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let params = doc["paths"]["/v1/processes/{pid}/{file}"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let names: Vec<&str> =
+            params.iter().find(|p| p["name"] == "file").unwrap()["schema"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+        assert_eq!(names, http_files());
+    }
 }

@@ -1,0 +1,244 @@
+//! The agent as a whole: loads the BPF programs, starts the table's actor, the ring reader,
+//! the control thread, the mounts and the HTTP server, and takes them down in order when
+//! `shutdown` completes (mini-redis's `server::run`). `main.rs` only parses and calls this.
+
+use std::{
+    future::Future,
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    config::{self, Settings},
+    control, fs, groups, http, kernel, metrics, socket, state,
+    sys::privs,
+    view,
+};
+
+/// Runs the agent on a new multi-threaded runtime until SIGTERM or SIGINT. Capabilities are
+/// dropped first, before the runtime exists: they are per thread, and every thread started
+/// from here on inherits the reduced set.
+pub fn start(settings: Settings) -> anyhow::Result<()> {
+    let mut keep = privs::mask(privs::KEEP);
+    if settings.listen.port() < 1024 {
+        keep |= privs::mask(&[privs::CAP_NET_BIND_SERVICE]);
+    }
+    privs::drop_to(keep).context("dropping capabilities")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("binding {}", settings.listen))?;
+            // The handlers are installed before anything can answer: a SIGTERM sent as soon
+            // as the API answers must shut down in order, not kill the agent.
+            let signals = signalled()?;
+            run(settings, listener, signals).await
+        })
+}
+
+/// 32 random bytes, hex.
+pub fn new_token() -> anyhow::Result<String> {
+    let mut raw = [0u8; 32];
+    // SAFETY: getrandom writes at most raw.len() bytes into raw.
+    let n = unsafe { libc::getrandom(raw.as_mut_ptr().cast(), raw.len(), 0) };
+    if n != raw.len() as isize {
+        bail!("getrandom: {}", std::io::Error::last_os_error());
+    }
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes the token readable by root only. The old file is removed first and the new one
+/// created exclusively, so a planted symlink or a file with looser permissions is never
+/// written through.
+pub fn write_token(path: &Path, token: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{token}")?;
+    Ok(())
+}
+
+/// Lifts the soft limit on open files to the hard one, as servers do: every FUSE mount, open
+/// handle, passthrough backing and HTTP connection takes a descriptor, and the usual soft
+/// limit of 1,024 is a shell's, not a server's.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to a plain struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The agent, serving HTTP on `listener`, until `shutdown` completes.
+pub async fn run(
+    args: Settings,
+    listener: tokio::net::TcpListener,
+    shutdown_when: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    config::check(&args)?;
+    let grouping = match &args.metrics_groups_config {
+        Some(path) => groups::Grouping::load(path)?,
+        None => groups::Grouping::By(args.metrics_group_by),
+    };
+    let host = view::Host::detect();
+    raise_nofile();
+    let t0 = std::time::Instant::now();
+    let mut kernel = kernel::Kernel::load(&kernel::KernelConfig {
+        ringbuf_bytes: args.ringbuf_bytes,
+        max_processes: args.max_processes,
+    })
+    .context("loading BPF programs (are you root, on a kernel with BTF?)")?;
+    let ring = kernel.take_ring()?;
+    let ring_fill = match kernel::RingFill::new(std::os::fd::AsFd::as_fd(&ring)) {
+        Ok(r) => Some(Arc::new(r)),
+        Err(e) => {
+            tracing::warn!("cannot map the ring buffer's positions; no fill metric: {e}");
+            None
+        }
+    };
+    let kernel = Arc::new(Mutex::new(kernel));
+    let loaded = t0.elapsed();
+
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let listing = Arc::new(http::Listing::new(host));
+    let (state, queries) = state::spawn(
+        kernel.clone(),
+        state::Config {
+            exited_cap: args.exited,
+            max_age: Duration::from_millis(args.max_staleness_ms),
+            loss_check: Duration::from_millis(250),
+            prewarm: Some(listing.clone().prewarm()),
+            groups: groups::Ledger::new(
+                grouping,
+                groups::Names::detect(),
+                args.metrics_max_groups,
+                host.page_size,
+            ),
+        },
+        shutdown.clone(),
+    )?;
+    if let Some(r) = &ring_fill {
+        state.watch_ring(r.clone());
+    }
+    tracing::info!(
+        load_ms = loaded.as_millis() as u64,
+        total_ms = t0.elapsed().as_millis() as u64,
+        "BPF programs attached and table backfilled"
+    );
+    let reader = tokio::spawn(state::reader::run(
+        ring,
+        state.clone(),
+        queries,
+        Duration::from_millis(args.drain_ms),
+        shutdown.clone(),
+    ));
+
+    // All ptrace work happens on this thread (see control/actor.rs).
+    let control =
+        control::Control::spawn(Some(kernel.clone())).context("starting the control thread")?;
+    let touched = state.clone();
+    control.on_change(Box::new(move |pid| touched.touch(pid)));
+    let token: Arc<str> = new_token()?.into();
+    write_token(&args.token_file, &token)
+        .with_context(|| format!("writing the token file {}", args.token_file.display()))?;
+    let mounts = Arc::new(fs::Mounts::new(
+        state.clone(),
+        host,
+        tokio::runtime::Handle::current(),
+        Some((control.clone(), control::wait::Waiter::new(state.clone()))),
+    ));
+    let local = socket::bind(&args.socket).await?;
+    let control_task = tokio::spawn(socket::serve(local, mounts.clone(), shutdown.clone()));
+    for (dir, options) in &args.mount_table {
+        // A dead mount left by a killed agent fails every access (ENOTCONN): mount() recovers
+        // it, so only a directory that truly cannot be made is an error here.
+        if let Err(e) = std::fs::create_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+            && e.raw_os_error() != Some(libc::ENOTCONN)
+        {
+            return Err(e).with_context(|| format!("creating {}", dir.display()));
+        }
+        let (m, dir, o) = (
+            mounts.clone(),
+            dir.clone(),
+            fs::MountOptions::parse(options)?,
+        );
+        tokio::task::spawn_blocking(move || m.mount(&dir, o)).await??;
+    }
+    let ctl = http::CtlHttp {
+        control: control.clone(),
+        waiter: control::wait::Waiter::new(state.clone()),
+        token,
+    };
+
+    tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
+    let metrics = metrics::Metrics::new(metrics::Config {
+        per_pid: args.metrics_per_pid.then_some(args.metrics_per_pid_max),
+        ringbuf_bytes: args.ringbuf_bytes,
+        map_capacity: args.max_processes,
+        ring: ring_fill.clone(),
+    })?;
+    let app = http::App {
+        state,
+        host,
+        metrics: Arc::new(metrics),
+        listing,
+        ctl,
+    };
+    let server = tokio::spawn(http::serve(listener, app, shutdown.clone()));
+
+    shutdown_when.await?;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = control_task.await;
+    let _ = std::fs::remove_file(&args.socket);
+    {
+        let m = mounts.clone();
+        tokio::task::spawn_blocking(move || m.unmount_all()).await?;
+    }
+    let _ = server.await;
+    // Every traced process is detached and left as it was before the BPF programs go.
+    tokio::task::spawn_blocking(move || control.shutdown()).await?;
+    let _ = std::fs::remove_file(&args.token_file);
+    let _ = reader.await;
+    drop(kernel);
+    Ok(())
+}
+
+/// SIGTERM or SIGINT: installs the handlers now (inside a runtime); the future completes at
+/// the first signal.
+pub fn signalled() -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        Ok(())
+    })
+}
