@@ -621,6 +621,14 @@ impl ExecOnCue {
             .stdin(Stdio::piped())
             .spawn()
             .unwrap();
+        // spawn() returns when the exec closed its pipe, which is before the exec hook runs:
+        // wait until the kernel shows sh asleep in its read, so its exec is in the ring.
+        let pid = child.id();
+        eventually(5, "sh waiting for its cue", || {
+            proc_stat(pid)
+                .filter(|(c, f)| c == "sh" && f[0] == "S")
+                .map(drop)
+        });
         ExecOnCue(child)
     }
 

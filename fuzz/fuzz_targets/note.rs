@@ -2,7 +2,4 @@
 //! ctl; a separate target so each keeps a corpus of its own language).
 #![no_main]
 
-#[path = "../../agent/src/control/words.rs"]
-mod words;
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| words::fuzz_check(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bpfproc::control::words::fuzz_check(data));

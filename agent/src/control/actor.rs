@@ -7,14 +7,16 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock, mpsc},
-    thread::JoinHandle,
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use bpfproc_common::pflag;
 
-use super::{Caller, Command, CtlError, KernelHandle, POLL, ProcInfo, Target};
+use super::{
+    Caller, Command, CtlError, KernelHandle, ProcInfo, Target,
+    ptrace::{RegSet, get_regs, poke, ptrace, ptrace_err, read_mem, set_regs},
+};
 
 /// A tracee that exits or stops is noticed (and, if it exited, reaped so that its real parent
 /// can reap it in turn) at most this late while the thread is otherwise idle.
@@ -22,17 +24,11 @@ const REAP_EVERY: Duration = Duration::from_millis(20);
 /// How long a tracee may take to reach a ptrace stop after PTRACE_INTERRUPT before we give up
 /// (a task in an uninterruptible sleep cannot stop until it wakes).
 const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(2);
-
-pub const REGS_SIZE: usize = size_of::<libc::user_regs_struct>();
-pub const FPREGS_SIZE: usize = size_of::<libc::user_fpregs_struct>();
-/// x86-64's eight debug registers, `u_debugreg` in `struct user` (dr4 and dr5 do not exist
-/// and read as 0).
-pub const DBREGS_SIZE: usize = 8 * 8;
 /// Largest single `mem` read; FUSE reads are at most 128 KiB anyway.
 const MEM_MAX: usize = 16 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RunState {
+pub(super) enum RunState {
     Running,
     Stopped,
     Gone,
@@ -40,7 +36,7 @@ enum RunState {
 
 /// What a command needs after its immediate action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Then {
+pub(super) enum Then {
     Done,
     /// Poll until stopped; an exit instead is success (`waitstop`) or ENOENT (`stop`, …).
     WaitStop {
@@ -49,7 +45,7 @@ enum Then {
     },
 }
 
-enum Op {
+pub(super) enum Op {
     Ctl(Command),
     Status { start: u64 },
     ReadMem { addr: u64, len: usize },
@@ -67,28 +63,7 @@ enum Op {
     StepStopped,
 }
 
-/// A register set, read and written whole.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RegSet {
-    /// `user_regs_struct`.
-    General,
-    /// `user_fpregs_struct`.
-    Float,
-    /// `u_debugreg[8]`.
-    Debug,
-}
-
-impl RegSet {
-    fn size(self) -> usize {
-        match self {
-            RegSet::General => REGS_SIZE,
-            RegSet::Float => FPREGS_SIZE,
-            RegSet::Debug => DBREGS_SIZE,
-        }
-    }
-}
-
-enum Reply {
+pub(super) enum Reply {
     Then(Then),
     Mask(u64),
     State(RunState),
@@ -97,7 +72,7 @@ enum Reply {
     Done,
 }
 
-enum Msg {
+pub(super) enum Msg {
     Req {
         caller: Caller,
         pid: u32,
@@ -107,315 +82,13 @@ enum Msg {
     Shutdown,
 }
 
-/// Handle to the control thread. Every method blocks the calling thread (the FUSE layer calls
-/// them from its own threads; async code uses the `_async` wrappers or `spawn_blocking`).
-#[derive(Clone)]
-pub struct Control {
-    tx: mpsc::Sender<Msg>,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
-    changed: Arc<OnceLock<Changed>>,
-}
-
-/// Told the pid of every process a command may have changed, once the change is made.
-pub type Changed = Box<dyn Fn(u32) + Send + Sync>;
-
 impl Op {
     /// Whether carrying it out may change the process (its state, memory or registers).
-    fn changes(&self) -> bool {
+    pub(super) fn changes(&self) -> bool {
         !matches!(
             self,
             Op::Status { .. } | Op::ReadMem { .. } | Op::GetRegs { .. } | Op::GetSigMask
         )
-    }
-}
-
-impl Control {
-    /// Starts the control thread. `kernel` is the BPF loader, for `hang`/`nohang`; without it
-    /// (tests of the ptrace side alone) those two commands fail with ENOSYS.
-    pub fn spawn(kernel: Option<KernelHandle>) -> std::io::Result<Control> {
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("bpfproc-control".into())
-            .spawn(move || Actor::new(kernel).run(rx))?;
-        Ok(Control {
-            tx,
-            thread: Arc::new(Mutex::new(Some(thread))),
-            changed: Arc::default(),
-        })
-    }
-
-    /// Sets who is told of the changes commands make (the process table, so that what is read
-    /// after a command returns shows its effect, whatever the staleness bound).
-    pub fn on_change(&self, f: Changed) {
-        let _ = self.changed.set(f);
-    }
-
-    fn touch(&self, pid: u32) {
-        if let Some(f) = self.changed.get() {
-            f(pid);
-        }
-    }
-
-    fn call(&self, caller: &Caller, pid: u32, op: Op) -> Result<Reply, CtlError> {
-        let (reply, rx) = mpsc::sync_channel(1);
-        let changes = op.changes();
-        self.tx
-            .send(Msg::Req {
-                caller: *caller,
-                pid,
-                op,
-                reply,
-            })
-            .map_err(|_| CtlError::Gone)?;
-        let r = rx.recv().map_err(|_| CtlError::Gone)?;
-        if changes {
-            self.touch(pid);
-        }
-        r
-    }
-
-    /// Parses one write to `ctl` and carries it out. A malformed command is EINVAL and the
-    /// target is not looked at.
-    pub fn write_ctl(&self, caller: &Caller, pid: u32, raw: &[u8]) -> Result<(), CtlError> {
-        let cmd = Command::parse(raw)?;
-        self.ctl(caller, pid, cmd)
-    }
-
-    /// Carries out a ctl command, blocking for the ones that wait for a stop.
-    pub fn ctl(&self, caller: &Caller, pid: u32, cmd: Command) -> Result<(), CtlError> {
-        self.ctl_until(caller, pid, cmd, &|| false)
-    }
-
-    /// `ctl`, but a wait for a stop ends with `Interrupted` (EINTR) once `interrupted` says
-    /// so: the FUSE layer asks whether the caller has a signal to take.
-    pub fn ctl_until(
-        &self,
-        caller: &Caller,
-        pid: u32,
-        cmd: Command,
-        interrupted: &dyn Fn() -> bool,
-    ) -> Result<(), CtlError> {
-        self.then(caller, pid, Op::Ctl(cmd), interrupted)
-    }
-
-    /// Sends `op` and, if it asks for it, polls until the target is stopped.
-    fn then(
-        &self,
-        caller: &Caller,
-        pid: u32,
-        op: Op,
-        interrupted: &dyn Fn() -> bool,
-    ) -> Result<(), CtlError> {
-        /// How many polls between two looks at the caller (a /proc read each).
-        const CHECK_EVERY: u32 = 10;
-        match self.call(caller, pid, op)? {
-            Reply::Then(Then::WaitStop { start, exit_ok }) => {
-                let mut polls = 0u32;
-                loop {
-                    polls = polls.wrapping_add(1);
-                    match self.call(caller, pid, Op::Status { start })? {
-                        Reply::State(RunState::Stopped) => {
-                            self.touch(pid);
-                            return Ok(());
-                        }
-                        Reply::State(RunState::Gone) if exit_ok => return Ok(()),
-                        Reply::State(RunState::Gone) => return Err(CtlError::NoProcess(pid)),
-                        _ if polls.is_multiple_of(CHECK_EVERY) && interrupted() => {
-                            return Err(CtlError::Interrupted);
-                        }
-                        _ => std::thread::sleep(POLL),
-                    }
-                }
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Sets the signal trace mask (bit n-1 for signal n). A non-zero mask traces the process
-    /// (PTRACE_SEIZE, without stopping it): a signal in the mask then stops it, as if by a
-    /// debugger, and any other signal is passed straight on. Zero ends the tracing, leaving
-    /// the process stopped or running as it is.
-    pub fn set_sigmask(&self, caller: &Caller, pid: u32, mask: u64) -> Result<(), CtlError> {
-        self.call(caller, pid, Op::SetSigMask(mask)).map(drop)
-    }
-
-    /// The signal trace mask: 0 when the agent does not trace the process; every bit for a
-    /// process attached through ctl (every signal stops it).
-    pub fn sigmask(&self, caller: &Caller, pid: u32) -> Result<u64, CtlError> {
-        match self.call(caller, pid, Op::GetSigMask)? {
-            Reply::Mask(m) => Ok(m),
-            _ => unreachable!("GetSigMask answers Mask"),
-        }
-    }
-
-    /// Forgets the signal a stopped tracee stopped for, so it is not delivered when the
-    /// process resumes. A process with no such signal has nothing to clear.
-    pub fn clear_signal(&self, caller: &Caller, pid: u32) -> Result<(), CtlError> {
-        self.call(caller, pid, Op::ClearSignal).map(drop)
-    }
-
-    /// Makes the process runnable: a stopped tracee resumes (untraced again if the agent
-    /// traced it only for a single step), a process in a group stop gets SIGCONT, a running
-    /// one is left alone. EBUSY if another debugger holds it.
-    pub fn make_runnable(&self, caller: &Caller, pid: u32) -> Result<(), CtlError> {
-        self.call(caller, pid, Op::MakeRunnable).map(drop)
-    }
-
-    /// Single-steps a stopped process and waits for the step to end; a process in a group
-    /// stop is traced for it (and stays traced, stopped, until `make_runnable`). EBUSY if it
-    /// is running.
-    pub fn step_stopped(
-        &self,
-        caller: &Caller,
-        pid: u32,
-        interrupted: &dyn Fn() -> bool,
-    ) -> Result<(), CtlError> {
-        self.then(caller, pid, Op::StepStopped, interrupted)
-    }
-
-    /// `ctl` for async callers (HTTP): runs on the blocking pool, since it may wait.
-    pub async fn ctl_async(&self, caller: Caller, pid: u32, cmd: Command) -> Result<(), CtlError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.ctl(&caller, pid, cmd))
-            .await
-            .unwrap_or(Err(CtlError::Gone))
-    }
-
-    /// Reads `mem` at virtual address `addr`. Reading does not need the target stopped. A
-    /// read that starts on an unmapped page is EIO; one that runs into one is short.
-    pub fn read_mem(
-        &self,
-        caller: &Caller,
-        pid: u32,
-        addr: u64,
-        len: usize,
-    ) -> Result<Vec<u8>, CtlError> {
-        match self.call(caller, pid, Op::ReadMem { addr, len })? {
-            Reply::Bytes(b) => Ok(b),
-            _ => unreachable!("ReadMem answers Bytes"),
-        }
-    }
-
-    /// Writes `mem` at `addr` (text pages included, as a debugger's breakpoints need); only
-    /// while the target is stopped, EBUSY otherwise. Returns the bytes written.
-    pub fn write_mem(
-        &self,
-        caller: &Caller,
-        pid: u32,
-        addr: u64,
-        data: &[u8],
-    ) -> Result<usize, CtlError> {
-        match self.call(
-            caller,
-            pid,
-            Op::WriteMem {
-                addr,
-                data: data.to_vec(),
-            },
-        )? {
-            Reply::Written(n) => Ok(n),
-            _ => unreachable!("WriteMem answers Written"),
-        }
-    }
-
-    /// The main thread's `user_regs_struct` (x86-64, `REGS_SIZE` bytes). The target must be
-    /// stopped: attached and stopped, or stopped by a signal (then the agent attaches for
-    /// just this read and leaves it stopped).
-    pub fn regs(&self, caller: &Caller, pid: u32) -> Result<Vec<u8>, CtlError> {
-        self.get_regs(caller, pid, RegSet::General)
-    }
-
-    /// The main thread's `user_fpregs_struct` (`FPREGS_SIZE` bytes); as `regs`.
-    pub fn fpregs(&self, caller: &Caller, pid: u32) -> Result<Vec<u8>, CtlError> {
-        self.get_regs(caller, pid, RegSet::Float)
-    }
-
-    /// The main thread's debug registers dr0…dr7 (`DBREGS_SIZE` bytes, PTRACE_PEEKUSER of
-    /// `u_debugreg`); as `regs`, the target must be stopped. EOPNOTSUPP off x86-64.
-    pub fn dbregs(&self, caller: &Caller, pid: u32) -> Result<Vec<u8>, CtlError> {
-        self.get_regs(caller, pid, RegSet::Debug)
-    }
-
-    fn get_regs(&self, caller: &Caller, pid: u32, set: RegSet) -> Result<Vec<u8>, CtlError> {
-        match self.call(caller, pid, Op::GetRegs { set })? {
-            Reply::Bytes(b) => Ok(b),
-            _ => unreachable!("GetRegs answers Bytes"),
-        }
-    }
-
-    /// Replaces the register set; `data` must be exactly `REGS_SIZE` bytes. Only while stopped.
-    pub fn set_regs(&self, caller: &Caller, pid: u32, data: &[u8]) -> Result<(), CtlError> {
-        self.set(caller, pid, RegSet::General, data)
-    }
-
-    /// Replaces the FP register set; exactly `FPREGS_SIZE` bytes. Only while stopped.
-    pub fn set_fpregs(&self, caller: &Caller, pid: u32, data: &[u8]) -> Result<(), CtlError> {
-        self.set(caller, pid, RegSet::Float, data)
-    }
-
-    /// Replaces the debug registers; exactly `DBREGS_SIZE` bytes, with dr4 and dr5 (which do
-    /// not exist) zero. Only while stopped. The addresses go first and dr7 (which enables
-    /// them) last; a value the kernel refuses is EINVAL, and the registers before it stay
-    /// written.
-    pub fn set_dbregs(&self, caller: &Caller, pid: u32, data: &[u8]) -> Result<(), CtlError> {
-        self.set(caller, pid, RegSet::Debug, data)
-    }
-
-    fn set(&self, caller: &Caller, pid: u32, set: RegSet, data: &[u8]) -> Result<(), CtlError> {
-        self.call(
-            caller,
-            pid,
-            Op::SetRegs {
-                set,
-                data: data.to_vec(),
-            },
-        )
-        .map(drop)
-    }
-
-    /// Posts a Plan 9 note (see `NOTES` for the names and their signals).
-    pub fn note(&self, caller: &Caller, pid: u32, raw: &[u8]) -> Result<(), CtlError> {
-        let sig = super::note_signal(raw)?;
-        Target::open(caller, pid)?.signal(sig)
-    }
-
-    /// Posts a note to every process in `pid`'s process group (Plan 9's note group) except
-    /// the writer, as the manual says. Members the caller may not control are skipped; if it
-    /// may control none, EACCES.
-    pub fn notepg(&self, caller: &Caller, pid: u32, raw: &[u8]) -> Result<(), CtlError> {
-        let sig = super::note_signal(raw)?;
-        let group = Target::open(caller, pid)?.info.pgrp;
-        let mut sent = 0;
-        let mut denied = None;
-        for member in super::group_members(group) {
-            if member == caller.pid {
-                continue;
-            }
-            match Target::open(caller, member).and_then(|t| t.signal(sig)) {
-                Ok(()) => sent += 1,
-                Err(CtlError::NoProcess(_)) => {}
-                Err(e) => denied = Some(e),
-            }
-        }
-        match (sent, denied) {
-            (0, Some(e)) => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// The note group (process group) id, for `noteid`.
-    pub fn noteid(&self, caller: &Caller, pid: u32) -> Result<u32, CtlError> {
-        Ok(Target::open(caller, pid)?.info.pgrp)
-    }
-
-    /// Detaches every tracee, leaving each as it was (stopped stays stopped, running keeps
-    /// running), and stops the thread. Later calls fail with `Gone`.
-    pub fn shutdown(&self) {
-        let _ = self.tx.send(Msg::Shutdown);
-        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
     }
 }
 
@@ -434,45 +107,20 @@ struct Tracee {
     sigmask: Option<u64>,
 }
 
-struct Actor {
+pub(super) struct Actor {
     kernel: Option<KernelHandle>,
     tracees: HashMap<u32, Tracee>,
 }
 
-fn ptrace(req: libc::c_uint, pid: u32, addr: u64, data: u64) -> Result<libc::c_long, i32> {
-    // SAFETY: errno is this thread's; PEEK requests return data in-band, so -1 is an error
-    // only if errno was set by the call.
-    unsafe { *libc::__errno_location() = 0 };
-    // SAFETY: every request used here takes (pid, addr, data) by value or points `data` at a
-    // buffer the caller owns and sized for the request.
-    let r = unsafe { libc::ptrace(req, pid as libc::pid_t, addr, data) };
-    // SAFETY: this thread's errno, read right after the call.
-    let errno = unsafe { *libc::__errno_location() };
-    if r == -1 && errno != 0 {
-        Err(errno)
-    } else {
-        Ok(r)
-    }
-}
-
-fn ptrace_err(pid: u32, what: &'static str, errno: i32) -> CtlError {
-    match errno {
-        libc::ESRCH => CtlError::NoProcess(pid),
-        libc::EPERM => CtlError::NotPermitted(format!("{what}: the kernel refused")),
-        libc::EIO | libc::EFAULT => CtlError::BadAddress(0),
-        errno => CtlError::Os { what, errno },
-    }
-}
-
 impl Actor {
-    fn new(kernel: Option<KernelHandle>) -> Self {
+    pub(super) fn new(kernel: Option<KernelHandle>) -> Self {
         Self {
             kernel,
             tracees: HashMap::new(),
         }
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Msg>) {
         loop {
             let msg = if self.tracees.is_empty() {
                 rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
@@ -940,193 +588,4 @@ fn settle_stopped(pid: u32) {
 /// Whether signal `sig` is in an SVR4 signal mask (bit n-1 for signal n).
 fn sig_in(mask: u64, sig: i32) -> bool {
     (1..=64).contains(&sig) && mask & (1 << (sig - 1)) != 0
-}
-
-/// process_vm_readv, one remote iovec per page: the kernel transfers whole iovecs only, so a
-/// read running into an unmapped page stops at that page instead of failing altogether.
-fn read_mem(pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, CtlError> {
-    let page = crate::sys::page_size();
-    let mut buf = vec![0u8; len];
-    if len == 0 {
-        return Ok(buf);
-    }
-    let mut remote = Vec::new();
-    let mut at = addr;
-    let end = addr
-        .checked_add(len as u64)
-        .ok_or(CtlError::BadAddress(addr))?;
-    while at < end {
-        let next = ((at / page) + 1) * page;
-        let n = next.min(end) - at;
-        remote.push(libc::iovec {
-            iov_base: at as *mut libc::c_void,
-            iov_len: n as usize,
-        });
-        at += n;
-    }
-    let mut done = 0usize;
-    // IOV_MAX is 1024 per call.
-    for chunk in remote.chunks(1024) {
-        let want: usize = chunk.iter().map(|v| v.iov_len).sum();
-        let local = libc::iovec {
-            iov_base: buf[done..].as_mut_ptr().cast(),
-            iov_len: want,
-        };
-        // SAFETY: the local iovec points into `buf` with room for `want` bytes; the remote
-        // ones are addresses in the other process, which the kernel checks.
-        let n = unsafe {
-            libc::process_vm_readv(
-                pid as libc::pid_t,
-                &local,
-                1,
-                chunk.as_ptr(),
-                chunk.len() as libc::c_ulong,
-                0,
-            )
-        };
-        if n < 0 {
-            let errno = std::io::Error::last_os_error().raw_os_error();
-            if done > 0 {
-                break;
-            }
-            return Err(match errno {
-                Some(libc::ESRCH) => CtlError::NoProcess(pid),
-                Some(libc::EFAULT) | Some(libc::EIO) | Some(libc::ENOMEM) => {
-                    CtlError::BadAddress(addr)
-                }
-                _ => CtlError::os("process_vm_readv"),
-            });
-        }
-        done += n as usize;
-        if (n as usize) < want {
-            break;
-        }
-    }
-    buf.truncate(done);
-    Ok(buf)
-}
-
-/// PTRACE_POKEDATA word by word (it writes through read-only text mappings, which a
-/// debugger's breakpoints need; process_vm_writev does not). Partial words at either end are
-/// read first and merged. Returns the bytes written: short if it ran into an unmapped page.
-fn poke(pid: u32, addr: u64, data: &[u8]) -> Result<usize, CtlError> {
-    const W: u64 = 8;
-    let end = addr
-        .checked_add(data.len() as u64)
-        .ok_or(CtlError::BadAddress(addr))?;
-    let mut word_at = addr & !(W - 1);
-    let mut written = 0usize;
-    while word_at < end {
-        let lo = addr.max(word_at);
-        let hi = end.min(word_at + W);
-        let fail = |errno| {
-            if written > 0 {
-                Ok(written)
-            } else if errno == libc::ESRCH {
-                Err(CtlError::NoProcess(pid))
-            } else {
-                Err(CtlError::BadAddress(word_at.max(addr)))
-            }
-        };
-        let mut word = if lo == word_at && hi == word_at + W {
-            [0u8; 8]
-        } else {
-            match ptrace(libc::PTRACE_PEEKDATA, pid, word_at, 0) {
-                Ok(v) => v.to_ne_bytes(),
-                Err(e) => return fail(e),
-            }
-        };
-        let src = &data[(lo - addr) as usize..(hi - addr) as usize];
-        word[(lo - word_at) as usize..(hi - word_at) as usize].copy_from_slice(src);
-        if let Err(e) = ptrace(
-            libc::PTRACE_POKEDATA,
-            pid,
-            word_at,
-            u64::from_ne_bytes(word),
-        ) {
-            return fail(e);
-        }
-        written += src.len();
-        word_at += W;
-    }
-    Ok(written)
-}
-
-fn get_regs(pid: u32, set: RegSet) -> Result<Vec<u8>, CtlError> {
-    // u64 storage: both structs are 8-byte aligned.
-    let mut buf = vec![0u64; set.size() / 8];
-    let req = match set {
-        RegSet::General => libc::PTRACE_GETREGS,
-        RegSet::Float => libc::PTRACE_GETFPREGS,
-        RegSet::Debug => {
-            for (n, word) in buf.iter_mut().enumerate() {
-                *word = peek_debugreg(pid, n)?;
-            }
-            return Ok(buf.iter().flat_map(|w| w.to_ne_bytes()).collect());
-        }
-    };
-    ptrace(req, pid, 0, buf.as_mut_ptr() as u64).map_err(|e| ptrace_err(pid, "GETREGS", e))?;
-    Ok(buf.iter().flat_map(|w| w.to_ne_bytes()).collect())
-}
-
-/// Where debug register `n` is in the tracee's `struct user`, for PEEKUSER and POKEUSER.
-#[cfg(target_arch = "x86_64")]
-fn debugreg_offset(n: usize) -> Result<u64, CtlError> {
-    Ok((std::mem::offset_of!(libc::user, u_debugreg) + 8 * n) as u64)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn debugreg_offset(_n: usize) -> Result<u64, CtlError> {
-    Err(CtlError::Unsupported(
-        "the debug registers are x86-64's u_debugreg",
-    ))
-}
-
-fn peek_debugreg(pid: u32, n: usize) -> Result<u64, CtlError> {
-    let at = debugreg_offset(n)?;
-    // PEEKUSER returns the word itself; `ptrace` tells a -1 word from an error by errno.
-    ptrace(libc::PTRACE_PEEKUSER, pid, at, 0)
-        .map(|w| w as u64)
-        .map_err(|e| ptrace_err(pid, "PTRACE_PEEKUSER", e))
-}
-
-fn set_regs(pid: u32, set: RegSet, data: &[u8]) -> Result<(), CtlError> {
-    let buf: Vec<u64> = data
-        .as_chunks::<8>()
-        .0
-        .iter()
-        .map(|c| u64::from_ne_bytes(*c))
-        .collect();
-    let req = match set {
-        RegSet::General => libc::PTRACE_SETREGS,
-        RegSet::Float => libc::PTRACE_SETFPREGS,
-        RegSet::Debug => return set_debugregs(pid, &buf),
-    };
-    ptrace(req, pid, 0, buf.as_ptr() as u64).map_err(|e| match e {
-        libc::EIO | libc::EINVAL => {
-            CtlError::Invalid("the kernel rejected the register set".into())
-        }
-        e => ptrace_err(pid, "SETREGS", e),
-    })?;
-    Ok(())
-}
-
-/// POKEUSER dr0…dr3 (addresses), dr6 (status), then dr7 (control, which enables the
-/// addresses). dr4 and dr5 do not exist: they must be 0.
-fn set_debugregs(pid: u32, regs: &[u64]) -> Result<(), CtlError> {
-    if regs.get(4..6).is_none_or(|r| r.iter().any(|&w| w != 0)) {
-        return Err(CtlError::Invalid(
-            "dr4 and dr5 do not exist and must be 0".into(),
-        ));
-    }
-    for n in [0, 1, 2, 3, 6, 7] {
-        let value = regs.get(n).copied().unwrap_or(0);
-        ptrace(libc::PTRACE_POKEUSER, pid, debugreg_offset(n)?, value).map_err(|e| match e {
-            libc::EIO | libc::EINVAL => CtlError::Invalid(format!(
-                "the kernel rejected dr{n} = {value:#x} (a kernel address, or a bad dr7)"
-            )),
-            e => ptrace_err(pid, "PTRACE_POKEUSER", e),
-        })?;
-    }
-    Ok(())
 }

@@ -5,10 +5,13 @@
 //! every control operation returns (it carries the errno a file system would give, and the
 //! HTTP status), and the permission rule: every operation is checked against the *caller's*
 //! credentials, never the agent's. All ptrace work happens on one dedicated thread
-//! (`actor.rs`), because the kernel ties a tracee to the thread that attached it; `Control` is
-//! the cheap, cloneable handle to it.
+//! (`actor.rs`), because the kernel ties a tracee to the thread that attached it; `Control`
+//! (`handle.rs`) is the cheap, cloneable handle to it, and `ptrace.rs` holds the raw ptrace and
+//! process_vm wrappers the thread calls.
 
 mod actor;
+mod handle;
+mod ptrace;
 #[cfg(test)]
 mod tests;
 pub mod wait;
@@ -20,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-pub use actor::Control;
+pub use handle::Control;
 pub use words::{BadWord, Command, SIGNALS, note_signal, short_signal_name, signal_name};
 
 /// Who is asking. The FUSE layer fills this from the request (`req.uid()`, `req.gid()`,

@@ -1,14 +1,15 @@
 //! The ptrace side against real processes: children forked from this test process (so they
 //! share its address layout, and the address of a static here is the address in the child).
 //! No BPF is needed, so these run as ordinary tests; the ones that change uid need root and
-//! skip without it. `hang` and the HTTP route are tested end to end in tests/control.rs.
+//! are `#[ignore = "needs root: …"]` (`cargo xtask test` runs them, as root, with
+//! `--include-ignored`). `hang` and the HTTP route are tested end to end in tests/control.rs.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
-use super::{Caller, Command, Control, CtlError, ProcInfo, actor::REGS_SIZE};
+use super::{Caller, Command, Control, CtlError, ProcInfo, ptrace::REGS_SIZE};
 
 static MARKER: [u8; 24] = *b"bpfproc mem marker 4711\0";
 static WRITABLE: AtomicU64 = AtomicU64::new(0x1111_2222_3333_4444);
@@ -57,11 +58,6 @@ impl Drop for Kid {
             libc::waitpid(self.0 as i32, std::ptr::null_mut(), libc::__WALL);
         }
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
@@ -163,11 +159,8 @@ fn waitstop_returns_when_the_target_stops() {
 }
 
 #[test]
+#[ignore = "needs root: creates processes of another uid"]
 fn callers_may_control_only_what_they_could_ptrace() {
-    if !is_root() {
-        eprintln!("skipping: needs root to create processes of another uid");
-        return;
-    }
     let c = Control::spawn(None).unwrap();
     let user = Caller {
         uid: 1000,
@@ -271,7 +264,7 @@ fn attach_step_regs_detach_round_trip() {
         "steps move the instruction pointer"
     );
     let fp = c.fpregs(&me, kid.0).unwrap();
-    assert_eq!(fp.len(), super::actor::FPREGS_SIZE);
+    assert_eq!(fp.len(), super::ptrace::FPREGS_SIZE);
 
     // Writing registers back round-trips; a wrong size is refused.
     c.set_regs(&me, kid.0, &after).unwrap();
@@ -301,7 +294,7 @@ fn dbregs_read_and_set_a_watchpoint_while_attached() {
     );
     c.ctl(&me, kid.0, Command::Attach).unwrap();
     let regs = c.dbregs(&me, kid.0).unwrap();
-    assert_eq!(regs.len(), super::actor::DBREGS_SIZE);
+    assert_eq!(regs.len(), super::ptrace::DBREGS_SIZE);
     let word = |r: &[u8], n: usize| u64::from_ne_bytes(r[n * 8..n * 8 + 8].try_into().unwrap());
     assert_eq!(word(&regs, 0), 0, "no breakpoint set yet");
 

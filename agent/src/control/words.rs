@@ -1,6 +1,6 @@
 //! The control language: ctl commands, signal names and Plan 9 notes, parsed from the bytes a
-//! caller wrote. Pure and dependency-free (std, libc's signal numbers, thiserror), so the fuzz
-//! targets in `fuzz/` compile this file as it is.
+//! caller wrote. Pure (std, libc's signal numbers, thiserror); the fuzz targets in `fuzz/`
+//! call `fuzz_check` through the library.
 
 /// A write that is not a command, signal or note; the control layer answers it with EINVAL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,41 +1,21 @@
 //! The FreeBSD (procfs(5)) and NetBSD/OpenBSD (mount_procfs(8)) personalities' side of the
-//! FUSE adapter: the files that need more than the table (the kernel's `wchan` for `status`,
-//! `smaps` for `map`, the executable's ELF header for `etype`), the links with their manuals'
-//! rules (FreeBSD's `file` is `unknown` when the executable cannot be found; NetBSD's `cwd` and
+//! FUSE views beyond their show functions (fs/show.rs): the links with their manuals' rules
+//! (FreeBSD's `file` is `unknown` when the executable cannot be found; NetBSD's `cwd` and
 //! `root` are `/` when unavailable or outside the caller's root), and FreeBSD's ownership
 //! (every node the process's real user and group, `mem` group kmem). The tables are
 //! `FREEBSD_FILES`, `NETBSD_FILES`, `FREEBSD_ROOT` and `NETBSD_ROOT` in tree.rs; the text is
 //! `view::freebsd` and `view::netbsd`.
 
-use std::{io::Read as _, os::unix::ffi::OsStrExt as _, sync::OnceLock};
+use std::{os::unix::ffi::OsStrExt as _, sync::OnceLock};
 
 use fuser::Errno;
 
 use super::{
-    kernel_files::{errno, kernel_file, same_process},
+    kernel_files::{errno, same_process},
     options::Personality,
     tree::{BsdLink, ControlFile, Entry, Kind},
 };
 use crate::{table::Process, view::ViewError};
-
-/// The kernel's wait channel; a zombie has none to read, which is what `exiting` says anyway.
-pub(super) fn wchan(p: &Process) -> Result<Vec<u8>, ViewError> {
-    match kernel_file(p, "wchan") {
-        Err(ViewError::Io(_)) if p.exit.is_some() => Ok(Vec::new()),
-        r => r,
-    }
-}
-
-/// The first bytes of the executable (its ELF ident), `None` if it cannot be read.
-pub(super) fn elf_ident(pid: u32) -> Option<Vec<u8>> {
-    let mut head = Vec::with_capacity(16);
-    std::fs::File::open(format!("/proc/{pid}/exe"))
-        .ok()?
-        .take(16)
-        .read_to_end(&mut head)
-        .ok()?;
-    Some(head)
-}
 
 /// The target of a link. Links are readable by root and by the process's own user only: Linux
 /// gives the targets of a process's `exe`, `cwd` and `root` to whoever may ptrace-read it, and

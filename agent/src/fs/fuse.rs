@@ -25,18 +25,25 @@ use fuser::{
 
 use fusewire::window;
 
+use control_io::{control_read, control_write};
+
 // Personality-specific parts of the adapter, and the cache= mode, as child modules so they
 // share its internals.
+mod adapter;
 mod cache;
+mod control_io;
 mod passthrough;
 mod qnx;
 mod svr4;
+#[cfg(test)]
+mod tests;
 pub(super) mod uring;
 
 use super::{
     access::{self, EXEC, READ, WRITE, Who},
     kernel_files::{errno, kernel_fds, kernel_link},
     options::{MountOptions, Personality, Scope},
+    processes::Processes,
     show::Ctx,
     tree::{
         ControlFile, Entry, Global, GlobalKind, Kind, Node, Show, THREAD_FILES, entry_index,
@@ -45,7 +52,7 @@ use super::{
 };
 use crate::{
     control::{Caller, CtlError},
-    state::{Snapshot, State},
+    state::Snapshot,
     sys::cgroup,
     table::Process,
     view::{Host, ViewError},
@@ -115,7 +122,7 @@ enum Handle {
 }
 
 pub struct ProcFs {
-    state: State,
+    table: Arc<dyn Processes>,
     host: Host,
     rt: tokio::runtime::Handle,
     opts: MountOptions,
@@ -128,6 +135,46 @@ pub struct ProcFs {
     next_fh: AtomicU64,
     /// The QNX personality's `as`/`ctl` modes and writers (unused by the others).
     qnx: qnx::QnxFiles,
+    strategy: Strategy,
+}
+
+/// What a mount's options decide for every request, settled once at mount rather than tested
+/// inside each operation.
+#[derive(Clone, Copy, Debug)]
+struct Strategy {
+    /// Control files are served: not on a `cache=` mount, since the kernel would answer their
+    /// opens and cache their reads; nor on a `uring` one, whose queues answer in turn and
+    /// cannot leave a control read waiting on a stopped process.
+    control_files: bool,
+    /// How long the kernel may keep attributes: never on a never-stale mount; a `cache=`
+    /// mount's stay until the agent invalidates them (fuse/cache.rs).
+    attr_ttl: Duration,
+    /// How long the kernel may keep a name: a `cache=` mount's as long as its attributes, so a
+    /// tool that polls less often than ENTRY_TTL does not look every name up again; the
+    /// ticker's invalidations still reach every inode whose process changed or went.
+    entry_ttl: Duration,
+    /// The least staleness bound: half a `cache=` mount's period (its ticker refreshes at
+    /// that pace), else none beyond the agent's.
+    bound_floor: Duration,
+}
+
+impl Strategy {
+    fn of(opts: &MountOptions) -> Self {
+        match opts.cache {
+            Some(period) => Self {
+                control_files: false,
+                attr_ttl: cache::STAMP_TTL,
+                entry_ttl: cache::STAMP_TTL,
+                bound_floor: period / 2,
+            },
+            None => Self {
+                control_files: !opts.uring,
+                attr_ttl: TTL,
+                entry_ttl: ENTRY_TTL,
+                bound_floor: Duration::ZERO,
+            },
+        }
+    }
 }
 
 struct DirEnt {
@@ -192,7 +239,7 @@ impl ScopeCache {
 
 impl ProcFs {
     pub fn new(
-        state: State,
+        table: Arc<dyn Processes>,
         host: Host,
         rt: tokio::runtime::Handle,
         opts: MountOptions,
@@ -200,8 +247,9 @@ impl ProcFs {
     ) -> std::io::Result<Self> {
         let scope = ScopeCache::new(&opts.scope)?;
         let qnx = qnx::QnxFiles::new(opts.umask);
+        let strategy = Strategy::of(&opts);
         Ok(Self {
-            state,
+            table,
             host,
             rt,
             opts,
@@ -213,6 +261,7 @@ impl ProcFs {
             rendered: Arc::default(),
             next_fh: AtomicU64::new(1),
             qnx,
+            strategy,
         })
     }
 
@@ -225,52 +274,33 @@ impl ProcFs {
             Scope::All => Duration::MAX,
             _ => self.bound(),
         };
-        if let Some(s) = self.state.current(bound) {
-            return Ok(s);
-        }
-        self.rt
-            .block_on(self.state.snapshot_within(bound))
-            .map_err(|_| Errno::EIO)
+        self.table.snapshot(bound).map_err(|_| Errno::EIO)
     }
 
     /// How old this mount's numbers may be.
     fn bound(&self) -> Duration {
-        self.state.max_age.max(self.half_cache())
+        self.table.max_age().max(self.strategy.bound_floor)
     }
 
-    /// How long the kernel may keep attributes: never on a never-stale mount. A `cache=`
-    /// mount's stay until the agent invalidates them (fuse/cache.rs), or a minute at most.
     fn attr_ttl(&self) -> Duration {
-        self.opts.cache.map_or(TTL, |_| cache::STAMP_TTL)
+        self.strategy.attr_ttl
     }
 
-    /// How long the kernel may keep a name: a `cache=` mount's as long as its attributes, so a
-    /// tool that polls less often than ENTRY_TTL does not look every name up again; the
-    /// ticker's invalidations still reach every inode whose process changed or went.
     fn entry_ttl(&self) -> Duration {
-        self.opts.cache.map_or(ENTRY_TTL, |_| cache::STAMP_TTL)
+        self.strategy.entry_ttl
     }
 
-    fn half_cache(&self) -> Duration {
-        self.opts.cache.unwrap_or_default() / 2
-    }
-
-    /// Whether `e` is served by this mount: a `cache=` mount has no control files, since the
-    /// kernel would answer their opens and cache their reads; nor has a `uring` one, whose
-    /// queues answer in turn and cannot leave a control read waiting on a stopped process.
+    /// Whether `e` is served by this mount.
     fn serves(&self, e: &Entry) -> bool {
-        (self.opts.cache.is_none() && !self.opts.uring) || !matches!(e.kind, Kind::Control(_))
+        self.strategy.control_files || !matches!(e.kind, Kind::Control(_))
     }
 
     /// The process for `pid` if it is live and in this mount's scope, its numbers within the
     /// mount's bound.
     fn process(&self, pid: u32) -> Result<(Arc<Snapshot>, Arc<Process>), Errno> {
         let (snap, p) = self
-            .rt
-            .block_on(
-                self.state
-                    .process(pid, self.bound(), self.opts.cache.is_none()),
-            )
+            .table
+            .process(pid, self.bound(), self.opts.cache.is_none())
             .map_err(|_| Errno::EIO)?;
         let p = p.ok_or(Errno::ENOENT)?;
         if !self.visible(&p) {
@@ -741,64 +771,6 @@ impl ProcFs {
     }
 }
 
-fn control_read(
-    cf: &ControlFiles,
-    rt: &tokio::runtime::Handle,
-    caller: &Caller,
-    pid: u32,
-    ctl: ControlFile,
-    offset: u64,
-    size: u32,
-) -> Result<Vec<u8>, CtlError> {
-    let slice = |bytes: Vec<u8>| window(&bytes, offset, size).to_vec();
-    match ctl {
-        ControlFile::Mem => cf.control.read_mem(caller, pid, offset, size as usize),
-        ControlFile::Regs => cf.control.regs(caller, pid).map(slice),
-        ControlFile::FpRegs => cf.control.fpregs(caller, pid).map(slice),
-        ControlFile::DbRegs => cf.control.dbregs(caller, pid).map(slice),
-        ControlFile::NoteId => cf
-            .control
-            .noteid(caller, pid)
-            .map(|id| slice(id.to_string().into_bytes())),
-        // Each read returns the next record, as Plan 9's wait file does.
-        ControlFile::Wait => rt
-            .block_on(cf.waiter.next(*caller, pid, offset > 0))
-            .map(|w| w.map(|w| w.render()).unwrap_or_default()),
-        ControlFile::Ctl | ControlFile::Note | ControlFile::NotePg => {
-            Err(CtlError::Invalid("this file is write-only".into()))
-        }
-    }
-}
-
-fn control_write(
-    cf: &ControlFiles,
-    caller: &Caller,
-    pid: u32,
-    ctl: ControlFile,
-    offset: u64,
-    data: &[u8],
-) -> Result<usize, CtlError> {
-    match ctl {
-        ControlFile::Ctl => cf.control.write_ctl(caller, pid, data).map(|()| data.len()),
-        ControlFile::Note => cf.control.note(caller, pid, data).map(|()| data.len()),
-        ControlFile::NotePg => cf.control.notepg(caller, pid, data).map(|()| data.len()),
-        ControlFile::Mem => cf.control.write_mem(caller, pid, offset, data),
-        // The register sets are written whole.
-        ControlFile::Regs if offset == 0 => {
-            cf.control.set_regs(caller, pid, data).map(|()| data.len())
-        }
-        ControlFile::FpRegs if offset == 0 => cf
-            .control
-            .set_fpregs(caller, pid, data)
-            .map(|()| data.len()),
-        ControlFile::DbRegs if offset == 0 => cf
-            .control
-            .set_dbregs(caller, pid, data)
-            .map(|()| data.len()),
-        _ => Err(CtlError::Invalid("this file takes no writes here".into())),
-    }
-}
-
 fn parse_id(name: &str) -> Result<u32, Errno> {
     // Canonical decimal only: "007" is not a pid directory on Linux.
     if name.is_empty() || name.starts_with('0') || !name.bytes().all(|b| b.is_ascii_digit()) {
@@ -1024,370 +996,5 @@ impl ProcFs {
         if let Ok(mut dirs) = self.dirs.lock() {
             dirs.remove(&fh);
         }
-    }
-}
-
-impl Filesystem for ProcFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if self.opts.passthrough {
-            self.passthrough.negotiate(config);
-        }
-        if self.opts.cache.is_some()
-            && let Err(missing) = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
-        {
-            // Without it cached pages would outlive the bound: refuse to mount.
-            tracing::error!(?missing, "the kernel cannot invalidate cached FUSE data");
-            return Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
-        }
-        Ok(())
-    }
-
-    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        super::count_request(super::Op::Lookup);
-        match self.do_lookup(&Asker::from(req), parent.0, name) {
-            Ok(Found::Node(attr)) => {
-                reply.entry_with_ttls(&self.attr_ttl(), &self.entry_ttl(), &attr, Generation(0))
-            }
-            Ok(Found::Never) => {
-                // Inode 0: the kernel keeps the miss as long as a name.
-                let none = self.attr(Node::Root, FileType::RegularFile, 0, (0, 0), UNIX_EPOCH);
-                let none = FileAttr {
-                    ino: INodeNo(0),
-                    ..none
-                };
-                let ttl = self.entry_ttl();
-                reply.entry_with_ttls(&ttl, &ttl, &none, Generation(0))
-            }
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        super::count_request(super::Op::Getattr);
-        match self.do_getattr(&Asker::from(req), ino.0) {
-            Ok(attr) => reply.attr(&self.attr_ttl(), &attr),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    /// access(2) and chdir(2): without default_permissions the kernel asks; the answer is the
-    /// one open(2) would give.
-    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        super::count_request(super::Op::Access);
-        match self.do_access(&Asker::from(req), ino.0, mask.bits() as u32) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        super::count_request(super::Op::Readlink);
-        match self.do_readlink(&Asker::from(req), ino.0) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        super::count_request(super::Op::Open);
-        match self.do_open(&Asker::from(req), ino.0, flags) {
-            Ok(Opened::Handle(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-            Ok(Opened::Rendered(bytes)) => {
-                let register =
-                    |f: &std::fs::File| reply.open_backing(f).map(passthrough::Id::Fuser);
-                match self.open_rendered(ino.0, bytes, register) {
-                    Ok((fh, Some(id))) => {
-                        if let passthrough::Id::Fuser(id) = &*id {
-                            reply.opened_passthrough(FileHandle(fh), BACKED_OPEN, id);
-                        }
-                    }
-                    Ok((fh, None)) => reply.opened(FileHandle(fh), RENDERED_OPEN),
-                    Err(e) => reply.error(e),
-                }
-            }
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn read(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        super::count_request(super::Op::Read);
-        let req = &Asker::from(req);
-        if fh.0 == 0 {
-            return match self.cached_read(req, ino.0) {
-                Ok(bytes) => reply.data(window(&bytes, offset, size)),
-                Err(e) => reply.error(e),
-            };
-        }
-        match self.handle(fh) {
-            Some(Handle::Bytes(bytes)) => reply.data(window(&bytes, offset, size)),
-            // The kernel reads a backed handle from its memfd and never asks.
-            Some(Handle::Backed { .. }) => reply.error(Errno::EIO),
-            Some(Handle::Control { pid, ctl, caller }) => {
-                let Some(cf) = self.control.clone() else {
-                    return reply.error(Errno::EOPNOTSUPP);
-                };
-                let rt = self.rt.clone();
-                // Control reads can block (wait, a stopped target): off the FUSE threads.
-                self.rt.spawn_blocking(move || {
-                    match control_read(&cf, &rt, &caller, pid, ctl, offset, size) {
-                        Ok(data) => reply.data(&data),
-                        Err(e) => reply.error(Errno::from_i32(e.errno())),
-                    }
-                });
-            }
-            None => reply.error(Errno::EBADF),
-        }
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        super::count_request(super::Op::Release);
-        self.do_release(fh.0);
-        reply.ok();
-    }
-
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        super::count_request(super::Op::Flush);
-        // Nothing is ever buffered: ENOSYS tells the kernel never to send FLUSH again (files
-        // opened on a never-stale mount say FOPEN_NOFLUSH; a cache= mount's opens have no
-        // flags to say it with).
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        super::count_request(super::Op::Opendir);
-        match self.do_opendir(&Asker::from(req), ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        super::count_request(super::Op::Readdir);
-        let list = match self.listing(fh.0) {
-            Ok(list) => list,
-            Err(e) => return reply.error(e),
-        };
-        for (i, e) in list.iter().enumerate().skip(offset as usize) {
-            if reply.add(
-                INodeNo(e.ino),
-                (i + 1) as u64,
-                e.kind,
-                OsStr::from_bytes(&e.name),
-            ) {
-                break;
-            }
-        }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        super::count_request(super::Op::Releasedir);
-        self.do_releasedir(fh.0);
-        reply.ok();
-    }
-
-    // Nothing can be created (EACCES), removed, renamed or changed (EPERM): the view is the
-    // kernel's process table, not a place to keep files.
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EACCES);
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EACCES);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _target: &Path,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EACCES);
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        reply.error(Errno::EACCES);
-    }
-
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn setattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        super::count_request(super::Op::Setattr);
-        match self.do_setattr(
-            &Asker::from(req),
-            ino.0,
-            mode,
-            uid.is_some() || gid.is_some(),
-        ) {
-            Ok(attr) => reply.attr(&self.attr_ttl(), &attr),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    /// The personalities' control requests: SVR4's PFC* on a process file, QNX's devctls on
-    /// `ctl`. FUSE forwards only requests whose code encodes the argument's size and
-    /// direction (it copies the argument in and out by those); every one here does.
-    fn ioctl(
-        &self,
-        req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: IoctlFlags,
-        cmd: u32,
-        in_data: &[u8],
-        _out_size: u32,
-        reply: ReplyIoctl,
-    ) {
-        super::count_request(super::Op::Ioctl);
-        let req = &Asker::from(req);
-        match self.opts.personality {
-            Personality::Svr4 => self.svr4_ioctl(req, fh, cmd, in_data, reply),
-            Personality::Qnx => self.qnx_ioctl(req, fh, cmd, in_data, reply),
-            _ => reply.error(Errno::ENOTTY),
-        }
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        super::count_request(super::Op::Write);
-        let Some(Handle::Control { pid, ctl, caller }) = self.handle(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        let Some(cf) = self.control.clone() else {
-            return reply.error(Errno::EOPNOTSUPP);
-        };
-        let data = data.to_vec();
-        // Commands like waitstop block until the target stops: off the FUSE threads.
-        self.rt.spawn_blocking(move || {
-            match control_write(&cf, &caller, pid, ctl, offset, &data) {
-                Ok(n) => reply.written(n as u32),
-                Err(e) => reply.error(Errno::from_i32(e.errno())),
-            }
-        });
     }
 }

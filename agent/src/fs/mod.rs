@@ -6,13 +6,14 @@ mod bsd;
 mod fuse;
 mod kernel_files;
 pub mod options;
+pub mod processes;
 pub mod show;
 pub mod tree;
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -208,8 +209,12 @@ impl Mounts {
             ));
         }
         let text = opts.text.clone();
+        let table = Arc::new(processes::Live {
+            state: self.state.clone(),
+            rt: self.rt.clone(),
+        });
         let fs = fuse::ProcFs::new(
-            self.state.clone(),
+            table,
             self.host,
             self.rt.clone(),
             opts.clone(),

@@ -4,10 +4,9 @@
 //! file the table has no data for is a row served from the kernel's own file instead
 //! (`tree::Bytes::Kernel`), with no function here.
 
-use super::{
-    bsd,
-    kernel_files::{kernel_file, same_process},
-};
+use std::io::Read as _;
+
+use super::kernel_files::{kernel_file, same_process};
 use crate::{
     table::Process,
     view::{self, Host, ViewError, linux},
@@ -86,11 +85,11 @@ pub fn bsd_cmdline(_: &Ctx, p: &Process, _: Option<u32>) -> Rendered {
 }
 
 pub fn freebsd_status(c: &Ctx, p: &Process, _: Option<u32>) -> Rendered {
-    view::freebsd::status(p, c.host, &bsd::wchan(p)?)
+    view::freebsd::status(p, c.host, &wchan(p)?)
 }
 
 pub fn netbsd_status(c: &Ctx, p: &Process, _: Option<u32>) -> Rendered {
-    view::netbsd::status(p, c.host, &bsd::wchan(p)?)
+    view::netbsd::status(p, c.host, &wchan(p)?)
 }
 
 pub fn freebsd_map(c: &Ctx, p: &Process, _: Option<u32>) -> Rendered {
@@ -106,7 +105,26 @@ pub fn freebsd_rlimit(_: &Ctx, p: &Process, _: Option<u32>) -> Rendered {
 }
 
 pub fn freebsd_etype(_: &Ctx, p: &Process, _: Option<u32>) -> Rendered {
-    let head = bsd::elf_ident(p.pid);
+    let head = elf_ident(p.pid);
     same_process(p)?;
     view::freebsd::etype(p, head.as_deref())
+}
+
+/// The kernel's wait channel; a zombie has none to read, which is what `exiting` says anyway.
+fn wchan(p: &Process) -> Result<Vec<u8>, ViewError> {
+    match kernel_file(p, "wchan") {
+        Err(ViewError::Io(_)) if p.exit.is_some() => Ok(Vec::new()),
+        r => r,
+    }
+}
+
+/// The first bytes of the executable (its ELF ident), `None` if it cannot be read.
+fn elf_ident(pid: u32) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(16);
+    std::fs::File::open(format!("/proc/{pid}/exe"))
+        .ok()?
+        .take(16)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(head)
 }

@@ -3,6 +3,7 @@
 //! bound), rescans when the kernel side counts a loss, and answers queries with immutable
 //! snapshots.
 
+mod actor;
 pub mod reader;
 
 use std::{
@@ -10,12 +11,13 @@ use std::{
     time::Duration,
 };
 
-use bpfproc_common::stat;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+pub use self::actor::TaskSource;
+use self::actor::{Actor, Clock, Pass, SystemClock, Wiring};
 use crate::{
     groups::{GroupReport, Ledger},
-    kernel::{Kernel, KernelEvent},
+    kernel::KernelEvent,
     procfs,
     sys::clock::{boot_ns, clock_ticks},
     table::{Change, Exited, Process, ProcessTable, TableCounters},
@@ -84,17 +86,8 @@ pub(crate) enum Msg {
         max_age: Duration,
         reply: oneshot::Sender<Arc<Snapshot>>,
     },
-    Refreshed {
-        started: u64,
-        /// How long the iterator pass took.
-        took_us: u64,
-        records: Vec<bpfproc_common::TaskRecord>,
-        procfs: Vec<Vec<bpfproc_common::TaskRecord>>,
-        procfs_gone: Vec<u32>,
-        gc_dropped: usize,
-        /// After a sweep, the process map's keys.
-        map_pids: Option<Vec<u32>>,
-    },
+    /// A pass of the task iterator has finished.
+    Refreshed(Pass),
     Identities(Vec<Identity>),
     /// Periodic: loss check, and refresh-ahead while clients are polling.
     Tick,
@@ -388,20 +381,15 @@ pub struct Config {
     pub groups: Ledger,
 }
 
-/// While some client asked within this long, fresh snapshots are pre-rendered for it.
-const HOT_FOR: Duration = Duration::from_secs(2);
-/// The process map is swept for entries that outlived their process this often.
-const GC_EVERY: Duration = Duration::from_secs(10);
-
-/// Starts the actor. The initial backfill is done before this returns, so the first query
-/// already sees every process; events that raced the backfill are applied after it in order.
-/// The returned receiver carries queries for the ring reader to forward (see `State`).
 /// The questions asked of the table, which the ring reader passes on once it has drained
 /// every record before them ([`reader::run`]).
 pub struct Queries(mpsc::Receiver<Msg>);
 
-pub fn spawn(
-    kernel: Arc<Mutex<Kernel>>,
+/// Starts the actor. The initial backfill is done before this returns, so the first query
+/// already sees every process; events that raced the backfill are applied after it in order.
+/// The returned receiver carries queries for the ring reader to forward (see `State`).
+pub fn spawn<K: TaskSource>(
+    kernel: Arc<Mutex<K>>,
     cfg: Config,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(State, Queries)> {
@@ -416,17 +404,13 @@ pub fn spawn(
         events: events.clone(),
         max_age: cfg.max_age,
     };
-    // A finished pass reaches the actor through the ring reader, which drains the ring first:
-    // a process that exited before the pass started has its exit record applied before the
-    // pass shows it gone, so its exit status is never taken for lost.
-    let passes = state.queries.clone();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut table = ProcessTable::new(cfg.exited_cap);
-    let mut ledger = cfg.groups;
     let ns_per_tick = 1_000_000_000 / clock_ticks();
 
     // Backfill synchronously: the hooks are already attached, so anything that starts from
     // here on is in the ring buffer, and the snapshot/event ordering rules reconcile the two.
-    let started = boot_ns();
+    let started = clock.boot_ns();
     let records = kernel.lock().expect("kernel lock").tasks(true)?;
     let needs = table.apply_snapshot(started, &records, true);
     let (extra, _) = procfs_missing(&records, ns_per_tick);
@@ -456,26 +440,18 @@ pub fn spawn(
     );
     let mut stats = AgentStats::default();
     if let Ok(pids) = kernel.lock().expect("kernel lock").map_pids() {
-        map_stats(&mut stats, &pids, &table);
+        actor::map_stats(&mut stats, &pids, &table);
     }
-    let mut last_refresh = started;
-    let mut refreshing = false;
-    let mut waiters: Vec<(Duration, oneshot::Sender<Arc<Snapshot>>)> = Vec::new();
-    let mut cached: Option<Arc<Snapshot>> = None;
-    let mut last_losses = 0u64;
-    let mut last_loss_check = std::time::Instant::now();
-    let mut last_query = std::time::Instant::now() - HOT_FOR;
-    // Whether the current numbers have been asked for since they were read: refreshing ahead
-    // only when they were keeps the iterator's cost proportional to demand (an idle agent, or
-    // one scraped every 15 s, runs no extra passes).
-    let mut demanded = false;
-    let mut last_gc = std::time::Instant::now();
-    let max_age = cfg.max_age;
-    let prewarm = cfg.prewarm;
 
     let ticker_tx = tx.clone();
-    let tick = (max_age / 2).clamp(Duration::from_millis(5), cfg.loss_check);
-    let loss_check = cfg.loss_check;
+    let tick = (cfg.max_age / 2).clamp(Duration::from_millis(5), cfg.loss_check);
+    let wiring = Wiring {
+        latest,
+        tx,
+        passes: state.queries.clone(),
+        events,
+    };
+    let mut actor = Actor::new(kernel, clock, wiring, cfg, table, stats, started);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -488,364 +464,16 @@ pub fn spawn(
     });
 
     tokio::spawn(async move {
-        // One pass at a time; the periodic sweep rides along when it is due.
-        macro_rules! start_pass {
-            () => {
-                if !refreshing {
-                    refreshing = true;
-                    let gc = take_gc(&mut last_gc);
-                    start_refresh(kernel.clone(), passes.clone(), &table, ns_per_tick, gc);
-                }
-            };
-        }
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => match m { Some(m) => m, None => break },
                 _ = shutdown.changed() => break,
             };
-            match msg {
-                Msg::Events(batch) => {
-                    stats.events_received += batch.len() as u64;
-                    let n = batch.len() as u64;
-                    for ev in &batch {
-                        if let Some(change) = table.apply(ev) {
-                            ledger.apply(&change);
-                            let _ = events.send(Arc::new(change));
-                        }
-                    }
-                    // Publish the new version before declaring the records applied, so a fast
-                    // reader that sees nothing in flight also sees that its snapshot is old.
-                    latest
-                        .version
-                        .store(table.version(), std::sync::atomic::Ordering::Release);
-                    latest
-                        .in_flight
-                        .fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
-                }
-                Msg::Snapshot {
-                    max_age: asked,
-                    reply,
-                } => {
-                    // Refreshing ahead keeps numbers within the agent's bound for those who
-                    // ask for it (or tighter). A question that takes numbers of any age (a
-                    // listing, a process's existence) or older ones (a `cache=` mount, whose
-                    // ticker refreshes for it) does not ask for it.
-                    if asked <= max_age {
-                        last_query = std::time::Instant::now();
-                        demanded = true;
-                    }
-                    let age = Duration::from_nanos(boot_ns().saturating_sub(last_refresh));
-                    if age <= asked {
-                        let _ = reply.send(current(&table, &mut cached, last_refresh, &latest));
-                    } else {
-                        waiters.push((asked, reply));
-                        start_pass!();
-                    }
-                }
-                Msg::Refreshed {
-                    started,
-                    took_us,
-                    records,
-                    procfs,
-                    procfs_gone,
-                    gc_dropped,
-                    map_pids,
-                } => {
-                    refreshing = false;
-                    stats.map_gc_dropped += gc_dropped as u64;
-                    stats.last_iterator_us = took_us;
-                    stats.last_iterator_tasks = records.len();
-                    if records.is_empty() {
-                        // The iterator failed: answer with what we have rather than hang.
-                        let snap = current(&table, &mut cached, last_refresh, &latest);
-                        for (_, w) in waiters.drain(..) {
-                            let _ = w.send(snap.clone());
-                        }
-                        continue;
-                    }
-                    demanded = false;
-                    let t0 = std::time::Instant::now();
-                    let needs =
-                        table.apply_snapshot_checked(started, &records, false, &|pid, start| {
-                            procfs::alive_since(pid, start, ns_per_tick)
-                        });
-                    tracing::debug!(us = t0.elapsed().as_micros() as u64, "snapshot applied");
-                    for rec in &procfs {
-                        table.upsert_procfs(rec, started);
-                    }
-                    for pid in procfs_gone {
-                        table.drop_procfs(pid, started);
-                    }
-                    if let Some(pids) = map_pids {
-                        map_stats(&mut stats, &pids, &table);
-                    }
-                    last_refresh = started;
-                    if !needs.is_empty() {
-                        start_identities(&table, needs, tx.clone());
-                    }
-                    let snap = current(&table, &mut cached, last_refresh, &latest);
-                    for (_, w) in waiters.drain(..) {
-                        let _ = w.send(snap.clone());
-                    }
-                    if let Some(prewarm) = &prewarm
-                        && last_query.elapsed() < HOT_FOR
-                    {
-                        let prewarm = prewarm.clone();
-                        tokio::task::spawn_blocking(move || prewarm(&snap));
-                    }
-                }
-                Msg::Identities(list) => {
-                    for Identity {
-                        pid,
-                        start,
-                        cmdline,
-                        exe,
-                    } in list
-                    {
-                        table.set_identity(pid, start, cmdline, exe);
-                    }
-                }
-                Msg::Ahead => {
-                    last_query = std::time::Instant::now();
-                    demanded = true;
-                    start_pass!();
-                }
-                Msg::Tick => {
-                    let now = std::time::Instant::now();
-                    // A moved loss counter means some record never reached us: reconcile now
-                    // rather than at the next query.
-                    let mut due = false;
-                    if now.duration_since(last_loss_check) >= loss_check {
-                        last_loss_check = now;
-                        let losses = kernel_losses(&kernel);
-                        if losses > last_losses {
-                            last_losses = losses;
-                            stats.rescans += 1;
-                            due = true;
-                        }
-                    }
-                    let age = Duration::from_nanos(boot_ns().saturating_sub(last_refresh));
-                    // A client polling faster than the bound gets its next answer from a
-                    // snapshot read ahead of the question instead of waiting for one.
-                    if demanded
-                        && now.duration_since(last_query) < max_age * 2
-                        && age >= max_age / 2
-                    {
-                        due = true;
-                    }
-                    if due {
-                        start_pass!();
-                    }
-                }
-                Msg::Stats(reply) => {
-                    let mut s = stats.clone();
-                    s.table = table.counters;
-                    s.live_processes = table.live().len();
-                    s.fast_path_hits = latest.hits.load(std::sync::atomic::Ordering::Relaxed);
-                    s.fast_path_misses = latest.misses.load(std::sync::atomic::Ordering::Relaxed);
-                    s.process_reads = latest
-                        .process_reads
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    s.exited_retained = table.exited().len();
-                    if let Ok(k) = kernel.lock()
-                        && let Ok(counters) = k.stats()
-                    {
-                        for (i, v) in counters.iter().enumerate() {
-                            s.kernel.insert(stat::NAMES[i], *v);
-                        }
-                    }
-                    let _ = reply.send(s);
-                }
-                Msg::Groups(reply) => {
-                    let _ = reply.send(ledger.report(table.live().values()));
-                }
-            }
-            latest
-                .version
-                .store(table.version(), std::sync::atomic::Ordering::Release);
+            actor.handle(msg);
         }
         tracing::debug!("process table actor stopped");
     });
     Ok((state, Queries(queries_rx)))
-}
-
-fn current(
-    table: &ProcessTable,
-    cached: &mut Option<Arc<Snapshot>>,
-    at: u64,
-    latest: &Latest,
-) -> Arc<Snapshot> {
-    if let Some(c) = cached
-        && c.version == table.version()
-        && c.refreshed_at == at
-    {
-        return c.clone();
-    }
-    let snap = Arc::new(Snapshot {
-        version: table.version(),
-        refreshed_at: at,
-        processes: table.live().values().cloned().collect(),
-        exited: table.exited().iter().cloned().collect(),
-        listing_json: OnceLock::new(),
-    });
-    *cached = Some(snap.clone());
-    if let Ok(mut l) = latest.snapshot.write() {
-        *l = Some(snap.clone());
-    }
-    snap
-}
-
-/// The process map's size and orphans, against the table as just updated.
-fn map_stats(stats: &mut AgentStats, pids: &[u32], table: &ProcessTable) {
-    stats.bpf_map_entries = pids.len();
-    stats.bpf_map_orphans = pids
-        .iter()
-        .filter(|p| !table.live().contains_key(p))
-        .count();
-}
-
-fn kernel_losses(kernel: &Arc<Mutex<Kernel>>) -> u64 {
-    let Ok(k) = kernel.lock() else { return 0 };
-    k.stats()
-        .map(|s| {
-            s[stat::RINGBUF_FULL as usize]
-                + s[stat::MAP_FULL as usize]
-                + s[stat::READ_ERROR as usize]
-        })
-        .unwrap_or(0)
-}
-
-fn take_gc(last: &mut std::time::Instant) -> bool {
-    if last.elapsed() >= GC_EVERY {
-        *last = std::time::Instant::now();
-        true
-    } else {
-        false
-    }
-}
-
-fn start_refresh(
-    kernel: Arc<Mutex<Kernel>>,
-    tx: mpsc::Sender<Msg>,
-    table: &ProcessTable,
-    ns_per_tick: u64,
-    gc: bool,
-) {
-    let procfs_known: Vec<u32> = table
-        .live()
-        .values()
-        .filter(|p| p.origin == crate::table::Origin::Procfs)
-        .map(|p| p.pid)
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        trim_heap();
-        let started = boot_ns();
-        let t0 = std::time::Instant::now();
-        let records = match kernel.lock().map(|mut k| k.tasks(gc)) {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::warn!("task iterator failed: {e}");
-                Vec::new()
-            }
-            Err(_) => Vec::new(),
-        };
-        let took_us = t0.elapsed().as_micros() as u64;
-        tracing::debug!(tasks = records.len(), us = took_us, "task iterator pass");
-        let mut gc_dropped = 0;
-        let mut map_pids = None;
-        if gc && !records.is_empty() {
-            let seen: std::collections::HashSet<u32> = records.iter().map(|r| r.tgid).collect();
-            if let Ok(mut k) = kernel.lock() {
-                match k.gc(&seen, started) {
-                    Ok((n, kept)) => {
-                        gc_dropped = n;
-                        map_pids = Some(kept);
-                        if n > 0 {
-                            tracing::debug!(entries = n, "dropped stale process-map entries");
-                        }
-                    }
-                    Err(e) => tracing::warn!("process-map gc failed: {e}"),
-                }
-            }
-        }
-        if records.is_empty() {
-            // Never apply an empty snapshot: it would declare every process gone.
-            let _ = tx.blocking_send(Msg::Refreshed {
-                started: 0,
-                took_us,
-                records: Vec::new(),
-                procfs: Vec::new(),
-                procfs_gone: Vec::new(),
-                gc_dropped,
-                map_pids: None,
-            });
-            return;
-        }
-        let procfs: Vec<_> = procfs_known
-            .iter()
-            .map(|&pid| procfs::records(pid, ns_per_tick))
-            .filter(|r| !r.is_empty())
-            .collect();
-        let procfs_gone = procfs_known
-            .iter()
-            .copied()
-            .filter(|pid| !procfs.iter().any(|r| r[0].tgid == *pid))
-            .collect();
-        let _ = tx.blocking_send(Msg::Refreshed {
-            started,
-            took_us,
-            records,
-            procfs,
-            procfs_gone,
-            gc_dropped,
-            map_pids,
-        });
-    });
-}
-
-/// Hands freed heap pages back to the kernel, at most every few seconds. By itself glibc
-/// returns only the top of a heap; the table's churn and each pass's multi-megabyte record
-/// buffer leave free pages inside it (17 of 70 MB at 10,000 processes). Runs on a blocking
-/// thread before a pass, when the previous pass's buffers have been freed.
-fn trim_heap() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    const EVERY_NS: u64 = 5_000_000_000;
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = boot_ns();
-    let last = LAST.load(Ordering::Relaxed);
-    if now.saturating_sub(last) < EVERY_NS
-        || LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-    {
-        return;
-    }
-    let t0 = std::time::Instant::now();
-    // SAFETY: malloc_trim has no preconditions and is thread-safe.
-    unsafe { libc::malloc_trim(0) };
-    tracing::debug!(us = t0.elapsed().as_micros() as u64, "heap trimmed");
-}
-
-fn start_identities(table: &ProcessTable, pids: Vec<u32>, tx: mpsc::Sender<Msg>) {
-    let wanted: Vec<(u32, u64)> = pids
-        .into_iter()
-        .filter_map(|pid| table.get(pid).map(|p| (pid, p.start_boottime)))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let list = wanted
-            .into_iter()
-            .map(|(pid, start)| {
-                let (cmdline, exe) = procfs::identity(pid);
-                Identity {
-                    pid,
-                    start,
-                    cmdline,
-                    exe,
-                }
-            })
-            .collect();
-        let _ = tx.blocking_send(Msg::Identities(list));
-    });
 }
 
 fn fill_identity(table: &mut ProcessTable, pid: u32) {
@@ -874,3 +502,6 @@ fn procfs_missing(
         .collect();
     (recs, missing)
 }
+
+#[cfg(test)]
+mod tests;

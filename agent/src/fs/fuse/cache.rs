@@ -24,9 +24,9 @@ use std::{
 use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier};
 
 use super::ProcFs;
-use crate::{
-    fs::tree::{Kind, Node},
-    state::State,
+use crate::fs::{
+    processes::Processes,
+    tree::{Kind, Node},
 };
 
 /// How long an inode's stamp outlives its last GETATTR; also the attribute and name TTL of a
@@ -224,8 +224,7 @@ impl ProcFs {
         let bound = self.opts.cache?;
         Some(Invalidator {
             rendered: Arc::downgrade(&self.rendered),
-            state: self.state.clone(),
-            rt: self.rt.clone(),
+            table: self.table.clone(),
             period: bound / 2,
         })
     }
@@ -233,8 +232,7 @@ impl ProcFs {
 
 pub struct Invalidator {
     rendered: Weak<Mutex<Rendered>>,
-    state: State,
-    rt: tokio::runtime::Handle,
+    table: Arc<dyn Processes>,
     period: Duration,
 }
 
@@ -272,10 +270,7 @@ impl Invalidator {
                 None
             } else {
                 let asked = Instant::now();
-                let Ok(snap) = self
-                    .rt
-                    .block_on(self.state.snapshot_within(self.period / 2))
-                else {
+                let Ok(snap) = self.table.snapshot(self.period / 2) else {
                     return;
                 };
                 let pass = asked.elapsed();

@@ -8,11 +8,13 @@ use std::time::Duration;
 use fuser::{Errno, FileAttr, FileHandle, FileType, ReplyIoctl};
 
 use super::{DirEnt, Handle, ProcFs};
-use crate::fs::kernel_files::{errno, kernel_file, kernel_link};
+use crate::fs::{
+    kernel_files::{errno, kernel_file, kernel_link},
+    processes::Processes,
+};
 use crate::{
     control::{Caller, Command, CtlError, Target},
     fs::tree::Node,
-    state::State,
     view::svr4::{self, PfcError, Request as Pfc},
 };
 
@@ -102,19 +104,10 @@ impl ProcFs {
         let Some(cf) = self.control.clone() else {
             return reply.error(Errno::EOPNOTSUPP);
         };
-        let state = self.state.clone();
-        let rt = self.rt.clone();
+        let table = self.table.clone();
         self.rt.spawn_blocking(move || {
             let interrupted = || signal_pending(tid);
-            match control(
-                &cf.control,
-                &state,
-                &rt,
-                &caller,
-                pid,
-                request,
-                &interrupted,
-            ) {
+            match control(&cf.control, &*table, &caller, pid, request, &interrupted) {
                 Ok(data) => reply.ioctl(0, &data),
                 Err(e) => reply.error(e),
             }
@@ -155,8 +148,7 @@ fn region_file(maps: &[u8], addr: u64) -> Option<Vec<u8>> {
 /// The requests the control layer carries out; the bytes to copy out.
 fn control(
     control: &crate::control::Control,
-    state: &State,
-    rt: &tokio::runtime::Handle,
+    table: &dyn Processes,
     caller: &Caller,
     pid: u32,
     request: Pfc,
@@ -178,7 +170,7 @@ fn control(
                     if crate::control::ProcInfo::read(pid).is_ok_and(|i| !i.exited()) {
                         Ok(Vec::new())
                     } else {
-                        exit_status(state, rt, pid).map(|s| s.to_ne_bytes().to_vec())
+                        exit_status(table, pid).map(|s| s.to_ne_bytes().to_vec())
                     }
                 }
                 Err(e) => Err(ctl(e)),
@@ -206,11 +198,9 @@ fn control(
 /// process on that pid). The BPF exit hook runs before the kernel shows the zombie, but the
 /// record can still be on its way to the table: it is given a moment. ENOENT if there is no
 /// record (never seen, or lost).
-fn exit_status(state: &State, rt: &tokio::runtime::Handle, pid: u32) -> Result<i32, Errno> {
+fn exit_status(table: &dyn Processes, pid: u32) -> Result<i32, Errno> {
     for _ in 0..50 {
-        let snap = rt
-            .block_on(state.snapshot_within(Duration::ZERO))
-            .map_err(|_| Errno::EIO)?;
+        let snap = table.snapshot(Duration::ZERO).map_err(|_| Errno::EIO)?;
         let status = snap
             .get(pid)
             .into_iter()

@@ -1,0 +1,57 @@
+//! What a view needs of the process table, as a trait: `Live` is the agent's table (the actor
+//! behind `State`, asked from a FUSE thread), and the core's unit tests use a fixed one, so
+//! the file semantics are tested without BPF, root or a mount.
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    state::{Gone, Snapshot, State},
+    table::Process,
+};
+
+pub trait Processes: Send + Sync {
+    /// The table with every event before the call applied, its numbers at most `bound` old.
+    /// Blocks the calling thread (a FUSE thread, never an async worker).
+    fn snapshot(&self, bound: Duration) -> Result<Arc<Snapshot>, Gone>;
+
+    /// `pid`'s entry with numbers at most `bound` old (`alone`: a question about this process
+    /// only, which may be answered by reading it on its own), and the snapshot it is of.
+    fn process(
+        &self,
+        pid: u32,
+        bound: Duration,
+        alone: bool,
+    ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone>;
+
+    /// The agent's staleness bound.
+    fn max_age(&self) -> Duration;
+}
+
+/// The agent's table.
+#[derive(Clone)]
+pub struct Live {
+    pub state: State,
+    pub rt: tokio::runtime::Handle,
+}
+
+impl Processes for Live {
+    fn snapshot(&self, bound: Duration) -> Result<Arc<Snapshot>, Gone> {
+        if let Some(s) = self.state.current(bound) {
+            return Ok(s);
+        }
+        self.rt.block_on(self.state.snapshot_within(bound))
+    }
+
+    fn process(
+        &self,
+        pid: u32,
+        bound: Duration,
+        alone: bool,
+    ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone> {
+        self.rt.block_on(self.state.process(pid, bound, alone))
+    }
+
+    fn max_age(&self) -> Duration {
+        self.state.max_age
+    }
+}
