@@ -46,7 +46,7 @@ use super::{
     processes::Processes,
     show::Ctx,
     tree::{
-        ControlFile, Entry, Global, GlobalKind, Kind, Node, Show, THREAD_FILES, entry_index,
+        Bytes, ControlFile, Entry, Global, GlobalKind, Kind, Node, Show, THREAD_FILES, entry_index,
         global_child, global_children,
     },
 };
@@ -156,6 +156,9 @@ struct Strategy {
     /// The least staleness bound: half a `cache=` mount's period (its ticker refreshes at
     /// that pace), else none beyond the agent's.
     bound_floor: Duration,
+    /// How old the numbers a file is rendered from may be: none on a never-stale mount (each
+    /// open reads its process from the kernel), the mount's bound on a `cache=` one.
+    read_bound: Option<Duration>,
 }
 
 impl Strategy {
@@ -166,12 +169,14 @@ impl Strategy {
                 attr_ttl: cache::STAMP_TTL,
                 entry_ttl: cache::STAMP_TTL,
                 bound_floor: period / 2,
+                read_bound: None,
             },
             None => Self {
                 control_files: !opts.uring,
                 attr_ttl: TTL,
                 entry_ttl: ENTRY_TTL,
                 bound_floor: Duration::ZERO,
+                read_bound: Some(Duration::ZERO),
             },
         }
     }
@@ -298,9 +303,24 @@ impl ProcFs {
     /// The process for `pid` if it is live and in this mount's scope, its numbers within the
     /// mount's bound.
     fn process(&self, pid: u32) -> Result<(Arc<Snapshot>, Arc<Process>), Errno> {
+        self.process_within(pid, self.bound())
+    }
+
+    /// The process for `pid` as contents are rendered from it: on a never-stale mount its
+    /// threads read from the kernel now (the narrowed iterator read), so the bytes an open
+    /// returns are the kernel's at or after the open; on a `cache=` mount within its bound.
+    fn process_now(&self, pid: u32) -> Result<(Arc<Snapshot>, Arc<Process>), Errno> {
+        self.process_within(pid, self.strategy.read_bound.unwrap_or(self.bound()))
+    }
+
+    fn process_within(
+        &self,
+        pid: u32,
+        bound: Duration,
+    ) -> Result<(Arc<Snapshot>, Arc<Process>), Errno> {
         let (snap, p) = self
             .table
-            .process(pid, self.bound(), self.opts.cache.is_none())
+            .process(pid, bound, self.opts.cache.is_none())
             .map_err(|_| Errno::EIO)?;
         let p = p.ok_or(Errno::ENOENT)?;
         if !self.visible(&p) {
@@ -424,10 +444,7 @@ impl ProcFs {
                 Ok(attr)
             }
             Node::ThreadDir(pid, tid) => {
-                let (_, p) = self.process(pid)?;
-                if !p.tasks.iter().any(|t| t.tid == tid) {
-                    return Err(Errno::ENOENT);
-                }
+                let p = self.with_thread(pid, tid)?;
                 Ok(self.attr(
                     node,
                     FileType::Directory,
@@ -437,10 +454,7 @@ impl ProcFs {
                 ))
             }
             Node::ThreadFile(pid, tid, i) => {
-                let (_, p) = self.process(pid)?;
-                if !p.tasks.iter().any(|t| t.tid == tid) {
-                    return Err(Errno::ENOENT);
-                }
+                let p = self.with_thread(pid, tid)?;
                 let e = THREAD_FILES.get(i as usize).ok_or(Errno::ENOENT)?;
                 Ok(self.entry_attr(node, e, &p))
             }
@@ -485,12 +499,8 @@ impl ProcFs {
             Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
                 Some(Kind::TaskDir) => {
                     let tid = parse_id(name)?;
-                    let (_, p) = self.process(pid)?;
-                    p.tasks
-                        .iter()
-                        .any(|t| t.tid == tid)
-                        .then_some(Node::ThreadDir(pid, tid))
-                        .ok_or(Errno::ENOENT)
+                    self.with_thread(pid, tid)?;
+                    Ok(Node::ThreadDir(pid, tid))
                 }
                 Some(Kind::FdDir) => {
                     let fd = parse_fd(name)?;
@@ -590,23 +600,43 @@ impl ProcFs {
                 _ => Err(Errno::EISDIR),
             },
             Node::ProcFile(pid, i) => {
-                let (_, p) = self.process(pid)?;
                 let e = self.files_table().get(i as usize).ok_or(Errno::ENOENT)?;
                 match e.kind {
-                    Kind::File(show) => self.show(&p, None, show),
+                    Kind::File(show) => self.show(&*self.process_for(pid, show)?, None, show),
                     _ => Err(Errno::EISDIR),
                 }
             }
             Node::ThreadFile(pid, tid, i) => {
-                let (_, p) = self.process(pid)?;
                 let e = THREAD_FILES.get(i as usize).ok_or(Errno::ENOENT)?;
                 match e.kind {
-                    Kind::File(show) => self.show(&p, Some(tid), show),
+                    Kind::File(show) => self.show(&*self.process_for(pid, show)?, Some(tid), show),
                     _ => Err(Errno::EISDIR),
                 }
             }
             _ => Err(Errno::EISDIR),
         }
+    }
+
+    /// Process `pid` if it has thread `tid`: one started since its numbers were read is
+    /// looked for again in the kernel's list now, as threads have no event of their own.
+    fn with_thread(&self, pid: u32, tid: u32) -> Result<Arc<Process>, Errno> {
+        let has = |p: &Process| p.tasks.iter().any(|t| t.tid == tid);
+        let (_, p) = self.process(pid)?;
+        if has(&p) {
+            return Ok(p);
+        }
+        let (_, p) = self.process_now(pid)?;
+        if has(&p) { Ok(p) } else { Err(Errno::ENOENT) }
+    }
+
+    /// The process a file is rendered from: read now for a file rendered from the table; a
+    /// file served from the kernel's own needs only the process's identity.
+    fn process_for(&self, pid: u32, show: Show) -> Result<Arc<Process>, Errno> {
+        let (_, p) = match show.bytes {
+            Bytes::Render(_) => self.process_now(pid)?,
+            Bytes::Kernel(_) => self.process(pid)?,
+        };
+        Ok(p)
     }
 
     /// A file's bytes, by its row.
@@ -681,7 +711,8 @@ impl ProcFs {
             }
             Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
                 Some(Kind::TaskDir) => {
-                    let (_, p) = self.process(pid)?;
+                    // Threads come and go without an event: the list is the kernel's now.
+                    let (_, p) = self.process_now(pid)?;
                     for t in &p.tasks {
                         out.push(DirEnt {
                             ino: Node::ThreadDir(pid, t.tid).ino().unwrap_or(0),
