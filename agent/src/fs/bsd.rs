@@ -12,7 +12,6 @@ use fuser::Errno;
 
 use super::{
     kernel_files::{errno, same_process},
-    options::Personality,
     tree::{BsdLink, ControlFile, Entry, Kind},
 };
 use crate::{table::Process, view::ViewError};
@@ -80,13 +79,10 @@ fn netbsd_dir(target: Option<Vec<u8>>, caller_root: Option<&[u8]>) -> Vec<u8> {
 /// otherwise than Linux's effective ids: FreeBSD's nodes belong to the process's real user and
 /// group (pseudofs's `cr_ruid`/`cr_rgid`; the manual's "the process's user … that user's
 /// primary group"), and `mem` to group kmem if `/etc/group` has one (else the process's group).
-pub fn owner(personality: Personality, p: &Process, e: Option<&Entry>) -> Option<(u32, u32)> {
-    if personality != Personality::FreeBsd {
-        return None;
-    }
+pub fn freebsd_owner(p: &Process, e: Option<&Entry>) -> (u32, u32) {
     let (uid, gid) = p.leader().map_or((p.uid, p.gid), |t| (t.uid, t.gid));
     let mem = e.is_some_and(|e| matches!(e.kind, Kind::Control(ControlFile::Mem)));
-    Some((uid, if mem { kmem_gid().unwrap_or(gid) } else { gid }))
+    (uid, if mem { kmem_gid().unwrap_or(gid) } else { gid })
 }
 
 /// The kmem group's id, looked up once.

@@ -42,7 +42,8 @@ pub(super) mod uring;
 use super::{
     access::{self, EXEC, READ, WRITE, Who},
     kernel_files::{errno, kernel_fds, kernel_link},
-    options::{MountOptions, Personality, Scope},
+    options::{MountOptions, Scope},
+    personality::{self, Descriptor},
     processes::Processes,
     show::Ctx,
     tree::{
@@ -136,6 +137,8 @@ pub struct ProcFs {
     /// The QNX personality's `as`/`ctl` modes and writers (unused by the others).
     qnx: qnx::QnxFiles,
     strategy: Strategy,
+    /// The mount's personality, everything it decides.
+    desc: &'static Descriptor,
 }
 
 /// What a mount's options decide for every request, settled once at mount rather than tested
@@ -253,6 +256,7 @@ impl ProcFs {
         let scope = ScopeCache::new(&opts.scope)?;
         let qnx = qnx::QnxFiles::new(opts.umask);
         let strategy = Strategy::of(&opts);
+        let desc = personality::descriptor(opts.personality);
         Ok(Self {
             table,
             host,
@@ -267,6 +271,7 @@ impl ProcFs {
             next_fh: AtomicU64::new(1),
             qnx,
             strategy,
+            desc,
         })
     }
 
@@ -388,7 +393,9 @@ impl ProcFs {
 
     /// The owner of a process's node (`e`, or its directory) in this mount's personality.
     fn node_owner(&self, p: &Process, e: Option<&Entry>) -> (u32, u32) {
-        super::bsd::owner(self.opts.personality, p, e).unwrap_or_else(|| Self::owner(p))
+        self.desc
+            .owner
+            .map_or_else(|| Self::owner(p), |owner| owner(p, e))
     }
 
     fn entry_attr(&self, node: Node, e: &Entry, p: &Process) -> FileAttr {
@@ -477,7 +484,7 @@ impl ProcFs {
     fn lookup_node(&self, parent: Node, name: &OsStr) -> Result<Node, Errno> {
         let name = name.to_str().ok_or(Errno::ENOENT)?;
         match parent {
-            Node::Root if self.opts.personality == Personality::Svr4 => self.svr4_lookup(name),
+            Node::Root if self.desc.pid_files => self.svr4_lookup(name),
             Node::Root => {
                 if let Some(i) = global_child(self.globals(), None, name) {
                     return Ok(Node::Global(i));
@@ -687,7 +694,7 @@ impl ProcFs {
                         name: gl.name.as_bytes().to_vec(),
                     });
                 }
-                if parent.is_none() && self.opts.personality == Personality::Svr4 {
+                if parent.is_none() && self.desc.pid_files {
                     self.svr4_listing(&mut out)?;
                 } else if parent.is_none() {
                     let snap = self.snapshot()?;
@@ -759,12 +766,12 @@ impl ProcFs {
 
     /// This mount's per-process table.
     fn files_table(&self) -> &'static [Entry] {
-        super::tree::files_shown(&self.opts)
+        self.desc.files_shown(&self.opts)
     }
 
     /// This mount's root nodes besides the pid directories (self, stat, meminfo, curproc, …).
     fn globals(&self) -> &'static [Global] {
-        super::tree::root_shown(&self.opts)
+        self.desc.root_shown(&self.opts)
     }
 
     /// Whether the caller may do `mask` to `node`, decided as the kernel's mode check would

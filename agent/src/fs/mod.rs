@@ -6,6 +6,7 @@ mod bsd;
 mod fuse;
 mod kernel_files;
 pub mod options;
+pub mod personality;
 pub mod processes;
 pub mod show;
 pub mod tree;

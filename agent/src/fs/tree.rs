@@ -13,7 +13,7 @@ use crate::table::Process;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Node {
     Root,
-    /// An entry of the mount's root table (`root_table`: `GLOBALS` for Linux).
+    /// An entry of the mount's root table (its personality's `root`: `GLOBALS` for Linux).
     Global(u16),
     ProcDir(u32),
     /// `/PID/<PROC_FILES[i]>`.
@@ -354,65 +354,8 @@ pub const NETBSD_FILES: &[Entry] = &[
     file("stat", 0o444, rendered(show::stat)),
     file("statm", 0o444, rendered(show::statm)),
 ];
-const NETBSD_LINUX_FILES: usize = 2;
-
-/// The per-process table of a personality. SVR4 has none: a process is one file
-/// (`Node::PidFile`).
-pub fn proc_files(p: super::options::Personality) -> &'static [Entry] {
-    match p {
-        super::options::Personality::Linux => PROC_FILES,
-        super::options::Personality::Plan9 => PLAN9_FILES,
-        super::options::Personality::Qnx => QNX_FILES,
-        super::options::Personality::Svr4 => &[],
-        super::options::Personality::FreeBsd => FREEBSD_FILES,
-        super::options::Personality::NetBsd => NETBSD_FILES,
-    }
-}
-
-/// The root nodes of a personality besides its pid directories (a node's children are rows
-/// of the same table). Each table keeps its Linux-compatible rows last.
-pub fn root_table(p: super::options::Personality) -> &'static [Global] {
-    match p {
-        super::options::Personality::Linux => GLOBALS,
-        super::options::Personality::Plan9
-        | super::options::Personality::Svr4
-        | super::options::Personality::Qnx => &[],
-        super::options::Personality::FreeBsd => FREEBSD_ROOT,
-        super::options::Personality::NetBsd => NETBSD_ROOT,
-    }
-}
-
-/// How many rows at the end of a personality's (root, per-process) tables are the
-/// Linux-compatible nodes `-o nolinux` hides. For Linux itself that is its whole root.
-fn linux_rows(p: super::options::Personality) -> (usize, usize) {
-    match p {
-        super::options::Personality::Linux => (GLOBALS.len(), 0),
-        super::options::Personality::NetBsd => (NETBSD_ROOT_LINUX, NETBSD_LINUX_FILES),
-        _ => (0, 0),
-    }
-}
-
-/// The root table a mount with these options shows.
-pub fn root_shown(o: &super::options::MountOptions) -> &'static [Global] {
-    let table = root_table(o.personality);
-    let hidden = if o.nolinux {
-        linux_rows(o.personality).0
-    } else {
-        0
-    };
-    &table[..table.len().saturating_sub(hidden)]
-}
-
-/// The per-process table a mount with these options shows.
-pub fn files_shown(o: &super::options::MountOptions) -> &'static [Entry] {
-    let table = proc_files(o.personality);
-    let hidden = if o.nolinux {
-        linux_rows(o.personality).1
-    } else {
-        0
-    };
-    &table[..table.len().saturating_sub(hidden)]
-}
+/// How many of `NETBSD_FILES`' rows, at its end, are Linux-compatible.
+pub const NETBSD_LINUX_FILES: usize = 2;
 
 /// `/PID/task/TID/…`.
 pub const THREAD_FILES: &[Entry] = &[
@@ -554,7 +497,7 @@ pub const NETBSD_ROOT: &[Global] = &[
     g(None, "stat", 0o444, GlobalKind::KernelFile("stat")),
     g(None, "uptime", 0o444, GlobalKind::KernelFile("uptime")),
 ];
-const NETBSD_ROOT_LINUX: usize = 6;
+pub const NETBSD_ROOT_LINUX: usize = 6;
 
 pub fn global_child(table: &[Global], parent: Option<u16>, name: &str) -> Option<u16> {
     table
@@ -652,8 +595,16 @@ mod tests {
         let names = |o: &str| -> (Vec<&str>, Vec<&str>) {
             let o = MountOptions::parse(o).unwrap();
             (
-                root_shown(&o).iter().map(|g| g.name).collect(),
-                files_shown(&o).iter().map(|e| e.name).collect(),
+                super::super::personality::descriptor(o.personality)
+                    .root_shown(&o)
+                    .iter()
+                    .map(|g| g.name)
+                    .collect(),
+                super::super::personality::descriptor(o.personality)
+                    .files_shown(&o)
+                    .iter()
+                    .map(|e| e.name)
+                    .collect(),
             )
         };
         let (root, files) = names("personality=netbsd");

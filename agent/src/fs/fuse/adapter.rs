@@ -3,7 +3,7 @@
 //! reply. Nothing here decides what a file is or who may read it.
 
 use super::*;
-use crate::fs::{Op, count_request};
+use crate::fs::{Op, count_request, personality::Ioctls};
 
 impl Filesystem for ProcFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -333,9 +333,9 @@ impl Filesystem for ProcFs {
     ) {
         count_request(Op::Ioctl);
         let req = &Asker::from(req);
-        match self.opts.personality {
-            Personality::Svr4 => self.svr4_ioctl(req, fh, cmd, in_data, reply),
-            Personality::Qnx => self.qnx_ioctl(req, fh, cmd, in_data, reply),
+        match self.desc.ioctls {
+            Ioctls::Svr4 => self.svr4_ioctl(req, fh, cmd, in_data, reply),
+            Ioctls::Qnx => self.qnx_ioctl(req, fh, cmd, in_data, reply),
             _ => reply.error(Errno::ENOTTY),
         }
     }

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Mutex};
 
 use fuser::{Errno, FileAttr, FileHandle, OpenAccMode, OpenFlags, ReplyIoctl};
 
-use super::{Handle, Personality, ProcFs};
+use super::{Handle, ProcFs};
 use crate::{
     control::{Caller, Command, CtlError},
     fs::tree::{ControlFile, Node},
@@ -43,7 +43,7 @@ impl QnxFiles {
 impl ProcFs {
     /// Which managed file `node` is, in a QNX mount.
     fn qnx_file(&self, node: Node) -> Option<(u32, File)> {
-        if self.opts.personality != Personality::Qnx {
+        if !self.desc.own_modes {
             return None;
         }
         let Node::ProcFile(pid, i) = node else {
