@@ -41,14 +41,15 @@ pub(super) mod uring;
 
 use super::{
     access::{self, EXEC, READ, WRITE, Who},
-    kernel_files::{errno, kernel_fds, kernel_link},
+    kernel_files::{errno, kernel_fds, kernel_link, read_kernel, same_process},
+    kernel_tree::{KPath, KernelTree},
     options::{MountOptions, Scope},
     personality::{self, Descriptor},
     processes::Processes,
     show::Ctx,
     tree::{
-        Bytes, ControlFile, Entry, Global, GlobalKind, Kind, Node, Show, THREAD_FILES, entry_index,
-        global_child, global_children,
+        Bytes, ControlFile, Entry, Global, GlobalKind, Kind, Node, PTRACE_READ, Show, entry_index,
+        global_child, global_children, thread_files,
     },
 };
 use crate::{
@@ -139,6 +140,8 @@ pub struct ProcFs {
     strategy: Strategy,
     /// The mount's personality, everything it decides.
     desc: &'static Descriptor,
+    /// Nodes served from the kernel's own subtrees.
+    kernel: KernelTree,
 }
 
 /// What a mount's options decide for every request, settled once at mount rather than tested
@@ -272,6 +275,7 @@ impl ProcFs {
             qnx,
             strategy,
             desc,
+            kernel: KernelTree::default(),
         })
     }
 
@@ -402,7 +406,7 @@ impl ProcFs {
         let kind = match e.kind {
             Kind::File(_) | Kind::Control(_) => FileType::RegularFile,
             Kind::KernelLink(_) | Kind::BsdLink(_) => FileType::Symlink,
-            Kind::TaskDir | Kind::FdDir => FileType::Directory,
+            Kind::TaskDir | Kind::FdDir | Kind::KernelDir(_) => FileType::Directory,
         };
         self.attr(
             node,
@@ -421,7 +425,17 @@ impl ProcFs {
                 FileType::Symlink
             }
         };
-        self.attr(Node::Global(i), kind, gl.mode, (0, 0), self.boot_time())
+        // A host-wide file's mode is the kernel's (sysctls are 0644, some 0400): the row's is
+        // the fallback for a kernel without it.
+        let mode = match gl.kind {
+            GlobalKind::KernelFile(path) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::metadata(Path::new("/proc").join(path))
+                    .map_or(gl.mode, |m| (m.permissions().mode() & 0o7777) as u16)
+            }
+            _ => gl.mode,
+        };
+        self.attr(Node::Global(i), kind, mode, (0, 0), self.boot_time())
     }
 
     fn getattr_node(&self, node: Node) -> Result<FileAttr, Errno> {
@@ -462,22 +476,25 @@ impl ProcFs {
             }
             Node::ThreadFile(pid, tid, i) => {
                 let p = self.with_thread(pid, tid)?;
-                let e = THREAD_FILES.get(i as usize).ok_or(Errno::ENOENT)?;
+                let e = thread_files().get(i as usize).ok_or(Errno::ENOENT)?;
                 Ok(self.entry_attr(node, e, &p))
             }
             Node::Fd(pid, fd) => {
+                use std::os::unix::fs::PermissionsExt as _;
                 let (_, p) = self.process(pid)?;
-                std::fs::symlink_metadata(format!("/proc/{pid}/fd/{fd}"))
+                // The link's mode is the file's open mode (0500 read, 0300 write, 0700 both).
+                let link = std::fs::symlink_metadata(format!("/proc/{pid}/fd/{fd}"))
                     .map_err(|_| Errno::ENOENT)?;
                 Ok(self.attr(
                     node,
                     FileType::Symlink,
-                    0o700,
+                    (link.permissions().mode() & 0o7777) as u16,
                     Self::owner(&p),
                     self.proc_time(&p),
                 ))
             }
             Node::PidFile(pid) => self.svr4_attr(pid),
+            Node::Kernel(id) => self.kernel_attr(node, id),
         }
     }
 
@@ -489,13 +506,20 @@ impl ProcFs {
                 if let Some(i) = global_child(self.globals(), None, name) {
                     return Ok(Node::Global(i));
                 }
-                let pid = parse_id(name)?;
-                self.process(pid)?;
-                Ok(Node::ProcDir(pid))
+                if let Ok(pid) = parse_id(name) {
+                    self.process(pid)?;
+                    return Ok(Node::ProcDir(pid));
+                }
+                self.kernel_root(name)
             }
-            Node::Global(i) => global_child(self.globals(), Some(i), name)
-                .map(Node::Global)
-                .ok_or(Errno::ENOENT),
+            Node::Global(i) => match global_child(self.globals(), Some(i), name) {
+                Some(c) => Ok(Node::Global(c)),
+                None => self.kernel_root(&format!("{}/{name}", self.global_path(i))),
+            },
+            Node::Kernel(id) => {
+                let path = self.kernel_path(id)?;
+                self.kernel_node(path.child(name))
+            }
             Node::ProcDir(pid) => {
                 self.process(pid)?;
                 entry_index(self.files_table(), name)
@@ -514,12 +538,23 @@ impl ProcFs {
                     self.process(pid)?;
                     Ok(Node::Fd(pid, fd))
                 }
+                Some(Kind::KernelDir(dir)) => {
+                    let path = self.kpath(pid, dir.to_string())?;
+                    self.kernel_node(path.child(name))
+                }
                 _ => Err(Errno::ENOTDIR),
             },
-            Node::ThreadDir(pid, tid) => entry_index(THREAD_FILES, name)
+            Node::ThreadDir(pid, tid) => entry_index(thread_files(), name)
                 .map(|i| Node::ThreadFile(pid, tid, i))
                 .ok_or(Errno::ENOENT),
-            Node::ThreadFile(..) | Node::Fd(..) | Node::PidFile(_) => Err(Errno::ENOTDIR),
+            Node::ThreadFile(pid, tid, i) => match thread_files().get(i as usize).map(|e| e.kind) {
+                Some(Kind::KernelDir(dir)) => {
+                    let path = self.kpath(pid, format!("task/{tid}/{dir}"))?;
+                    self.kernel_node(path.child(name))
+                }
+                _ => Err(Errno::ENOTDIR),
+            },
+            Node::Fd(..) | Node::PidFile(_) => Err(Errno::ENOTDIR),
         }
     }
 
@@ -534,7 +569,7 @@ impl ProcFs {
         match parent {
             Node::ProcDir(_) => entry_index(self.files_table(), name)
                 .is_none_or(|i| !self.serves(&self.files_table()[i as usize])),
-            Node::ThreadDir(..) => entry_index(THREAD_FILES, name).is_none(),
+            Node::ThreadDir(..) => entry_index(thread_files(), name).is_none(),
             _ => false,
         }
     }
@@ -590,6 +625,14 @@ impl ProcFs {
                 may_read(req, pid)?;
                 kernel_link(&p, &format!("fd/{fd}"))
             }
+            Node::Kernel(id) => {
+                let path = self.kernel_path(id)?;
+                self.kernel_guard(req, &path)?;
+                let target =
+                    std::fs::read_link(path.host()).map_err(|e| errno(&ViewError::Io(e)))?;
+                self.kernel_same(&path)?;
+                Ok(target.as_os_str().as_bytes().to_vec())
+            }
             _ => Err(Errno::EINVAL),
         }
     }
@@ -597,11 +640,11 @@ impl ProcFs {
     fn render(&self, req: &Asker, node: Node) -> Result<Vec<u8>, Errno> {
         match node {
             Node::Global(i) => match self.globals().get(i as usize).map(|g| g.kind) {
-                Some(GlobalKind::KernelFile(path)) => std::fs::read(Path::new("/proc").join(path))
+                Some(GlobalKind::KernelFile(path)) => read_kernel(&Path::new("/proc").join(path))
                     .map_err(|e| errno(&ViewError::Io(e))),
                 Some(GlobalKind::CallerFile(name)) => {
                     let caller = self.caller_tgid(req.pid())?;
-                    std::fs::read(format!("/proc/{caller}/{name}"))
+                    read_kernel(Path::new(&format!("/proc/{caller}/{name}")))
                         .map_err(|e| errno(&ViewError::Io(e)))
                 }
                 _ => Err(Errno::EISDIR),
@@ -614,11 +657,18 @@ impl ProcFs {
                 }
             }
             Node::ThreadFile(pid, tid, i) => {
-                let e = THREAD_FILES.get(i as usize).ok_or(Errno::ENOENT)?;
+                let e = thread_files().get(i as usize).ok_or(Errno::ENOENT)?;
                 match e.kind {
                     Kind::File(show) => self.show(&*self.process_for(pid, show)?, Some(tid), show),
                     _ => Err(Errno::EISDIR),
                 }
+            }
+            Node::Kernel(id) => {
+                let path = self.kernel_path(id)?;
+                self.kernel_guard(req, &path)?;
+                let bytes = read_kernel(&path.host()).map_err(|e| errno(&ViewError::Io(e)))?;
+                self.kernel_same(&path)?;
+                Ok(bytes)
             }
             _ => Err(Errno::EISDIR),
         }
@@ -694,6 +744,25 @@ impl ProcFs {
                         name: gl.name.as_bytes().to_vec(),
                     });
                 }
+                if self.kernel_root_shown() {
+                    // The kernel's entries the table has no row for, after the rows.
+                    let dir = match parent {
+                        Some(i) => self.global_path(i),
+                        None => String::new(),
+                    };
+                    let have: Vec<Vec<u8>> = out.iter().map(|e| e.name.clone()).collect();
+                    let path = KPath {
+                        pid: 0,
+                        start: 0,
+                        rel: dir,
+                    };
+                    for e in self.kernel_list(&path)? {
+                        let numeric = e.name.iter().all(u8::is_ascii_digit);
+                        if !(parent.is_none() && numeric) && !have.contains(&e.name) {
+                            out.push(e);
+                        }
+                    }
+                }
                 if parent.is_none() && self.desc.pid_files {
                     self.svr4_listing(&mut out)?;
                 } else if parent.is_none() {
@@ -714,7 +783,7 @@ impl ProcFs {
                 push_table(&mut out, self.files_table(), &|i| Node::ProcFile(pid, i));
             }
             Node::ThreadDir(pid, tid) => {
-                push_table(&mut out, THREAD_FILES, &|i| Node::ThreadFile(pid, tid, i));
+                push_table(&mut out, thread_files(), &|i| Node::ThreadFile(pid, tid, i));
             }
             Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
                 Some(Kind::TaskDir) => {
@@ -740,12 +809,160 @@ impl ProcFs {
                         }
                     }
                 }
+                Some(Kind::KernelDir(dir)) => {
+                    let path = self.kpath(pid, dir.to_string())?;
+                    out.extend(self.kernel_list(&path)?);
+                }
                 _ => return Err(Errno::ENOTDIR),
             },
-            Node::ThreadFile(..) | Node::Fd(..) | Node::PidFile(_) => {
+            Node::ThreadFile(pid, tid, i) => match thread_files().get(i as usize).map(|e| e.kind) {
+                Some(Kind::KernelDir(dir)) => {
+                    let path = self.kpath(pid, format!("task/{tid}/{dir}"))?;
+                    out.extend(self.kernel_list(&path)?);
+                }
+                _ => return Err(Errno::ENOTDIR),
+            },
+            Node::Kernel(id) => {
+                let path = self.kernel_path(id)?;
+                out.extend(self.kernel_list(&path)?);
+            }
+            Node::Fd(..) | Node::PidFile(_) => {
                 return Err(Errno::ENOTDIR);
             }
         }
+        Ok(out)
+    }
+
+    /// Whether the root serves the kernel's entries it has no row for (Linux, unless
+    /// `nolinux` hides the host-wide nodes).
+    fn kernel_root_shown(&self) -> bool {
+        self.desc.kernel_root && !self.opts.nolinux
+    }
+
+    /// The path under /proc of a root table's node (`sys/kernel`).
+    fn global_path(&self, mut i: u16) -> String {
+        let table = self.globals();
+        let mut parts = Vec::new();
+        while let Some(gl) = table.get(i as usize) {
+            parts.push(gl.name);
+            match gl.parent {
+                Some(p) => i = p,
+                None => break,
+            }
+        }
+        parts.reverse();
+        parts.join("/")
+    }
+
+    /// A root entry served from the kernel's /proc, if the kernel has it.
+    fn kernel_root(&self, rel: &str) -> Result<Node, Errno> {
+        if !self.kernel_root_shown() {
+            return Err(Errno::ENOENT);
+        }
+        self.kernel_node(KPath {
+            pid: 0,
+            start: 0,
+            rel: rel.to_string(),
+        })
+    }
+
+    /// `rel` under process `pid`'s directory, tied to its start time.
+    fn kpath(&self, pid: u32, rel: String) -> Result<KPath, Errno> {
+        let (_, p) = self.process(pid)?;
+        Ok(KPath {
+            pid,
+            start: p.start_boottime,
+            rel,
+        })
+    }
+
+    /// The node of `path`, if the kernel has it.
+    fn kernel_node(&self, path: KPath) -> Result<Node, Errno> {
+        std::fs::symlink_metadata(path.host()).map_err(|_| Errno::ENOENT)?;
+        Ok(Node::Kernel(self.kernel.id(path)))
+    }
+
+    /// The path of kernel node `id`, whose process (if it has one) is still the same.
+    fn kernel_path(&self, id: u64) -> Result<Arc<KPath>, Errno> {
+        let path = self.kernel.path(id).ok_or(Errno::ENOENT)?;
+        if path.pid != 0 {
+            let (_, p) = self.process(path.pid)?;
+            if p.start_boottime != path.start {
+                return Err(Errno::ENOENT);
+            }
+        }
+        Ok(path)
+    }
+
+    /// After a read of `path`: its process is still the one the node was made for.
+    fn kernel_same(&self, path: &KPath) -> Result<(), Errno> {
+        if path.pid == 0 {
+            return Ok(());
+        }
+        let (_, p) = self.process(path.pid)?;
+        if p.start_boottime != path.start {
+            return Err(Errno::ENOENT);
+        }
+        same_process(&p).map_err(|e| errno(&e))
+    }
+
+    /// procfs's rules on top of the modes: a ptrace-read check for the subtrees it guards so
+    /// (`fdinfo`, `ns`, `fd`, …), and CAP_SYS_ADMIN (here: root) for `map_files`.
+    fn kernel_guard(&self, req: &Asker, path: &KPath) -> Result<(), Errno> {
+        if path.pid == 0 {
+            return Ok(());
+        }
+        let mut parts = path.rel.split('/');
+        let mut top = parts.next().unwrap_or_default();
+        if top == "task" {
+            top = parts.nth(1).unwrap_or_default();
+        }
+        if top == "map_files" && req.uid() != 0 {
+            return Err(Errno::EPERM);
+        }
+        if PTRACE_READ.contains(&top) {
+            may_read(req, path.pid)?;
+        }
+        Ok(())
+    }
+
+    fn kernel_attr(&self, node: Node, id: u64) -> Result<FileAttr, Errno> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = self.kernel_path(id)?;
+        let md = std::fs::symlink_metadata(path.host()).map_err(|e| errno(&ViewError::Io(e)))?;
+        let time = if path.pid == 0 {
+            self.boot_time()
+        } else {
+            UNIX_EPOCH + Duration::from_nanos(self.host.boot_epoch_ns + path.start)
+        };
+        Ok(self.attr(
+            node,
+            file_type(&md.file_type()),
+            (md.mode() & 0o7777) as u16,
+            (md.uid(), md.gid()),
+            time,
+        ))
+    }
+
+    /// The entries of a kernel directory, as nodes of the kernel tree.
+    fn kernel_list(&self, path: &KPath) -> Result<Vec<DirEnt>, Errno> {
+        let rd = std::fs::read_dir(path.host()).map_err(|e| errno(&ViewError::Io(e)))?;
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            let Ok(kind) = e.file_type() else { continue };
+            let ino = Node::Kernel(self.kernel.id(path.child(&name)))
+                .ino()
+                .unwrap_or(0);
+            out.push(DirEnt {
+                ino,
+                kind: file_type(&kind),
+                name: name.into_bytes(),
+            });
+        }
+        self.kernel_same(path)?;
         Ok(out)
     }
 
@@ -806,6 +1023,25 @@ impl ProcFs {
     /// The open file `fh`, if it is one of ours.
     fn handle(&self, fh: FileHandle) -> Option<Handle> {
         self.files.lock().ok().and_then(|f| f.get(&fh.0).cloned())
+    }
+}
+
+fn file_type(t: &std::fs::FileType) -> FileType {
+    use std::os::unix::fs::FileTypeExt as _;
+    if t.is_dir() {
+        FileType::Directory
+    } else if t.is_symlink() {
+        FileType::Symlink
+    } else if t.is_fifo() {
+        FileType::NamedPipe
+    } else if t.is_socket() {
+        FileType::Socket
+    } else if t.is_char_device() {
+        FileType::CharDevice
+    } else if t.is_block_device() {
+        FileType::BlockDevice
+    } else {
+        FileType::RegularFile
     }
 }
 
@@ -1006,11 +1242,20 @@ impl ProcFs {
             .ok_or(Errno::ENOENT)
             .and_then(|n| self.allow(req, n, READ).map(|()| n))
             .and_then(|n| {
-                // fd/ is 0500, but a non-dumpable process's is root's in procfs.
-                if let Node::ProcFile(pid, i) = n
-                    && let Some(Kind::FdDir) = self.files_table().get(i as usize).map(|e| e.kind)
-                {
-                    may_read(req, pid)?;
+                // fd/ is 0500, but a non-dumpable process's is root's in procfs; the kernel's
+                // own guarded directories (fdinfo/, ns/, map_files/) likewise.
+                match n {
+                    Node::ProcFile(pid, i) => {
+                        match self.files_table().get(i as usize).map(|e| e.kind) {
+                            Some(Kind::FdDir) => may_read(req, pid)?,
+                            Some(Kind::KernelDir(dir)) => {
+                                self.kernel_guard(req, &self.kpath(pid, dir.to_string())?)?;
+                            }
+                            _ => {}
+                        }
+                    }
+                    Node::Kernel(id) => self.kernel_guard(req, &*self.kernel_path(id)?)?,
+                    _ => {}
                 }
                 Ok(n)
             })

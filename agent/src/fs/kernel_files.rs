@@ -8,6 +8,41 @@ use fuser::Errno;
 
 use crate::{procfs, table::Process, view::ViewError};
 
+/// Kernel files a rendering cannot hold: read to their end they never end or block (`kmsg`),
+/// or are a window on memory whose size is the address space (`pagemap`, `kcore`, `kpage*`).
+/// They need reads at an offset into the kernel's open file, which a view that renders at
+/// open does not make: opening them through the view is EOPNOTSUPP (listed in the README).
+pub const UNSERVABLE: &[&str] = &[
+    "kcore",
+    "kmsg",
+    "kpagecount",
+    "kpageflags",
+    "kpagecgroup",
+    "pagemap",
+];
+
+/// The most of one kernel file a rendering holds; procfs's text files are far below it.
+pub const MAX_READ: u64 = 16 << 20;
+
+/// Whether the kernel file at `path` (its last component) can be rendered at open.
+pub fn servable(path: &str) -> bool {
+    !UNSERVABLE.contains(&path.rsplit('/').next().unwrap_or(path))
+}
+
+/// Reads a kernel file for a rendering: at most `MAX_READ` bytes; EOPNOTSUPP for the
+/// unservable.
+pub fn read_kernel(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    if !servable(&path.to_string_lossy()) {
+        return Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_READ)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
 pub fn errno(e: &ViewError) -> Errno {
     Errno::from_i32(e.errno())
 }
@@ -15,7 +50,11 @@ pub fn errno(e: &ViewError) -> Errno {
 /// Reads the kernel's per-process file and checks the pid still names the same process, so a
 /// reused pid never shows another process's data.
 pub fn kernel_file(p: &Process, name: &str) -> Result<Vec<u8>, ViewError> {
-    let bytes = procfs::read_file(p.pid, name)?;
+    let bytes = read_kernel(
+        &std::path::Path::new("/proc")
+            .join(p.pid.to_string())
+            .join(name),
+    )?;
     same_process(p)?;
     Ok(bytes)
 }

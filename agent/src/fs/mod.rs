@@ -5,6 +5,7 @@ mod access;
 mod bsd;
 mod fuse;
 mod kernel_files;
+mod kernel_tree;
 pub mod options;
 pub mod personality;
 pub mod processes;

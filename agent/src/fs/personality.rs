@@ -26,8 +26,9 @@ pub type Owner = fn(&Process, Option<&Entry>) -> (u32, u32);
 
 pub struct Descriptor {
     pub personality: Personality,
-    /// `/PID/…`; empty when a process is one file at the root (`pid_files`).
-    pub files: &'static [Entry],
+    /// `/PID/…`; empty when a process is one file at the root (`pid_files`). A function, as
+    /// Linux's has every entry of the running kernel (`tree::linux_files`).
+    pub files: fn() -> &'static [Entry],
     /// The root's nodes besides the processes.
     pub root: &'static [Global],
     /// A process is a five-digit file at the root (SVR4), not a directory.
@@ -40,61 +41,69 @@ pub struct Descriptor {
     pub ioctls: Ioctls,
     /// `as` and `ctl` keep modes of their own, which chmod may only lower (QNX).
     pub own_modes: bool,
+    /// The root serves every entry of the kernel's /proc it has no row for (Linux).
+    pub kernel_root: bool,
 }
 
 const LINUX: Descriptor = Descriptor {
     personality: Personality::Linux,
-    files: tree::PROC_FILES,
+    files: tree::linux_files,
     root: tree::GLOBALS,
     pid_files: false,
     linux_rows: (tree::GLOBALS.len(), 0),
     owner: None,
     ioctls: Ioctls::None,
     own_modes: false,
+    kernel_root: true,
 };
 
 const PLAN9: Descriptor = Descriptor {
     personality: Personality::Plan9,
-    files: tree::PLAN9_FILES,
+    files: || tree::PLAN9_FILES,
     root: &[],
     linux_rows: (0, 0),
+    kernel_root: false,
     ..LINUX
 };
 
 const SVR4: Descriptor = Descriptor {
     personality: Personality::Svr4,
-    files: &[],
+    files: || &[],
     root: &[],
     pid_files: true,
     linux_rows: (0, 0),
     ioctls: Ioctls::Svr4,
+    kernel_root: false,
     ..LINUX
 };
 
 const QNX: Descriptor = Descriptor {
     personality: Personality::Qnx,
-    files: tree::QNX_FILES,
+    files: || tree::QNX_FILES,
     root: &[],
     linux_rows: (0, 0),
     ioctls: Ioctls::Qnx,
     own_modes: true,
+    kernel_root: false,
     ..LINUX
 };
 
 const FREEBSD: Descriptor = Descriptor {
     personality: Personality::FreeBsd,
-    files: tree::FREEBSD_FILES,
+    files: || tree::FREEBSD_FILES,
     root: tree::FREEBSD_ROOT,
     linux_rows: (0, 0),
     owner: Some(bsd::freebsd_owner),
+    kernel_root: false,
     ..LINUX
 };
 
 const NETBSD: Descriptor = Descriptor {
     personality: Personality::NetBsd,
-    files: tree::NETBSD_FILES,
+    files: || tree::NETBSD_FILES,
     root: tree::NETBSD_ROOT,
     linux_rows: (tree::NETBSD_ROOT_LINUX, tree::NETBSD_LINUX_FILES),
+    kernel_root: false,
     ..LINUX
 };
 
@@ -118,8 +127,9 @@ impl Descriptor {
 
     /// The per-process table a mount with these options shows.
     pub fn files_shown(&self, o: &MountOptions) -> &'static [Entry] {
+        let files = (self.files)();
         let hidden = if o.nolinux { self.linux_rows.1 } else { 0 };
-        &self.files[..self.files.len().saturating_sub(hidden)]
+        &files[..files.len().saturating_sub(hidden)]
     }
 }
 
@@ -139,8 +149,9 @@ mod tests {
         ] {
             let d = descriptor(p);
             assert_eq!(d.personality, p);
-            assert!(d.linux_rows.0 <= d.root.len() && d.linux_rows.1 <= d.files.len());
-            assert_eq!(d.pid_files, d.files.is_empty(), "{p:?}");
+            let files = (d.files)();
+            assert!(d.linux_rows.0 <= d.root.len() && d.linux_rows.1 <= files.len());
+            assert_eq!(d.pid_files, files.is_empty(), "{p:?}");
         }
     }
 }

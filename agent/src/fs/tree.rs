@@ -26,6 +26,9 @@ pub enum Node {
     /// SVR4's `/NNNNN`: a process as one file at the root (its address space, and the PFC*
     /// ioctls), where the other personalities have a directory.
     PidFile(u32),
+    /// A node of a subtree served from the kernel's own (`/PID/fdinfo/…`, `/PID/net/…`,
+    /// `/sys/…`): its path is in the mount's table of such nodes (fs/kernel_tree.rs).
+    Kernel(u64),
 }
 
 const PID_BITS: u32 = 24;
@@ -53,6 +56,7 @@ impl Node {
             Node::ThreadFile(p, t, i) => pack(5, p, t, i),
             Node::Fd(p, fd) => pack(6, p, fd, 0),
             Node::PidFile(p) => pack(7, p, 0, 0),
+            Node::Kernel(id) => (id < 1 << 60).then_some((8 << 60) | id),
         }
     }
 
@@ -71,6 +75,7 @@ impl Node {
             5 => Node::ThreadFile(pid, sub, idx),
             6 => Node::Fd(pid, sub),
             7 => Node::PidFile(pid),
+            8 => Node::Kernel(ino & ((1 << 60) - 1)),
             _ => return None,
         })
     }
@@ -197,6 +202,9 @@ pub enum Kind {
     TaskDir,
     /// `fd/`.
     FdDir,
+    /// A directory served from the kernel's of this name for the same process (`fdinfo`,
+    /// `ns`, `net`, `attr`, …), its entries `Node::Kernel`.
+    KernelDir(&'static str),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -228,7 +236,7 @@ pub const PROC_FILES: &[Entry] = &[
     file("statm", 0o444, rendered(show::statm)),
     file("status", 0o444, rendered(show::status)),
     file("cmdline", 0o444, rendered(show::cmdline)),
-    file("comm", 0o444, rendered(show::comm)),
+    file("comm", 0o644, rendered(show::comm)),
     file("limits", 0o444, rendered(show::limits)),
     file("maps", 0o444, ptrace(rendered(show::maps))),
     file("environ", 0o400, ptrace(own(kernel("environ")))),
@@ -238,7 +246,7 @@ pub const PROC_FILES: &[Entry] = &[
     file("mountinfo", 0o444, kernel("mountinfo")),
     file("mounts", 0o444, kernel("mounts")),
     file("oom_score", 0o444, kernel("oom_score")),
-    file("loginuid", 0o444, kernel("loginuid")),
+    file("loginuid", 0o644, kernel("loginuid")),
     ctl_entry("ctl", 0o200, ControlFile::Ctl),
     ctl_entry("note", 0o200, ControlFile::Note),
     ctl_entry("notepg", 0o200, ControlFile::NotePg),
@@ -357,13 +365,95 @@ pub const NETBSD_FILES: &[Entry] = &[
 /// How many of `NETBSD_FILES`' rows, at its end, are Linux-compatible.
 pub const NETBSD_LINUX_FILES: usize = 2;
 
+/// Files procfs guards with a ptrace-read check on top of their mode (fs/proc/base.c:
+/// `proc_mem_open`, `lock_trace`, `proc_pid_*` with `ptrace_may_access`), and directories whose
+/// entries it guards so (`fd`, `fdinfo`, `ns`; `map_files` needs CAP_SYS_ADMIN besides).
+pub const PTRACE_READ: &[&str] = &[
+    "auxv",
+    "environ",
+    "io",
+    "ksm_merging_pages",
+    "ksm_stat",
+    "map_files",
+    "maps",
+    "mem",
+    "numa_maps",
+    "pagemap",
+    "personality",
+    "smaps",
+    "smaps_rollup",
+    "stack",
+    "syscall",
+    "timers",
+    "timerslack_ns",
+    "fd",
+    "fdinfo",
+    "ns",
+];
+
+/// Rows for every entry the kernel has in `dir` (`/proc/self` or one of its threads) that
+/// `known` lacks, served from the kernel's own: a file as `kernel(name)` with its mode (and
+/// procfs's ptrace rule where it has one), a link as `KernelLink`, a directory as `KernelDir`.
+/// Read from the running kernel, so the view has exactly its entries, whatever its version.
+fn walked(dir: &str, known: &[Entry]) -> Vec<Entry> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut extra: Vec<Entry> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if known.iter().any(|k| k.name == name) {
+                return None;
+            }
+            let meta = e.metadata().ok()?;
+            let mode = (meta.permissions().mode() & 0o7777) as u16;
+            let name: &'static str = Box::leak(name.into_boxed_str());
+            let guarded = PTRACE_READ.contains(&name);
+            let kind = if meta.file_type().is_symlink() {
+                Kind::KernelLink(name)
+            } else if meta.is_dir() {
+                Kind::KernelDir(name)
+            } else if guarded {
+                Kind::File(ptrace(own(kernel(name))))
+            } else {
+                Kind::File(kernel(name))
+            };
+            Some(Entry { name, mode, kind })
+        })
+        .collect();
+    extra.sort_by_key(|e| e.name);
+    extra
+}
+
+/// The Linux personality's `/PID/…`: `PROC_FILES`, then every other entry the kernel has.
+pub fn linux_files() -> &'static [Entry] {
+    static ALL: std::sync::OnceLock<&'static [Entry]> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut all = PROC_FILES.to_vec();
+        all.extend(walked("/proc/self", PROC_FILES));
+        Box::leak(all.into_boxed_slice())
+    })
+}
+
+/// `/PID/task/TID/…`: `THREAD_FILES`, then every other entry the kernel has for a thread.
+pub fn thread_files() -> &'static [Entry] {
+    static ALL: std::sync::OnceLock<&'static [Entry]> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        let me = std::process::id();
+        let mut all = THREAD_FILES.to_vec();
+        all.extend(walked(&format!("/proc/{me}/task/{me}"), THREAD_FILES));
+        Box::leak(all.into_boxed_slice())
+    })
+}
+
 /// `/PID/task/TID/…`.
 pub const THREAD_FILES: &[Entry] = &[
     file("stat", 0o444, rendered(show::stat)),
     file("statm", 0o444, rendered(show::statm)),
     file("status", 0o444, rendered(show::status)),
     file("cmdline", 0o444, rendered(show::cmdline)),
-    file("comm", 0o444, rendered(show::comm)),
+    file("comm", 0o644, rendered(show::comm)),
     file("wchan", 0o444, kernel("wchan")),
 ];
 
@@ -627,6 +717,6 @@ mod tests {
             names("nolinux").0.is_empty(),
             "Linux's own root is its Linux nodes"
         );
-        assert_eq!(names("nolinux").1.len(), PROC_FILES.len());
+        assert_eq!(names("nolinux").1.len(), linux_files().len());
     }
 }

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use super::*;
 use crate::{
-    fs::tree::PROC_FILES,
+    fs::tree::{PROC_FILES, linux_files},
     state::Gone,
     view::{linux, test_process},
 };
@@ -101,9 +101,17 @@ fn a_process_directory_is_its_owners_and_lists_every_row() {
     assert_eq!(dir.kind, FileType::Directory);
     assert_eq!((dir.uid, dir.gid, dir.perm), (1000, 1000, 0o555));
     let listed = names(&fs, Node::ProcDir(4242));
-    let rows: Vec<&str> = PROC_FILES.iter().map(|e| e.name).collect();
+    let rows: Vec<&str> = linux_files().iter().map(|e| e.name).collect();
     assert_eq!(listed[..2], [".", ".."]);
     assert_eq!(listed[2..], rows);
+    // The table's rows first, then every other entry the running kernel has.
+    assert_eq!(
+        rows[..PROC_FILES.len()],
+        *PROC_FILES.iter().map(|e| e.name).collect::<Vec<_>>()
+    );
+    for name in ["smaps", "fdinfo", "ns", "oom_score_adj", "auxv"] {
+        assert!(rows.contains(&name), "{name}");
+    }
     assert_eq!(
         names(&fs, Node::Root).last().map(String::as_str),
         Some("4242")
