@@ -99,6 +99,7 @@ pub async fn run(
     shutdown_when: impl Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     config::check(&args)?;
+    crate::table::keep_shown_cpu_times();
     let grouping = match &args.metrics_groups_config {
         Some(path) => groups::Grouping::load(path)?,
         None => groups::Grouping::By(args.metrics_group_by),

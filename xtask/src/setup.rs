@@ -34,13 +34,27 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
 ];
 
-/// Python modules the tests use, with the PyPI package that provides each: psutil (works on a
-/// mounted view), openapi-spec-validator (checks /v1/openapi.json), kubernetes-validate
-/// (validates the manifests against the Kubernetes schemas it ships, offline).
+/// Python modules the tests use, with the PyPI package that provides each:
+/// openapi-spec-validator (checks /v1/openapi.json), kubernetes-validate (validates the
+/// manifests against the Kubernetes schemas it ships, offline).
 const PIP_PACKAGES: &[(&str, &str)] = &[
-    ("psutil", "psutil"),
     ("openapi_spec_validator", "openapi-spec-validator"),
     ("kubernetes_validate", "kubernetes-validate"),
+];
+
+/// The psutil whose own test suite agent/tests/psutil.rs runs on the kernel's /proc and on a
+/// view (keep in sync with PSUTIL_VERSION there); fuse.rs also uses it on a mounted view.
+const PSUTIL_VERSION: &str = "7.2.2";
+/// The SHA-256 of psutil-7.2.2.tar.gz, the sdist whose tests/ that test runs.
+const PSUTIL_SDIST_SHA256: &str =
+    "0746f5f8d406af344fd547f1c8daa5f5c33dbc293bb8d6a16d80b4bb88f59372";
+
+/// PyPI packages pinned to one version (distribution name, version): psutil and what its test
+/// suite needs here, pytest and pytest-timeout (so that a hang cannot stall the run).
+const PIP_PINNED: &[(&str, &str)] = &[
+    ("psutil", PSUTIL_VERSION),
+    ("pytest", "9.0.2"),
+    ("pytest-timeout", "2.4.0"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -48,8 +62,129 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker()?;
     apt()?;
     pip()?;
+    pip_pinned()?;
+    psutil_tests()?;
     Ok(())
 }
+
+/// PIP_PINNED at their versions: one `python3` asks for every installed version, and one
+/// `pip install` fixes whichever differ.
+fn pip_pinned() -> anyhow::Result<()> {
+    let names: Vec<&str> = PIP_PINNED.iter().map(|(name, _)| *name).collect();
+    let have =
+        stdout(Command::new("python3").args(["-c", VERSIONS]).args(&names)).unwrap_or_default();
+    let have: Vec<&str> = have.lines().collect();
+    let wrong: Vec<String> = PIP_PINNED
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, version))| have.get(*i) != Some(version))
+        .map(|(_, (name, version))| format!("{name}=={version}"))
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: pip install {}", wrong.join(" "));
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(&wrong)
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install {} failed", wrong.join(" "));
+    }
+    Ok(())
+}
+
+/// `python3 -c VERSIONS NAME…`: the installed version of each distribution, `-` for none.
+const VERSIONS: &str = "\
+import sys, importlib.metadata as m
+for name in sys.argv[1:]:
+    try:
+        print(m.version(name))
+    except m.PackageNotFoundError:
+        print('-')
+";
+
+/// Where psutil's own tests are unpacked: `tests/` of its sdist, with an empty `pytest.ini`
+/// beside it (agent/tests/psutil.rs looks here).
+fn psutil_tests_dir() -> std::path::PathBuf {
+    crate::root()
+        .join("target/psutil-tests")
+        .join(format!("psutil-{PSUTIL_VERSION}"))
+}
+
+/// psutil's sdist from PyPI (pip, so through the configured index; its hash checked), of which
+/// only `tests/` is unpacked: the package itself is the installed one, and psutil's
+/// pyproject.toml asks pytest for plugins (xdist, instafail) these runs do not use.
+fn psutil_tests() -> anyhow::Result<()> {
+    let dir = psutil_tests_dir();
+    // pytest.ini is written last, just before the rename that makes the directory appear.
+    if dir.join("pytest.ini").exists() && dir.join("tests/test_linux.py").exists() {
+        return Ok(());
+    }
+    let base = dir.parent().context("psutil tests dir has a parent")?;
+    let download = base.join("download");
+    let unpack = base.join("unpack");
+    for scratch in [&download, &unpack] {
+        if scratch.exists() {
+            fs::remove_dir_all(scratch)?;
+        }
+        fs::create_dir_all(scratch)?;
+    }
+    eprintln!("setup: fetching the tests of psutil {PSUTIL_VERSION} (its sdist)");
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps"])
+        .args(["--no-binary", ":all:"])
+        .arg(format!("psutil=={PSUTIL_VERSION}"))
+        .arg("-d")
+        .arg(&download)
+        .status()
+        .context("running pip download")?;
+    if !status.success() {
+        bail!("pip download psutil=={PSUTIL_VERSION} failed");
+    }
+    let top = format!("psutil-{PSUTIL_VERSION}");
+    let sdist = download.join(format!("{top}.tar.gz"));
+    let status = Command::new("python3")
+        .args(["-c", UNPACK_TESTS])
+        .arg(&sdist)
+        .arg(PSUTIL_SDIST_SHA256)
+        .arg(&unpack)
+        .arg(&top)
+        .status()
+        .context("running python3 to unpack the sdist")?;
+    if !status.success() {
+        bail!("unpacking the tests of {} failed", sdist.display());
+    }
+    fs::write(
+        unpack.join(&top).join("pytest.ini"),
+        "# Written by `cargo xtask setup`: pytest must not look further up for a configuration.\n\
+         [pytest]\n",
+    )?;
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::rename(unpack.join(&top), &dir)?;
+    fs::remove_dir_all(&unpack)?;
+    fs::remove_dir_all(&download)?;
+    Ok(())
+}
+
+/// `python3 -c UNPACK_TESTS SDIST SHA256 DEST TOP`: checks the sdist's hash and unpacks its
+/// `TOP/tests/` into DEST.
+const UNPACK_TESTS: &str = "\
+import hashlib, sys, tarfile
+sdist, want, dest, top = sys.argv[1:5]
+have = hashlib.sha256(open(sdist, 'rb').read()).hexdigest()
+if have != want:
+    sys.exit(f'{sdist}: sha256 {have}, expected {want}')
+with tarfile.open(sdist) as t:
+    members = [m for m in t.getmembers() if m.name.startswith(top + '/tests/')]
+    if not members:
+        sys.exit(f'no {top}/tests/ in {sdist}')
+    safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}
+    t.extractall(dest, members=members, **safe)
+";
 
 /// PIP_PACKAGES for the `python3` on PATH.
 fn pip() -> anyhow::Result<()> {

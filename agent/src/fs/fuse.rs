@@ -1,8 +1,11 @@
-//! The `fuser::Filesystem` adapter: a thin layer that decodes inodes, asks the process table
-//! for a snapshot, and calls the shared renderers. File contents are rendered once at open and
-//! served from that copy: by READs (direct_io, so the size 0 that getattr reports never
-//! truncates a read), or with `-o passthrough` by the kernel itself from a memfd
-//! (fuse/passthrough.rs).
+//! The view's core: what a node is (the inode encodes it, fs/tree.rs), its attributes, its
+//! children, its contents, who may do what with it, asked of the process table through the
+//! `Processes` trait. The operations over it are ops.rs; the transports are thin adapters
+//! (adapter.rs for fuser's /dev/fuse threads, uring.rs for FUSE-over-io_uring queues). File
+//! contents are rendered once at open and served from that copy: by READs (direct_io, so the
+//! size 0 that getattr reports never truncates a read), or with `-o passthrough` by the kernel
+//! itself from a memfd (passthrough.rs). The core is tested without a mount against a fixed
+//! table (tests.rs).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -26,12 +29,16 @@ use fuser::{
 use fusewire::window;
 
 use control_io::{control_read, control_write};
+use kernel::reader_running;
+pub(super) use ops::{BACKED_OPEN, Found, Opened, RENDERED_OPEN};
 
 // Personality-specific parts of the adapter, and the cache= mode, as child modules so they
 // share its internals.
 mod adapter;
 mod cache;
 mod control_io;
+mod kernel;
+mod ops;
 mod passthrough;
 mod qnx;
 mod svr4;
@@ -331,7 +338,23 @@ impl ProcFs {
             .table
             .process(pid, bound, self.opts.cache.is_none())
             .map_err(|_| Errno::EIO)?;
-        let p = p.ok_or(Errno::ENOENT)?;
+        let p = match p {
+            Some(p) => p,
+            // procfs answers a thread's id as a directory too, though it lists only
+            // processes: its thread group's.
+            None => match self.caller_tgid(pid) {
+                Ok(tgid) if tgid != pid => {
+                    // Threads have no event: a new one is in the kernel's list only.
+                    let now = self.strategy.read_bound.unwrap_or(bound);
+                    let (_, p) = self.process_within(tgid, now)?;
+                    if !p.tasks.iter().any(|t| t.tid == pid) {
+                        return Err(Errno::ENOENT);
+                    }
+                    p
+                }
+                _ => return Err(Errno::ENOENT),
+            },
+        };
         if !self.visible(&p) {
             return Err(Errno::ENOENT);
         }
@@ -339,6 +362,12 @@ impl ProcFs {
     }
 
     fn visible(&self, p: &Process) -> bool {
+        // A zombie is reaped (and gone from /proc) an RCU grace period before the free event
+        // that removes it from the table, 15-30 ms here: for the few zombies, the kernel says
+        // whether it is still there.
+        if p.exit.is_some() && crate::fs::kernel_files::same_process(p).is_err() {
+            return false;
+        }
         match p.leader() {
             Some(t) => self
                 .scope
@@ -652,14 +681,20 @@ impl ProcFs {
             Node::ProcFile(pid, i) => {
                 let e = self.files_table().get(i as usize).ok_or(Errno::ENOENT)?;
                 match e.kind {
-                    Kind::File(show) => self.show(&*self.process_for(pid, show)?, None, show),
+                    Kind::File(show) => {
+                        let p = reader_running(self.process_for(pid, show)?, req.pid());
+                        self.show(&p, None, show)
+                    }
                     _ => Err(Errno::EISDIR),
                 }
             }
             Node::ThreadFile(pid, tid, i) => {
                 let e = thread_files().get(i as usize).ok_or(Errno::ENOENT)?;
                 match e.kind {
-                    Kind::File(show) => self.show(&*self.process_for(pid, show)?, Some(tid), show),
+                    Kind::File(show) => {
+                        let p = reader_running(self.process_for(pid, show)?, req.pid());
+                        self.show(&p, Some(tid), show)
+                    }
                     _ => Err(Errno::EISDIR),
                 }
             }
@@ -833,139 +868,6 @@ impl ProcFs {
         Ok(out)
     }
 
-    /// Whether the root serves the kernel's entries it has no row for (Linux, unless
-    /// `nolinux` hides the host-wide nodes).
-    fn kernel_root_shown(&self) -> bool {
-        self.desc.kernel_root && !self.opts.nolinux
-    }
-
-    /// The path under /proc of a root table's node (`sys/kernel`).
-    fn global_path(&self, mut i: u16) -> String {
-        let table = self.globals();
-        let mut parts = Vec::new();
-        while let Some(gl) = table.get(i as usize) {
-            parts.push(gl.name);
-            match gl.parent {
-                Some(p) => i = p,
-                None => break,
-            }
-        }
-        parts.reverse();
-        parts.join("/")
-    }
-
-    /// A root entry served from the kernel's /proc, if the kernel has it.
-    fn kernel_root(&self, rel: &str) -> Result<Node, Errno> {
-        if !self.kernel_root_shown() {
-            return Err(Errno::ENOENT);
-        }
-        self.kernel_node(KPath {
-            pid: 0,
-            start: 0,
-            rel: rel.to_string(),
-        })
-    }
-
-    /// `rel` under process `pid`'s directory, tied to its start time.
-    fn kpath(&self, pid: u32, rel: String) -> Result<KPath, Errno> {
-        let (_, p) = self.process(pid)?;
-        Ok(KPath {
-            pid,
-            start: p.start_boottime,
-            rel,
-        })
-    }
-
-    /// The node of `path`, if the kernel has it.
-    fn kernel_node(&self, path: KPath) -> Result<Node, Errno> {
-        std::fs::symlink_metadata(path.host()).map_err(|_| Errno::ENOENT)?;
-        Ok(Node::Kernel(self.kernel.id(path)))
-    }
-
-    /// The path of kernel node `id`, whose process (if it has one) is still the same.
-    fn kernel_path(&self, id: u64) -> Result<Arc<KPath>, Errno> {
-        let path = self.kernel.path(id).ok_or(Errno::ENOENT)?;
-        if path.pid != 0 {
-            let (_, p) = self.process(path.pid)?;
-            if p.start_boottime != path.start {
-                return Err(Errno::ENOENT);
-            }
-        }
-        Ok(path)
-    }
-
-    /// After a read of `path`: its process is still the one the node was made for.
-    fn kernel_same(&self, path: &KPath) -> Result<(), Errno> {
-        if path.pid == 0 {
-            return Ok(());
-        }
-        let (_, p) = self.process(path.pid)?;
-        if p.start_boottime != path.start {
-            return Err(Errno::ENOENT);
-        }
-        same_process(&p).map_err(|e| errno(&e))
-    }
-
-    /// procfs's rules on top of the modes: a ptrace-read check for the subtrees it guards so
-    /// (`fdinfo`, `ns`, `fd`, …), and CAP_SYS_ADMIN (here: root) for `map_files`.
-    fn kernel_guard(&self, req: &Asker, path: &KPath) -> Result<(), Errno> {
-        if path.pid == 0 {
-            return Ok(());
-        }
-        let mut parts = path.rel.split('/');
-        let mut top = parts.next().unwrap_or_default();
-        if top == "task" {
-            top = parts.nth(1).unwrap_or_default();
-        }
-        if top == "map_files" && req.uid() != 0 {
-            return Err(Errno::EPERM);
-        }
-        if PTRACE_READ.contains(&top) {
-            may_read(req, path.pid)?;
-        }
-        Ok(())
-    }
-
-    fn kernel_attr(&self, node: Node, id: u64) -> Result<FileAttr, Errno> {
-        use std::os::unix::fs::MetadataExt as _;
-        let path = self.kernel_path(id)?;
-        let md = std::fs::symlink_metadata(path.host()).map_err(|e| errno(&ViewError::Io(e)))?;
-        let time = if path.pid == 0 {
-            self.boot_time()
-        } else {
-            UNIX_EPOCH + Duration::from_nanos(self.host.boot_epoch_ns + path.start)
-        };
-        Ok(self.attr(
-            node,
-            file_type(&md.file_type()),
-            (md.mode() & 0o7777) as u16,
-            (md.uid(), md.gid()),
-            time,
-        ))
-    }
-
-    /// The entries of a kernel directory, as nodes of the kernel tree.
-    fn kernel_list(&self, path: &KPath) -> Result<Vec<DirEnt>, Errno> {
-        let rd = std::fs::read_dir(path.host()).map_err(|e| errno(&ViewError::Io(e)))?;
-        let mut out = Vec::new();
-        for e in rd.flatten() {
-            let Ok(name) = e.file_name().into_string() else {
-                continue;
-            };
-            let Ok(kind) = e.file_type() else { continue };
-            let ino = Node::Kernel(self.kernel.id(path.child(&name)))
-                .ino()
-                .unwrap_or(0);
-            out.push(DirEnt {
-                ino,
-                kind: file_type(&kind),
-                name: name.into_bytes(),
-            });
-        }
-        self.kernel_same(path)?;
-        Ok(out)
-    }
-
     /// Opens a control file: the process must exist in this view, and the opener is
     /// remembered, since every operation is checked against the caller's own rights.
     fn open_control(&self, req: &Asker, pid: u32, ctl: ControlFile) -> Result<Handle, Errno> {
@@ -1026,25 +928,6 @@ impl ProcFs {
     }
 }
 
-fn file_type(t: &std::fs::FileType) -> FileType {
-    use std::os::unix::fs::FileTypeExt as _;
-    if t.is_dir() {
-        FileType::Directory
-    } else if t.is_symlink() {
-        FileType::Symlink
-    } else if t.is_fifo() {
-        FileType::NamedPipe
-    } else if t.is_socket() {
-        FileType::Socket
-    } else if t.is_char_device() {
-        FileType::CharDevice
-    } else if t.is_block_device() {
-        FileType::BlockDevice
-    } else {
-        FileType::RegularFile
-    }
-}
-
 fn parse_id(name: &str) -> Result<u32, Errno> {
     // Canonical decimal only: "007" is not a pid directory on Linux.
     if name.is_empty() || name.starts_with('0') || !name.bytes().all(|b| b.is_ascii_digit()) {
@@ -1067,217 +950,4 @@ fn parse_fd(name: &str) -> Result<u32, Errno> {
         return Ok(0);
     }
     parse_id(name)
-}
-
-/// What a LOOKUP found.
-pub(super) enum Found {
-    Node(FileAttr),
-    /// Nothing, and nothing can ever be there (`never_holds`): the kernel may keep the miss.
-    Never,
-}
-
-/// What an OPEN made.
-pub(super) enum Opened {
-    /// A control file's handle, kept.
-    Handle(u64),
-    /// A file's contents, rendered now; the transport keeps them (or backs them with a memfd).
-    Rendered(Vec<u8>),
-}
-
-/// How a rendered file is opened: DIRECT_IO, so the size 0 that getattr reports never
-/// truncates a read; NOFLUSH, since nothing is ever written, so close(2) need not wait for a
-/// FLUSH round trip.
-const RENDERED_OPEN: FopenFlags = FopenFlags::FOPEN_DIRECT_IO.union(FopenFlags::FOPEN_NOFLUSH);
-/// How a file backed by a memfd is opened: no DIRECT_IO, which would override passthrough and
-/// send READs after all.
-const BACKED_OPEN: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
-
-/// The operations, whichever transport brought the request: fuser's adapter below, or the
-/// io_uring queues of fuse/uring.rs.
-impl ProcFs {
-    fn do_lookup(&self, req: &Asker, parent: u64, name: &OsStr) -> Result<Found, Errno> {
-        let result = Node::from_ino(parent)
-            .ok_or(Errno::ENOENT)
-            .and_then(|p| self.allow(req, p, EXEC).map(|()| p))
-            .and_then(|p| self.lookup_node(p, name))
-            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)));
-        match result {
-            Ok(attr) => Ok(Found::Node(attr)),
-            Err(Errno::ENOENT)
-                if Node::from_ino(parent).is_some_and(|p| self.never_holds(p, name)) =>
-            {
-                Ok(Found::Never)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn do_getattr(&self, req: &Asker, ino: u64) -> Result<FileAttr, Errno> {
-        Node::from_ino(ino)
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)))
-    }
-
-    /// SETATTR. A size or times, as `open(O_TRUNC)` (`echo stop > ctl`, `fopen("w")`) and
-    /// `touch` set them, change nothing and succeed for a caller who may write the file, as
-    /// procfs's `proc_setattr` does (`echo 5 > /proc/PID/oom_score_adj` works there): the
-    /// view's files are the process, not bytes to cut. A caller who may not write gets EACCES,
-    /// as `truncate` on a read-only procfs file does. Modes and owners are the process's and
-    /// stay so (EPERM), but for QNX's chmod of `as` and `ctl`.
-    pub(super) fn do_setattr(
-        &self,
-        req: &Asker,
-        ino: u64,
-        mode: Option<u32>,
-        owner_change: bool,
-    ) -> Result<FileAttr, Errno> {
-        let node = Node::from_ino(ino).ok_or(Errno::ENOENT)?;
-        if owner_change {
-            return Err(Errno::EPERM);
-        }
-        if let Some(mode) = mode {
-            // (The kernel has already checked that the caller owns the file or is root.)
-            return self.qnx_chmod(node, mode).unwrap_or(Err(Errno::EPERM));
-        }
-        self.allow(req, node, WRITE)?;
-        self.do_getattr(req, ino)
-    }
-
-    fn do_access(&self, req: &Asker, ino: u64, mask: u32) -> Result<(), Errno> {
-        let want = (mask & 0o7) as u16;
-        Node::from_ino(ino)
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.getattr_node(n))
-            .and_then(|attr| Self::allow_attr(req, &attr, want))
-    }
-
-    fn do_readlink(&self, req: &Asker, ino: u64) -> Result<Vec<u8>, Errno> {
-        Node::from_ino(ino)
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.readlink_node(req, n))
-    }
-
-    fn do_open(&self, req: &Asker, ino: u64, flags: OpenFlags) -> Result<Opened, Errno> {
-        let node = Node::from_ino(ino).ok_or(Errno::ENOENT)?;
-        if self.opts.cache.is_some() {
-            // FUSE_NO_OPEN_SUPPORT: the kernel opens this mount's files itself from now on, and
-            // reads go through its page cache (attributes carry sizes; see with_contents).
-            return Err(Errno::ENOSYS);
-        }
-        self.allow(req, node, access::open_mask(flags.acc_mode()))?;
-        let control = match node {
-            // SVR4: the process file is its address space, as `mem`.
-            Node::PidFile(pid) => Some((pid, ControlFile::Mem)),
-            Node::ProcFile(pid, i) => match self.files_table().get(i as usize).map(|e| e.kind) {
-                Some(Kind::Control(ctl)) => Some((pid, ctl)),
-                _ => None,
-            },
-            _ => None,
-        };
-        if let Some((pid, ctl)) = control {
-            let fh = self.new_fh();
-            let handle = self.open_control(req, pid, ctl)?;
-            self.qnx_open(node, flags, fh, &handle)?;
-            self.keep(fh, handle);
-            return Ok(Opened::Handle(fh));
-        }
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            // Only control files take writes.
-            return Err(Errno::EACCES);
-        }
-        if let Node::ProcFile(pid, i) = node
-            && let Some(Kind::File(show)) = self.files_table().get(i as usize).map(|e| e.kind)
-            && show.ptrace_read
-        {
-            may_read(req, pid)?;
-        }
-        self.render(req, node).map(Opened::Rendered)
-    }
-
-    /// A new handle for a rendering: backed by a memfd the kernel reads itself on a
-    /// `passthrough` mount (with the backing's id to open it with), otherwise kept for READs.
-    fn open_rendered(
-        &self,
-        ino: u64,
-        bytes: Vec<u8>,
-        register: impl FnOnce(&std::fs::File) -> std::io::Result<passthrough::Id>,
-    ) -> Result<(u64, Option<Arc<passthrough::Id>>), Errno> {
-        let fh = self.new_fh();
-        if self.opts.passthrough {
-            if let Some(id) = self.passthrough.back(register, ino, &bytes) {
-                self.keep(fh, Handle::Backed { ino });
-                return Ok((fh, Some(id)));
-            }
-            if self.passthrough.backed(ino) {
-                // The kernel would refuse any other kind of open of this inode now.
-                return Err(Errno::EIO);
-            }
-        }
-        self.keep(fh, Handle::Bytes(Arc::new(bytes)));
-        Ok((fh, None))
-    }
-
-    /// The rendering a READ of handle `fh` is served from.
-    fn rendering(&self, fh: u64) -> Result<Arc<Vec<u8>>, Errno> {
-        match self.handle(FileHandle(fh)) {
-            Some(Handle::Bytes(bytes)) => Ok(bytes),
-            Some(_) => Err(Errno::EIO),
-            None => Err(Errno::EBADF),
-        }
-    }
-
-    fn do_release(&self, fh: u64) {
-        let handle = self.files.lock().ok().and_then(|mut f| f.remove(&fh));
-        if let Some(Handle::Backed { ino, .. }) = handle {
-            self.passthrough.closed(ino);
-        }
-        self.qnx_release(fh);
-    }
-
-    /// The listing is taken once, at opendir, so a reader walking it in several calls sees one
-    /// consistent directory.
-    fn do_opendir(&self, req: &Asker, ino: u64) -> Result<u64, Errno> {
-        self.asked();
-        let list = Node::from_ino(ino)
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.allow(req, n, READ).map(|()| n))
-            .and_then(|n| {
-                // fd/ is 0500, but a non-dumpable process's is root's in procfs; the kernel's
-                // own guarded directories (fdinfo/, ns/, map_files/) likewise.
-                match n {
-                    Node::ProcFile(pid, i) => {
-                        match self.files_table().get(i as usize).map(|e| e.kind) {
-                            Some(Kind::FdDir) => may_read(req, pid)?,
-                            Some(Kind::KernelDir(dir)) => {
-                                self.kernel_guard(req, &self.kpath(pid, dir.to_string())?)?;
-                            }
-                            _ => {}
-                        }
-                    }
-                    Node::Kernel(id) => self.kernel_guard(req, &*self.kernel_path(id)?)?,
-                    _ => {}
-                }
-                Ok(n)
-            })
-            .and_then(|n| self.dir_entries(n))?;
-        let fh = self.new_fh();
-        if let Ok(mut dirs) = self.dirs.lock() {
-            dirs.insert(fh, Arc::new(list));
-        }
-        Ok(fh)
-    }
-
-    fn listing(&self, fh: u64) -> Result<Arc<Vec<DirEnt>>, Errno> {
-        self.dirs
-            .lock()
-            .ok()
-            .and_then(|d| d.get(&fh).cloned())
-            .ok_or(Errno::EBADF)
-    }
-
-    fn do_releasedir(&self, fh: u64) {
-        if let Ok(mut dirs) = self.dirs.lock() {
-            dirs.remove(&fh);
-        }
-    }
 }

@@ -29,17 +29,9 @@ pub struct CtlHttp {
 /// Longest ctl body accepted; every command is a word.
 const BODY_MAX: usize = 256;
 
+/// The API's `{"error": …}`, with the errno a FUSE caller would get where there is one.
 fn reply(code: StatusCode, msg: impl std::fmt::Display, errno: Option<i32>) -> Response {
-    let mut body = serde_json::json!({ "error": msg.to_string() });
-    if let Some(e) = errno {
-        body["errno"] = e.into();
-    }
-    let mut r = (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
+    let mut r = super::error_with(code, msg, errno);
     if code == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -85,16 +77,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn pid_of(raw: &str) -> Result<u32, Response> {
-    raw.parse::<u32>().ok().filter(|&p| p > 0).ok_or_else(|| {
-        reply(
-            StatusCode::BAD_REQUEST,
-            format!("{raw:?} is not a pid"),
-            None,
-        )
-    })
-}
-
 /// Control is for this host: a listener opened to the network (`--listen 0.0.0.0:…`, for
 /// Prometheus) serves remote peers the read-only routes only, token or not. Without connection
 /// information (a router driven directly) the caller is local.
@@ -119,7 +101,7 @@ pub async fn ctl(
     if let Err(r) = local_only(&ext).and_then(|()| authorize(&app.ctl, &headers)) {
         return r;
     }
-    let pid = match pid_of(&pid) {
+    let pid = match super::parse_pid(&pid) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -146,7 +128,7 @@ pub async fn wait(
     if let Err(r) = local_only(&ext).and_then(|()| authorize(&app.ctl, &headers)) {
         return r;
     }
-    let pid = match pid_of(&pid) {
+    let pid = match super::parse_pid(&pid) {
         Ok(p) => p,
         Err(r) => return r,
     };

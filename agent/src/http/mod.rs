@@ -106,10 +106,20 @@ pub async fn serve(
 }
 
 fn error(code: StatusCode, msg: impl std::fmt::Display) -> Response {
+    error_with(code, msg, None)
+}
+
+/// Every error body of the API: `{"error": …}`, and `"errno"` where a FUSE caller of the same
+/// operation would get one.
+fn error_with(code: StatusCode, msg: impl std::fmt::Display, errno: Option<i32>) -> Response {
+    let mut body = serde_json::json!({ "error": msg.to_string() });
+    if let Some(e) = errno {
+        body["errno"] = e.into();
+    }
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
-        serde_json::json!({ "error": msg.to_string() }).to_string(),
+        body.to_string(),
     )
         .into_response()
 }

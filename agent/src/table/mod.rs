@@ -12,7 +12,9 @@ use bpfproc_common::{TaskRecord, cstr};
 use crate::kernel::KernelEvent;
 
 mod process;
-pub use process::{ExitInfo, Origin, Process, Totals, cputime_adjust, task_name};
+pub use process::{
+    ExitInfo, Origin, Process, ShownTimes, Totals, cputime_adjust, keep_shown_cpu_times, task_name,
+};
 use process::{edit, next_rev};
 
 /// A process that has exited: what /proc can no longer show.

@@ -236,12 +236,10 @@ pub struct Totals {
 
 fn totals(p: &Process, t: &TaskRecord, whole: bool) -> Totals {
     if !whole {
-        let (utime, stime) = cputime_adjust(
-            t.sum_exec_runtime,
-            t.utime,
-            t.stime,
-            t.prev_utime,
-            t.prev_stime,
+        let (utime, stime) = shown(
+            (t.tid, t.start_boottime, false),
+            |prev| cputime_adjust(t.sum_exec_runtime, t.utime, t.stime, prev.0, prev.1),
+            (t.prev_utime, t.prev_stime),
         );
         return Totals {
             utime,
@@ -267,8 +265,68 @@ fn totals(p: &Process, t: &TaskRecord, whole: bool) -> Totals {
         out.maj_flt += th.maj_flt;
         out.gtime += th.gtime;
     }
-    (out.utime, out.stime) = cputime_adjust(rt, ut, st, t.sig_prev_utime, t.sig_prev_stime);
+    (out.utime, out.stime) = shown(
+        (t.tgid, p.start_boottime, true),
+        |prev| cputime_adjust(rt, ut, st, prev.0, prev.1),
+        (t.sig_prev_utime, t.sig_prev_stime),
+    );
     out
+}
+
+/// The (utime, stime) split last shown for each task or whole thread group, by (id, start,
+/// whole). The kernel's `cputime_adjust` stores what it returns as the next call's `prev`, so
+/// /proc's times never go backwards; the agent reads `prev` without writing it, so it keeps
+/// what it showed itself and adjusts against the later of the two.
+type ShownKey = (u32, u64, bool);
+
+#[derive(Default)]
+pub struct ShownTimes(std::sync::Mutex<std::collections::HashMap<ShownKey, (u64, u64)>>);
+
+/// The agent's memory of shown times: set once by the daemon (`keep_shown_cpu_times`), so the
+/// renderers stay pure functions of their input everywhere else (tests, golden files).
+static SHOWN: std::sync::OnceLock<ShownTimes> = std::sync::OnceLock::new();
+
+/// From now on, CPU times are shown monotonic per task, as procfs shows them.
+pub fn keep_shown_cpu_times() {
+    let _ = SHOWN.set(ShownTimes::default());
+}
+
+impl ShownTimes {
+    /// Past this many tasks the memory starts afresh (a task seen once more may then step
+    /// back by a tick, once).
+    const KEPT: usize = 1 << 18;
+
+    fn adjust(
+        &self,
+        key: ShownKey,
+        adjust: impl FnOnce((u64, u64)) -> (u64, u64),
+        kernel_prev: (u64, u64),
+    ) -> (u64, u64) {
+        let Ok(mut map) = self.0.lock() else {
+            return adjust(kernel_prev);
+        };
+        let prev = match map.get(&key) {
+            Some(&mine) if mine.0 + mine.1 > kernel_prev.0 + kernel_prev.1 => mine,
+            _ => kernel_prev,
+        };
+        let now = adjust(prev);
+        if map.len() >= Self::KEPT {
+            map.clear();
+        }
+        map.insert(key, now);
+        now
+    }
+}
+
+fn shown(
+    key: ShownKey,
+    adjust: impl FnOnce((u64, u64)) -> (u64, u64),
+    kernel_prev: (u64, u64),
+) -> (u64, u64) {
+    match SHOWN.get() {
+        Some(s) => s.adjust(key, adjust, kernel_prev),
+        None => adjust(kernel_prev),
+    }
 }
 
 /// kernel/sched/cputime.c `cputime_adjust`: scale the tick-sampled utime/stime so they add up
@@ -353,5 +411,31 @@ mod tests {
         assert_eq!(cputime_adjust(80, 30, 10, 10, 30), (50, 30));
         assert_eq!(cputime_adjust(80, 30, 10, 70, 20), (70, 20));
         assert_eq!(cputime_adjust(80, 0, 0, 0, 0), (80, 0));
+    }
+
+    #[test]
+    fn shown_cpu_times_never_go_backwards() {
+        // Two samples whose tick split moves towards user time: adjusted alone, the second
+        // would show less system time than the first.
+        let memory = ShownTimes::default();
+        let key = (999_999, 1, false);
+        let first = memory.adjust(
+            key,
+            |prev| cputime_adjust(100, 10, 90, prev.0, prev.1),
+            (0, 0),
+        );
+        assert_eq!(first, (10, 90));
+        let alone = cputime_adjust(110, 60, 40, 0, 0);
+        assert!(alone.1 < first.1, "the case the memory is for: {alone:?}");
+        let second = memory.adjust(
+            key,
+            |prev| cputime_adjust(110, 60, 40, prev.0, prev.1),
+            (0, 0),
+        );
+        assert!(
+            second.0 >= first.0 && second.1 >= first.1,
+            "{first:?} then {second:?}"
+        );
+        assert_eq!(second.0 + second.1, 110);
     }
 }

@@ -132,6 +132,10 @@ pub fn statm(p: &Process, host: &Host) -> Result<Vec<u8>, ViewError> {
 
 /// `/proc/PID/cmdline`: NUL-separated argv as captured at exec (or read at backfill).
 pub fn cmdline(p: &Process) -> Result<Vec<u8>, ViewError> {
+    if p.exit.is_some() {
+        // A zombie has no memory to read argv from: procfs's is empty.
+        return Ok(Vec::new());
+    }
     if p.cmdline_truncated {
         // Longer than the kernel side keeps: the rest is only in the process's memory.
         if let Ok(full) = crate::procfs::read_file(p.pid, "cmdline") {
