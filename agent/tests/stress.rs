@@ -387,13 +387,22 @@ fn spawn_at(pid: u32, path: &CStr, argv: &[CString], env: &[CString], id: u32) -
         return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
     }
     if r == 0 {
+        // Raw system calls only: glibc's setgroups/setresuid/setresgid broadcast the change to
+        // every thread the parent had (nptl's setxid), under a lock another test thread may
+        // have held at the clone, and the child, alone, would wait on it for ever (seen here:
+        // the first process never exec'd, parked in a futex wait).
         // SAFETY: see above.
         unsafe {
-            libc::setgroups(0, std::ptr::null());
-            libc::setresgid(id, id, id);
-            libc::setresuid(id, id, id);
-            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            libc::_exit(127);
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+            libc::syscall(libc::SYS_setresgid, id, id, id);
+            libc::syscall(libc::SYS_setresuid, id, id, id);
+            libc::syscall(
+                libc::SYS_execve,
+                path.as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+            );
+            libc::syscall(libc::SYS_exit_group, 127);
         }
     }
     Ok(r as u32)
