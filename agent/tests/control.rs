@@ -395,6 +395,11 @@ fn control_files_stop_start_signal_and_read_memory_through_the_mount() {
         std::fs::metadata(view.join(pid.to_string())).ok()
     });
     let ctl = view.join(format!("{pid}/ctl"));
+    // Asleep in time.sleep: the view reads the kernel at each open, so right after its print
+    // the child may still show running.
+    eventually(5, "child asleep", || {
+        (state_of(Path::new("/proc"), pid).as_deref() == Some("S")).then_some(())
+    });
 
     // A malformed command is EINVAL and leaves the target running.
     let err = write_file(&ctl, b"launch the missiles\n").unwrap_err();
