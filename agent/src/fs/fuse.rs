@@ -48,7 +48,7 @@ pub(super) mod uring;
 
 use super::{
     access::{self, EXEC, READ, WRITE, Who},
-    kernel_files::{errno, kernel_fds, kernel_link, read_kernel, same_process},
+    kernel_files::{errno, kernel_fds, kernel_link, read_kernel, same_process, same_start},
     kernel_tree::{KPath, KernelTree},
     options::{MountOptions, Scope},
     personality::{self, Descriptor},
@@ -365,7 +365,7 @@ impl ProcFs {
         // A zombie is reaped (and gone from /proc) an RCU grace period before the free event
         // that removes it from the table, 15-30 ms here: for the few zombies, the kernel says
         // whether it is still there.
-        if p.exit.is_some() && crate::fs::kernel_files::same_process(p).is_err() {
+        if p.exit.is_some() && same_process(p).is_err() {
             return false;
         }
         match p.leader() {

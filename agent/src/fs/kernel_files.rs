@@ -79,8 +79,13 @@ pub fn kernel_fds(p: &Process) -> Result<Vec<u32>, Errno> {
 }
 
 pub fn same_process(p: &Process) -> Result<(), ViewError> {
+    same_start(p.pid, p.start_boottime)
+}
+
+/// Whether `pid` is still the process that started at `start`, as the kernel says now.
+pub fn same_start(pid: u32, start: u64) -> Result<(), ViewError> {
     let ns_per_tick = 1_000_000_000 / crate::sys::clock::clock_ticks();
-    if procfs::alive_since(p.pid, p.start_boottime, ns_per_tick) {
+    if procfs::alive_since(pid, start, ns_per_tick) {
         Ok(())
     } else {
         Err(ViewError::NoProcess)

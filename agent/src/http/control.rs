@@ -46,6 +46,17 @@ fn ctl_error(e: &CtlError) -> Response {
     reply(code, e, Some(e.errno()))
 }
 
+/// A control request's pid, once the caller is local and holds the token.
+fn admitted(
+    app: &App,
+    ext: &axum::http::Extensions,
+    headers: &HeaderMap,
+    pid: &str,
+) -> Result<u32, Response> {
+    local_only(ext).and_then(|()| authorize(&app.ctl, headers))?;
+    super::parse_pid(pid)
+}
+
 /// 401 without credentials, 403 with the wrong ones.
 pub(crate) fn authorize(ctl: &CtlHttp, headers: &HeaderMap) -> Result<(), Response> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
@@ -98,10 +109,7 @@ pub async fn ctl(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = local_only(&ext).and_then(|()| authorize(&app.ctl, &headers)) {
-        return r;
-    }
-    let pid = match super::parse_pid(&pid) {
+    let pid = match admitted(&app, &ext, &headers, &pid) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -125,10 +133,7 @@ pub async fn wait(
     ext: axum::http::Extensions,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = local_only(&ext).and_then(|()| authorize(&app.ctl, &headers)) {
-        return r;
-    }
-    let pid = match super::parse_pid(&pid) {
+    let pid = match admitted(&app, &ext, &headers, &pid) {
         Ok(p) => p,
         Err(r) => return r,
     };

@@ -278,8 +278,12 @@ impl State {
             o.epoch = snap.refreshed_at;
             o.reads = 0;
         }
-        o.reads += 1;
-        if o.reads == (snap.processes.len() / OVERLAY_READS_PER_PASS).max(16) {
+        // A pass ahead serves questions it can answer; one that wants numbers read now (a
+        // never-stale open) never takes a pass's, so its reads do not call for one.
+        if bound > 0 {
+            o.reads += 1;
+        }
+        if bound > 0 && o.reads == (snap.processes.len() / OVERLAY_READS_PER_PASS).max(16) {
             // Demand enough for a pass: start one ahead; reads go on meanwhile.
             let _ = self.tx.try_send(Msg::Ahead);
         }
