@@ -28,7 +28,7 @@ pub fn start(settings: Settings) -> anyhow::Result<()> {
     if settings.listen.port() < 1024 {
         keep |= privs::mask(&[privs::CAP_NET_BIND_SERVICE]);
     }
-    privs::drop_to(keep).context("dropping capabilities")?;
+    privs::drop_to(keep, privs::mask(privs::FOR_WRITERS)).context("dropping capabilities")?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -14,8 +14,8 @@ use std::{
 };
 
 use common::{
-    Agent, eventually, proc_stat,
-    view::{errno_of, mount_view, mounted_agent, names_in},
+    Agent, cgroup2_root, eventually, proc_stat,
+    view::{errno_of, mount_view, mounted_agent, names_in, write_file},
 };
 
 fn sh(cmd: &str) -> String {
@@ -90,12 +90,13 @@ fn same_but_run_state(a: &str, b: &str) -> bool {
         .filter(|(x, y)| x != y)
         .map(|(x, y)| (*x, *y))
         .collect();
-    let state = |t: &str| t.starts_with(['R', 'S', 'D']);
+    // ps's codes (`Sl`, `Rl`), and psutil's words for the same states.
+    let code = |t: &str| t.starts_with(['R', 'S', 'D']);
+    let word = |t: &str| matches!(t, "running" | "sleeping" | "idle" | "disk-sleep");
     a.len() == b.len()
         && differ.len() == 1
-        && state(differ[0].0)
-        && state(differ[0].1)
-        && differ[0].0[1..] == differ[0].1[1..]
+        && ((code(differ[0].0) && code(differ[0].1) && differ[0].0[1..] == differ[0].1[1..])
+            || (word(differ[0].0) && word(differ[0].1)))
 }
 
 /// A small process tree of our own that stays put while the tools look at it.
@@ -177,51 +178,84 @@ fn bad_operations_get_procfs_errnos() {
     open_files_outlive_their_process(&view);
 }
 
-/// Nothing can be made, removed, renamed or written, and names that are not there are ENOENT,
-/// each with procfs's errno.
+/// Nothing can be made, removed or renamed, a file the kernel takes no writes to refuses them,
+/// and names that are not there are ENOENT: each with the errno the kernel's /proc gives for
+/// the same operation, asked side by side.
 fn refuses_bad_operations(view: &Path) {
     let me = std::process::id();
-    assert_eq!(
-        errno_of(std::fs::create_dir(view.join("new"))),
-        Some(libc::EACCES)
-    );
-    assert_eq!(
-        errno_of(std::fs::File::create(view.join("new"))),
-        Some(libc::EACCES)
-    );
-    assert_eq!(
-        errno_of(std::fs::remove_file(view.join("uptime"))),
-        Some(libc::EPERM)
-    );
-    assert_eq!(
-        errno_of(std::fs::remove_dir(view.join(me.to_string()))),
-        Some(libc::EPERM)
-    );
-    assert_eq!(
-        errno_of(std::fs::rename(view.join("uptime"), view.join("x"))),
-        Some(libc::EPERM)
-    );
-    assert_eq!(
-        errno_of(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(view.join(format!("{me}/stat")))
+    type Op = Box<dyn Fn(&Path) -> Option<i32>>;
+    let write = |rel: String| -> Op {
+        Box::new(move |d: &Path| errno_of(write_file(&d.join(&rel), b"x\n")))
+    };
+    let ops: Vec<(&str, Option<i32>, Op)> = vec![
+        // procfs's lookups fail before any create.
+        (
+            "mkdir",
+            Some(libc::ENOENT),
+            Box::new(|d: &Path| errno_of(std::fs::create_dir(d.join("new")))),
         ),
-        Some(libc::EACCES)
-    );
-    assert_eq!(
-        errno_of(std::fs::read(view.join("4000000/stat"))),
-        Some(libc::ENOENT)
-    );
-    assert_eq!(
-        errno_of(std::fs::read(view.join("0001/stat"))),
-        Some(libc::ENOENT),
-        "pids are canonical"
-    );
-    assert_eq!(
-        errno_of(std::fs::read(view.join(format!("{me}/nosuch")))),
-        Some(libc::ENOENT)
-    );
+        (
+            "creat",
+            Some(libc::ENOENT),
+            Box::new(|d: &Path| errno_of(std::fs::File::create(d.join("new")))),
+        ),
+        (
+            "creat in /PID",
+            Some(libc::ENOENT),
+            Box::new(move |d: &Path| errno_of(std::fs::File::create(d.join(format!("{me}/new"))))),
+        ),
+        (
+            "unlink",
+            Some(libc::EPERM),
+            Box::new(|d: &Path| errno_of(std::fs::remove_file(d.join("uptime")))),
+        ),
+        (
+            "rmdir",
+            Some(libc::EPERM),
+            Box::new(move |d: &Path| errno_of(std::fs::remove_dir(d.join(me.to_string())))),
+        ),
+        (
+            "rename",
+            Some(libc::ENOENT),
+            Box::new(|d: &Path| errno_of(std::fs::rename(d.join("uptime"), d.join("x")))),
+        ),
+        (
+            "rename over",
+            Some(libc::EPERM),
+            Box::new(|d: &Path| errno_of(std::fs::rename(d.join("uptime"), d.join("loadavg")))),
+        ),
+        // root opens a read-only file for writing; the kernel refuses the write itself.
+        (
+            "write stat",
+            Some(libc::EINVAL),
+            write(format!("{me}/stat")),
+        ),
+        ("write uptime", Some(libc::EIO), write("uptime".into())),
+        (
+            "read no pid",
+            Some(libc::ENOENT),
+            Box::new(|d: &Path| errno_of(std::fs::read(d.join("4000000/stat")))),
+        ),
+        (
+            "pids are canonical",
+            Some(libc::ENOENT),
+            Box::new(|d: &Path| errno_of(std::fs::read(d.join("0001/stat")))),
+        ),
+        (
+            "no such file",
+            Some(libc::ENOENT),
+            Box::new(move |d: &Path| errno_of(std::fs::read(d.join(format!("{me}/nosuch"))))),
+        ),
+    ];
+    for (what, want, op) in &ops {
+        let kernel = op(Path::new("/proc"));
+        assert_eq!(kernel, *want, "{what} on /proc");
+        assert_eq!(
+            op(view),
+            kernel,
+            "{what}: the view's errno differs from /proc's"
+        );
+    }
 }
 
 /// A process that exits is ENOENT afterwards, and a file opened before it exited still reads
@@ -494,17 +528,6 @@ fn mounts_on_demand_with_their_own_options_and_unmount_cleanly() {
     inside.kill().unwrap();
     inside.wait().unwrap();
     let _ = std::fs::remove_dir(&cg);
-}
-
-fn cgroup2_root() -> PathBuf {
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("cgroup v2 mounted")
 }
 
 #[test]

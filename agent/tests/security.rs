@@ -187,6 +187,11 @@ fn the_agent_keeps_only_the_capabilities_it_documents() {
     // CAP_DAC_READ_SEARCH, CAP_KILL, CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_SYS_NICE, CAP_PERFMON,
     // CAP_BPF (docs/security.md says why each).
     let keep: u64 = (1 << 2) | (1 << 5) | (1 << 19) | (1 << 21) | (1 << 23) | (1 << 38) | (1 << 39);
+    // Permitted only, raised by no long-lived thread, for a throwaway thread that becomes a
+    // writer of the kernel's files: CAP_DAC_OVERRIDE, CAP_SETGID, CAP_SETUID,
+    // CAP_SYS_RESOURCE (as far as the bounding set the agent started with has them).
+    let ours = caps(std::process::id(), std::process::id());
+    let held = keep | ((1 << 1) | (1 << 6) | (1 << 7) | (1 << 24)) & ours["CapBnd"];
     // Exercise what needs them after start: a mount on demand and a control command.
     let dir = agent.dir.join("v");
     std::fs::create_dir_all(&dir).unwrap();
@@ -200,6 +205,27 @@ fn the_agent_keeps_only_the_capabilities_it_documents() {
     });
     let (status, body) = agent.ctl(child.id(), "stop");
     assert_eq!(status, 200, "{body}");
+    // A write through to the kernel's file, made as a user: its thread is gone after.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "echo 5 > {}/{}/oom_score_adj",
+            dir.display(),
+            child.id()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "root's process, written as nobody: {out:?}"
+    );
+    std::fs::write(dir.join(format!("{}/oom_score_adj", child.id())), "5").unwrap();
     agent.ctl(child.id(), "kill");
     child.wait().unwrap();
     let pid = agent.pid();
@@ -214,10 +240,18 @@ fn the_agent_keeps_only_the_capabilities_it_documents() {
             continue; // the thread ended meanwhile
         }
         assert_eq!(c["CapEff"], keep, "thread {tid}: {c:x?}");
-        assert_eq!(c["CapPrm"], keep, "thread {tid}: {c:x?}");
-        assert_eq!(c["CapBnd"], keep, "thread {tid}: {c:x?}");
+        assert_eq!(c["CapPrm"], held, "thread {tid}: {c:x?}");
+        assert_eq!(c["CapBnd"], held, "thread {tid}: {c:x?}");
         assert_eq!(c["CapInh"], 0, "thread {tid}: {c:x?}");
         assert_eq!(c["CapAmb"], 0, "thread {tid}: {c:x?}");
+        let uids = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
+        if let Some(uids) = uids {
+            assert_eq!(uids, "0 0 0 0", "thread {tid}");
+        }
     }
     let out = agent.cli(&["umount", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");

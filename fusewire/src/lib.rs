@@ -39,6 +39,7 @@ pub mod op {
     pub const LINK: u32 = 13;
     pub const OPEN: u32 = 14;
     pub const READ: u32 = 15;
+    pub const WRITE: u32 = 16;
     pub const STATFS: u32 = 17;
     pub const RELEASE: u32 = 18;
     pub const GETXATTR: u32 = 22;
@@ -104,7 +105,7 @@ fn op_header_size(opcode: u32) -> usize {
         GETATTR | MKNOD | CREATE | RENAME2 => 16,
         OPEN | OPENDIR | FORGET | INTERRUPT | BATCH_FORGET | ACCESS | MKDIR | RENAME | GETXATTR
         | LISTXATTR => 8,
-        READ | READDIR => 40,
+        READ | READDIR | WRITE => 40,
         RELEASE | RELEASEDIR | FLUSH => 24,
         INIT => 64,
         SETATTR => 88,

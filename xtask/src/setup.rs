@@ -32,6 +32,9 @@ const APT_PACKAGES: &[&str] = &[
     // test (agent/tests/security.rs).
     "wrk",
     "iproute2",
+    // /usr/bin/python3, which any user may run (a pyenv python under /root is root's only):
+    // the write-through tests write as another user with it (agent/tests/entries.rs).
+    "python3",
 ];
 
 /// Python modules the tests use, with the PyPI package that provides each:

@@ -62,16 +62,7 @@ pub fn check(
 /// a caller that exited mid-request gains nothing from it).
 pub fn groups_of(tid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Groups:").map(|g| {
-                    g.split_whitespace()
-                        .filter_map(|n| n.parse().ok())
-                        .collect()
-                })
-            })
-        })
+        .map(|s| crate::sys::privs::Creds::parse(&s, 0, 0).groups)
         .unwrap_or_default()
 }
 

@@ -62,7 +62,7 @@ use super::{
 use crate::{
     control::{Caller, CtlError},
     state::Snapshot,
-    sys::cgroup,
+    sys::{cgroup, ns, privs},
     table::Process,
     view::{Host, ViewError},
 };
@@ -127,6 +127,12 @@ enum Handle {
         pid: u32,
         ctl: ControlFile,
         caller: Caller,
+    },
+    /// One of the kernel's own files opened for writing, with the opener's credentials
+    /// (kernel.rs `open_through`); an O_RDWR open also has a rendering to read.
+    Through {
+        file: Arc<Mutex<std::fs::File>>,
+        bytes: Option<Arc<Vec<u8>>>,
     },
 }
 
@@ -467,7 +473,7 @@ impl ProcFs {
         self.attr(Node::Global(i), kind, mode, (0, 0), self.boot_time())
     }
 
-    fn getattr_node(&self, node: Node) -> Result<FileAttr, Errno> {
+    fn getattr_node(&self, req: &Asker, node: Node) -> Result<FileAttr, Errno> {
         match node {
             Node::Root => Ok(self.attr(node, FileType::Directory, 0o555, (0, 0), self.boot_time())),
             Node::Global(i) => match self.globals().get(i as usize) {
@@ -523,11 +529,11 @@ impl ProcFs {
                 ))
             }
             Node::PidFile(pid) => self.svr4_attr(pid),
-            Node::Kernel(id) => self.kernel_attr(node, id),
+            Node::Kernel(id) => self.kernel_attr(req, node, id),
         }
     }
 
-    fn lookup_node(&self, parent: Node, name: &OsStr) -> Result<Node, Errno> {
+    fn lookup_node(&self, req: &Asker, parent: Node, name: &OsStr) -> Result<Node, Errno> {
         let name = name.to_str().ok_or(Errno::ENOENT)?;
         match parent {
             Node::Root if self.desc.pid_files => self.svr4_lookup(name),
@@ -539,15 +545,15 @@ impl ProcFs {
                     self.process(pid)?;
                     return Ok(Node::ProcDir(pid));
                 }
-                self.kernel_root(name)
+                self.kernel_root(req, name)
             }
             Node::Global(i) => match global_child(self.globals(), Some(i), name) {
                 Some(c) => Ok(Node::Global(c)),
-                None => self.kernel_root(&format!("{}/{name}", self.global_path(i))),
+                None => self.kernel_root(req, &format!("{}/{name}", self.global_path(i))),
             },
             Node::Kernel(id) => {
                 let path = self.kernel_path(id)?;
-                self.kernel_node(path.child(name))
+                self.kernel_node(req, path.child(name))
             }
             Node::ProcDir(pid) => {
                 self.process(pid)?;
@@ -569,7 +575,7 @@ impl ProcFs {
                 }
                 Some(Kind::KernelDir(dir)) => {
                     let path = self.kpath(pid, dir.to_string())?;
-                    self.kernel_node(path.child(name))
+                    self.kernel_node(req, path.child(name))
                 }
                 _ => Err(Errno::ENOTDIR),
             },
@@ -579,7 +585,7 @@ impl ProcFs {
             Node::ThreadFile(pid, tid, i) => match thread_files().get(i as usize).map(|e| e.kind) {
                 Some(Kind::KernelDir(dir)) => {
                     let path = self.kpath(pid, format!("task/{tid}/{dir}"))?;
-                    self.kernel_node(path.child(name))
+                    self.kernel_node(req, path.child(name))
                 }
                 _ => Err(Errno::ENOTDIR),
             },
@@ -669,8 +675,16 @@ impl ProcFs {
     fn render(&self, req: &Asker, node: Node) -> Result<Vec<u8>, Errno> {
         match node {
             Node::Global(i) => match self.globals().get(i as usize).map(|g| g.kind) {
-                Some(GlobalKind::KernelFile(path)) => read_kernel(&Path::new("/proc").join(path))
-                    .map_err(|e| errno(&ViewError::Io(e))),
+                Some(GlobalKind::KernelFile(path)) => {
+                    let path = KPath {
+                        pid: 0,
+                        start: 0,
+                        rel: path.to_string(),
+                    };
+                    let host = path.host();
+                    self.in_ns(req, &path, || read_kernel(&host))
+                        .map_err(|e| errno(&ViewError::Io(e)))
+                }
                 Some(GlobalKind::CallerFile(name)) => {
                     let caller = self.caller_tgid(req.pid())?;
                     read_kernel(Path::new(&format!("/proc/{caller}/{name}")))
@@ -701,7 +715,10 @@ impl ProcFs {
             Node::Kernel(id) => {
                 let path = self.kernel_path(id)?;
                 self.kernel_guard(req, &path)?;
-                let bytes = read_kernel(&path.host()).map_err(|e| errno(&ViewError::Io(e)))?;
+                let host = path.host();
+                let bytes = self
+                    .in_ns(req, &path, || read_kernel(&host))
+                    .map_err(|e| errno(&ViewError::Io(e)))?;
                 self.kernel_same(&path)?;
                 Ok(bytes)
             }
@@ -737,7 +754,7 @@ impl ProcFs {
             .map_err(|e| errno(&e))
     }
 
-    fn dir_entries(&self, node: Node) -> Result<Vec<DirEnt>, Errno> {
+    fn dir_entries(&self, req: &Asker, node: Node) -> Result<Vec<DirEnt>, Errno> {
         let dir = |ino: u64| DirEnt {
             ino,
             kind: FileType::Directory,
@@ -791,7 +808,7 @@ impl ProcFs {
                         start: 0,
                         rel: dir,
                     };
-                    for e in self.kernel_list(&path)? {
+                    for e in self.kernel_list(req, &path)? {
                         let numeric = e.name.iter().all(u8::is_ascii_digit);
                         if !(parent.is_none() && numeric) && !have.contains(&e.name) {
                             out.push(e);
@@ -846,20 +863,20 @@ impl ProcFs {
                 }
                 Some(Kind::KernelDir(dir)) => {
                     let path = self.kpath(pid, dir.to_string())?;
-                    out.extend(self.kernel_list(&path)?);
+                    out.extend(self.kernel_list(req, &path)?);
                 }
                 _ => return Err(Errno::ENOTDIR),
             },
             Node::ThreadFile(pid, tid, i) => match thread_files().get(i as usize).map(|e| e.kind) {
                 Some(Kind::KernelDir(dir)) => {
                     let path = self.kpath(pid, format!("task/{tid}/{dir}"))?;
-                    out.extend(self.kernel_list(&path)?);
+                    out.extend(self.kernel_list(req, &path)?);
                 }
                 _ => return Err(Errno::ENOTDIR),
             },
             Node::Kernel(id) => {
                 let path = self.kernel_path(id)?;
-                out.extend(self.kernel_list(&path)?);
+                out.extend(self.kernel_list(req, &path)?);
             }
             Node::Fd(..) | Node::PidFile(_) => {
                 return Err(Errno::ENOTDIR);
@@ -899,7 +916,7 @@ impl ProcFs {
         if req.uid() == 0 && mask & EXEC == 0 {
             return Ok(());
         }
-        Self::allow_attr(req, &self.getattr_node(node)?, mask)
+        Self::allow_attr(req, &self.getattr_node(req, node)?, mask)
     }
 
     /// `allow` for a node whose attributes are already at hand.

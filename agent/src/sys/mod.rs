@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod clock;
+pub mod ns;
 pub mod privs;
 pub mod users;
 

@@ -70,6 +70,7 @@ impl Filesystem for ProcFs {
         count_request(Op::Open);
         match self.do_open(&Asker::from(req), ino.0, flags) {
             Ok(Opened::Handle(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(Opened::Through(fh)) => reply.opened(FileHandle(fh), RENDERED_OPEN),
             Ok(Opened::Rendered(bytes)) => {
                 let register =
                     |f: &std::fs::File| reply.open_backing(f).map(passthrough::Id::Fuser);
@@ -107,7 +108,13 @@ impl Filesystem for ProcFs {
             };
         }
         match self.handle(fh) {
-            Some(Handle::Bytes(bytes)) => reply.data(window(&bytes, offset, size)),
+            Some(
+                Handle::Bytes(bytes)
+                | Handle::Through {
+                    bytes: Some(bytes), ..
+                },
+            ) => reply.data(window(&bytes, offset, size)),
+            Some(Handle::Through { bytes: None, .. }) => reply.error(Errno::EBADF),
             // The kernel reads a backed handle from its memfd and never asks.
             Some(Handle::Backed { .. }) => reply.error(Errno::EIO),
             Some(Handle::Control { pid, ctl, caller }) => {
@@ -204,8 +211,8 @@ impl Filesystem for ProcFs {
         reply.ok();
     }
 
-    // Nothing can be created (EACCES), removed, renamed or changed (EPERM): the view is the
-    // kernel's process table, not a place to keep files.
+    // Nothing can be created (`no_create`), removed, renamed or changed (EPERM): the view is
+    // the kernel's process table, not a place to keep files.
     fn mknod(
         &self,
         _req: &Request,
@@ -216,7 +223,7 @@ impl Filesystem for ProcFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EACCES);
+        reply.error(self.no_create());
     }
 
     fn mkdir(
@@ -228,7 +235,7 @@ impl Filesystem for ProcFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EACCES);
+        reply.error(self.no_create());
     }
 
     fn symlink(
@@ -239,7 +246,7 @@ impl Filesystem for ProcFs {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EACCES);
+        reply.error(self.no_create());
     }
 
     fn link(
@@ -263,7 +270,7 @@ impl Filesystem for ProcFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::EACCES);
+        reply.error(self.no_create());
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
@@ -276,15 +283,15 @@ impl Filesystem for ProcFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         _parent: INodeNo,
         _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EPERM);
+        reply.error(self.no_rename(&Asker::from(req), newparent.0, newname));
     }
 
     fn setattr(
@@ -342,8 +349,8 @@ impl Filesystem for ProcFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -354,7 +361,10 @@ impl Filesystem for ProcFs {
     ) {
         count_request(Op::Write);
         let Some(Handle::Control { pid, ctl, caller }) = self.handle(fh) else {
-            return reply.error(Errno::EBADF);
+            return match self.do_write_through(&Asker::from(req), ino.0, fh.0, offset, data) {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(e),
+            };
         };
         let Some(cf) = self.control.clone() else {
             return reply.error(Errno::EOPNOTSUPP);

@@ -27,15 +27,18 @@ impl ProcFs {
     }
 
     /// A root entry served from the kernel's /proc, if the kernel has it.
-    pub(super) fn kernel_root(&self, rel: &str) -> Result<Node, Errno> {
+    pub(super) fn kernel_root(&self, req: &Asker, rel: &str) -> Result<Node, Errno> {
         if !self.kernel_root_shown() {
             return Err(Errno::ENOENT);
         }
-        self.kernel_node(KPath {
-            pid: 0,
-            start: 0,
-            rel: rel.to_string(),
-        })
+        self.kernel_node(
+            req,
+            KPath {
+                pid: 0,
+                start: 0,
+                rel: rel.to_string(),
+            },
+        )
     }
 
     /// `rel` under process `pid`'s directory, tied to its start time.
@@ -49,9 +52,30 @@ impl ProcFs {
     }
 
     /// The node of `path`, if the kernel has it.
-    pub(super) fn kernel_node(&self, path: KPath) -> Result<Node, Errno> {
-        std::fs::symlink_metadata(path.host()).map_err(|_| Errno::ENOENT)?;
+    pub(super) fn kernel_node(&self, req: &Asker, path: KPath) -> Result<Node, Errno> {
+        let host = path.host();
+        self.in_ns(req, &path, || std::fs::symlink_metadata(&host))
+            .map_err(|_| Errno::ENOENT)?;
         Ok(Node::Kernel(self.kernel.id(path)))
+    }
+
+    /// Runs `f`, which reaches the kernel's file at `path`, in the namespaces procfs would
+    /// answer it for (`sys/net/…`, `sys/kernel/hostname`, `sysvipc/…`: `ns::keyed`): the
+    /// caller's network, UTS and IPC namespaces, or in a scoped view the scope's. On a
+    /// thread of its own only when those are not the agent's.
+    pub(super) fn in_ns<T: Send>(
+        &self,
+        req: &Asker,
+        path: &KPath,
+        f: impl FnOnce() -> std::io::Result<T> + Send,
+    ) -> std::io::Result<T> {
+        if path.pid != 0 || !ns::keyed(&path.rel) {
+            return f();
+        }
+        match self.ns_owner(req) {
+            Some(pid) if !ns::shares_mine(pid).unwrap_or(true) => ns::run_in(pid, f),
+            _ => f(),
+        }
     }
 
     /// The path of kernel node `id`, whose process (if it has one) is still the same.
@@ -96,10 +120,88 @@ impl ProcFs {
         Ok(())
     }
 
-    pub(super) fn kernel_attr(&self, node: Node, id: u64) -> Result<FileAttr, Errno> {
+    /// The kernel's file a write to `node` goes to: the same file of the same process or
+    /// thread, or of the root. `None` for a node the kernel has no writable twin of: a
+    /// directory, a control file, a personality's own file.
+    pub(super) fn write_target(&self, node: Node) -> Result<Option<KPath>, Errno> {
+        if !self.desc.kernel_root {
+            return Ok(None);
+        }
+        let file = |e: Option<&Entry>| {
+            e.filter(|e| matches!(e.kind, Kind::File(_)))
+                .map(|e| e.name)
+        };
+        Ok(match node {
+            Node::Global(i) => match self.globals().get(i as usize).map(|g| g.kind) {
+                Some(GlobalKind::KernelFile(path)) => Some(KPath {
+                    pid: 0,
+                    start: 0,
+                    rel: path.to_string(),
+                }),
+                _ => None,
+            },
+            Node::ProcFile(pid, i) => match file(self.files_table().get(i as usize)) {
+                Some(name) => Some(self.kpath(pid, name.to_string())?),
+                None => None,
+            },
+            Node::ThreadFile(pid, tid, i) => match file(thread_files().get(i as usize)) {
+                Some(name) => Some(self.kpath(pid, format!("task/{tid}/{name}"))?),
+                None => None,
+            },
+            Node::Kernel(id) => Some((*self.kernel_path(id)?).clone()),
+            _ => None,
+        })
+    }
+
+    /// Opens the kernel's file at `path` for writing as the writer `req` (`privs::run_as`):
+    /// the kernel checks the writer's rights, procfs's rules on top of the modes too.
+    pub(super) fn open_through(&self, req: &Asker, path: &KPath) -> Result<std::fs::File, Errno> {
+        self.kernel_guard(req, path)?;
+        let creds = self.creds_of(req)?;
+        let host = path.host();
+        let file = self
+            .in_ns(req, path, || {
+                privs::run_as(&creds, || {
+                    std::fs::OpenOptions::new().write(true).open(&host)
+                })
+            })
+            .map_err(|e| errno(&ViewError::Io(e)))?;
+        // A pid reused between the lookup and the open would have been opened: not a write
+        // to make.
+        self.kernel_same(path)?;
+        Ok(file)
+    }
+
+    /// The credentials a write of `req` is made with.
+    pub(super) fn creds_of(&self, req: &Asker) -> Result<privs::Creds, Errno> {
+        privs::Creds::of_thread(req.pid(), req.uid(), req.gid())
+            .map_err(|e| errno(&ViewError::Io(e)))
+    }
+
+    /// Whose namespaces the host-wide files are answered for: the caller's, as procfs does;
+    /// in a scoped view the scope's, whoever reads: `pid=N`'s while it lives, otherwise (and
+    /// for `cgroup=`) those of the scope's oldest live process, a container's init.
+    pub(super) fn ns_owner(&self, req: &Asker) -> Option<u32> {
+        match self.opts.scope {
+            Scope::All => return Some(req.pid()),
+            Scope::CgroupOf(pid) if self.process(pid).is_ok() => return Some(pid),
+            _ => {}
+        }
+        let snap = self.snapshot().ok()?;
+        snap.processes
+            .iter()
+            .filter(|p| p.exit.is_none() && self.visible(p))
+            .min_by_key(|p| p.start_boottime)
+            .map(|p| p.pid)
+    }
+
+    pub(super) fn kernel_attr(&self, req: &Asker, node: Node, id: u64) -> Result<FileAttr, Errno> {
         use std::os::unix::fs::MetadataExt as _;
         let path = self.kernel_path(id)?;
-        let md = std::fs::symlink_metadata(path.host()).map_err(|e| errno(&ViewError::Io(e)))?;
+        let host = path.host();
+        let md = self
+            .in_ns(req, &path, || std::fs::symlink_metadata(&host))
+            .map_err(|e| errno(&ViewError::Io(e)))?;
         let time = if path.pid == 0 {
             self.boot_time()
         } else {
@@ -115,14 +217,21 @@ impl ProcFs {
     }
 
     /// The entries of a kernel directory, as nodes of the kernel tree.
-    pub(super) fn kernel_list(&self, path: &KPath) -> Result<Vec<DirEnt>, Errno> {
-        let rd = std::fs::read_dir(path.host()).map_err(|e| errno(&ViewError::Io(e)))?;
+    pub(super) fn kernel_list(&self, req: &Asker, path: &KPath) -> Result<Vec<DirEnt>, Errno> {
+        let host = path.host();
+        let entries = self
+            .in_ns(req, path, || {
+                std::fs::read_dir(&host)?
+                    .flatten()
+                    .map(|e| Ok((e.file_name(), e.file_type()?)))
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
+            .map_err(|e| errno(&ViewError::Io(e)))?;
         let mut out = Vec::new();
-        for e in rd.flatten() {
-            let Ok(name) = e.file_name().into_string() else {
+        for (name, kind) in entries {
+            let Ok(name) = name.into_string() else {
                 continue;
             };
-            let Ok(kind) = e.file_type() else { continue };
             let ino = Node::Kernel(self.kernel.id(path.child(&name)))
                 .ino()
                 .unwrap_or(0);

@@ -17,6 +17,8 @@ pub enum Opened {
     Handle(u64),
     /// A file's contents, rendered now; the transport keeps them (or backs them with a memfd).
     Rendered(Vec<u8>),
+    /// One of the kernel's own files, open for writing through (and kept).
+    Through(u64),
 }
 
 /// How a rendered file is opened: DIRECT_IO, so the size 0 that getattr reports never
@@ -34,8 +36,11 @@ impl ProcFs {
         let result = Node::from_ino(parent)
             .ok_or(Errno::ENOENT)
             .and_then(|p| self.allow(req, p, EXEC).map(|()| p))
-            .and_then(|p| self.lookup_node(p, name))
-            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)));
+            .and_then(|p| self.lookup_node(req, p, name))
+            .and_then(|n| {
+                self.getattr_node(req, n)
+                    .map(|a| self.with_contents(req, n, a))
+            });
         match result {
             Ok(attr) => Ok(Found::Node(attr)),
             Err(Errno::ENOENT)
@@ -48,9 +53,10 @@ impl ProcFs {
     }
 
     pub(super) fn do_getattr(&self, req: &Asker, ino: u64) -> Result<FileAttr, Errno> {
-        Node::from_ino(ino)
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.getattr_node(n).map(|a| self.with_contents(req, n, a)))
+        Node::from_ino(ino).ok_or(Errno::ENOENT).and_then(|n| {
+            self.getattr_node(req, n)
+                .map(|a| self.with_contents(req, n, a))
+        })
     }
 
     /// SETATTR. A size or times, as `open(O_TRUNC)` (`echo stop > ctl`, `fopen("w")`) and
@@ -72,17 +78,39 @@ impl ProcFs {
         }
         if let Some(mode) = mode {
             // (The kernel has already checked that the caller owns the file or is root.)
-            return self.qnx_chmod(node, mode).unwrap_or(Err(Errno::EPERM));
+            return self.qnx_chmod(req, node, mode).unwrap_or(Err(Errno::EPERM));
         }
         self.allow(req, node, WRITE)?;
         self.do_getattr(req, ino)
+    }
+
+    /// What making a file or directory gets: ENOENT in the Linux view, as procfs's lookups
+    /// fail before any create (`touch /proc/x`, `mkdir /proc/1/x`); EACCES in the others'.
+    pub(super) fn no_create(&self) -> Errno {
+        if self.desc.kernel_root {
+            Errno::ENOENT
+        } else {
+            Errno::EACCES
+        }
+    }
+
+    /// What a rename gets: EPERM, but ENOENT in the Linux view when the new name is not
+    /// there, as procfs's lookup of it fails first.
+    pub(super) fn no_rename(&self, req: &Asker, new_parent: u64, new_name: &OsStr) -> Errno {
+        let there =
+            Node::from_ino(new_parent).is_some_and(|p| self.lookup_node(req, p, new_name).is_ok());
+        if self.desc.kernel_root && !there {
+            Errno::ENOENT
+        } else {
+            Errno::EPERM
+        }
     }
 
     pub(super) fn do_access(&self, req: &Asker, ino: u64, mask: u32) -> Result<(), Errno> {
         let want = (mask & 0o7) as u16;
         Node::from_ino(ino)
             .ok_or(Errno::ENOENT)
-            .and_then(|n| self.getattr_node(n))
+            .and_then(|n| self.getattr_node(req, n))
             .and_then(|attr| Self::allow_attr(req, &attr, want))
     }
 
@@ -116,9 +144,23 @@ impl ProcFs {
             self.keep(fh, handle);
             return Ok(Opened::Handle(fh));
         }
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            // Only control files take writes.
-            return Err(Errno::EACCES);
+        // Besides control files, only the kernel's own files take writes: they go to the
+        // kernel's file, which checks the writer.
+        let through = match flags.acc_mode() {
+            OpenAccMode::O_RDONLY => None,
+            _ => {
+                let path = self.write_target(node)?.ok_or(Errno::EACCES)?;
+                Some(Arc::new(Mutex::new(self.open_through(req, &path)?)))
+            }
+        };
+        let keep_through = |bytes: Option<Vec<u8>>, file| {
+            let fh = self.new_fh();
+            let bytes = bytes.map(Arc::new);
+            self.keep(fh, Handle::Through { file, bytes });
+            Opened::Through(fh)
+        };
+        if let (Some(file), OpenAccMode::O_WRONLY) = (&through, flags.acc_mode()) {
+            return Ok(keep_through(None, file.clone()));
         }
         if let Node::ProcFile(pid, i) = node
             && let Some(Kind::File(show)) = self.files_table().get(i as usize).map(|e| e.kind)
@@ -126,7 +168,46 @@ impl ProcFs {
         {
             may_read(req, pid)?;
         }
-        self.render(req, node).map(Opened::Rendered)
+        let bytes = self.render(req, node)?;
+        Ok(match through {
+            Some(file) => keep_through(Some(bytes), file),
+            None => Opened::Rendered(bytes),
+        })
+    }
+
+    /// A WRITE to one of the kernel's own files: written to it with the writer's credentials
+    /// at that moment (procfs checks some rights at the write, `oom_score_adj`'s
+    /// CAP_SYS_RESOURCE). A mount without opens (`cache=`) writes with no handle: the file
+    /// is opened for this write.
+    pub(super) fn do_write_through(
+        &self,
+        req: &Asker,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<usize, Errno> {
+        use std::io::{Seek as _, SeekFrom, Write as _};
+        let file = match self.handle(FileHandle(fh)) {
+            Some(Handle::Through { file, .. }) => file,
+            None if fh == 0 => {
+                let node = Node::from_ino(ino).ok_or(Errno::ENOENT)?;
+                self.allow(req, node, WRITE)?;
+                let path = self.write_target(node)?.ok_or(Errno::EACCES)?;
+                Arc::new(Mutex::new(self.open_through(req, &path)?))
+            }
+            _ => return Err(Errno::EBADF),
+        };
+        let creds = self.creds_of(req)?;
+        let mut file = file.lock().map_err(|_| Errno::EIO)?;
+        let file: &mut std::fs::File = &mut file;
+        privs::run_as(&creds, move || {
+            // procfs's seq files take no pwrite(2); they do seek, and a write at a position
+            // means what it means there (sysctls ignore or reject one past 0).
+            file.seek(SeekFrom::Start(offset))?;
+            file.write(data)
+        })
+        .map_err(|e| errno(&ViewError::Io(e)))
     }
 
     /// A new handle for a rendering: backed by a memfd the kernel reads itself on a
@@ -155,7 +236,13 @@ impl ProcFs {
     /// The rendering a READ of handle `fh` is served from.
     pub(super) fn rendering(&self, fh: u64) -> Result<Arc<Vec<u8>>, Errno> {
         match self.handle(FileHandle(fh)) {
-            Some(Handle::Bytes(bytes)) => Ok(bytes),
+            Some(
+                Handle::Bytes(bytes)
+                | Handle::Through {
+                    bytes: Some(bytes), ..
+                },
+            ) => Ok(bytes),
+            Some(Handle::Through { bytes: None, .. }) => Err(Errno::EBADF),
             Some(_) => Err(Errno::EIO),
             None => Err(Errno::EBADF),
         }
@@ -194,7 +281,7 @@ impl ProcFs {
                 }
                 Ok(n)
             })
-            .and_then(|n| self.dir_entries(n))?;
+            .and_then(|n| self.dir_entries(req, n))?;
         let fh = self.new_fh();
         if let Ok(mut dirs) = self.dirs.lock() {
             dirs.insert(fh, Arc::new(list));

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Mutex};
 
 use fuser::{Errno, FileAttr, FileHandle, OpenAccMode, OpenFlags, ReplyIoctl};
 
-use super::{Handle, ProcFs};
+use super::{Asker, Handle, ProcFs};
 use crate::{
     control::{Caller, Command, CtlError},
     fs::tree::{ControlFile, Node},
@@ -118,7 +118,12 @@ impl ProcFs {
     }
 
     /// chmod of `as`/`ctl` (`None` for any other node, which the caller refuses).
-    pub(super) fn qnx_chmod(&self, node: Node, mode: u32) -> Option<Result<FileAttr, Errno>> {
+    pub(super) fn qnx_chmod(
+        &self,
+        req: &Asker,
+        node: Node,
+        mode: u32,
+    ) -> Option<Result<FileAttr, Errno>> {
         let (pid, file) = self.qnx_file(node)?;
         Some((|| {
             let (snap, p) = self.process(pid)?;
@@ -132,7 +137,7 @@ impl ProcFs {
                     .chmod(pid, p.start_boottime, file, (mode & 0o777) as u16)
                     .map_err(|e| Errno::from_i32(e.errno()))?;
             }
-            self.getattr_node(node)
+            self.getattr_node(req, node)
         })())
     }
 

@@ -178,7 +178,7 @@ fn control_files_are_served_only_where_the_mount_can_keep_their_semantics() {
 }
 
 #[test]
-fn modes_decide_who_opens_and_nothing_but_control_files_takes_writes() {
+fn modes_decide_who_opens_and_only_control_files_and_kernel_twins_take_writes() {
     let fs = view("");
     let environ = attr_of(&fs, Node::ProcDir(4242), "environ").ino.0;
     let stat = attr_of(&fs, Node::ProcDir(4242), "stat").ino.0;
@@ -187,8 +187,17 @@ fn modes_decide_who_opens_and_nothing_but_control_files_takes_writes() {
         open(&fs, 2000, environ, libc::O_RDONLY),
         Err(Errno::EACCES)
     ));
+    // 0444: the mode refuses a writer before the kernel's twin is asked (root's open goes to
+    // the twin: agent/tests/entries.rs).
     assert!(matches!(
-        open(&fs, 0, stat, libc::O_WRONLY),
+        open(&fs, 2000, stat, libc::O_WRONLY),
+        Err(Errno::EACCES)
+    ));
+    // A personality's own file has no twin to write to, whoever asks.
+    let plan9 = view("personality=plan9");
+    let status = attr_of(&plan9, Node::ProcDir(4242), "status").ino.0;
+    assert!(matches!(
+        open(&plan9, 0, status, libc::O_WRONLY),
         Err(Errno::EACCES)
     ));
     // Truncation (the shell's O_TRUNC) is nothing for whoever may write, EACCES for others;

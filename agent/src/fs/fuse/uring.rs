@@ -124,6 +124,22 @@ impl fusewire::Server for Conn {
                 fs.rendering(u64_at(op, 0))
                     .map(|bytes| out.extend_from_slice(window(&bytes, u64_at(op, 8), size)))
             }
+            op::WRITE => {
+                count_request(Op::Write);
+                // fuse_write_in: fh, offset, size, ...; the data follows it.
+                let size = (u32_at(op, 16) as usize).min(payload.len());
+                fs.do_write_through(
+                    &asker,
+                    h.nodeid,
+                    u64_at(op, 0),
+                    u64_at(op, 8),
+                    &payload[..size],
+                )
+                .map(|n| {
+                    // fuse_write_out: size, padding.
+                    Out(out).u32(n as u32).u32(0);
+                })
+            }
             op::RELEASE => {
                 count_request(Op::Release);
                 fs.do_release(u64_at(op, 0));
@@ -162,10 +178,17 @@ impl fusewire::Server for Conn {
                 // Nothing is ever buffered: the kernel stops sending FLUSH.
                 Err(Errno::ENOSYS)
             }
-            // Nothing can be created (EACCES), removed, renamed or changed (EPERM), as on the
-            // fuser adapter.
-            op::MKNOD | op::MKDIR | op::SYMLINK | op::LINK | op::CREATE => Err(Errno::EACCES),
-            op::UNLINK | op::RMDIR | op::RENAME | op::RENAME2 => Err(Errno::EPERM),
+            // Nothing can be created (`no_create`), removed, renamed or changed (EPERM), as on
+            // the fuser adapter.
+            op::MKNOD | op::MKDIR | op::SYMLINK | op::CREATE => Err(fs.no_create()),
+            op::LINK => Err(Errno::EPERM),
+            op::UNLINK | op::RMDIR => Err(Errno::EPERM),
+            op::RENAME | op::RENAME2 => {
+                // fuse_rename_in (8 bytes) or fuse_rename2_in (16): newdir first; then the
+                // old name and the new, each NUL-terminated.
+                let new_name = payload.split(|&c| c == 0).nth(1).unwrap_or_default();
+                Err(fs.no_rename(&asker, u64_at(op, 0), OsStr::from_bytes(new_name)))
+            }
             op::SETATTR => {
                 count_request(Op::Setattr);
                 // fuse_setattr_in: valid, padding, fh, size, lock_owner, atime, mtime, ctime,
@@ -224,6 +247,10 @@ impl Conn {
         let fs = &self.fs;
         let bytes = match fs.do_open(asker, ino, flags)? {
             Opened::Rendered(bytes) => bytes,
+            Opened::Through(fh) => {
+                Out(out).open(fh, RENDERED_OPEN.bits(), 0);
+                return Ok(());
+            }
             // `serves` keeps control files off these mounts.
             Opened::Handle(fh) => {
                 fs.do_release(fh);
