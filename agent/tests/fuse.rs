@@ -904,3 +904,35 @@ fn umount_returns_while_another_mount_namespace_holds_the_view() {
     assert!(out.status.success(), "{out:?}");
     umount_while_another_namespace_holds(&agent, &view);
 }
+
+#[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE"]
+fn a_read_only_view_reads_and_takes_no_writes() {
+    let (agent, _view) = mounted_agent();
+    let tree = Tree::new();
+    let pid = tree.0.id();
+    for (name, options) in [("ro", "ro"), ("ro-uring", "ro,uring")] {
+        let view = mount_view(&agent, name, options);
+        let status = std::fs::read_to_string(view.join(format!("{pid}/status"))).unwrap();
+        assert!(status.starts_with("Name:\tsleep\n"), "{options}: {status}");
+        for file in ["oom_score_adj", "ctl"] {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!("echo 1 > {}/{pid}/{file}", view.display()))
+                .output()
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+                "{options}: {file}: {out:?}"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap(),
+        "0\n"
+    );
+    assert!(
+        proc_stat(pid).is_some_and(|(_, f)| f[0] != "T"),
+        "not stopped"
+    );
+}

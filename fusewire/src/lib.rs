@@ -285,12 +285,13 @@ fn reply_header(len: usize, error: i32, unique: u64) -> [u8; OUT_HEADER] {
     b
 }
 
-/// Opens /dev/fuse and mounts it at `dir` as `fuse.<subtype>`.
+/// Opens /dev/fuse and mounts it at `dir` as `fuse.<subtype>` (read-only if `read_only`).
 pub fn mount(
     dir: &Path,
     source: &str,
     subtype: &str,
     allow_other: bool,
+    read_only: bool,
 ) -> std::io::Result<OwnedFd> {
     // SAFETY: a plain open; the descriptor is owned below.
     let raw = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -317,7 +318,10 @@ pub fn mount(
             source.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
-            libc::MS_NODEV | libc::MS_NOSUID | libc::MS_NOEXEC,
+            libc::MS_NODEV
+                | libc::MS_NOSUID
+                | libc::MS_NOEXEC
+                | if read_only { libc::MS_RDONLY } else { 0 },
             options.as_ptr().cast(),
         )
     };

@@ -242,7 +242,7 @@ pub fn run(args: FloorArgs) -> anyhow::Result<()> {
         fusewire::enable_uring()?;
     }
     let fd = Arc::new(
-        fusewire::mount(&args.dir, "floor", "floor", true)
+        fusewire::mount(&args.dir, "floor", "floor", true, false)
             .with_context(|| format!("mounting {}", args.dir.display()))?,
     );
     let floor = Arc::new(Floor::new(args.uring));

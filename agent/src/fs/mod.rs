@@ -231,6 +231,9 @@ impl Mounts {
             MountOption::NoSuid,
             MountOption::NoExec,
         ];
+        if opts.read_only {
+            config.mount_options.push(MountOption::RO);
+        }
         // A never-stale mount checks modes and owners itself (fs/access.rs), which spares a
         // GETATTR round trip per path component and per open. A cache= mount never sees the
         // opens (the kernel serves them), so the kernel checks, from attributes it caches.
@@ -244,7 +247,7 @@ impl Mounts {
         };
         config.n_threads = Some(2);
         let session = if opts.uring {
-            fuse::uring::Session::mount(fs, &dir, opts.allow_other)
+            fuse::uring::Session::mount(fs, &dir, opts.allow_other, opts.read_only)
                 .map(Transport::Uring)
                 .map_err(|e| MountError::Io(dir.clone(), e))?
         } else {

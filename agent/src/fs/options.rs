@@ -40,6 +40,9 @@ pub struct MountOptions {
     pub umask: u16,
     /// Let users other than root use the mount (permissions still apply per file).
     pub allow_other: bool,
+    /// `ro`: a read-only mount (MS_RDONLY). Nothing is written through it, neither the
+    /// kernel's files nor control files: EROFS, from the kernel itself.
+    pub read_only: bool,
     /// Bounded-staleness mode: contents and attributes may be up to this old, and the kernel
     /// serves repeated reads from its page cache without asking the agent. Such a mount has
     /// no control files.
@@ -63,6 +66,7 @@ impl Default for MountOptions {
             nolinux: false,
             umask: 0,
             allow_other: true,
+            read_only: false,
             cache: None,
             passthrough: false,
             uring: false,
@@ -157,9 +161,11 @@ impl MountOptions {
                             OptionError::Bad(key.into(), format!("{v:?} is not an octal mask"))
                         })?;
                 }
-                // Accepted for fstab compatibility; the view is always read-mostly.
-                "rw" | "ro" | "defaults" | "nodev" | "nosuid" | "noexec" | "_netdev" | "auto"
-                | "noauto" | "user" | "nouser" => {}
+                "ro" => o.read_only = flag(key, value)?,
+                "rw" => o.read_only = !flag(key, value)?,
+                // Accepted for fstab compatibility: every view is nodev, nosuid and noexec.
+                "defaults" | "nodev" | "nosuid" | "noexec" | "_netdev" | "auto" | "noauto"
+                | "user" | "nouser" => {}
                 _ => return Err(OptionError::Unknown(opt.into())),
             }
         }
@@ -237,6 +243,14 @@ pub fn fuzz_check(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ro_is_kept_and_the_last_of_ro_and_rw_wins() {
+        assert!(!MountOptions::parse("").unwrap().read_only);
+        assert!(MountOptions::parse("ro").unwrap().read_only);
+        assert!(!MountOptions::parse("ro,rw").unwrap().read_only);
+        assert!(MountOptions::parse("rw,ro,nodev").unwrap().read_only);
+    }
 
     #[test]
     fn uring_is_a_plain_never_stale_option() {

@@ -286,9 +286,20 @@ pub struct Session {
 
 impl Session {
     /// Mounts `fs` at `dir` and returns once requests take the io_uring queues.
-    pub fn mount(fs: ProcFs, dir: &Path, allow_other: bool) -> std::io::Result<Self> {
+    pub fn mount(
+        fs: ProcFs,
+        dir: &Path,
+        allow_other: bool,
+        read_only: bool,
+    ) -> std::io::Result<Self> {
         fusewire::enable_uring()?;
-        let fd = Arc::new(fusewire::mount(dir, "bpfproc", "bpfproc", allow_other)?);
+        let fd = Arc::new(fusewire::mount(
+            dir,
+            "bpfproc",
+            "bpfproc",
+            allow_other,
+            read_only,
+        )?);
         let conn = Arc::new(Conn {
             fs,
             fd: fd.clone(),
