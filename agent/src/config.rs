@@ -45,9 +45,11 @@ pub struct Settings {
     /// a quarter full: a 100,000-spawn storm at 1,500/s lost nothing with it.
     #[arg(long, default_value_t = 2 << 20)]
     pub ringbuf_bytes: u32,
-    /// Capacity of the in-kernel process map.
-    #[arg(long, default_value_t = 65536)]
-    pub max_processes: u32,
+    /// Capacity of the in-kernel process map. By default sized from the host: threads-max
+    /// (every process has a thread), at least 65,536 and at most 4,194,304 (the kernel's
+    /// PID_MAX_LIMIT); entries are not preallocated, the hash buckets cost 16 bytes each.
+    #[arg(long)]
+    pub max_processes: Option<u32>,
     /// How often the ring buffer is drained when no wake-up comes, in milliseconds.
     #[arg(long, default_value_t = 10)]
     pub drain_ms: u64,
@@ -306,7 +308,7 @@ impl Loaded {
         take!(exited, f.exited);
         take!(max_staleness_ms, f.max_staleness_ms);
         take!(ringbuf_bytes, f.ringbuf_bytes.map(Spanned::into_inner));
-        take!(max_processes, f.max_processes);
+        take!(max_processes, f.max_processes.map(Some));
         take!(drain_ms, f.drain_ms);
         // Mounts given as flags replace the file's list rather than adding to it.
         if !from_flag("mount") {

@@ -107,9 +107,10 @@ pub async fn run(
     let host = view::Host::detect();
     raise_nofile();
     let t0 = std::time::Instant::now();
+    let max_processes = args.max_processes.unwrap_or_else(kernel::host_capacity);
     let mut kernel = kernel::Kernel::load(&kernel::KernelConfig {
         ringbuf_bytes: args.ringbuf_bytes,
-        max_processes: args.max_processes,
+        max_processes,
     })
     .context("loading BPF programs (are you root, on a kernel with BTF?)")?;
     let ring = kernel.take_ring()?;
@@ -199,7 +200,7 @@ pub async fn run(
     let metrics = metrics::Metrics::new(metrics::Config {
         per_pid: args.metrics_per_pid.then_some(args.metrics_per_pid_max),
         ringbuf_bytes: args.ringbuf_bytes,
-        map_capacity: args.max_processes,
+        map_capacity: max_processes,
         ring: ring_fill.clone(),
     })?;
     let app = http::App {

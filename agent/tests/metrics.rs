@@ -112,6 +112,16 @@ fn promtool_accepts_the_exposition_without_warnings() {
         t.contains("bpfproc_exits_signaled_total{signal=\"SIGKILL\"}")
             .then_some(t)
     });
+    // The process map is sized from the host by default: one entry per thread it allows.
+    let threads_max: f64 = std::fs::read_to_string("/proc/sys/kernel/threads-max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        value(&samples(&text), "bpfproc_process_map_capacity"),
+        threads_max.clamp(65_536.0, 4_194_304.0)
+    );
     let mut check = Command::new(tool("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

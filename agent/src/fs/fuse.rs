@@ -716,11 +716,9 @@ impl ProcFs {
                 let path = self.kernel_path(id)?;
                 self.kernel_guard(req, &path)?;
                 let host = path.host();
-                let bytes = self
-                    .in_ns(req, &path, || read_kernel(&host))
-                    .map_err(|e| errno(&ViewError::Io(e)))?;
+                let read = self.in_ns(req, &path, || read_kernel(&host));
                 self.kernel_same(&path)?;
-                Ok(bytes)
+                read.map_err(|e| errno(&ViewError::Kernel(e)))
             }
             _ => Err(Errno::EISDIR),
         }

@@ -50,32 +50,41 @@ pub fn errno(e: &ViewError) -> Errno {
 /// Reads the kernel's per-process file and checks the pid still names the same process, so a
 /// reused pid never shows another process's data.
 pub fn kernel_file(p: &Process, name: &str) -> Result<Vec<u8>, ViewError> {
-    let bytes = read_kernel(
-        &std::path::Path::new("/proc")
-            .join(p.pid.to_string())
-            .join(name),
-    )?;
-    same_process(p)?;
-    Ok(bytes)
+    checked(
+        p,
+        read_kernel(
+            &std::path::Path::new("/proc")
+                .join(p.pid.to_string())
+                .join(name),
+        ),
+    )
 }
 
 pub fn kernel_link(p: &Process, name: &str) -> Result<Vec<u8>, Errno> {
-    let target = std::fs::read_link(format!("/proc/{}/{name}", p.pid))
-        .map_err(|e| errno(&ViewError::Io(e)))?;
-    same_process(p).map_err(|e| errno(&e))?;
+    let target =
+        checked(p, std::fs::read_link(format!("/proc/{}/{name}", p.pid))).map_err(|e| errno(&e))?;
     Ok(target.as_os_str().as_bytes().to_vec())
 }
 
 pub fn kernel_fds(p: &Process) -> Result<Vec<u32>, Errno> {
-    let rd =
-        std::fs::read_dir(format!("/proc/{}/fd", p.pid)).map_err(|e| errno(&ViewError::Io(e)))?;
-    let mut fds: Vec<u32> = rd
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+    let names = std::fs::read_dir(format!("/proc/{}/fd", p.pid)).and_then(|rd| {
+        rd.map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<Vec<_>>>()
+    });
+    let mut fds: Vec<u32> = checked(p, names)
+        .map_err(|e| errno(&e))?
+        .iter()
+        .filter_map(|n| n.to_str()?.parse().ok())
         .collect();
-    same_process(p).map_err(|e| errno(&e))?;
     fds.sort_unstable();
     Ok(fds)
+}
+
+/// The kernel's answer about process `p`, once it is known to be still the same process: as
+/// it is, error or not (a vanished process is ENOENT).
+fn checked<T>(p: &Process, answer: std::io::Result<T>) -> Result<T, ViewError> {
+    same_process(p)?;
+    answer.map_err(ViewError::Kernel)
 }
 
 pub fn same_process(p: &Process) -> Result<(), ViewError> {

@@ -396,7 +396,9 @@ async fn file(
     };
     match rendered {
         Ok(bytes) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response(),
-        Err(e) if e.errno() == libc::ENOENT => {
+        // ESRCH: the kernel's own answer for a file of a live process that has none, as a
+        // kernel thread's `environ`.
+        Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESRCH) => {
             error(StatusCode::NOT_FOUND, format!("process {}: {e}", p.pid))
         }
         // The kernel refused the agent itself (a process in another user namespace, or with

@@ -51,6 +51,26 @@ pub struct KernelConfig {
     pub max_processes: u32,
 }
 
+/// The fewest entries the process map is given, whatever the host says.
+pub const MIN_PROCESSES: u32 = 65_536;
+/// The most: PID_MAX_LIMIT on 64-bit kernels, so no host can have more processes.
+pub const MAX_PROCESSES: u32 = 4_194_304;
+
+/// A process map capacity for this host: every process has a thread, so `threads-max` bounds
+/// their number (pid_max can be raised at run time, and is only a bound on ids); within
+/// [`MIN_PROCESSES`, `MAX_PROCESSES`].
+pub fn host_capacity() -> u32 {
+    let threads_max = std::fs::read_to_string("/proc/sys/kernel/threads-max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(u64::from(MIN_PROCESSES));
+    capacity_for(threads_max)
+}
+
+fn capacity_for(threads_max: u64) -> u32 {
+    threads_max.clamp(u64::from(MIN_PROCESSES), u64::from(MAX_PROCESSES)) as u32
+}
+
 impl Default for KernelConfig {
     fn default() -> Self {
         Self {
@@ -604,5 +624,17 @@ impl KernelEvent {
             }
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_map_holds_every_thread_the_host_allows_within_bounds() {
+        assert_eq!(capacity_for(192_724), 192_724);
+        assert_eq!(capacity_for(1_000), MIN_PROCESSES);
+        assert_eq!(capacity_for(u64::MAX), MAX_PROCESSES);
     }
 }

@@ -27,6 +27,10 @@ pub enum ViewError {
     NoFile,
     #[error("reading the kernel's file: {0}")]
     Io(#[from] std::io::Error),
+    /// The kernel refused a file of a process that is still there: its errno, as it is
+    /// (`environ` of a kernel thread is ESRCH on this kernel, not a vanished process).
+    #[error("the kernel's file: {0}")]
+    Kernel(std::io::Error),
     /// The manual describes this file but Linux has nothing to fill it with; the file says so
     /// rather than inventing data. EOPNOTSUPP (ENOTSUP is the same number on Linux).
     #[error("not supported on Linux: {0}")]
@@ -43,6 +47,7 @@ impl ViewError {
                 Some(libc::ESRCH) | None => libc::ENOENT,
                 Some(n) => n,
             },
+            ViewError::Kernel(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
 }

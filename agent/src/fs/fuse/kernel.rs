@@ -221,10 +221,12 @@ impl ProcFs {
         let host = path.host();
         let entries = self
             .in_ns(req, path, || {
-                std::fs::read_dir(&host)?
+                // An entry gone between the listing and its type (a pid at the root) is left
+                // out, as the next listing would.
+                Ok(std::fs::read_dir(&host)?
                     .flatten()
-                    .map(|e| Ok((e.file_name(), e.file_type()?)))
-                    .collect::<std::io::Result<Vec<_>>>()
+                    .filter_map(|e| Some((e.file_name(), e.file_type().ok()?)))
+                    .collect::<Vec<_>>())
             })
             .map_err(|e| errno(&ViewError::Io(e)))?;
         let mut out = Vec::new();
