@@ -423,21 +423,15 @@ impl Mounts {
     /// with the process, and what they cannot answer is sent again to the next agent); the
     /// others are unmounted as `unmount_all` does.
     pub fn leave(&self) {
-        let mut live = self.live.lock().expect("mount table lock");
-        let kept: Vec<PathBuf> = live
-            .iter()
-            .filter(|(_, m)| m.kept.is_some())
-            .map(|(d, _)| d.clone())
-            .collect();
-        for dir in kept {
-            if let Some(m) = live.remove(&dir) {
-                m.leaving.store(true, std::sync::atomic::Ordering::Release);
-                // Dropping the session would unmount the view.
-                std::mem::forget(m.session);
-                tracing::info!(dir = %dir.display(), "left proc view to the next agent");
-            }
+        let kept = take_where(&mut self.live.lock().expect("mount table lock"), |m| {
+            m.kept.is_some()
+        });
+        for (dir, m) in kept {
+            m.leaving.store(true, std::sync::atomic::Ordering::Release);
+            // Dropping the session would unmount the view.
+            std::mem::forget(m.session);
+            tracing::info!(dir = %dir.display(), "left proc view to the next agent");
         }
-        drop(live);
         self.unmount_all();
     }
 
@@ -549,19 +543,29 @@ impl Mounts {
 
     /// Forgets mounts someone removed from outside (`umount DIR`, `fusermount3 -u DIR`).
     fn reap(&self) {
-        let mut live = self.live.lock().expect("mount table lock");
-        let gone: Vec<PathBuf> = live
-            .iter()
-            .filter(|(_, m)| m.session.is_finished())
-            .map(|(d, _)| d.clone())
-            .collect();
-        for d in gone {
-            if let Some(m) = live.remove(&d) {
-                self.unkeep(&d, &m);
-            }
+        let gone = take_where(&mut self.live.lock().expect("mount table lock"), |m| {
+            m.session.is_finished()
+        });
+        for (d, m) in gone {
+            self.unkeep(&d, &m);
             tracing::info!(dir = %d.display(), "proc view was unmounted from outside");
         }
     }
+}
+
+/// Removes and returns the mounts for which `pred` holds.
+fn take_where(
+    live: &mut BTreeMap<PathBuf, Mounted>,
+    pred: impl Fn(&Mounted) -> bool,
+) -> Vec<(PathBuf, Mounted)> {
+    let dirs: Vec<PathBuf> = live
+        .iter()
+        .filter(|(_, m)| pred(m))
+        .map(|(d, _)| d.clone())
+        .collect();
+    dirs.into_iter()
+        .filter_map(|d| live.remove(&d).map(|m| (d, m)))
+        .collect()
 }
 
 /// How long an unmount waits for other mount namespaces to let go of a view.
