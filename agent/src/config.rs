@@ -79,6 +79,15 @@ pub struct Settings {
     /// in bpfproc_pid_series_dropped_total.
     #[arg(long, default_value_t = 100, requires = "metrics_per_pid")]
     pub metrics_per_pid_max: usize,
+    /// Take over from the agent answering on --socket: attach and backfill first, then take
+    /// its views over (no remount: bind mounts elsewhere keep working) and let it exit.
+    #[arg(long)]
+    pub takeover: bool,
+    /// How long, in seconds, the views' requests wait for the next agent when this one dies
+    /// (a keeper process holds the views' connections meanwhile; under systemd its file
+    /// descriptor store does, for as long as the unit restarts). 0: views die with the agent.
+    #[arg(long, default_value_t = 30)]
+    pub keep_views_secs: u64,
     /// File the control token is written to (mode 0600) at start and removed from at exit.
     #[arg(long, default_value = DEFAULT_TOKEN_FILE, env = "BPFPROC_TOKEN_FILE")]
     pub token_file: std::path::PathBuf,
@@ -131,6 +140,7 @@ pub struct File {
     ringbuf_bytes: Option<Spanned<u32>>,
     max_processes: Option<u32>,
     drain_ms: Option<u64>,
+    keep_views_secs: Option<u64>,
     #[serde(default)]
     mount: Vec<Spanned<Mount>>,
     metrics: Option<Metrics>,
@@ -310,6 +320,7 @@ impl Loaded {
         take!(ringbuf_bytes, f.ringbuf_bytes.map(Spanned::into_inner));
         take!(max_processes, f.max_processes.map(Some));
         take!(drain_ms, f.drain_ms);
+        take!(keep_views_secs, f.keep_views_secs);
         // Mounts given as flags replace the file's list rather than adding to it.
         if !from_flag("mount") {
             args.mount_table = f

@@ -16,7 +16,10 @@ use anyhow::{Context as _, bail};
 use crate::{
     config::{self, Settings},
     control, fs, groups, http, kernel, metrics, socket, state,
-    sys::privs,
+    sys::{
+        fdstore::{self, Holder},
+        privs,
+    },
     view,
 };
 
@@ -33,14 +36,23 @@ pub fn start(settings: Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            let listener = tokio::net::TcpListener::bind(settings.listen)
-                .await
-                .with_context(|| format!("binding {}", settings.listen))?;
+            // An agent taking over binds the address once the old one has left it.
+            let listener = if settings.takeover {
+                None
+            } else {
+                Some(bind(settings.listen).await?)
+            };
             // The handlers are installed before anything can answer: a SIGTERM sent as soon
             // as the API answers must shut down in order, not kill the agent.
             let signals = signalled()?;
             run(settings, listener, signals).await
         })
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
 }
 
 /// 32 random bytes, hex.
@@ -92,11 +104,55 @@ fn raise_nofile() {
     }
 }
 
-/// The agent, serving HTTP on `listener`, until `shutdown` completes.
+/// Where the views' connections are kept across restarts (`sys::fdstore`): systemd's store
+/// under systemd, else our keeper at the socket's side (started if none answers), with what
+/// it holds from the agent before. None when `--keep-views-secs 0`.
+fn holder(
+    socket: &Path,
+    keep_secs: u64,
+) -> anyhow::Result<Option<(Arc<Holder>, Vec<fdstore::Kept>)>> {
+    if keep_secs == 0 {
+        return Ok(None);
+    }
+    let (holder, kept) = match Holder::systemd() {
+        Some(r) => r.context("systemd's file descriptor store")?,
+        None => {
+            let path = fdstore::keeper_path(socket);
+            Holder::keeper(&path, || start_keeper(&path, keep_secs))
+                .with_context(|| format!("the keeper at {}", path.display()))?
+        }
+    };
+    Ok(Some((Arc::new(holder), kept)))
+}
+
+/// Starts `bpfproc keeper` (this binary) in a session of its own, so that neither the
+/// agent's death nor its terminal's signals end it.
+fn start_keeper(path: &Path, grace_secs: u64) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg("keeper")
+        .arg("--socket")
+        .arg(path)
+        .arg("--grace-secs")
+        .arg(grace_secs.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().map(drop)
+}
+
+/// The agent, serving HTTP on `listener` (bound here after a takeover when None), until
+/// `shutdown` completes, or until another agent takes over (`--takeover`).
 pub async fn run(
     args: Settings,
-    listener: tokio::net::TcpListener,
-    shutdown_when: impl Future<Output = anyhow::Result<()>>,
+    listener: Option<tokio::net::TcpListener>,
+    shutdown_when: impl Future<Output = anyhow::Result<Stop>>,
 ) -> anyhow::Result<()> {
     config::check(&args)?;
     crate::table::keep_shown_cpu_times();
@@ -163,18 +219,66 @@ pub async fn run(
         control::Control::spawn(Some(kernel.clone())).context("starting the control thread")?;
     let touched = state.clone();
     control.on_change(Box::new(move |pid| touched.touch(pid)));
+    // Only now, with the programs attached and the table backfilled, are the views taken
+    // from the agent running (which then exits): no event falls in between.
+    let mut handed = if args.takeover {
+        let socket = args.socket.clone();
+        tokio::task::spawn_blocking(move || socket::take_over(&socket)).await??
+    } else {
+        Vec::new()
+    };
+    let listener = match listener {
+        Some(l) => l,
+        None => bind(args.listen).await?,
+    };
+    // Bound before the kept views are taken: an agent that still answers keeps them.
+    let local = socket::bind(&args.socket).await?;
+    let holder = {
+        let (socket, secs) = (args.socket.clone(), args.keep_views_secs);
+        tokio::task::spawn_blocking(move || holder(&socket, secs)).await??
+    };
     let token: Arc<str> = new_token()?.into();
     write_token(&args.token_file, &token)
         .with_context(|| format!("writing the token file {}", args.token_file.display()))?;
-    let mounts = Arc::new(fs::Mounts::new(
+    let mut mounts = fs::Mounts::new(
         state.clone(),
         host,
         tokio::runtime::Handle::current(),
         Some((control.clone(), control::wait::Waiter::new(state.clone()))),
+    );
+    let kept = holder.as_ref().map(|(h, _)| h.clone());
+    if let Some((h, from_store)) = holder {
+        let scratch = args.socket.parent().unwrap_or(Path::new("/run")).to_owned();
+        mounts = mounts.keep_in(h, scratch);
+        // After a crash the keeper (or systemd) has the views; after a handover the old
+        // agent sent them, and the keeper's copies of the same views are dropped.
+        for h in from_store.into_iter().filter_map(fs::Handed::from_kept) {
+            if !handed.iter().any(|x| x.dir == h.dir) {
+                handed.push(h);
+            }
+        }
+    }
+    let mounts = Arc::new(mounts);
+    let mut adopted = Vec::new();
+    for h in handed {
+        let (m, dir) = (mounts.clone(), h.dir.clone());
+        match tokio::task::spawn_blocking(move || m.adopt(h)).await? {
+            Ok(()) => adopted.push(dir),
+            Err(e) => tracing::warn!(dir = %dir.display(), "taking the view over: {e}"),
+        }
+    }
+    let handover = Arc::new(tokio::sync::Notify::new());
+    let control_task = tokio::spawn(socket::serve(
+        local,
+        mounts.clone(),
+        handover.clone(),
+        shutdown.clone(),
     ));
-    let local = socket::bind(&args.socket).await?;
-    let control_task = tokio::spawn(socket::serve(local, mounts.clone(), shutdown.clone()));
-    for (dir, options) in &args.mount_table {
+    for (dir, options) in args
+        .mount_table
+        .iter()
+        .filter(|(dir, _)| !adopted.iter().any(|a| a == dir))
+    {
         // A dead mount left by a killed agent fails every access (ENOTCONN): mount() recovers
         // it, so only a directory that truly cannot be made is an error here.
         if let Err(e) = std::fs::create_dir_all(dir)
@@ -212,14 +316,30 @@ pub async fn run(
     };
     let server = tokio::spawn(http::serve(listener, app, shutdown.clone()));
 
-    shutdown_when.await?;
-    tracing::info!("shutting down");
+    // A handover, or SIGTERM under systemd (whose store keeps the views while the unit
+    // restarts), leaves the kept views to the next agent; any other stop unmounts them.
+    let leave = tokio::select! {
+        r = shutdown_when => r? == Stop::Term && kept.as_ref().is_some_and(|h| h.is_systemd()),
+        () = handover.notified() => true,
+    };
+    tracing::info!(leave, "shutting down");
+    if leave {
+        // Before the table goes: the views must not answer from a table that is gone.
+        let m = mounts.clone();
+        tokio::task::spawn_blocking(move || m.leave()).await?;
+    }
     let _ = shutdown_tx.send(true);
     let _ = control_task.await;
     let _ = std::fs::remove_file(&args.socket);
-    {
+    if !leave {
         let m = mounts.clone();
-        tokio::task::spawn_blocking(move || m.unmount_all()).await?;
+        tokio::task::spawn_blocking(move || {
+            m.unmount_all();
+            if let Some(h) = kept {
+                h.quit();
+            }
+        })
+        .await?;
     }
     let _ = server.await;
     // Every traced process is detached and left as it was before the BPF programs go.
@@ -230,17 +350,25 @@ pub async fn run(
     Ok(())
 }
 
+/// How the agent was asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: under systemd, the views are left in its store for the next start.
+    Term,
+    /// SIGINT: everything is unmounted, wherever the views are kept.
+    Int,
+}
+
 /// SIGTERM or SIGINT: installs the handlers now (inside a runtime); the future completes at
 /// the first signal.
-pub fn signalled() -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
+pub fn signalled() -> anyhow::Result<impl Future<Output = anyhow::Result<Stop>>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        Ok(())
+        Ok(tokio::select! {
+            _ = term.recv() => Stop::Term,
+            _ = int.recv() => Stop::Int,
+        })
     })
 }

@@ -4,7 +4,8 @@
 //! The modules are layers; each imports only from the layers below it (a unit test,
 //! `layers::imports_only_go_down`, reads every `use crate::` and holds the order):
 //!
-//! 1. `sys`: the host's clocks, capabilities, user names, cgroups, page size.
+//! 1. `sys`: the host's clocks, capabilities, user names, cgroups, page size, and descriptors
+//!    kept across the agent's restarts.
 //! 2. `btf`, `procfs`: the running kernel's type information, and /proc's files read as data.
 //! 3. `kernel`: the BPF programs, their maps and the ring buffer.
 //! 4. `table`: the process table's rules, pure.

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use bpfproc::{client, config, daemon, fs, mount_helper, socket};
+use bpfproc::{client, config, daemon, fs, mount_helper, socket, sys};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -62,6 +62,15 @@ enum Command {
     },
     /// Write the man pages (bpfproc.1 and bpfproc-COMMAND.1) to DIR, or bpfproc.1 to stdout.
     Manpage { dir: Option<PathBuf> },
+    /// Hold the views' connections between two agents (started by the agent itself).
+    #[command(hide = true)]
+    Keeper {
+        #[arg(long)]
+        socket: PathBuf,
+        /// Exit, letting the views go, when no agent has been connected for this long.
+        #[arg(long)]
+        grace_secs: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -162,6 +171,10 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Ctl(args) => client::ctl::ctl(&args),
         Command::Run(args) => client::ctl::run(&args),
+        Command::Keeper { socket, grace_secs } => Ok(sys::fdstore::keep(
+            &socket,
+            std::time::Duration::from_secs(grace_secs),
+        )?),
     }
 }
 

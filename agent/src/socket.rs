@@ -13,16 +13,28 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::fs::{MountOptions, Mounts};
+use crate::{
+    fs::{Handed, MountOptions, Mounts},
+    sys::fdstore,
+};
 
 pub const DEFAULT_SOCKET: &str = "/run/bpfproc/bpfproc.sock";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    Mount { dir: PathBuf, options: String },
-    Umount { dir: PathBuf },
+    Mount {
+        dir: PathBuf,
+        options: String,
+    },
+    Umount {
+        dir: PathBuf,
+    },
     List,
+    /// `bpfproc agent --takeover`: the answer carries the kept views (their mount points and
+    /// options in `mounts`, their connections attached in the same order), and the agent
+    /// then leaves: the connection closes when it has exited.
+    Handover,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -54,9 +66,11 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Serves the socket until `shutdown`; a handover request notifies `handover`.
 pub async fn serve(
     listener: UnixListener,
     mounts: Arc<Mounts>,
+    handover: Arc<tokio::sync::Notify>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -65,25 +79,33 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let Ok((stream, _)) = conn else { continue };
-        let mounts = mounts.clone();
+        let (mounts, handover) = (mounts.clone(), handover.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, mounts).await {
+            if let Err(e) = handle(stream, mounts, handover).await {
                 tracing::debug!("control connection: {e}");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, mounts: Arc<Mounts>) -> anyhow::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    mounts: Arc<Mounts>,
+    handover: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
     let creds = stream.peer_cred()?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(tokio::io::AsyncReadExt::take(rd, 64 * 1024))
-        .read_line(&mut line)
-        .await?;
-    let resp = if creds.uid() != 0 && creds.uid() != me {
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(rd, 64 * 1024));
+    reader.read_line(&mut line).await?;
+    let allowed = creds.uid() == 0 || creds.uid() == me;
+    if allowed && matches!(serde_json::from_str(&line), Ok(Request::Handover)) {
+        let stream = reader.into_inner().into_inner().reunite(wr)?.into_std()?;
+        return hand_over(stream, &mounts, &handover);
+    }
+    let resp = if !allowed {
         Response {
             error: Some("permission denied: only root may control the agent".into()),
             ..Default::default()
@@ -109,6 +131,12 @@ fn execute(mounts: &Mounts, req: Request) -> Response {
             .map_err(Into::into)
             .and_then(|o| mounts.mount(&dir, o)),
         Request::Umount { dir } => mounts.umount(&dir),
+        Request::Handover => {
+            return Response {
+                error: Some("a handover is asked for by `bpfproc agent --takeover`".into()),
+                ..Default::default()
+            };
+        }
         Request::List => {
             return Response {
                 mounts: mounts.list(),
@@ -120,6 +148,65 @@ fn execute(mounts: &Mounts, req: Request) -> Response {
         error: result.err().map(|e| e.to_string()),
         ..Default::default()
     }
+}
+
+/// Sends the kept views, with their connections, to the agent taking over, and has this one
+/// leave. The connection is left open until this process exits, which is how the next agent
+/// knows it is gone.
+fn hand_over(
+    stream: std::os::unix::net::UnixStream,
+    mounts: &Mounts,
+    handover: &tokio::sync::Notify,
+) -> anyhow::Result<()> {
+    use std::os::fd::AsFd as _;
+    let handed = mounts.handed();
+    let resp = Response {
+        mounts: handed
+            .iter()
+            .map(|h| (h.dir.clone(), h.options.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    let mut line = serde_json::to_vec(&resp)?;
+    line.push(b'\n');
+    let fds: Vec<_> = handed.iter().map(|h| h.fd.as_fd()).collect();
+    stream.set_nonblocking(false)?;
+    fdstore::send(stream.as_fd(), None, &line, &fds)?;
+    tracing::info!(views = handed.len(), "handing over to the next agent");
+    std::mem::forget(stream);
+    handover.notify_one();
+    Ok(())
+}
+
+/// `--takeover`: asks the agent at `socket` to hand its views over, and returns them once it
+/// has exited.
+pub fn take_over(socket: &Path) -> anyhow::Result<Vec<Handed>> {
+    use std::{io::Read as _, io::Write as _, os::fd::AsFd as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        anyhow::anyhow!("--takeover: no agent answers at {}: {e}", socket.display())
+    })?;
+    let mut line = serde_json::to_vec(&Request::Handover)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (n, fds) = fdstore::recv(s.as_fd(), &mut buf)?;
+    let resp: Response = serde_json::from_slice(&buf[..n])
+        .map_err(|e| anyhow::anyhow!("--takeover: the running agent answered: {e}"))?;
+    if let Some(e) = resp.error {
+        anyhow::bail!("--takeover: {e}");
+    }
+    if resp.mounts.len() != fds.len() {
+        anyhow::bail!("--takeover: views and connections do not pair up");
+    }
+    // The old agent has gone when its end closes.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)?;
+    Ok(resp
+        .mounts
+        .into_iter()
+        .zip(fds)
+        .map(|((dir, options), fd)| Handed { dir, options, fd })
+        .collect())
 }
 
 /// The CLI side: one request, one response.

@@ -532,8 +532,9 @@ fn mounts_on_demand_with_their_own_options_and_unmount_cleanly() {
 
 #[test]
 #[ignore = "needs root: loads BPF programs, mounts FUSE"]
-fn a_killed_agents_mount_is_recovered_and_sigterm_unmounts() {
-    let (agent, view) = mounted_agent();
+fn a_killed_unkept_agents_mount_is_recovered_and_sigterm_unmounts() {
+    // Views not kept across restarts (tests/restart.rs has the kept ones) die with the agent.
+    let (agent, view) = Agent::start_with_view(&["--keep-views-secs", "0"]);
     let dir = agent.dir.clone();
     assert!(std::fs::read(view.join("uptime")).is_ok());
     agent.crash();
@@ -543,7 +544,7 @@ fn a_killed_agents_mount_is_recovered_and_sigterm_unmounts() {
     let agent = Agent::start_in(
         dir,
         format!("127.0.0.1:{}", common::free_port()),
-        &["--mount", view.to_str().unwrap()],
+        &["--mount", view.to_str().unwrap(), "--keep-views-secs", "0"],
     );
     assert!(
         std::fs::read(view.join("uptime")).is_ok(),

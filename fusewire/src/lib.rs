@@ -331,6 +331,21 @@ pub fn mount(
     Ok(fd)
 }
 
+/// FUSE_NOTIFY_RESEND (Linux >= 6.9, protocol 7.40): the kernel puts every request that was
+/// read from this connection and not yet answered back in its queue, to be read again (with
+/// the high bit of `unique` set). A server taking over a connection from one that died sends
+/// it, so the requests the dead one had read are answered instead of waiting for ever.
+pub fn notify_resend(fd: &OwnedFd) -> std::io::Result<()> {
+    const FUSE_NOTIFY_RESEND: i32 = 7;
+    let header = reply_header(OUT_HEADER, FUSE_NOTIFY_RESEND, 0);
+    // SAFETY: the header outlives the call.
+    let n = unsafe { libc::write(fd.as_raw_fd(), header.as_ptr().cast(), OUT_HEADER) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Detaches the mount at `dir`.
 pub fn unmount(dir: &Path) -> std::io::Result<()> {
     let target = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;

@@ -28,6 +28,7 @@ use fuser::{
 
 use fusewire::window;
 
+pub(super) use adapter::adopt;
 use control_io::{control_read, control_write};
 use kernel::reader_running;
 pub(super) use ops::{BACKED_OPEN, Found, Opened, RENDERED_OPEN};
@@ -148,6 +149,9 @@ pub struct ProcFs {
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
     rendered: Arc<Mutex<cache::Rendered>>,
     next_fh: AtomicU64,
+    /// This view's first handle: one below it was opened from an agent this one took the
+    /// connection over from (`inherited`).
+    first_fh: u64,
     /// The QNX personality's `as`/`ctl` modes and writers (unused by the others).
     qnx: qnx::QnxFiles,
     strategy: Strategy,
@@ -273,6 +277,11 @@ impl ProcFs {
         let qnx = qnx::QnxFiles::new(opts.umask);
         let strategy = Strategy::of(&opts);
         let desc = personality::descriptor(opts.personality);
+        // Handles count up from the boot clock's nanoseconds: an agent that takes a
+        // connection over starts later than the one before it opened its last handle (each
+        // open takes far more than a nanosecond), so its handles never collide with those that
+        // processes still hold from before, and it can tell those apart.
+        let first_fh = crate::sys::clock::boot_ns().max(1);
         Ok(Self {
             table,
             host,
@@ -284,7 +293,8 @@ impl ProcFs {
             passthrough: passthrough::Passthrough::default(),
             dirs: Mutex::new(HashMap::new()),
             rendered: Arc::default(),
-            next_fh: AtomicU64::new(1),
+            next_fh: AtomicU64::new(first_fh),
+            first_fh,
             qnx,
             strategy,
             desc,
@@ -924,6 +934,12 @@ impl ProcFs {
             gid: req.gid(),
         };
         access::check(who, attr, mask, || access::groups_of(req.pid()))
+    }
+
+    /// Whether `fh` was opened from an agent this one took the connection over from: its
+    /// rendering or listing went with it, and is made again.
+    fn inherited(&self, fh: u64) -> bool {
+        fh != 0 && fh < self.first_fh
     }
 
     fn new_fh(&self) -> u64 {

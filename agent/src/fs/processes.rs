@@ -2,7 +2,13 @@
 //! behind `State`, asked from a FUSE thread), and the core's unit tests use a fixed one, so
 //! the file semantics are tested without BPF, root or a mount.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use crate::{
     state::{Gone, Snapshot, State},
@@ -32,6 +38,22 @@ pub trait Processes: Send + Sync {
 pub struct Live {
     pub state: State,
     pub rt: tokio::runtime::Handle,
+    /// Set when the agent leaves the view to the next one (`Mounts::leave`): once the table
+    /// is gone, a request that needs it is never answered (its thread waits for the process
+    /// to end), so the next agent answers it when the kernel sends it again
+    /// (FUSE_NOTIFY_RESEND) rather than this one failing it.
+    pub leaving: Arc<AtomicBool>,
+}
+
+impl Live {
+    fn settle<T>(&self, r: Result<T, Gone>) -> Result<T, Gone> {
+        if r.is_err() && self.leaving.load(Ordering::Acquire) {
+            loop {
+                std::thread::park();
+            }
+        }
+        r
+    }
 }
 
 impl Processes for Live {
@@ -39,7 +61,7 @@ impl Processes for Live {
         if let Some(s) = self.state.current(bound) {
             return Ok(s);
         }
-        self.rt.block_on(self.state.snapshot_within(bound))
+        self.settle(self.rt.block_on(self.state.snapshot_within(bound)))
     }
 
     fn process(
@@ -48,7 +70,7 @@ impl Processes for Live {
         bound: Duration,
         alone: bool,
     ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone> {
-        self.rt.block_on(self.state.process(pid, bound, alone))
+        self.settle(self.rt.block_on(self.state.process(pid, bound, alone)))
     }
 
     fn max_age(&self) -> Duration {

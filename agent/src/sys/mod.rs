@@ -1,8 +1,10 @@
-//! The bottom layer: thin, safe wrappers over what the host offers (clocks, capabilities, user names, cgroups),
+//! The bottom layer: thin, safe wrappers over what the host offers (clocks, capabilities, user names, cgroups,
+//! descriptors kept across restarts),
 //! importing nothing of the agent's.
 
 pub mod cgroup;
 pub mod clock;
+pub mod fdstore;
 pub mod ns;
 pub mod privs;
 pub mod users;

@@ -130,7 +130,10 @@ impl Filesystem for ProcFs {
                     }
                 });
             }
-            None => reply.error(Errno::EBADF),
+            None => match self.rendering(req, ino.0, fh.0) {
+                Ok(bytes) => reply.data(window(&bytes, offset, size)),
+                Err(e) => reply.error(e),
+            },
         }
     }
 
@@ -174,14 +177,14 @@ impl Filesystem for ProcFs {
 
     fn readdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         count_request(Op::Readdir);
-        let list = match self.listing(fh.0) {
+        let list = match self.listing(&Asker::from(req), ino.0, fh.0) {
             Ok(list) => list,
             Err(e) => return reply.error(e),
         };
@@ -378,4 +381,35 @@ impl Filesystem for ProcFs {
             }
         });
     }
+}
+
+/// A fuser session over `conn`, a connection another agent mounted and initialised. fuser
+/// only starts a session with the INIT handshake, which the kernel sends once per connection
+/// and never again; so the handshake is made on a connection of our own, mounted at `scratch`
+/// for that, and the session's descriptor is then pointed at `conn` (dup3 over the same
+/// number, before any of its threads read): fuser reads and answers `conn` from then on,
+/// with the flags the same kernel agreed to for the same options. The scratch connection's
+/// only descriptor is gone with the dup3, so it ends, and its mount is detached.
+pub fn adopt(
+    fs: ProcFs,
+    conn: std::os::fd::OwnedFd,
+    scratch: &Path,
+    config: fuser::Config,
+) -> std::io::Result<fuser::Session<ProcFs>> {
+    use std::os::fd::AsRawFd as _;
+    std::fs::create_dir_all(scratch)?;
+    let result = (|| {
+        let own = fusewire::mount(scratch, "bpfproc", "bpfproc", false, false)?;
+        let number = own.as_raw_fd();
+        let session = fuser::Session::from_fd(fs, own, config.acl, config)?;
+        // SAFETY: `number` is the session's descriptor; dup3 replaces the file behind it
+        // atomically, and nothing reads it until the session is spawned.
+        if unsafe { libc::dup3(conn.as_raw_fd(), number, libc::O_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(session)
+    })();
+    let _ = fusewire::unmount(scratch);
+    let _ = std::fs::remove_dir(scratch);
+    result
 }

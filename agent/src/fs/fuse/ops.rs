@@ -233,8 +233,9 @@ impl ProcFs {
         Ok((fh, None))
     }
 
-    /// The rendering a READ of handle `fh` is served from.
-    pub(super) fn rendering(&self, fh: u64) -> Result<Arc<Vec<u8>>, Errno> {
+    /// The rendering a READ of handle `fh` is served from. A handle opened from the agent
+    /// this one took over from is rendered again for the reader (checked as an open is).
+    pub(super) fn rendering(&self, req: &Asker, ino: u64, fh: u64) -> Result<Arc<Vec<u8>>, Errno> {
         match self.handle(FileHandle(fh)) {
             Some(
                 Handle::Bytes(bytes)
@@ -244,6 +245,15 @@ impl ProcFs {
             ) => Ok(bytes),
             Some(Handle::Through { bytes: None, .. }) => Err(Errno::EBADF),
             Some(_) => Err(Errno::EIO),
+            None if self.inherited(fh) => {
+                match self.do_open(req, ino, OpenFlags(libc::O_RDONLY))? {
+                    Opened::Rendered(bytes) => Ok(Arc::new(bytes)),
+                    Opened::Handle(fh) | Opened::Through(fh) => {
+                        self.do_release(fh);
+                        Err(Errno::EBADF)
+                    }
+                }
+            }
             None => Err(Errno::EBADF),
         }
     }
@@ -289,12 +299,28 @@ impl ProcFs {
         Ok(fh)
     }
 
-    pub(super) fn listing(&self, fh: u64) -> Result<Arc<Vec<DirEnt>>, Errno> {
-        self.dirs
-            .lock()
-            .ok()
-            .and_then(|d| d.get(&fh).cloned())
-            .ok_or(Errno::EBADF)
+    /// The listing a READDIR of handle `fh` is served from; one opened from the agent this
+    /// one took over from is listed again, and kept under that handle until its release.
+    pub(super) fn listing(
+        &self,
+        req: &Asker,
+        ino: u64,
+        fh: u64,
+    ) -> Result<Arc<Vec<DirEnt>>, Errno> {
+        let kept = self.dirs.lock().ok().and_then(|d| d.get(&fh).cloned());
+        match kept {
+            Some(list) => Ok(list),
+            None if self.inherited(fh) => {
+                let again = self.do_opendir(req, ino)?;
+                let list = self.dirs.lock().ok().and_then(|mut d| {
+                    let list = d.remove(&again)?;
+                    d.insert(fh, list.clone());
+                    Some(list)
+                });
+                list.ok_or(Errno::EBADF)
+            }
+            None => Err(Errno::EBADF),
+        }
     }
 
     pub(super) fn do_releasedir(&self, fh: u64) {

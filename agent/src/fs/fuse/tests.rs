@@ -83,7 +83,9 @@ fn attr_of(fs: &ProcFs, parent: Node, name: &str) -> FileAttr {
 
 fn names(fs: &ProcFs, dir: Node) -> Vec<String> {
     let fh = fs.do_opendir(&who(0), dir.ino().unwrap()).expect("opendir");
-    let list = fs.listing(fh).expect("listing");
+    let list = fs
+        .listing(&who(0), dir.ino().unwrap(), fh)
+        .expect("listing");
     fs.do_releasedir(fh);
     list.iter()
         .map(|e| String::from_utf8_lossy(&e.name).into_owned())
@@ -224,4 +226,26 @@ fn the_umask_option_takes_bits_from_every_node() {
     assert_eq!(attr_of(&fs, Node::ProcDir(4242), "mem").perm, 0o600);
     let fs = view("umask=077");
     assert_eq!(attr_of(&fs, Node::ProcDir(4242), "stat").perm, 0o400);
+}
+
+#[test]
+fn handles_of_a_previous_agent_are_served_again_and_unknown_ones_refused() {
+    let fs = view("");
+    // A directory and a file opened from the agent this one took the connection over from.
+    let old = fs.first_fh - 10;
+    let dir = Node::ProcDir(4242).ino().unwrap();
+    let list = fs.listing(&who(0), dir, old).expect("listed again");
+    assert!(list.iter().any(|e| e.name == b"stat"));
+    let stat = attr_of(&fs, Node::ProcDir(4242), "stat").ino.0;
+    let want = linux::stat(&test_process(), &HOST).unwrap();
+    assert_eq!(
+        *fs.rendering(&who(0), stat, old).expect("rendered again"),
+        want
+    );
+    // One never handed out, by this agent or one before it.
+    let unknown = fs.first_fh + 1_000_000;
+    assert_eq!(
+        fs.rendering(&who(0), stat, unknown).unwrap_err(),
+        Errno::EBADF
+    );
 }

@@ -121,7 +121,7 @@ impl fusewire::Server for Conn {
             op::READ => {
                 count_request(Op::Read);
                 let size = u32_at(op, 16).min(fusewire::MAX_PAYLOAD as u32);
-                fs.rendering(u64_at(op, 0))
+                fs.rendering(&asker, h.nodeid, u64_at(op, 0))
                     .map(|bytes| out.extend_from_slice(window(&bytes, u64_at(op, 8), size)))
             }
             op::WRITE => {
@@ -153,7 +153,7 @@ impl fusewire::Server for Conn {
             }
             op::READDIR => {
                 count_request(Op::Readdir);
-                fs.listing(u64_at(op, 0)).map(|list| {
+                fs.listing(&asker, h.nodeid, u64_at(op, 0)).map(|list| {
                     let (offset, size) = (u64_at(op, 8) as usize, u32_at(op, 16));
                     for (i, e) in list.iter().enumerate().skip(offset) {
                         let dtype = mode_bits(e.kind) >> 12;
