@@ -93,6 +93,29 @@ pub(super) fn agent_stat(addr: &str, key: &str) -> anyhow::Result<u64> {
     Ok(digits.parse()?)
 }
 
+/// The agent's FUSE requests so far, by operation (`fuse_requests_by_op` in /v1/stats).
+pub(super) fn agent_requests_by_op(
+    addr: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let text = http_text(addr, "/v1/stats")?;
+    let key = "\"fuse_requests_by_op\":{";
+    let at = text
+        .find(key)
+        .with_context(|| format!("no fuse_requests_by_op in /v1/stats: {text}"))?;
+    let body = &text[at + key.len()..];
+    let body = &body[..body.find('}').unwrap_or(body.len())];
+    Ok(body
+        .split(',')
+        .filter_map(|pair| {
+            let (name, n) = pair.split_once(':')?;
+            Some((
+                name.trim().trim_matches('"').to_owned(),
+                n.trim().parse().ok()?,
+            ))
+        })
+        .collect())
+}
+
 /// One HTTP/1.1 GET over a fresh connection; returns the body length.
 pub fn http_get(addr: &str, path: &str) -> anyhow::Result<usize> {
     let mut s = TcpStream::connect(addr)?;
