@@ -76,8 +76,7 @@ pub async fn serve(
 
 async fn handle(stream: UnixStream, mounts: Arc<Mounts>) -> anyhow::Result<()> {
     let creds = stream.peer_cred()?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     BufReader::new(tokio::io::AsyncReadExt::take(rd, 64 * 1024))

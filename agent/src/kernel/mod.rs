@@ -508,7 +508,9 @@ fn scrub(t: &mut TaskRecord) {
     t.groups[n..].fill(0);
 }
 
-/// A bpf(2) command whose attribute is a few u32s and whose result is a new fd.
+/// A bpf(2) command whose attribute is a few u32s and whose result is a new fd. Raw: nix has
+/// no bpf(2), and aya has no BPF_LINK_CREATE with an iterator's `bpf_iter_link_info` (the
+/// iterator narrowed to one process), nor BPF_ITER_CREATE or BPF_LINK_GET_FD_BY_ID.
 fn bpf_cmd(cmd: libc::c_long, words: &[u32]) -> Result<std::os::fd::OwnedFd, KernelError> {
     let mut attr = [0u32; 32];
     attr[..words.len()].copy_from_slice(words);
