@@ -109,6 +109,7 @@ pub async fn run(
     })
     .context("loading BPF programs (are you root, on a kernel with BTF?)")?;
     let ring = kernel.take_ring()?;
+    let bpf_log = kernel.take_logger();
     let ring_fill = match kernel::RingFill::new(std::os::fd::AsFd::as_fd(&ring)) {
         Ok(r) => Some(Arc::new(r)),
         Err(e) => {
@@ -145,6 +146,9 @@ pub async fn run(
         total_ms = t0.elapsed().as_millis() as u64,
         "BPF programs attached and table backfilled"
     );
+    if let Some(log) = bpf_log {
+        tokio::spawn(kernel::log::forward(log, shutdown.clone()));
+    }
     let reader = tokio::spawn(state::reader::run(
         ring,
         state.clone(),

@@ -16,6 +16,7 @@ use bpfproc_common::{Event, ExecEvent, ProcEntry, TaskInfo, TaskRecord, kind, st
 
 use crate::btf;
 
+pub mod log;
 mod ring_fill;
 pub use ring_fill::RingFill;
 
@@ -75,6 +76,8 @@ const HOOKS: [(&str, &str); 5] = [
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Kernel {
     ebpf: Ebpf,
+    /// The programs' log, until `take_logger`.
+    logger: Option<log::Logger>,
     iter_link: Option<IterLinkHolder>,
     /// Tasks in the last pass: the next one sizes its buffer from it.
     last_tasks: std::cell::Cell<usize>,
@@ -102,19 +105,24 @@ impl Kernel {
         let nr_cpus = possible_cpus();
         drop(vmlinux);
         let wake_bytes: u64 = u64::from(cfg.ringbuf_bytes) / 4;
-        let ebpf = EbpfLoader::new()
+        let log_level = log::level();
+        let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKE_BYTES", &wake_bytes, true)
             .override_global("RQ_TO_THIS_CPU_OFF", &rq_to_this_cpu_off, true)
             .override_global("NR_CPUS", &nr_cpus, true)
+            // Not there if no log statement survived compilation.
+            .override_global(aya_log::LEVEL, &log_level, false)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
             .map_max_entries("PROCS", cfg.max_processes)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/bpfproc"
             )))?;
+        let logger = log::Logger::take(&mut ebpf, log_level);
         let mut kernel = Self {
             ebpf,
+            logger,
             iter_link: None,
             last_tasks: std::cell::Cell::new(0),
         };
@@ -193,6 +201,11 @@ impl Kernel {
     }
 
     /// Takes the ring buffer out of the object so a reader task can own it.
+    /// The programs' log, if it is on (kernel/log.rs): `log::forward` reads it.
+    pub fn take_logger(&mut self) -> Option<log::Logger> {
+        self.logger.take()
+    }
+
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, KernelError> {
         let map = self
             .ebpf
