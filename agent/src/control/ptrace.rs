@@ -254,10 +254,12 @@ pub(super) fn set_regs(pid: u32, set: RegSet, data: &[u8]) -> Result<(), CtlErro
     };
     match set {
         RegSet::General => {
-            let regs = regs_from(data).ok_or(CtlError::Invalid(format!(
-                "a register set is {REGS_SIZE} bytes, got {}",
-                data.len()
-            )))?;
+            let regs = regs_from(data).ok_or_else(|| {
+                CtlError::Invalid(format!(
+                    "a register set is {REGS_SIZE} bytes, got {}",
+                    data.len()
+                ))
+            })?;
             ptrace::setregs(nix_pid(pid), regs).map_err(rejected)
         }
         RegSet::Float => {
