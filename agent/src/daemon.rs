@@ -58,6 +58,7 @@ async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListe
 /// 32 random bytes, hex.
 pub fn new_token() -> anyhow::Result<String> {
     let mut raw = [0u8; 32];
+    // libc: nix has no getrandom.
     // SAFETY: getrandom writes at most raw.len() bytes into raw.
     let n = unsafe { libc::getrandom(raw.as_mut_ptr().cast(), raw.len(), 0) };
     if n != raw.len() as isize {
@@ -91,16 +92,11 @@ pub fn write_token(path: &Path, token: &str) -> anyhow::Result<()> {
 /// handle, passthrough backing and HTTP connection takes a descriptor, and the usual soft
 /// limit of 1,024 is a shell's, not a server's.
 fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid pointers to a plain struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 
@@ -170,6 +166,7 @@ pub async fn run(
     })
     .context("loading BPF programs (are you root, on a kernel with BTF?)")?;
     let ring = kernel.take_ring()?;
+    let bpf_log = kernel.take_logger();
     let ring_fill = match kernel::RingFill::new(std::os::fd::AsFd::as_fd(&ring)) {
         Ok(r) => Some(Arc::new(r)),
         Err(e) => {
@@ -206,6 +203,9 @@ pub async fn run(
         total_ms = t0.elapsed().as_millis() as u64,
         "BPF programs attached and table backfilled"
     );
+    if let Some(log) = bpf_log {
+        tokio::spawn(kernel::log::forward(log, shutdown.clone()));
+    }
     let reader = tokio::spawn(state::reader::run(
         ring,
         state.clone(),

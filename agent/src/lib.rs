@@ -22,8 +22,6 @@
 //!
 //! docs/architecture.md draws the same picture and says where each kind of change goes.
 
-#![warn(clippy::undocumented_unsafe_blocks)]
-
 pub mod sys;
 
 pub mod btf;

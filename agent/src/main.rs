@@ -81,6 +81,7 @@ fn main() -> std::process::ExitCode {
     // A fixed mmap threshold: glibc otherwise raises it after the first large free, and the
     // multi-megabyte buffers of each iterator pass and listing then come from the heap, whose
     // freed middle is never returned.
+    // libc: glibc's allocator tuning, which nix does not wrap.
     // SAFETY: called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);

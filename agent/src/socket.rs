@@ -94,8 +94,7 @@ async fn handle(
     handover: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
     let creds = stream.peer_cred()?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(rd, 64 * 1024));

@@ -341,3 +341,28 @@ fn sigterm_shuts_the_agent_down_cleanly() {
     let status = agent.stop();
     assert!(status.success(), "agent exited with {status}");
 }
+
+/// With `bpfproc::ebpf=debug` the programs load with their log statements live (the verifier
+/// accepts them), and what they say on a failure path reaches the agent's log: a ring buffer of
+/// one page, drained every 2 s, overflows under bursts of spawns, and each lost record is
+/// counted and logged with its process.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn bpf_failure_paths_reach_the_log_when_its_level_asks() {
+    let (agent, log) = Agent::start_logging(
+        "warn,bpfproc::ebpf=debug",
+        &["--ringbuf-bytes", "4096", "--drain-ms", "2000"],
+    );
+    let logged = eventually(60, "a lost record in the log", || {
+        for _ in 0..100 {
+            let _ = quiet(&mut Command::new("/bin/true")).status();
+        }
+        log.try_iter()
+            .find(|l| l.contains("ringbuf_full (counted)"))
+    });
+    assert!(
+        logged.contains("bpfproc::ebpf") && logged.contains("pid "),
+        "{logged}"
+    );
+    assert!(agent.json("/v1/stats")["kernel"]["ringbuf_full"].as_u64() > Some(0));
+}

@@ -390,7 +390,7 @@ fn self_resolves_to_the_calling_process_and_files_have_owners() {
     // From another thread of this process: self is still the process, thread-self the thread.
     let view2 = view.clone();
     let (tself, tid) = std::thread::spawn(move || {
-        let tid = unsafe { libc::gettid() } as u32;
+        let tid = nix::unistd::gettid().as_raw() as u32;
         (std::fs::read_link(view2.join("thread-self")).unwrap(), tid)
     })
     .join()

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use bpfproc_common::{ARGS_LEN, ExecEvent, ProcEntry, kind, pflag, stat};
 
 use crate::{
-    EVENTS, PROCS, SCRATCH, bump,
+    EVENTS, PROCS, SCRATCH, bump, failed,
     kread::{Fail, ld, task_info},
     off, wake_flags,
 };
@@ -19,7 +19,7 @@ const SIGSTOP: u32 = 19;
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     if let Err(counter) = try_exec(&ctx) {
-        bump(counter);
+        failed!(&ctx, ctx.arg::<*const u8>(0), counter);
     }
     0
 }

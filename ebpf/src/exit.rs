@@ -4,7 +4,7 @@ use aya_ebpf::{
 use bpfproc_common::{Event, kind, stat};
 
 use crate::{
-    EVENTS, PROCS, bump,
+    EVENTS, PROCS, bump, failed,
     kread::{Fail, ld, task_info},
     off, wake_flags,
 };
@@ -12,7 +12,7 @@ use crate::{
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     if let Err(counter) = try_exit(&ctx) {
-        bump(counter);
+        failed!(&ctx, ctx.arg::<*const u8>(0), counter);
     }
     0
 }
@@ -71,7 +71,7 @@ fn fill(task: *const u8, ev: &mut Event) -> Result<(), Fail> {
 #[btf_tracepoint(function = "sched_process_free")]
 pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     if let Err(counter) = try_free(&ctx) {
-        bump(counter);
+        failed!(&ctx, ctx.arg::<*const u8>(0), counter);
     }
     0
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
 use bpfproc_common::{Event, ProcEntry, kind, pflag, stat};
 
 use crate::{
-    EVENTS, PROCS, SCRATCH, bump,
+    EVENTS, PROCS, SCRATCH, bump, failed,
     kread::{Fail, ld, task_info},
     off, wake_flags,
 };
@@ -14,7 +14,7 @@ use crate::{
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     if let Err(counter) = try_fork(&ctx) {
-        bump(counter);
+        failed!(&ctx, ctx.arg::<*const u8>(1), counter);
     }
     0
 }

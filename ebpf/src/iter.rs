@@ -8,6 +8,7 @@ use bpfproc_common::{ProcEntry, TaskRecord, pflag, stat};
 
 use crate::{
     ITER_CTL, ITER_SCRATCH, MAX_CPUS, NR_CPUS, PCPU_OFF, PROCS, RQ_TO_THIS_CPU_OFF, SCRATCH, bump,
+    failed,
     kread::{Fail, ld, ptr, rd, rd_into, task_info},
     off,
 };
@@ -68,7 +69,7 @@ pub fn dump_task(ctx: *mut c_void) -> i32 {
                 backfill(task, rec.tgid);
             }
         }
-        Err(counter) => bump(counter),
+        Err(counter) => failed!(ctx, task, counter),
     }
     0
 }

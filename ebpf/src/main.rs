@@ -81,6 +81,38 @@ macro_rules! off {
 }
 pub(crate) use off;
 
+/// A hook's failure: counted, and, when the agent asked for the programs' log at load time,
+/// logged with the process and the counter's name (aya-log, at debug). Off, the log statement
+/// is a branch on frozen read-only data (`AYA_LOG_LEVEL`) that the verifier removes. A macro,
+/// so the record's target is the hook's module.
+macro_rules! failed {
+    ($ctx:expr, $task:expr, $counter:expr) => {{
+        let counter: u32 = $counter;
+        crate::bump(counter);
+        let tgid: u32 = crate::kread::ld($task, crate::off!(task_tgid));
+        aya_log_ebpf::debug!(
+            $ctx,
+            "pid {}: {} (counted)",
+            tgid,
+            crate::stat_name(counter)
+        );
+    }};
+}
+pub(crate) use failed;
+
+/// A failure counter's name, as `/v1/stats` shows it.
+#[inline(always)]
+pub(crate) fn stat_name(counter: u32) -> &'static str {
+    match counter {
+        stat::RINGBUF_FULL => "ringbuf_full",
+        stat::MAP_FULL => "map_full",
+        stat::READ_ERROR => "read_error",
+        stat::ARGS_ERROR => "args_error",
+        stat::ITER_ERROR => "iter_error",
+        _ => "other",
+    }
+}
+
 pub(crate) fn bump(index: u32) {
     if let Some(counter) = STATS.get_ptr_mut(index) {
         // Per-CPU value: no other writer can race with us on this CPU.

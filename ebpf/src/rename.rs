@@ -6,7 +6,7 @@ use aya_ebpf::{
 use bpfproc_common::{Event, kind, stat};
 
 use crate::{
-    EVENTS, bump,
+    EVENTS, bump, failed,
     kread::{Fail, ld},
     off, wake_flags,
 };
@@ -15,7 +15,7 @@ use crate::{
 #[btf_tracepoint(function = "task_rename")]
 pub fn task_rename(ctx: BtfTracePointContext) -> i32 {
     if let Err(counter) = try_rename(&ctx) {
-        bump(counter);
+        failed!(&ctx, ctx.arg::<*const u8>(0), counter);
     }
     0
 }

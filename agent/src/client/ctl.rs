@@ -75,6 +75,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     };
     let pid = child.id();
     let mut status = 0;
+    // libc's waitpid, not nix's: nix's `WaitStatus` has no real-time signals, so a child
+    // killed by SIGRTMIN+n would be an error (its status lost) instead of exit 128+n.
     if args.stop_on_exec {
         // SAFETY: waitpid on our own child with a valid status pointer.
         let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WUNTRACED) };

@@ -432,7 +432,8 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
-/// Local wall-clock time of a Unix timestamp, broken down.
+/// Local wall-clock time of a Unix timestamp, broken down. libc: nix has no localtime_r (the
+/// C library's, which reads the time zone as `ps` and `date` do).
 fn local(t: f64) -> libc::tm {
     let secs = t as libc::time_t;
     // SAFETY: an all-zero tm is a valid value; localtime_r writes into it and reads `secs`.

@@ -20,6 +20,7 @@ use ratatui::{
 };
 
 use super::{AgentArg, Client, CtlError, Proc, Users};
+use crate::sys::pidfd;
 
 #[derive(clap::Args, Debug)]
 pub struct TopArgs {
@@ -452,13 +453,7 @@ fn is_local(base: &str) -> bool {
 }
 
 fn kill_own(client: &Client, pid: u32, start: f64) -> Result<(), String> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    // SAFETY: fd was just returned to us and nothing else owns it.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let fd = pidfd::open(pid).map_err(|e| std::io::Error::from(e).to_string())?;
     let same = client
         .get_json::<Proc>(&format!("/v1/processes/{pid}"))
         .map(|p| p.start_time == start)
@@ -466,18 +461,8 @@ fn kill_own(client: &Client, pid: u32, start: f64) -> Result<(), String> {
     if !same {
         return Err(format!("process {pid} is gone (its pid may be reused)"));
     }
-    // SAFETY: a valid pidfd, a signal number, no siginfo.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = pidfd::send_signal(&fd, libc::SIGKILL) {
+        let e = std::io::Error::from(e);
         return Err(if e.kind() == std::io::ErrorKind::PermissionDenied {
             "permission denied: not your process (run as root to use the agent's control)".into()
         } else {

@@ -12,10 +12,17 @@ use std::{
 };
 
 use bpfproc_common::pflag;
+use nix::{
+    errno::Errno,
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 
 use super::{
     Caller, Command, CtlError, KernelHandle, ProcInfo, Target,
-    ptrace::{RegSet, get_regs, poke, ptrace, ptrace_err, read_mem, set_regs},
+    ptrace::{
+        RegSet, Resume, get_regs, interrupt, poke, ptrace_err, read_mem, resume, seize, set_regs,
+    },
 };
 
 /// A tracee that exits or stops is noticed (and, if it exited, reaped so that its real parent
@@ -185,7 +192,7 @@ impl Actor {
                     self.seize(&target, Some(0))?;
                     self.interrupt_and_wait(pid)?;
                 }
-                self.resume(pid, libc::PTRACE_SINGLESTEP)?;
+                self.resume(pid, Resume::Step)?;
                 Ok(Reply::Then(Then::WaitStop {
                     start: target.info.start,
                     exit_ok: false,
@@ -242,8 +249,7 @@ impl Actor {
             Command::Stop => {
                 if traced {
                     if !self.tracees[&pid].stopped {
-                        ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0)
-                            .map_err(|e| ptrace_err(pid, "PTRACE_INTERRUPT", e))?;
+                        interrupt(pid).map_err(|e| ptrace_err(pid, "PTRACE_INTERRUPT", e))?;
                     }
                 } else if !target.info.stopped() {
                     target.signal(libc::SIGSTOP)?;
@@ -252,7 +258,7 @@ impl Actor {
             }
             Command::Start | Command::StartStop => {
                 if traced {
-                    self.resume(pid, libc::PTRACE_CONT)?;
+                    self.resume(pid, Resume::Cont)?;
                 } else {
                     match target.info.state {
                         'T' => target.signal(libc::SIGCONT)?,
@@ -290,7 +296,7 @@ impl Actor {
                         tracing::warn!("setting the hang bit of {pid}: {e}");
                         CtlError::Os {
                             what: "updating the BPF process map",
-                            errno: libc::EIO,
+                            errno: Errno::EIO,
                         }
                     })?;
                 Ok(Then::Done)
@@ -318,13 +324,13 @@ impl Actor {
                 if !traced {
                     return Err(CtlError::Busy(format!("process {pid} is not attached")));
                 }
-                self.resume(pid, libc::PTRACE_CONT).map(|()| Then::Done)
+                self.resume(pid, Resume::Cont).map(|()| Then::Done)
             }
             Command::Step => {
                 if !traced {
                     return Err(CtlError::Busy(format!("process {pid} is not attached")));
                 }
-                self.resume(pid, libc::PTRACE_SINGLESTEP)?;
+                self.resume(pid, Resume::Step)?;
                 Ok(wait(false))
             }
         }
@@ -354,8 +360,8 @@ impl Actor {
                 target.info.tracer
             )));
         }
-        ptrace(libc::PTRACE_SEIZE, pid, 0, 0).map_err(|e| match e {
-            libc::EPERM => CtlError::Busy(format!("process {pid} cannot be traced now")),
+        seize(pid).map_err(|e| match e {
+            Errno::EPERM => CtlError::Busy(format!("process {pid} cannot be traced now")),
             e => ptrace_err(pid, "PTRACE_SEIZE", e),
         })?;
         self.tracees.insert(
@@ -383,7 +389,7 @@ impl Actor {
                 self.detach(pid, false)?;
                 target.signal(libc::SIGCONT)
             }
-            Some(_) => self.resume(pid, libc::PTRACE_CONT),
+            Some(_) => self.resume(pid, Resume::Cont),
             None => match target.info.state {
                 'T' => target.signal(libc::SIGCONT),
                 't' => Err(CtlError::Busy(format!(
@@ -402,22 +408,21 @@ impl Actor {
         let pid = target.pid;
         self.seize_only(target, sigmask)?;
         if !ProcInfo::read(pid).is_ok_and(|i| i.state == 't') {
-            ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0)
-                .map_err(|e| ptrace_err(pid, "PTRACE_INTERRUPT", e))?;
+            interrupt(pid).map_err(|e| ptrace_err(pid, "PTRACE_INTERRUPT", e))?;
         }
         Ok(())
     }
 
     /// Resumes a stopped tracee, delivering the signal it stopped for (except a single step,
     /// which FreeBSD defines as delivering none).
-    fn resume(&mut self, pid: u32, how: libc::c_uint) -> Result<(), CtlError> {
+    fn resume(&mut self, pid: u32, how: Resume) -> Result<(), CtlError> {
         let t = self.tracees.get_mut(&pid).ok_or(CtlError::NoProcess(pid))?;
         if !t.stopped {
             return Err(CtlError::Busy(format!("process {pid} is not stopped")));
         }
-        let step = how == libc::PTRACE_SINGLESTEP;
+        let step = how == Resume::Step;
         let sig = if step { 0 } else { t.pending };
-        ptrace(how, pid, 0, sig as u64).map_err(|e| ptrace_err(pid, "resuming", e))?;
+        resume(how, pid, sig).map_err(|e| ptrace_err(pid, "resuming", e))?;
         t.stopped = false;
         t.stepping = step;
         if !step {
@@ -434,6 +439,8 @@ impl Actor {
                 return;
             };
             let mut status = 0;
+            // Not nix's waitpid: its `WaitStatus` has no real-time signals, and would fail (the
+            // status lost) for a tracee stopped by one.
             // SAFETY: waitpid on a specific pid with a valid status pointer.
             let r = unsafe {
                 libc::waitpid(
@@ -459,7 +466,7 @@ impl Actor {
                     && !sig_in(mask, sig)
                 {
                     // A signal the trace mask does not name: on to the process at once.
-                    if ptrace(libc::PTRACE_CONT, pid, 0, sig as u64).is_err() {
+                    if resume(Resume::Cont, pid, sig).is_err() {
                         self.tracees.remove(&pid);
                         return;
                     }
@@ -482,8 +489,7 @@ impl Actor {
         if self.tracees.get(&pid).is_some_and(|t| t.stopped) {
             return Ok(());
         }
-        ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0)
-            .map_err(|e| ptrace_err(pid, "PTRACE_INTERRUPT", e))?;
+        interrupt(pid).map_err(|e| ptrace_err(pid, "PTRACE_INTERRUPT", e))?;
         let deadline = Instant::now() + INTERRUPT_TIMEOUT;
         loop {
             self.reap(pid);
@@ -513,12 +519,11 @@ impl Actor {
             return Err(CtlError::NoProcess(pid));
         };
         if keep_stopped && was_stopped {
-            // SAFETY: kill(2). The pid cannot have been reused: our tracee, alive or a zombie
-            // only we can reap, still holds it.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+            // The pid cannot have been reused: our tracee, alive or a zombie only we can reap,
+            // still holds it.
+            let _ = kill(Pid::from_raw(pid as libc::pid_t), Signal::SIGSTOP);
         }
-        ptrace(libc::PTRACE_DETACH, pid, 0, t.pending as u64)
-            .map_err(|e| ptrace_err(pid, "PTRACE_DETACH", e))?;
+        resume(Resume::Detach, pid, t.pending).map_err(|e| ptrace_err(pid, "PTRACE_DETACH", e))?;
         if keep_stopped && was_stopped {
             // It runs for a moment to take the SIGSTOP: answer once it is stopped again, so
             // that whoever asked next (or looks at it after shutdown) finds it stopped.
@@ -566,7 +571,7 @@ impl Actor {
         let r = self.interrupt_and_wait(pid).and_then(|()| f(pid));
         // The group stop is still in effect, so the detached process goes back into it.
         if let Some(t) = self.tracees.remove(&pid) {
-            let _ = ptrace(libc::PTRACE_DETACH, pid, 0, t.pending as u64);
+            let _ = resume(Resume::Detach, pid, t.pending);
             settle_stopped(pid);
         }
         r

@@ -18,10 +18,14 @@ pub mod wait;
 pub mod words;
 
 use std::{
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     sync::{Arc, Mutex},
     time::Duration,
 };
+
+use nix::errno::Errno;
+
+use crate::sys::pidfd;
 
 pub use handle::Control;
 pub use words::{BadWord, Command, SIGNALS, note_signal, short_signal_name, signal_name};
@@ -79,8 +83,8 @@ pub enum CtlError {
     #[error("not supported here: {0}")]
     Unsupported(&'static str),
     /// An unexpected error from the kernel.
-    #[error("{what}: {}", std::io::Error::from_raw_os_error(*errno))]
-    Os { what: &'static str, errno: i32 },
+    #[error("{what}: {}", std::io::Error::from(*errno))]
+    Os { what: &'static str, errno: Errno },
     /// The control thread has stopped (the agent is shutting down).
     #[error("the control thread has shut down")]
     Gone,
@@ -107,7 +111,7 @@ impl CtlError {
             CtlError::BadAddress(_) => libc::EIO,
             CtlError::NoKernel => libc::ENOSYS,
             CtlError::Unsupported(_) => libc::EOPNOTSUPP,
-            CtlError::Os { errno, .. } => *errno,
+            CtlError::Os { errno, .. } => *errno as i32,
             CtlError::Gone => libc::EIO,
             CtlError::Interrupted => libc::EINTR,
         }
@@ -124,15 +128,6 @@ impl CtlError {
             CtlError::NoKernel | CtlError::Unsupported(_) => 501,
             CtlError::Gone | CtlError::Interrupted => 503,
             CtlError::Os { .. } => 500,
-        }
-    }
-
-    fn os(what: &'static str) -> CtlError {
-        CtlError::Os {
-            what,
-            errno: std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
         }
     }
 }
@@ -259,14 +254,8 @@ impl Target {
         if pid == 0 {
             return Err(CtlError::NoProcess(pid));
         }
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-        if fd < 0 {
-            // ESRCH: gone; EINVAL: a thread id, not a process.
-            return Err(CtlError::NoProcess(pid));
-        }
-        // SAFETY: the kernel just returned this fd to us.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // ESRCH: gone; EINVAL: a thread id, not a process.
+        let pidfd = pidfd::open(pid).map_err(|_| CtlError::NoProcess(pid))?;
         let info = ProcInfo::read(pid)?;
         let target = Target { pid, info, pidfd };
         // The pidfd was opened before /proc was read: if the process is still the pidfd's,
@@ -306,23 +295,13 @@ impl Target {
 
     /// Sends `sig` (0: only check the process is still there) through the pidfd.
     pub fn signal(&self, sig: i32) -> Result<(), CtlError> {
-        // SAFETY: pidfd_send_signal with a null siginfo behaves as kill(2).
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                sig,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if r < 0 {
-            return Err(match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::ESRCH) => CtlError::NoProcess(self.pid),
-                _ => CtlError::os("pidfd_send_signal"),
-            });
-        }
-        Ok(())
+        pidfd::send_signal(&self.pidfd, sig).map_err(|errno| match errno {
+            Errno::ESRCH => CtlError::NoProcess(self.pid),
+            errno => CtlError::Os {
+                what: "pidfd_send_signal",
+                errno,
+            },
+        })
     }
 
     /// Whether `pid` is still this process, and its state now.

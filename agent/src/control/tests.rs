@@ -9,6 +9,15 @@ use std::{
     time::Duration,
 };
 
+use nix::{
+    sys::{
+        prctl::set_dumpable,
+        signal::{Signal, kill},
+        wait::{WaitPidFlag, waitpid},
+    },
+    unistd::{ForkResult, Gid, Pid, Uid, fork, setresgid, setresuid},
+};
+
 use super::{Caller, Command, Control, CtlError, ProcInfo, ptrace::REGS_SIZE};
 
 static MARKER: [u8; 24] = *b"bpfproc mem marker 4711\0";
@@ -20,21 +29,17 @@ struct Kid(u32);
 impl Kid {
     /// `setup` runs in the child right after fork (async-signal-safe calls only).
     fn fork(setup: fn()) -> Kid {
-        // SAFETY: the child only makes raw syscalls (setup's and nanosleep) until it is killed.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            setup();
-            loop {
-                let ts = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 1_000_000,
-                };
-                // SAFETY: nanosleep with a valid timespec.
-                unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+        // SAFETY: the child only makes plain system calls (setup's, and nanosleep in
+        // `thread::sleep`, which does not allocate) until it is killed.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Parent { child } => Kid(child.as_raw() as u32),
+            ForkResult::Child => {
+                setup();
+                loop {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
         }
-        Kid(pid as u32)
     }
 
     fn plain() -> Kid {
@@ -52,12 +57,17 @@ impl Kid {
 
 impl Drop for Kid {
     fn drop(&mut self) {
-        // SAFETY: kill and reap our own child (the control thread may have reaped it already).
-        unsafe {
-            libc::kill(self.0 as i32, libc::SIGKILL);
-            libc::waitpid(self.0 as i32, std::ptr::null_mut(), libc::__WALL);
-        }
+        // Kill and reap our own child (the control thread may have reaped it already).
+        let pid = Pid::from_raw(self.0 as i32);
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
     }
+}
+
+/// All the forked child's ids to `id` (it has one thread: glibc's set*id has no other to tell).
+fn become_user(id: u32) {
+    let _ = setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id));
+    let _ = setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id));
 }
 
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
@@ -150,8 +160,7 @@ fn waitstop_returns_when_the_target_stops() {
         "waitstop returned while the target was running"
     );
     assert_ne!(kid.state(), 'T', "waitstop does not touch the target");
-    // SAFETY: kill(2) on our child.
-    unsafe { libc::kill(kid.0 as i32, libc::SIGSTOP) };
+    kill(Pid::from_raw(kid.0 as i32), Signal::SIGSTOP).unwrap();
     let (r, state) = rx.recv_timeout(Duration::from_secs(10)).expect("returned");
     r.unwrap();
     assert_eq!(state, Ok('T'), "returned with the target stopped");
@@ -190,13 +199,11 @@ fn callers_may_control_only_what_they_could_ptrace() {
     assert!(matches!(root_kid.state(), 'S' | 'R'), "untouched");
 
     // The user's own process: allowed.
-    // SAFETY: plain system calls in the forked child, which owns its credentials.
-    let own = Kid::fork(|| unsafe {
-        libc::setresgid(1000, 1000, 1000);
-        libc::setresuid(1000, 1000, 1000);
+    let own = Kid::fork(|| {
+        become_user(1000);
         // Changing uid may make a process non-dumpable (fs.suid_dumpable); a program
         // exec'd by that user would be dumpable, which is the case modelled here.
-        libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        let _ = set_dumpable(true);
     });
     eventually("child switched uid", || own.info().uids == [1000; 4]);
     c.ctl(&user, own.0, Command::Stop).unwrap();
@@ -211,11 +218,9 @@ fn callers_may_control_only_what_they_could_ptrace() {
 
     // Same uid, but not dumpable (as after a setuid exec, or a uid change with
     // fs.suid_dumpable=0): off limits, as it is for ptrace(2).
-    // SAFETY: as above.
-    let changed = Kid::fork(|| unsafe {
-        libc::setresgid(1000, 1000, 1000);
-        libc::setresuid(1000, 1000, 1000);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    let changed = Kid::fork(|| {
+        become_user(1000);
+        let _ = set_dumpable(false);
     });
     eventually("child switched uid and became non-dumpable", || {
         let i = changed.info();

@@ -78,7 +78,7 @@ fn netbsd_dir(target: Option<Vec<u8>>, caller_root: Option<&[u8]>) -> Vec<u8> {
 /// Who owns a process's node (`e`, or the directory itself), where the personality says
 /// otherwise than Linux's effective ids: FreeBSD's nodes belong to the process's real user and
 /// group (pseudofs's `cr_ruid`/`cr_rgid`; the manual's "the process's user … that user's
-/// primary group"), and `mem` to group kmem if `/etc/group` has one (else the process's group).
+/// primary group"), and `mem` to group kmem if the group database has one (else the process's group).
 pub fn freebsd_owner(p: &Process, e: Option<&Entry>) -> (u32, u32) {
     let (uid, gid) = p.leader().map_or((p.uid, p.gid), |t| (t.uid, t.gid));
     let mem = e.is_some_and(|e| matches!(e.kind, Kind::Control(ControlFile::Mem)));
@@ -88,16 +88,7 @@ pub fn freebsd_owner(p: &Process, e: Option<&Entry>) -> (u32, u32) {
 /// The kmem group's id, looked up once.
 fn kmem_gid() -> Option<u32> {
     static KMEM: OnceLock<Option<u32>> = OnceLock::new();
-    *KMEM.get_or_init(|| group_id(&std::fs::read_to_string("/etc/group").ok()?, "kmem"))
-}
-
-/// A group's id in group(5) text (`name:password:gid:members`).
-fn group_id(text: &str, name: &str) -> Option<u32> {
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name).then_some(())?;
-        f.nth(1)?.trim().parse().ok()
-    })
+    *KMEM.get_or_init(|| crate::sys::users::gid("kmem"))
 }
 
 #[cfg(test)]
@@ -134,14 +125,5 @@ mod tests {
         assert_eq!(d(Some(b"/etc"), Some(b"/srv/jail")), "/");
         assert_eq!(d(Some(b"/tmp/gone (deleted)"), Some(b"/")), "/");
         assert_eq!(d(None, Some(b"/")), "/");
-    }
-
-    #[test]
-    fn groups_are_found_by_name() {
-        let text = "root:x:0:\nkmemx:x:99:\nkmem:x:15:\nusers:x:100:a,b\n";
-        assert_eq!(group_id(text, "kmem"), Some(15));
-        assert_eq!(group_id(text, "users"), Some(100));
-        assert_eq!(group_id(text, "wheel"), None);
-        assert_eq!(group_id("kmem:x:notanumber:\n", "kmem"), None);
     }
 }

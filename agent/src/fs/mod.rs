@@ -25,6 +25,10 @@ use std::os::{
 };
 
 use fuser::{Config, MountOption, SessionACL};
+use nix::{
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sys::stat::{major, minor},
+};
 
 pub use options::MountOptions;
 
@@ -535,9 +539,9 @@ impl Mounts {
                 // Busy (a file still open in it): the agent is leaving, and a mount left behind
                 // would answer ENOTCONN until someone cleaned it up. Detach it instead: open
                 // files fail from now on, and the mount point is a plain directory again.
-                let rc = detach(&dir);
+                let detached = detach(&dir);
                 tracing::warn!(
-                    "unmounting {}: {e}; detached it instead (rc {rc})",
+                    "unmounting {}: {e}; detached it instead ({detached:?})",
                     dir.display()
                 );
             }
@@ -580,24 +584,20 @@ fn connection_dir(dir: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt as _;
     const FUSECTL: &str = "/sys/fs/fuse/connections";
     let dev = std::fs::metadata(dir).ok()?.dev();
-    if libc::major(dev) != 0 {
+    if major(dev) != 0 {
         return None;
     }
-    let conn = Path::new(FUSECTL).join(libc::minor(dev).to_string());
+    let conn = Path::new(FUSECTL).join(minor(dev).to_string());
     if !conn.exists() {
         // Our own mount is a connection, so an empty directory means fusectl is not mounted.
-        let target = std::ffi::CString::new(FUSECTL).ok()?;
-        // SAFETY: valid NUL-terminated strings; fusectl takes no data.
-        let rc = unsafe {
-            libc::mount(
-                c"fusectl".as_ptr(),
-                target.as_ptr(),
-                c"fusectl".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        tracing::debug!(rc, "mounted fusectl");
+        let r = mount(
+            Some("fusectl"),
+            FUSECTL,
+            Some("fusectl"),
+            MsFlags::empty(),
+            None::<&str>,
+        );
+        tracing::debug!(?r, "mounted fusectl");
     }
     conn.exists().then_some(conn)
 }
@@ -608,17 +608,13 @@ fn recover_stale(dir: &Path) {
     if let Err(e) = std::fs::metadata(dir)
         && e.raw_os_error() == Some(libc::ENOTCONN)
     {
-        let rc = detach(dir);
-        tracing::info!(dir = %dir.display(), rc, "detached a stale mount left by a previous agent");
+        let r = detach(dir);
+        tracing::info!(dir = %dir.display(), ?r, "detached a stale mount left by a previous agent");
     }
 }
 
 /// Lazily unmounts `dir` (MNT_DETACH): it leaves the namespace now, and what still has files
-/// open in it sees them fail. Returns umount2's result (-1 for a path with a NUL byte).
-fn detach(dir: &Path) -> i32 {
-    match std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) {
-        // SAFETY: valid NUL-terminated path.
-        Ok(c) => unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) },
-        Err(_) => -1,
-    }
+/// open in it sees them fail.
+fn detach(dir: &Path) -> nix::Result<()> {
+    umount2(dir, MntFlags::MNT_DETACH)
 }

@@ -16,6 +16,7 @@ use bpfproc_common::{Event, ExecEvent, ProcEntry, TaskInfo, TaskRecord, kind, st
 
 use crate::btf;
 
+pub mod log;
 mod ring_fill;
 pub use ring_fill::RingFill;
 
@@ -95,6 +96,8 @@ const HOOKS: [(&str, &str); 5] = [
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Kernel {
     ebpf: Ebpf,
+    /// The programs' log, until `take_logger`.
+    logger: Option<log::Logger>,
     iter_link: Option<IterLinkHolder>,
     /// Tasks in the last pass: the next one sizes its buffer from it.
     last_tasks: std::cell::Cell<usize>,
@@ -122,19 +125,24 @@ impl Kernel {
         let nr_cpus = possible_cpus();
         drop(vmlinux);
         let wake_bytes: u64 = u64::from(cfg.ringbuf_bytes) / 4;
-        let ebpf = EbpfLoader::new()
+        let log_level = log::level();
+        let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKE_BYTES", &wake_bytes, true)
             .override_global("RQ_TO_THIS_CPU_OFF", &rq_to_this_cpu_off, true)
             .override_global("NR_CPUS", &nr_cpus, true)
+            // Not there if no log statement survived compilation.
+            .override_global(aya_log::LEVEL, &log_level, false)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
             .map_max_entries("PROCS", cfg.max_processes)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/bpfproc"
             )))?;
+        let logger = log::Logger::take(&mut ebpf, log_level);
         let mut kernel = Self {
             ebpf,
+            logger,
             iter_link: None,
             last_tasks: std::cell::Cell::new(0),
         };
@@ -213,6 +221,11 @@ impl Kernel {
     }
 
     /// Takes the ring buffer out of the object so a reader task can own it.
+    /// The programs' log, if it is on (kernel/log.rs): `log::forward` reads it.
+    pub fn take_logger(&mut self) -> Option<log::Logger> {
+        self.logger.take()
+    }
+
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, KernelError> {
         let map = self
             .ebpf
@@ -528,7 +541,9 @@ fn scrub(t: &mut TaskRecord) {
     t.groups[n..].fill(0);
 }
 
-/// A bpf(2) command whose attribute is a few u32s and whose result is a new fd.
+/// A bpf(2) command whose attribute is a few u32s and whose result is a new fd. Raw: nix has
+/// no bpf(2), and aya has no BPF_LINK_CREATE with an iterator's `bpf_iter_link_info` (the
+/// iterator narrowed to one process), nor BPF_ITER_CREATE or BPF_LINK_GET_FD_BY_ID.
 fn bpf_cmd(cmd: libc::c_long, words: &[u32]) -> Result<std::os::fd::OwnedFd, KernelError> {
     let mut attr = [0u32; 32];
     attr[..words.len()].copy_from_slice(words);

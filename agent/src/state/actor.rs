@@ -557,6 +557,7 @@ fn trim_heap() {
         return;
     }
     let t0 = Instant::now();
+    // libc: glibc's own allocator call, which nix does not wrap.
     // SAFETY: malloc_trim has no preconditions and is thread-safe.
     unsafe { libc::malloc_trim(0) };
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "heap trimmed");

@@ -1,20 +1,22 @@
 //! The bottom layer: thin, safe wrappers over what the host offers (clocks, capabilities, user names, cgroups,
-//! descriptors kept across restarts),
+//! namespaces, pidfds, descriptors kept across restarts),
 //! importing nothing of the agent's.
 
 pub mod cgroup;
 pub mod clock;
 pub mod fdstore;
 pub mod ns;
+pub mod pidfd;
 pub mod privs;
 pub mod users;
 
 /// The page size, read once (`sysconf(_SC_PAGESIZE)`).
 pub fn page_size() -> u64 {
     static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *PAGE.get_or_init(|| {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        if page > 0 { page as u64 } else { 4096 }
-    })
+    *PAGE.get_or_init(
+        || match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
+            Ok(Some(page)) if page > 0 => page as u64,
+            _ => 4096,
+        },
+    )
 }

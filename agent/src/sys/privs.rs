@@ -102,6 +102,8 @@ pub fn drop_to(effective: u64, permitted: u64) -> Result<(), PrivError> {
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40)
         .min(63);
+    // libc for prctl's capability calls and capget/capset: nix's prctl module has none of
+    // PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_CAP_AMBIENT, and nix has no capget/capset.
     for cap in 0..=last {
         if keep & (1 << cap) != 0 {
             continue;

@@ -1,12 +1,12 @@
-//! User names, through the C library's lookup (NSS: /etc/passwd, LDAP, sssd, systemd-userdb…),
+//! User and group names, through the C library's lookup (NSS: /etc/passwd, LDAP, sssd, systemd-userdb…),
 //! as `ps` and `ls` resolve them, so every view, group and client agrees for every kind of user.
 //! Cached for the process's life: a scrape or a `ps` asks for the same few uids thousands of
 //! times, and an NSS lookup can be a network round trip. A uid with no name is looked up again
 //! after a minute, since a user may be added meanwhile.
 
+use nix::unistd::{Group, Uid, User};
 use std::{
     collections::HashMap,
-    ffi::{CStr, CString},
     sync::{Mutex, OnceLock},
     time::{Duration, Instant},
 };
@@ -45,40 +45,18 @@ pub fn uid(user: &str) -> Option<u32> {
     if let Ok(n) = user.parse() {
         return Some(n);
     }
-    let c_name = CString::new(user).ok()?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: an all-zero passwd is a valid value for getpwnam_r to fill.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; getpwnam_r writes the strings into buf,
-    // which outlives every use of the pointers into it.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            c_name.as_ptr(),
-            &mut pw,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut res,
-        )
-    };
-    (rc == 0 && !res.is_null()).then_some(pw.pw_uid)
+    Some(User::from_name(user).ok()??.uid.as_raw())
+}
+
+/// The gid of a group name (not cached: asked for once, at start-up).
+pub fn gid(group: &str) -> Option<u32> {
+    Some(Group::from_name(group).ok()??.gid.as_raw())
 }
 
 fn lookup(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; getpwuid_r writes the strings into buf,
-    // which outlives every use of the pointers into it.
-    let rc =
-        unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut res) };
-    if rc != 0 || res.is_null() || pw.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: pw_name points into buf, NUL-terminated by getpwuid_r.
-    let name = unsafe { CStr::from_ptr(pw.pw_name) };
-    Some(name.to_string_lossy().into_owned())
+    // getpwuid_r, its buffer grown while the entry does not fit.
+    let user = User::from_uid(Uid::from_raw(uid)).ok()??;
+    (!user.name.is_empty()).then_some(user.name)
 }
 
 #[cfg(test)]
@@ -92,5 +70,7 @@ mod tests {
         assert_eq!(uid("root"), Some(0));
         assert_eq!(uid("1234"), Some(1234));
         assert_eq!(uid("no-such-user-here"), None);
+        assert_eq!(gid("root"), Some(0));
+        assert_eq!(gid("no-such-group-here"), None);
     }
 }

@@ -383,7 +383,7 @@ pub fn getpr(p: &Process, host: &Host) -> Result<PrPsInfo, ViewError> {
         } else {
             let major = (t.tty_nr >> 8) & 0xfff;
             let minor = (t.tty_nr & 0xff) | ((t.tty_nr >> 12) & 0xfff00);
-            libc::makedev(major, minor)
+            nix::sys::stat::makedev(major.into(), minor.into())
         },
         pr_size: t.total_vm,
         pr_rssize: file + anon + shmem,
@@ -428,7 +428,8 @@ pub fn nice_request(arg: i32, current: i32, privileged: bool) -> Result<i32, Pfc
     Ok(arg - 20)
 }
 
-/// PFCKILL: a signal number the process can be sent (1..=SIGRTMAX); else EINVAL.
+/// PFCKILL: a signal number the process can be sent (1..=SIGRTMAX); else EINVAL. libc's
+/// SIGRTMAX(): nix's `Signal` has no real-time signals.
 pub fn kill_signal(arg: i32) -> Result<i32, PfcError> {
     if (1..=libc::SIGRTMAX()).contains(&arg) {
         Ok(arg)
@@ -513,7 +514,7 @@ mod tests {
             (got.pr_pid, got.pr_ppid, got.pr_pgrp, got.pr_sid),
             (4242, 4200, 4242, 4200)
         );
-        assert_eq!(got.pr_lttydev, libc::makedev(136, 3));
+        assert_eq!(got.pr_lttydev, nix::sys::stat::makedev(136, 3));
         assert_eq!((got.pr_size, got.pr_rssize), (2000, 153));
         assert_eq!(
             got.pr_start,

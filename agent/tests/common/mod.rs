@@ -56,6 +56,39 @@ impl Agent {
 
     /// Starts an agent reusing `dir` (its socket and mount points), e.g. after a crash.
     pub fn start_in(dir: std::path::PathBuf, addr: String, extra: &[&str]) -> Agent {
+        Self::launch(dir, addr, extra, "warn", Stdio::inherit())
+    }
+
+    /// Starts an agent logging at `filter` (RUST_LOG), and the lines it logs, as it logs them.
+    pub fn start_logging(
+        filter: &str,
+        extra: &[&str],
+    ) -> (Agent, std::sync::mpsc::Receiver<String>) {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let dir = std::env::temp_dir().join(format!("bpfproc-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let mut agent = Self::launch(dir, addr, extra, filter, Stdio::piped());
+        let stderr = agent.child.as_mut().and_then(|c| c.stderr.take());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr.expect("piped stderr")).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (agent, rx)
+    }
+
+    fn launch(
+        dir: std::path::PathBuf,
+        addr: String,
+        extra: &[&str],
+        log: &str,
+        stderr: Stdio,
+    ) -> Agent {
         let socket = dir.join("bpfproc.sock");
         let token_file = dir.join("token");
         let child = Command::new(env!("CARGO_BIN_EXE_bpfproc"))
@@ -65,8 +98,9 @@ impl Agent {
             .arg("--token-file")
             .arg(&token_file)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn agent");
         let agent = Agent {

@@ -22,7 +22,7 @@
 use std::{
     collections::HashMap,
     io::Write as _,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -30,6 +30,7 @@ use std::{
 };
 
 use fuser::{BackingId, InitFlags, KernelConfig};
+use nix::sys::memfd::{MFdFlags, memfd_create};
 
 /// Whether the connection negotiated passthrough, and the backing of each inode with open
 /// handles or recently closed ones.
@@ -86,26 +87,24 @@ pub(super) enum Id {
 impl Drop for Id {
     fn drop(&mut self) {
         if let Id::Dev { dev, id } = self {
-            // SAFETY: FUSE_DEV_IOC_BACKING_CLOSE reads one u32. It fails harmlessly once the
-            // connection has ended.
-            unsafe { libc::ioctl(dev.as_raw_fd(), BACKING_CLOSE, &raw const *id) };
+            // SAFETY: `id` is a live u32, all BACKING_CLOSE reads. It fails harmlessly once
+            // the connection has ended.
+            let _ = unsafe { backing_close(dev.as_raw_fd(), &raw const *id) };
         }
     }
 }
 
-/// `_IOW(229, 1, struct fuse_backing_map)` and `_IOW(229, 2, uint32_t)`.
-const BACKING_OPEN: libc::c_ulong = 0x4010_e501;
-const BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+// FUSE_DEV_IOC_BACKING_OPEN, `_IOW(229, 1, struct fuse_backing_map)` (fd, flags, padding),
+// and FUSE_DEV_IOC_BACKING_CLOSE, `_IOW(229, 2, uint32_t)`.
+nix::ioctl_write_ptr!(backing_open, 229, 1, [u32; 4]);
+nix::ioctl_write_ptr!(backing_close, 229, 2, u32);
 
 /// Registers `file` as a backing file on the FUSE connection `dev`.
 pub(super) fn register(dev: &Arc<OwnedFd>, file: &std::fs::File) -> std::io::Result<Id> {
     // struct fuse_backing_map: fd, flags, padding.
     let map: [u32; 4] = [file.as_raw_fd() as u32, 0, 0, 0];
-    // SAFETY: the kernel reads 16 bytes from `map`.
-    let id = unsafe { libc::ioctl(dev.as_raw_fd(), BACKING_OPEN, map.as_ptr()) };
-    if id < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: `map` is the 16 bytes the kernel reads.
+    let id = unsafe { backing_open(dev.as_raw_fd(), &raw const map) }?;
     Ok(Id::Dev {
         dev: dev.clone(),
         id: id as u32,
@@ -231,13 +230,7 @@ fn rewrite(file: &std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn memfd(bytes: &[u8]) -> std::io::Result<std::fs::File> {
-    // SAFETY: a NUL-terminated name and valid flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"bpfproc".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and is owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = memfd_create(c"bpfproc", MFdFlags::MFD_CLOEXEC)?;
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
     Ok(file)

@@ -218,18 +218,17 @@ fn exit_status(table: &dyn Processes, pid: u32) -> Result<i32, Errno> {
 
 /// PFCNICE: the caller must be able to control the process; then the manual's rules
 /// (`nice_request`) against its nice value now. Linux's setpriority(PRIO_PROCESS) sets one
-/// thread, so every thread of the process is set.
+/// thread, so every thread of the process is set. getpriority and setpriority through libc:
+/// nix wraps neither.
 fn renice(caller: &Caller, pid: u32, svr4_nice: i32) -> Result<(), Errno> {
     let target = Target::open(caller, pid).map_err(|e| Errno::from_i32(e.errno()))?;
-    // SAFETY: getpriority takes plain integers; -1 is a valid answer, so errno tells.
-    let current = unsafe {
-        *libc::__errno_location() = 0;
-        let n = libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t);
-        if n == -1 && *libc::__errno_location() != 0 {
-            return Err(Errno::ENOENT);
-        }
-        n
-    };
+    // -1 is a valid answer, so errno tells.
+    nix::errno::Errno::clear();
+    // SAFETY: getpriority takes plain integers.
+    let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t) };
+    if current == -1 && nix::errno::Errno::last_raw() != 0 {
+        return Err(Errno::ENOENT);
+    }
     let nice = svr4::nice_request(svr4_nice, current + 20, caller.uid == 0)
         .map_err(|e: PfcError| Errno::from_i32(e.errno()))?;
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|_| Errno::ENOENT)?;
@@ -239,11 +238,9 @@ fn renice(caller: &Caller, pid: u32, svr4_nice: i32) -> Result<(), Errno> {
     {
         // SAFETY: plain integers. A thread that exited meanwhile (ESRCH) is no matter.
         let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error().raw_os_error();
-            if e != Some(libc::ESRCH) {
-                return Err(Errno::from_i32(e.unwrap_or(libc::EIO)));
-            }
+        match nix::errno::Errno::result(r) {
+            Ok(_) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(Errno::from_i32(e as i32)),
         }
     }
     // The pid still names the process that was checked.
@@ -298,8 +295,7 @@ mod tests {
     #[test]
     fn a_thread_with_no_signal_is_not_interrupted() {
         // This test thread has nothing pending; a thread that does not exist is "gone".
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() } as u32;
+        let tid = nix::unistd::gettid().as_raw() as u32;
         assert!(!signal_pending(tid));
         assert!(signal_pending(u32::MAX));
     }
