@@ -5,6 +5,7 @@ mod common;
 mod floors;
 mod fuse;
 mod listing;
+mod scale;
 mod scrape;
 mod tracing;
 
@@ -36,6 +37,10 @@ pub struct BenchArgs {
     /// Where to write the report (default: BENCHMARKS.md in the workspace).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// From this many processes on, a count gets the scale run (scale.rs) instead of every
+    /// view's comparison (lower it to try the scale run on a small host).
+    #[arg(long, default_value_t = scale::SCALE_FROM)]
+    scale_from: usize,
 }
 
 impl BenchArgs {
@@ -47,6 +52,7 @@ impl BenchArgs {
             processes: Vec::new(),
             rounds: 0,
             out: Some(out),
+            scale_from: scale::SCALE_FROM,
         }
     }
 }
@@ -79,6 +85,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::env::temp_dir().join(format!("bpfproc-bench-groups-{}.yaml", std::process::id()));
     std::fs::write(&groups, GROUPS_YAML)?;
     for &target in &counts {
+        if target >= args.scale_from {
+            scale::at_scale(&bin, target, &groups, &mut report, &mut verdicts)?;
+            continue;
+        }
         grow_to(target, &mut sleepers)?;
         let start = Instant::now();
         let work = std::env::temp_dir().join(format!("bpfproc-bench-{}", std::process::id()));
