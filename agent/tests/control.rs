@@ -426,17 +426,7 @@ fn control_files_stop_start_signal_and_read_memory_through_the_mount() {
     });
 
     // A caller who could not ptrace the target is refused by the kernel's permission check.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-        ])
-        .arg(format!("echo stop > {}", ctl.display()))
-        .output()
-        .unwrap();
+    let out = common::sh_as_nobody(&format!("echo stop > {}", ctl.display()));
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied"),

@@ -206,21 +206,11 @@ fn the_agent_keeps_only_the_capabilities_it_documents() {
     let (status, body) = agent.ctl(child.id(), "stop");
     assert_eq!(status, 200, "{body}");
     // A write through to the kernel's file, made as a user: its thread is gone after.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-        ])
-        .arg(format!(
-            "echo 5 > {}/{}/oom_score_adj",
-            dir.display(),
-            child.id()
-        ))
-        .output()
-        .unwrap();
+    let out = common::sh_as_nobody(&format!(
+        "echo 5 > {}/{}/oom_score_adj",
+        dir.display(),
+        child.id()
+    ));
     assert!(
         !out.status.success(),
         "root's process, written as nobody: {out:?}"

@@ -373,3 +373,18 @@ pub fn cgroup2_root() -> std::path::PathBuf {
         })
         .expect("cgroup v2 mounted")
 }
+
+/// `sh -c SCRIPT` run as uid and gid 65534 (nobody) with no supplementary groups.
+pub fn sh_as_nobody(script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .output()
+        .expect("setpriv sh")
+}

@@ -7,7 +7,7 @@ use anyhow::bail;
 
 use super::{
     Verdict,
-    common::{Series, agent_requests_by_op, agent_stat, ms, table, time},
+    common::{Series, agent_requests_by_op, agent_stat, count_processes, ms, table, time},
     floors::OnCpu0,
 };
 
@@ -112,16 +112,7 @@ pub(super) fn fuse_vs_proc(
             series.samples.push(time(|| in_namespace(Some(v.dir), PS))?);
         }
     }
-    let processes = std::fs::read_dir("/proc")?
-        .filter(|e| {
-            e.as_ref().is_ok_and(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.parse::<u32>().is_ok())
-            })
-        })
-        .count()
-        .max(1);
+    let processes = count_processes().max(1);
     let ratio = |s: &Series| s.median().as_secs_f64() / kernel.median().as_secs_f64();
     let mut found = FuseRatios {
         ps: ours
