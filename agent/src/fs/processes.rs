@@ -20,13 +20,12 @@ pub trait Processes: Send + Sync {
     /// Blocks the calling thread (a FUSE thread, never an async worker).
     fn snapshot(&self, bound: Duration) -> Result<Arc<Snapshot>, Gone>;
 
-    /// `pid`'s entry with numbers at most `bound` old (`alone`: a question about this process
-    /// only, which may be answered by reading it on its own), and the snapshot it is of.
+    /// `pid`'s entry with numbers at most `bound` old (read on its own if they are older),
+    /// and the snapshot it is of.
     fn process(
         &self,
         pid: u32,
         bound: Duration,
-        alone: bool,
     ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone>;
 
     /// The agent's staleness bound.
@@ -68,9 +67,8 @@ impl Processes for Live {
         &self,
         pid: u32,
         bound: Duration,
-        alone: bool,
     ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone> {
-        self.settle(self.rt.block_on(self.state.process(pid, bound, alone)))
+        self.settle(self.rt.block_on(self.state.process(pid, bound)))
     }
 
     fn max_age(&self) -> Duration {

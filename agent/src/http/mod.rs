@@ -337,7 +337,7 @@ async fn lookup(app: &App, raw: &str) -> Result<(Arc<Snapshot>, Arc<Process>), R
     let pid = parse_pid(raw)?;
     let (snap, p) = app
         .state
-        .process(pid, app.state.max_age, true)
+        .process(pid, app.state.max_age)
         .await
         .map_err(|_| unavailable())?;
     let p = p.ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no process {pid}")))?;

@@ -28,7 +28,6 @@ impl Processes for Fixed {
         &self,
         pid: u32,
         _bound: Duration,
-        _alone: bool,
     ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone> {
         Ok((self.0.clone(), self.0.get(pid).cloned()))
     }
