@@ -172,10 +172,16 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Ctl(args) => client::ctl::ctl(&args),
         Command::Run(args) => client::ctl::run(&args),
-        Command::Keeper { socket, grace_secs } => Ok(sys::fdstore::keep(
-            &socket,
-            std::time::Duration::from_secs(grace_secs),
-        )?),
+        Command::Keeper { socket, grace_secs } => {
+            // The keeper only holds descriptors and hands them over: it needs no capability,
+            // and nothing it could be made to run gains any.
+            sys::privs::drop_to(0, 0)?;
+            nix::sys::prctl::set_no_new_privs()?;
+            Ok(sys::fdstore::keep(
+                &socket,
+                std::time::Duration::from_secs(grace_secs),
+            )?)
+        }
     }
 }
 

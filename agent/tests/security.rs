@@ -243,6 +243,21 @@ fn the_agent_keeps_only_the_capabilities_it_documents() {
             assert_eq!(uids, "0 0 0 0", "thread {tid}");
         }
     }
+    // The keeper that holds the views' connections across restarts has no capability at all.
+    let keeper_socket = format!("{}.keeper", agent.dir.join("bpfproc.sock").display());
+    let keeper = eventually(5, "the keeper", || {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&keeper_socket)
+                .then_some(pid)
+        })
+    });
+    let c = caps(keeper, keeper);
+    assert_eq!((c["CapEff"], c["CapPrm"]), (0, 0), "the keeper: {c:x?}");
+    let status = std::fs::read_to_string(format!("/proc/{keeper}/status")).unwrap();
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     let out = agent.cli(&["umount", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
 }
