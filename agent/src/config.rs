@@ -267,7 +267,7 @@ impl Loaded {
                 return Err(self.err(
                     by.span(),
                     format!(
-                        "metrics.group_by = {:?}: want comm, exe, user or cgroup",
+                        "metrics.group_by = {:?}: want comm, exe, user, cgroup, pod or container",
                         by.get_ref()
                     ),
                 ));
