@@ -54,8 +54,26 @@ impl Agent {
         )
     }
 
+    /// `start_with`, with these environment variables set for the agent.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let dir = std::env::temp_dir().join(format!("bpfproc-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        Self::start_in_env(dir, addr, extra, env)
+    }
+
     /// Starts an agent reusing `dir` (its socket and mount points), e.g. after a crash.
     pub fn start_in(dir: std::path::PathBuf, addr: String, extra: &[&str]) -> Agent {
+        Self::start_in_env(dir, addr, extra, &[])
+    }
+
+    fn start_in_env(
+        dir: std::path::PathBuf,
+        addr: String,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         let socket = dir.join("bpfproc.sock");
         let token_file = dir.join("token");
         let child = Command::new(env!("CARGO_BIN_EXE_bpfproc"))
@@ -66,6 +84,7 @@ impl Agent {
             .arg(&token_file)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn agent");
