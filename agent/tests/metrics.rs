@@ -459,22 +459,23 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Work for the panels to show: short-lived processes, a failed exit, a death by signal.
+fn workload() {
+    for _ in 0..5 {
+        run(&mut Command::new("true"));
+    }
+    run(&mut Command::new("false"));
+    let mut s = Command::new("sleep").arg("30").spawn().expect("sleep");
+    std::thread::sleep(Duration::from_millis(50));
+    kill(s.id(), 9);
+    let _ = s.wait();
+}
+
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn real_prometheus_gets_data_for_every_dashboard_query_and_rule() {
     let agent = Agent::start();
     let prom = Prometheus::start(&agent.addr);
-    // Work for the panels to show: short-lived processes, a failed exit, a death by signal.
-    let workload = || {
-        for _ in 0..5 {
-            run(&mut Command::new("true"));
-        }
-        run(&mut Command::new("false"));
-        let mut s = Command::new("sleep").arg("30").spawn().expect("sleep");
-        std::thread::sleep(Duration::from_millis(50));
-        kill(s.id(), 9);
-        let _ = s.wait();
-    };
     // Wait for several scrapes and rule evaluations, with work between them.
     eventually(60, "Prometheus to scrape the agent", || {
         workload();
@@ -596,16 +597,6 @@ fn a_central_prometheus_gets_every_dashboard_series_by_remote_write() {
         .replace("global:\n", "global:\n  external_labels:\n    cluster: node-a\n"),
         &[],
     );
-    let workload = || {
-        for _ in 0..5 {
-            run(&mut Command::new("true"));
-        }
-        run(&mut Command::new("false"));
-        let mut s = Command::new("sleep").arg("30").spawn().expect("sleep");
-        std::thread::sleep(Duration::from_millis(50));
-        kill(s.id(), 9);
-        let _ = s.wait();
-    };
     eventually(120, "the node's samples on the central server", || {
         workload();
         let n = central.query("count_over_time(bpfproc_forks_total{cluster=\"node-a\"}[1m])");
