@@ -88,6 +88,18 @@ pub struct Settings {
     /// descriptor store does, for as long as the unit restarts). 0: views die with the agent.
     #[arg(long, default_value_t = 30)]
     pub keep_views_secs: u64,
+    /// Export metrics and exit log records over OTLP (http/protobuf) to this collector, e.g.
+    /// `http://localhost:4318`. Without it, the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or a
+    /// signal's own variable) turns export on; the other `OTEL_*` variables are honoured too.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Also export a log record per exec (exits always are, when OTLP export is on).
+    #[arg(long)]
+    pub otlp_exec_events: bool,
+    /// Log records waiting for the collector at most; further ones are dropped and counted in
+    /// bpfproc_otlp_log_records_dropped_total{cause="queue_full"}.
+    #[arg(long, default_value_t = 8192)]
+    pub otlp_queue: usize,
     /// File the control token is written to (mode 0600) at start and removed from at exit.
     #[arg(long, default_value = DEFAULT_TOKEN_FILE, env = "BPFPROC_TOKEN_FILE")]
     pub token_file: std::path::PathBuf,
@@ -127,7 +139,24 @@ pub fn check(args: &Settings) -> anyhow::Result<()> {
     if let Some(path) = &args.metrics_groups_config {
         groups::Grouping::load(path)?;
     }
+    if let Some(e) = &args.otlp_endpoint {
+        check_endpoint(e).map_err(|m| anyhow::anyhow!("--otlp-endpoint {m}"))?;
+    }
     Ok(())
+}
+
+/// The collector's base URL: plain http (this build has no TLS; a collector on the node, or a
+/// local one in front of a remote endpoint, is the usual shape anyway).
+fn check_endpoint(e: &str) -> Result<(), String> {
+    if e.starts_with("http://") {
+        Ok(())
+    } else if e.starts_with("https://") {
+        Err(format!(
+            "{e:?}: this build exports over plain http (send to a Collector on the node)"
+        ))
+    } else {
+        Err(format!("{e:?}: want a URL like http://localhost:4318"))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +173,15 @@ pub struct File {
     #[serde(default)]
     mount: Vec<Spanned<Mount>>,
     metrics: Option<Metrics>,
+    otlp: Option<Otlp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Otlp {
+    endpoint: Option<Spanned<String>>,
+    exec_events: Option<bool>,
+    queue: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +302,12 @@ impl Loaded {
                 return Err(self.err(o.span(), format!("mount options: {e}")));
             }
         }
+        if let Some(o) = &f.otlp
+            && let Some(e) = &o.endpoint
+            && let Err(m) = check_endpoint(e.get_ref())
+        {
+            return Err(self.err(e.span(), format!("otlp.endpoint = {m}")));
+        }
         if let Some(m) = &f.metrics {
             if let (Some(by), Some(_)) = (&m.group_by, &m.groups_config) {
                 return Err(self.err(
@@ -277,7 +321,7 @@ impl Loaded {
                 return Err(self.err(
                     by.span(),
                     format!(
-                        "metrics.group_by = {:?}: want comm, exe, user or cgroup",
+                        "metrics.group_by = {:?}: want comm, exe, user, cgroup, pod or container",
                         by.get_ref()
                     ),
                 ));
@@ -353,6 +397,11 @@ impl Loaded {
             take!(metrics_per_pid, mx.per_pid);
             take!(metrics_per_pid_max, mx.per_pid_max);
         }
+        if let Some(o) = f.otlp {
+            take!(otlp_endpoint, o.endpoint.map(|e| Some(e.into_inner())));
+            take!(otlp_exec_events, o.exec_events);
+            take!(otlp_queue, o.queue);
+        }
     }
 }
 
@@ -369,7 +418,8 @@ mod tests {
         let l = check(
             "listen = \"0.0.0.0:9464\"\nexited = 100\nringbuf_bytes = 65536\n\n\
              [[mount]]\ndir = \"/run/bpfproc/proc\"\noptions = \"umask=022\"\n\n\
-             [metrics]\ngroup_by = \"exe\"\nper_pid = true\n",
+             [metrics]\ngroup_by = \"exe\"\nper_pid = true\n\n\
+             [otlp]\nendpoint = \"http://collector:4318\"\nexec_events = true\nqueue = 100\n",
         )
         .unwrap();
         assert_eq!(l.file.mount.len(), 1);
@@ -393,6 +443,10 @@ mod tests {
             (
                 "[metrics]\ngroups_config = \"/nonexistent/groups.yml\"\n",
                 "t.toml:2: metrics.groups_config",
+            ),
+            (
+                "[otlp]\nexec_events = true\nendpoint = \"localhost:4318\"\n",
+                "t.toml:3: otlp.endpoint",
             ),
         ];
         for (text, want) in cases {

@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     config::{self, Settings},
-    control, fs, groups, http, kernel, metrics, socket, state,
+    control, fs, groups, http, kernel, metrics, otlp, socket, state,
     sys::{
         fdstore::{self, Holder},
         privs,
@@ -307,6 +307,26 @@ pub async fn run(
         map_capacity: max_processes,
         ring: ring_fill.clone(),
     })?;
+    let otlp_config = otlp::Config {
+        endpoint: args.otlp_endpoint.clone(),
+        exec_events: args.otlp_exec_events,
+        queue: args.otlp_queue,
+        group_attribute: match (&args.metrics_groups_config, args.metrics_group_by) {
+            (None, groups::GroupBy::Pod) => Some("k8s.pod.uid"),
+            (None, groups::GroupBy::Container) => Some("container.id"),
+            _ => None,
+        },
+    };
+    let otlp = if otlp::enabled(&otlp_config) {
+        let (s, rt) = (state.clone(), tokio::runtime::Handle::current());
+        // The exporters' HTTP client runs a runtime of its own: built off this one.
+        let started =
+            tokio::task::spawn_blocking(move || otlp::start(&otlp_config, s, host, rt)).await??;
+        tracing::info!("OTLP export on");
+        Some(started)
+    } else {
+        None
+    };
     let app = http::App {
         state,
         host,
@@ -323,6 +343,10 @@ pub async fn run(
         () = handover.notified() => true,
     };
     tracing::info!(leave, "shutting down");
+    // A last export of both signals, while the table can still answer.
+    if let Some(o) = otlp {
+        tokio::task::spawn_blocking(move || o.shutdown()).await?;
+    }
     if leave {
         // Before the table goes: the views must not answer from a table that is gone.
         let m = mounts.clone();

@@ -12,7 +12,6 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
 };
 
 use regex::Regex;
@@ -30,6 +29,10 @@ pub enum GroupBy {
     User,
     /// The cgroup v2 path.
     Cgroup,
+    /// The Kubernetes pod's uid, from the cgroup path (processes outside pods are not grouped).
+    Pod,
+    /// The container's id, from the cgroup path (processes outside containers are not grouped).
+    Container,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,10 +220,7 @@ impl<'a> Facts<'a> {
             exe,
             cmdline,
             uid: p.uid,
-            cgroup_id: p
-                .leader()
-                .filter(|t| t.start_boottime == p.start_boottime)
-                .map_or(0, |t| t.cgroup_id),
+            cgroup_id: p.cgroup_id(),
         }
     }
 }
@@ -229,22 +229,19 @@ fn basename(path: &[u8]) -> &[u8] {
     path.rsplit(|&b| b == b'/').next().unwrap_or(path)
 }
 
-/// Resolves uids and cgroup ids to names, caching what it learns.
+/// Resolves uids and cgroup ids to names.
 pub struct Names {
     /// uid → user name: the C library's lookup, or a fixed table in tests.
     users: fn(u32) -> String,
-    cgroup_root: Option<PathBuf>,
-    cgroups: HashMap<u64, String>,
-    last_walk: Option<Instant>,
+    /// cgroup id → path: the agent's one cache (`sys::cgroup::path_of`), or a table in tests.
+    cgroups: fn(u64) -> Option<Arc<str>>,
 }
 
 impl Names {
     pub fn detect() -> Self {
         Self {
             users: crate::sys::users::name_or_number,
-            cgroup_root: crate::sys::cgroup::root().ok(),
-            cgroups: HashMap::new(),
-            last_walk: None,
+            cgroups: crate::sys::cgroup::path_of,
         }
     }
 
@@ -252,25 +249,12 @@ impl Names {
         (self.users)(uid)
     }
 
-    /// A cgroup v2 id is the inode number of its directory: an unknown id means a cgroup made
-    /// since the last walk, so walk again (at most every few seconds, so a scrape never walks
-    /// the hierarchy twice in a row).
-    fn cgroup(&mut self, id: u64) -> String {
-        if let Some(p) = self.cgroups.get(&id) {
-            return p.clone();
-        }
-        if let Some(root) = &self.cgroup_root
-            && self
-                .last_walk
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
-        {
-            self.last_walk = Some(Instant::now());
-            self.cgroups = crate::sys::cgroup::paths_by_id(root);
-        }
-        self.cgroups
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| format!("cgroup-id:{id}"))
+    fn cgroup(&self, id: u64) -> String {
+        (self.cgroups)(id).map_or_else(|| format!("cgroup-id:{id}"), |p| p.to_string())
+    }
+
+    fn container(&self, id: u64) -> Option<crate::sys::cgroup::Container> {
+        crate::sys::cgroup::container(&(self.cgroups)(id)?)
     }
 }
 
@@ -408,7 +392,7 @@ impl Ledger {
         let comm = p.name();
         let facts = Facts::of(p, &comm, matches!(self.grouping, Grouping::Rules(_)));
         self.scratch.clear();
-        if !render_key(&self.grouping, &facts, &mut self.names, &mut self.scratch) {
+        if !render_key(&self.grouping, &facts, &self.names, &mut self.scratch) {
             return None;
         }
         if let Some((k, _)) = self.groups.get_key_value(self.scratch.as_str()) {
@@ -605,7 +589,7 @@ impl Ledger {
 }
 
 /// Writes the group name of `f` into `out`; false when the process is not grouped.
-fn render_key(g: &Grouping, f: &Facts<'_>, names: &mut Names, out: &mut String) -> bool {
+fn render_key(g: &Grouping, f: &Facts<'_>, names: &Names, out: &mut String) -> bool {
     use std::fmt::Write as _;
     match g {
         Grouping::By(GroupBy::Comm) => out.push_str(&String::from_utf8_lossy(f.comm)),
@@ -615,6 +599,16 @@ fn render_key(g: &Grouping, f: &Facts<'_>, names: &mut Names, out: &mut String) 
         }
         Grouping::By(GroupBy::User) => out.push_str(&names.user(f.uid)),
         Grouping::By(GroupBy::Cgroup) => out.push_str(&names.cgroup(f.cgroup_id)),
+        Grouping::By(GroupBy::Pod) => match names.container(f.cgroup_id).and_then(|c| c.pod_uid) {
+            Some(uid) => out.push_str(&uid),
+            None => return false,
+        },
+        Grouping::By(GroupBy::Container) => {
+            match names.container(f.cgroup_id).and_then(|c| c.container_id) {
+                Some(id) => out.push_str(&id),
+                None => return false,
+            }
+        }
         Grouping::Rules(rules) => {
             let Some((rule, caps)) = rules.iter().find_map(|r| r.matches(f).map(|c| (r, c))) else {
                 return false;
@@ -680,9 +674,15 @@ mod tests {
                 33 => "www".into(),
                 n => n.to_string(),
             },
-            cgroup_root: None,
-            cgroups: HashMap::new(),
-            last_walk: None,
+            cgroups: |id| {
+                match id {
+                7 => Some("/system.slice/cron.service".into()),
+                8 => Some(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f5a1b2c_3d4e_5f60_7182_93a4b5c6d7e8.slice/cri-containerd-4a3f1b2c5d6e7f80912a3b4c5d6e7f80912a3b4c5d6e7f80912a3b4c5d6e7f80.scope".into(),
+                ),
+                _ => None,
+            }
+            },
         }
     }
 
@@ -699,7 +699,7 @@ mod tests {
 
     fn key(g: &Grouping, f: &Facts<'_>) -> Option<String> {
         let mut out = String::new();
-        render_key(g, f, &mut names(), &mut out).then_some(out)
+        render_key(g, f, &names(), &mut out).then_some(out)
     }
 
     #[test]
@@ -717,8 +717,36 @@ mod tests {
         assert_eq!(key(&Grouping::By(GroupBy::Exe), &nobody).unwrap(), "x");
         assert_eq!(
             key(&Grouping::By(GroupBy::Cgroup), &f).unwrap(),
-            "cgroup-id:7"
+            "/system.slice/cron.service"
         );
+        let unknown = Facts {
+            cgroup_id: 9,
+            ..facts(b"x", b"", "", 0)
+        };
+        assert_eq!(
+            key(&Grouping::By(GroupBy::Cgroup), &unknown).unwrap(),
+            "cgroup-id:9"
+        );
+    }
+
+    #[test]
+    fn pod_and_container_keys_come_from_the_cgroup_path() {
+        let in_pod = Facts {
+            cgroup_id: 8,
+            ..facts(b"x", b"", "", 0)
+        };
+        assert_eq!(
+            key(&Grouping::By(GroupBy::Pod), &in_pod).unwrap(),
+            "0f5a1b2c-3d4e-5f60-7182-93a4b5c6d7e8"
+        );
+        assert_eq!(
+            key(&Grouping::By(GroupBy::Container), &in_pod).unwrap(),
+            "4a3f1b2c5d6e7f80912a3b4c5d6e7f80912a3b4c5d6e7f80912a3b4c5d6e7f80"
+        );
+        // A host daemon is in no pod: not grouped, as a process no rule matches.
+        let host = facts(b"cron", b"/usr/sbin/cron", "cron", 0);
+        assert_eq!(key(&Grouping::By(GroupBy::Pod), &host), None);
+        assert_eq!(key(&Grouping::By(GroupBy::Container), &host), None);
     }
 
     const CONFIG: &str = r#"

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["view"],
     &["control"],
     &["fs"],
+    &["otlp"],
     &["metrics"],
     &["http", "socket"],
     &["config"],

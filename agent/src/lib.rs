@@ -14,11 +14,12 @@
 //! 7. `view`: the renderers of every personality's files, pure.
 //! 8. `control`: ptrace and signals for the control files.
 //! 9. `fs`: the FUSE views.
-//! 10. `metrics`: the Prometheus exposition.
-//! 11. `http`, `socket`: the HTTP API and the local mount socket.
-//! 12. `config`: the agent's settings.
-//! 13. `client`, `mount_helper`: the terminal and control clients, mount(8)'s helper.
-//! 14. `daemon`: the wiring of the whole agent.
+//! 10. `otlp`: the OpenTelemetry (OTLP) export of metrics and exit/exec log records.
+//! 11. `metrics`: the Prometheus exposition.
+//! 12. `http`, `socket`: the HTTP API and the local mount socket.
+//! 13. `config`: the agent's settings.
+//! 14. `client`, `mount_helper`: the terminal and control clients, mount(8)'s helper.
+//! 15. `daemon`: the wiring of the whole agent.
 //!
 //! docs/architecture.md draws the same picture and says where each kind of change goes.
 
@@ -40,6 +41,8 @@ pub mod view;
 pub mod control;
 
 pub mod fs;
+
+pub mod otlp;
 
 pub mod metrics;
 

@@ -18,7 +18,7 @@ use prometheus::{
 
 use crate::{
     groups::GroupReport,
-    kernel::RingFill,
+    kernel::{LOSS_CAUSES, RingFill},
     state::{AgentStats, Snapshot, State},
     view::{self, Host},
 };
@@ -143,6 +143,12 @@ families! {
         table_exited: IntGauge = "bpfproc_table_exited_processes",
         /// Time the agent spent answering /metrics scrapes (this one excluded).
         scrape_duration: Histogram = "bpfproc_scrape_duration_seconds",
+        /// Exit and exec log records the OTLP export delivered (0 while it is off).
+        otlp_exported: IntCounter = "bpfproc_otlp_log_records_exported_total",
+        /// Exit and exec log records the OTLP export dropped, by cause: `queue_full` (the
+        /// collector is slower than the events), `lagged` (the exporter fell behind the table's
+        /// event stream), `export_failed` (the collector refused them or was unreachable).
+        otlp_dropped: IntCounterVec = "bpfproc_otlp_log_records_dropped_total" ["cause"],
         /// Version of the agent; always 1.
         build_info: IntGaugeVec = "bpfproc_build_info" ["version"],
         /// Live processes in each group (zombies excluded).
@@ -297,6 +303,16 @@ impl Metrics {
         for (op, n) in crate::fs::requests() {
             f.fuse_requests.with_label_values(&[op]).inc_by(n);
         }
+        let o = crate::otlp::stats();
+        set(&f.otlp_exported, o.exported);
+        f.otlp_dropped.reset();
+        for (cause, n) in [
+            ("queue_full", o.dropped_queue_full),
+            ("lagged", o.dropped_lagged),
+            ("export_failed", o.dropped_export_failed),
+        ] {
+            f.otlp_dropped.with_label_values(&[cause]).inc_by(n);
+        }
         f.map_entries.set(stats.bpf_map_entries as i64);
         f.table_live.set(stats.live_processes as i64);
         f.table_exited.set(stats.exited_retained as i64);
@@ -316,15 +332,6 @@ impl Metrics {
         out
     }
 }
-
-/// The kernel counters that mean a record or read was lost.
-const LOSS_CAUSES: [&str; 5] = [
-    "ringbuf_full",
-    "map_full",
-    "read_error",
-    "args_error",
-    "iter_error",
-];
 
 fn host_families(f: &Families, snap: &Snapshot) {
     let mut procs = [0i64; 128];

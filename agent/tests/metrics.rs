@@ -342,12 +342,12 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: &str) -> Prometheus {
+        Self::start_with(&scrape_config(target, "1s", ""), &[])
+    }
+
+    /// A server with this configuration file and these extra flags.
+    fn start_with(config: &str, flags: &[&str]) -> Prometheus {
         let dir = tempdir::Dir::new("bpfproc-prom");
-        let rules = dashboards().join("prometheus/rules.yml");
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: bpfproc\n    static_configs:\n      - targets: ['{target}']\n",
-            rules.canonicalize().expect("rules.yml").display()
-        );
         std::fs::write(dir.path().join("prometheus.yml"), config).expect("config");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -364,6 +364,7 @@ impl Prometheus {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -391,6 +392,16 @@ impl Prometheus {
         assert_eq!(v["status"], "success", "{expr}: {v}");
         v["data"]["result"].clone()
     }
+}
+
+/// Scrapes `target` every `interval` and evaluates the project's recording rules and alerts;
+/// `extra` is appended (e.g. a `remote_write:` section).
+fn scrape_config(target: &str, interval: &str, extra: &str) -> String {
+    let rules = dashboards().join("prometheus/rules.yml");
+    format!(
+        "global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: bpfproc\n    static_configs:\n      - targets: ['{target}']\n{extra}",
+        rules.canonicalize().expect("rules.yml").display()
+    )
 }
 
 impl Drop for Prometheus {
@@ -448,22 +459,23 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Work for the panels to show: short-lived processes, a failed exit, a death by signal.
+fn workload() {
+    for _ in 0..5 {
+        run(&mut Command::new("true"));
+    }
+    run(&mut Command::new("false"));
+    let mut s = Command::new("sleep").arg("30").spawn().expect("sleep");
+    std::thread::sleep(Duration::from_millis(50));
+    kill(s.id(), 9);
+    let _ = s.wait();
+}
+
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn real_prometheus_gets_data_for_every_dashboard_query_and_rule() {
     let agent = Agent::start();
     let prom = Prometheus::start(&agent.addr);
-    // Work for the panels to show: short-lived processes, a failed exit, a death by signal.
-    let workload = || {
-        for _ in 0..5 {
-            run(&mut Command::new("true"));
-        }
-        run(&mut Command::new("false"));
-        let mut s = Command::new("sleep").arg("30").spawn().expect("sleep");
-        std::thread::sleep(Duration::from_millis(50));
-        kill(s.id(), 9);
-        let _ = s.wait();
-    };
     // Wait for several scrapes and rule evaluations, with work between them.
     eventually(60, "Prometheus to scrape the agent", || {
         workload();
@@ -558,4 +570,91 @@ fn metric_names_skips_label_values() {
         names.into_iter().collect::<Vec<_>>(),
         ["bpfproc_processes", "bpfproc_x_total"]
     );
+}
+
+/// The fleet path: the node's Prometheus scrapes the agent and remote-writes to a central one
+/// (started with its remote-write receiver, scraping nothing itself); on the central one every
+/// dashboard query and recording rule returns data, labelled with the node's external labels.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn a_central_prometheus_gets_every_dashboard_series_by_remote_write() {
+    let agent = Agent::start();
+    let central = Prometheus::start_with(
+        "global:\n  scrape_interval: 1m\n",
+        &["--web.enable-remote-write-receiver"],
+    );
+    // A scrape of a busy host's table can take seconds: the interval (and so the timeout)
+    // leaves room for it.
+    let node = Prometheus::start_with(
+        &scrape_config(
+            &agent.addr,
+            "3s",
+            &format!(
+                "remote_write:\n  - url: http://{}/api/v1/write\n    queue_config:\n      batch_send_deadline: 1s\n",
+                central.addr
+            ),
+        )
+        .replace("global:\n", "global:\n  external_labels:\n    cluster: node-a\n"),
+        &[],
+    );
+    eventually(120, "the node's samples on the central server", || {
+        workload();
+        let n = central.query("count_over_time(bpfproc_forks_total{cluster=\"node-a\"}[1m])");
+        let samples = n
+            .get(0)
+            .and_then(|r| r["value"][1].as_str()?.parse::<u32>().ok())
+            .unwrap_or(0);
+        (samples >= 4).then_some(())
+    });
+    let rules: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(dashboards().join("prometheus/rules.yml")).expect("rules"),
+    )
+    .expect("rules YAML");
+    let records: Vec<String> = rules["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["record"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!records.is_empty());
+    let mut queries: Vec<(String, String)> = dashboard_queries();
+    queries.extend(
+        records
+            .into_iter()
+            .map(|r| (format!("recording rule {r}"), r)),
+    );
+    queries.push((
+        "group CPU".into(),
+        "bpfproc_group_cpu_seconds_total{cluster=\"node-a\",mode=\"user\"}".into(),
+    ));
+    // Rates and recording rules need a few samples each: wait, with work going on, until
+    // every query has data or the deadline passes, then name the ones that never did.
+    let mut empty: Vec<String>;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        workload();
+        empty = queries
+            .iter()
+            .filter(|(_, q)| central.query(q).as_array().is_none_or(|a| a.is_empty()))
+            .map(|(what, q)| format!("{what}: {q}"))
+            .collect();
+        if empty.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        empty.is_empty(),
+        "central queries without data:\n{}",
+        empty.join("\n")
+    );
+    // Nothing reached the central server except through remote write.
+    let up = central.query("up");
+    assert!(
+        up.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|s| s["metric"]["cluster"] == "node-a")),
+        "{up}"
+    );
+    drop(node);
 }

@@ -53,11 +53,14 @@ const PSUTIL_SDIST_SHA256: &str =
     "0746f5f8d406af344fd547f1c8daa5f5c33dbc293bb8d6a16d80b4bb88f59372";
 
 /// PyPI packages pinned to one version (distribution name, version): psutil and what its test
-/// suite needs here, pytest and pytest-timeout (so that a hang cannot stall the run).
+/// suite needs here, pytest and pytest-timeout (so that a hang cannot stall the run), and the
+/// OpenTelemetry project's generated protobuf types, with which agent/tests/fleet.rs's OTLP
+/// receiver decodes what the agent exports.
 const PIP_PINNED: &[(&str, &str)] = &[
     ("psutil", PSUTIL_VERSION),
     ("pytest", "9.0.2"),
     ("pytest-timeout", "2.4.0"),
+    ("opentelemetry-proto", "1.45.2"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

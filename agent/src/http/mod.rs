@@ -135,8 +135,8 @@ fn json_bytes(body: impl Into<bytes::Bytes>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body.into()).into_response()
 }
 
-/// `?comm=`, `?uid=`, `?ppid=`, `?pid=`, `?cgroup=`; anything else, or a value that does not
-/// parse, is a 400.
+/// `?comm=`, `?uid=`, `?ppid=`, `?pid=`, `?cgroup=`, `?pod_uid=`, `?container_id=`; anything
+/// else, or a value that does not parse, is a 400.
 #[derive(Default)]
 struct Filter {
     comm: Option<String>,
@@ -145,6 +145,9 @@ struct Filter {
     pid: Option<u32>,
     /// The ids of the cgroup subtree named, read once when the request comes in.
     cgroup: Option<std::collections::HashSet<u64>>,
+    pod_uid: Option<String>,
+    /// The full id, or a prefix of at least 12 digits (as `docker ps` shows ids).
+    container_id: Option<String>,
 }
 
 impl Filter {
@@ -173,10 +176,20 @@ impl Filter {
                             })?,
                     )
                 }
+                "pod_uid" => f.pod_uid = Some(v.clone()),
+                "container_id" if v.len() >= 12 => f.container_id = Some(v.clone()),
+                "container_id" => {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("container_id={v:?}: give the id or at least its first 12 digits"),
+                    ));
+                }
                 _ => {
                     return Err(error(
                         StatusCode::BAD_REQUEST,
-                        format!("unknown filter {k:?} (known: comm, uid, ppid, pid, cgroup)"),
+                        format!(
+                            "unknown filter {k:?} (known: comm, uid, ppid, pid, cgroup, pod_uid, container_id)"
+                        ),
                     ));
                 }
             }
@@ -190,6 +203,8 @@ impl Filter {
             && self.ppid.is_none()
             && self.pid.is_none()
             && self.cgroup.is_none()
+            && self.pod_uid.is_none()
+            && self.container_id.is_none()
     }
 
     fn matches(&self, p: &Process) -> bool {
@@ -202,6 +217,26 @@ impl Filter {
             // A process the iterator has not read yet (just forked) has no cgroup to match.
             && self.cgroup.as_ref().is_none_or(|ids| {
                 p.leader().is_some_and(|t| ids.contains(&t.cgroup_id))
+            })
+            && self.container_matches(p)
+    }
+
+    fn container_matches(&self, p: &Process) -> bool {
+        if self.pod_uid.is_none() && self.container_id.is_none() {
+            return true;
+        }
+        let Some(c) = crate::sys::cgroup::path_of(p.cgroup_id())
+            .and_then(|path| crate::sys::cgroup::container(&path))
+        else {
+            return false;
+        };
+        self.pod_uid
+            .as_ref()
+            .is_none_or(|u| c.pod_uid.as_ref() == Some(u))
+            && self.container_id.as_ref().is_none_or(|want| {
+                c.container_id
+                    .as_ref()
+                    .is_some_and(|id| id.starts_with(want.as_str()))
             })
     }
 }

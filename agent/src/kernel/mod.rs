@@ -18,6 +18,16 @@ use crate::btf;
 
 pub mod log;
 mod ring_fill;
+
+/// The kernel counters (`AgentStats::kernel`) that mean a record or read was lost.
+pub const LOSS_CAUSES: [&str; 5] = [
+    "ringbuf_full",
+    "map_full",
+    "read_error",
+    "args_error",
+    "iter_error",
+];
+
 pub use ring_fill::RingFill;
 
 #[derive(Debug, thiserror::Error)]

@@ -146,6 +146,14 @@ impl Process {
         self.tasks.first()
     }
 
+    /// The id of its cgroup v2 as the latest iterator record of this process says, 0 when no
+    /// pass has read it yet.
+    pub fn cgroup_id(&self) -> u64 {
+        self.leader()
+            .filter(|t| t.start_boottime == self.start_boottime)
+            .map_or(0, |t| t.cgroup_id)
+    }
+
     /// The executable's path as `/proc/PID/exe` shows it now: the path resolved at exec, with
     /// ` (deleted)` once the latest numbers show it unlinked.
     pub fn exe_shown(&self) -> Option<std::borrow::Cow<'_, [u8]>> {

@@ -31,6 +31,14 @@ pub struct ProcessJson {
     pub utime: f64,
     pub stime: f64,
     pub origin: crate::table::Origin,
+    /// The cgroup v2 path, from the hierarchy's root; null until the iterator has read it.
+    pub cgroup: Option<String>,
+    /// The Kubernetes pod's uid, from the cgroup path.
+    pub pod_uid: Option<String>,
+    /// The container's id, from the cgroup path.
+    pub container_id: Option<String>,
+    /// `containerd`, `cri-o` or `docker` when the cgroup's name says.
+    pub container_runtime: Option<&'static str>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitJson>,
 }
@@ -74,6 +82,11 @@ pub fn process(p: &Process, host: &Host) -> ProcessJson {
             exit_known: e.status.is_some(),
         }
     });
+    let cgroup = crate::sys::cgroup::path_of(p.cgroup_id());
+    let container = cgroup
+        .as_deref()
+        .and_then(crate::sys::cgroup::container)
+        .unwrap_or_default();
     ProcessJson {
         pid: p.pid,
         ppid: p.ppid,
@@ -97,6 +110,10 @@ pub fn process(p: &Process, host: &Host) -> ProcessJson {
         utime: utime as f64 / 1e9,
         stime: stime as f64 / 1e9,
         origin: p.origin,
+        cgroup: cgroup.map(|c| c.to_string()),
+        pod_uid: container.pod_uid,
+        container_id: container.container_id,
+        container_runtime: container.runtime.map(crate::sys::cgroup::Runtime::name),
         exit,
     }
 }

@@ -54,9 +54,18 @@ impl Agent {
         )
     }
 
+    /// `start_with`, with these environment variables set for the agent.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let dir = std::env::temp_dir().join(format!("bpfproc-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        Self::launch(dir, addr, extra, "warn", Stdio::inherit(), env)
+    }
+
     /// Starts an agent reusing `dir` (its socket and mount points), e.g. after a crash.
     pub fn start_in(dir: std::path::PathBuf, addr: String, extra: &[&str]) -> Agent {
-        Self::launch(dir, addr, extra, "warn", Stdio::inherit())
+        Self::launch(dir, addr, extra, "warn", Stdio::inherit(), &[])
     }
 
     /// Starts an agent logging at `filter` (RUST_LOG), and the lines it logs, as it logs them.
@@ -68,7 +77,7 @@ impl Agent {
         let addr = format!("127.0.0.1:{port}");
         let dir = std::env::temp_dir().join(format!("bpfproc-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("test dir");
-        let mut agent = Self::launch(dir, addr, extra, filter, Stdio::piped());
+        let mut agent = Self::launch(dir, addr, extra, filter, Stdio::piped(), &[]);
         let stderr = agent.child.as_mut().and_then(|c| c.stderr.take());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -88,6 +97,7 @@ impl Agent {
         extra: &[&str],
         log: &str,
         stderr: Stdio,
+        env: &[(&str, &str)],
     ) -> Agent {
         let socket = dir.join("bpfproc.sock");
         let token_file = dir.join("token");
@@ -99,6 +109,7 @@ impl Agent {
             .arg(&token_file)
             .args(extra)
             .env("RUST_LOG", log)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stderr(stderr)
             .spawn()
