@@ -169,7 +169,7 @@ fn start_keeper(path: &Path, grace_secs: u64) -> std::io::Result<()> {
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = nix::unistd::setsid();
             Ok(())
         });
     }
