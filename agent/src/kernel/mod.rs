@@ -341,7 +341,8 @@ impl Kernel {
                     // Which process the flags are for, to the tick /proc reports: the next
                     // agent carries them over only to that process (`carry_hang`).
                     e.task.start_boottime =
-                        crate::procfs::start_boottime(pid, ns_per_tick()).unwrap_or(0);
+                        crate::procfs::start_boottime(pid, crate::sys::clock::ns_per_tick())
+                            .unwrap_or(0);
                     (e, BPF_NOEXIST)
                 }
                 Err(source) => {
@@ -404,7 +405,7 @@ impl Kernel {
         let old = aya::maps::Map::from_map_data(MapData::from_fd(old).map_err(map)?)
             .and_then(HashMap::<MapData, u32, ProcEntry>::try_from)
             .map_err(map)?;
-        let tick = ns_per_tick();
+        let tick = crate::sys::clock::ns_per_tick();
         let entries = old
             .iter()
             .filter_map(Result::ok)
@@ -467,10 +468,6 @@ fn carried(
         .filter(|&(pid, flags, start)| flags & pflag::HANG != 0 && start != 0 && same(pid, start))
         .map(|(pid, _, _)| pid)
         .collect()
-}
-
-fn ns_per_tick() -> u64 {
-    1_000_000_000 / crate::sys::clock::clock_ticks()
 }
 
 /// Number of possible CPUs (highest id in /sys/devices/system/cpu/possible, plus one).
@@ -716,7 +713,7 @@ mod tests {
             // The pid was reused: the process running under it started later.
             (11, pflag::HANG, 600),
             (12, pflag::EXECED, 700),
-            // Made by an agent that did not record start times.
+            // No start time recorded.
             (13, pflag::HANG, 0),
             // Gone.
             (14, pflag::HANG, 900),
