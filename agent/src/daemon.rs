@@ -5,7 +5,10 @@
 use std::{
     future::Future,
     io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::OpenOptionsExt as _,
+    },
     path::Path,
     sync::{Arc, Mutex},
     time::Duration,
@@ -121,6 +124,36 @@ fn holder(
     Ok(Some((Arc::new(holder), kept)))
 }
 
+/// The name the process map is kept under (`fdstore::name` of `map`, `PROCS`), beside the
+/// views' connections.
+const KEPT_PROCS: &str = "map|PROCS";
+
+/// Carries the hang bits of the process map the agent before this one kept (`old`: after a
+/// crash, or handed over by `--takeover`) into this agent's map, then keeps this agent's map
+/// in its place, so that the bits outlive this agent in turn (docs/service.md).
+fn keep_procs(kernel: &Mutex<kernel::Kernel>, holder: &Holder, old: Option<OwnedFd>) {
+    let mine = {
+        let Ok(mut kernel) = kernel.lock() else {
+            return;
+        };
+        if let Some(old) = old {
+            match kernel.carry_hang(old) {
+                Ok(pids) if pids.is_empty() => {}
+                Ok(pids) => tracing::info!(?pids, "hang bits carried from the agent before"),
+                Err(e) => tracing::warn!("the hang bits of the agent before are lost: {e}"),
+            }
+        }
+        kernel.procs_fd()
+    };
+    // Replaces the old map there, which is freed once nothing holds it.
+    if let Err(e) = mine
+        .map_err(std::io::Error::other)
+        .and_then(|fd| holder.store(KEPT_PROCS, fd.as_fd()))
+    {
+        tracing::warn!("the hang bits will not outlive this agent: {e}");
+    }
+}
+
 /// Starts `bpfproc keeper` (this binary) in a session of its own, so that neither the
 /// agent's death nor its terminal's signals end it.
 fn start_keeper(path: &Path, grace_secs: u64) -> std::io::Result<()> {
@@ -136,7 +169,7 @@ fn start_keeper(path: &Path, grace_secs: u64) -> std::io::Result<()> {
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = nix::unistd::setsid();
             Ok(())
         });
     }
@@ -233,10 +266,18 @@ pub async fn run(
     };
     // Bound before the kept views are taken: an agent that still answers keeps them.
     let local = socket::bind(&args.socket).await?;
-    let holder = {
+    let mut holder = {
         let (socket, secs) = (args.socket.clone(), args.keep_views_secs);
         tokio::task::spawn_blocking(move || holder(&socket, secs)).await??
     };
+    if let Some((h, from_store)) = &mut holder {
+        let old = from_store
+            .iter()
+            .position(|k| k.name == KEPT_PROCS)
+            .map(|i| from_store.remove(i).fd);
+        let (k, h) = (kernel.clone(), h.clone());
+        tokio::task::spawn_blocking(move || keep_procs(&k, &h, old)).await?;
+    }
     let token: Arc<str> = new_token()?.into();
     write_token(&args.token_file, &token)
         .with_context(|| format!("writing the token file {}", args.token_file.display()))?;
@@ -360,6 +401,8 @@ pub async fn run(
         tokio::task::spawn_blocking(move || {
             m.unmount_all();
             if let Some(h) = kept {
+                // Nor do the hang bits outlive a stop that unmounts.
+                let _ = h.remove(KEPT_PROCS);
                 h.quit();
             }
         })
@@ -395,4 +438,25 @@ pub fn signalled() -> anyhow::Result<impl Future<Output = anyhow::Result<Stop>>>
             _ = int.recv() => Stop::Int,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_map_is_kept_under_a_name_of_its_own() {
+        assert_eq!(
+            fdstore::name(&[b"map", b"PROCS"]).as_deref(),
+            Some(KEPT_PROCS)
+        );
+        let kept = fdstore::Kept {
+            name: KEPT_PROCS.into(),
+            fd: std::fs::File::open("/dev/null").unwrap().into(),
+        };
+        assert!(
+            fs::Handed::from_kept(kept).is_none(),
+            "not taken for a view"
+        );
+    }
 }

@@ -30,11 +30,17 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     split_stat(&stat).map(|(_, f)| f)
 }
 
-/// Whether `pid` is alive in the kernel's /proc and started at `start_boottime` (ns), to the
+/// When `pid` started, in ns since boot, to the clock tick /proc reports (the tick's first ns).
+pub fn start_boottime(pid: u32, ns_per_tick: u64) -> Option<u64> {
+    let ticks = stat_fields(pid)?.get(19)?.parse::<u64>().ok()?;
+    Some(ticks * ns_per_tick.max(1))
+}
+
+/// Whether `pid` is alive in the kernel's /proc and started at `since` (ns since boot), to the
 /// clock tick /proc reports.
-pub fn alive_since(pid: u32, start_boottime: u64, ns_per_tick: u64) -> bool {
-    stat_fields(pid).and_then(|f| f.get(19)?.parse::<u64>().ok())
-        == Some(start_boottime / ns_per_tick.max(1))
+pub fn alive_since(pid: u32, since: u64, ns_per_tick: u64) -> bool {
+    let tick = ns_per_tick.max(1);
+    start_boottime(pid, tick).map(|s| s / tick) == Some(since / tick)
 }
 
 /// Whether `pid` is a process that has not exited (a zombie has).

@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::{
-    Agent, cgroup2_root, eventually, proc_stat,
+    Agent, ExecOnCue, cgroup2_root, eventually, proc_stat,
     view::{errno_of, mount_view, mounted_agent, names_in, write_file},
 };
 
@@ -629,64 +629,10 @@ fn passthrough_reads_come_from_a_fresh_backing_file_and_concurrent_opens_still_w
     assert_eq!(first_line(&std::fs::read(&status).unwrap()), "Name:\tsleep");
 }
 
-/// A shell that execs `sleep 60` when told to: a process whose status changes on cue.
-struct ExecOnCue(Child);
-
 /// The first line of the file at `path`.
 fn first_line(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
     text.lines().next().unwrap_or_default().to_string()
-}
-
-impl ExecOnCue {
-    fn start() -> Self {
-        let child = Command::new("sh")
-            .args(["-c", "read line; exec sleep 60"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // spawn() returns when the exec closed its pipe, which is before the exec hook runs:
-        // wait until the kernel shows sh asleep in its read, so its exec is in the ring.
-        let pid = child.id();
-        eventually(5, "sh waiting for its cue", || {
-            proc_stat(pid)
-                .filter(|(c, f)| c == "sh" && f[0] == "S")
-                .map(drop)
-        });
-        ExecOnCue(child)
-    }
-
-    /// `name` of this process in `view`, once the view shows the process.
-    fn file_in(&self, view: &Path, name: &str) -> PathBuf {
-        let path = view.join(format!("{}/{name}", self.0.id()));
-        eventually(5, "the child in the view", || {
-            std::fs::metadata(&path).ok().map(drop)
-        });
-        path
-    }
-
-    /// Tells it to exec, and waits until it sleeps in the new image.
-    fn exec(&mut self) {
-        use std::io::Write as _;
-        writeln!(self.0.stdin.as_mut().unwrap()).unwrap();
-        let pid = self.0.id();
-        eventually(5, "the exec", || {
-            proc_stat(pid)
-                .filter(|(c, f)| c == "sleep" && f[0] == "S")
-                .map(drop)
-        });
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ExecOnCue {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[test]
@@ -700,7 +646,7 @@ fn a_cache_mount_serves_repeated_reads_from_the_page_cache_within_its_bound() {
     assert!(out.status.success(), "{out:?}");
 
     let mut child = ExecOnCue::start();
-    let pid = child.0.id();
+    let pid = child.pid();
     let status = child.file_in(&view, "status");
     let name = || first_line(&status);
     assert_eq!(name(), "Name:\tsh");

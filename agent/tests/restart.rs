@@ -9,7 +9,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use common::{Agent, eventually, proc_stat};
+use common::{Agent, ExecOnCue, eventually, proc_stat};
 
 /// `ps -e` in a loop on the view bind-mounted over /proc of a private mount namespace; each
 /// run appends `ok` or `fail <its error>` to a log.
@@ -162,6 +162,105 @@ fn a_request_waiting_through_the_gap_is_answered_by_the_next_agent() {
         .unwrap()
         .expect("the waiting read is answered");
     assert!(!text.is_empty());
+}
+
+/// Whether `pid` is stopped, untraced, in a new image of `sleep`: stopped at its exec by its
+/// hang bit.
+fn stopped_at_exec(pid: u32) -> bool {
+    let Some((comm, f)) = proc_stat(pid) else {
+        return false;
+    };
+    let tracer = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .map(|t| t.trim().to_string())
+        });
+    comm == "sleep" && f[0] == "T" && tracer.as_deref() == Some("0")
+}
+
+/// When `pid` started, in clock ticks since boot.
+fn start_ticks(pid: u32) -> Option<u64> {
+    proc_stat(pid)?.1.get(19)?.parse().ok()
+}
+
+/// An `ExecOnCue` at `pid` (which its process has left) that started later than `ticks`: the
+/// pid reused by another process. The next pid is set through `ns_last_pid`, again as long as
+/// another process on the host takes it first.
+fn reuse_pid(pid: u32, ticks: u64) -> ExecOnCue {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("writing ns_last_pid");
+        let child = ExecOnCue::command().spawn().expect("sh");
+        let at = child.id();
+        // Dropped (killed) unless it is the one.
+        let child = ExecOnCue::ready(child);
+        if at == pid && start_ticks(pid).is_some_and(|t| t > ticks) {
+            return child;
+        }
+        drop(child);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("could not start a process at pid {pid}");
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs, sets ns_last_pid"]
+fn hang_bits_outlive_a_killed_agent_and_a_takeover_but_never_go_to_a_reused_pid() {
+    let agent = Agent::start();
+    let dir = agent.dir.clone();
+    let mut kept = ExecOnCue::start();
+    let mut gone = ExecOnCue::start();
+    for pid in [kept.pid(), gone.pid()] {
+        let (status, body) = agent.ctl(pid, "hang");
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Killed. While no agent runs, `gone` ends and another process gets its pid: the bit kept
+    // for `gone` is not that process's.
+    agent.crash();
+    let pid = gone.pid();
+    let ticks = start_ticks(pid).expect("gone's start");
+    gone.kill();
+    let mut other = reuse_pid(pid, ticks);
+    let agent = Agent::start_in(dir.clone(), addr(), &[]);
+    kept.cue();
+    eventually(10, "the hung process stopped at its exec", || {
+        stopped_at_exec(kept.pid()).then_some(())
+    });
+    other.cue();
+    eventually(
+        10,
+        "the process at the reused pid running its new image",
+        || {
+            proc_stat(pid)
+                .filter(|(c, f)| c == "sleep" && f[0] == "S")
+                .map(drop)
+        },
+    );
+
+    // Replaced by `--takeover`: the new agent takes the bits from the old one's map.
+    let mut next = ExecOnCue::start();
+    let (status, body) = agent.ctl(next.pid(), "hang");
+    assert_eq!(status, 200, "{body}");
+    let old = agent;
+    let agent = Agent::start_in(dir.clone(), addr(), &["--takeover"]);
+    let status = old.stop();
+    assert!(status.success(), "the old agent: {status}");
+    next.cue();
+    eventually(
+        10,
+        "the hung process stopped at its exec after the takeover",
+        || stopped_at_exec(next.pid()).then_some(()),
+    );
+    let stats = agent.json("/v1/stats");
+    assert!(
+        stats["kernel"]["hang_stops"].as_u64().unwrap() >= 1,
+        "the new agent's program stopped it: {stats}"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

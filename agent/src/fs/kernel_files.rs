@@ -93,7 +93,7 @@ pub fn same_process(p: &Process) -> Result<(), ViewError> {
 
 /// Whether `pid` is still the process that started at `start`, as the kernel says now.
 pub fn same_start(pid: u32, start: u64) -> Result<(), ViewError> {
-    let ns_per_tick = 1_000_000_000 / crate::sys::clock::clock_ticks();
+    let ns_per_tick = crate::sys::clock::ns_per_tick();
     if procfs::alive_since(pid, start, ns_per_tick) {
         Ok(())
     } else {

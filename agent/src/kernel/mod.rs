@@ -12,7 +12,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Iter, iter::IterLink},
 };
-use bpfproc_common::{Event, ExecEvent, ProcEntry, TaskInfo, TaskRecord, kind, stat};
+use bpfproc_common::{Event, ExecEvent, ProcEntry, TaskInfo, TaskRecord, kind, pflag, stat};
 
 use crate::btf;
 
@@ -348,6 +348,11 @@ impl Kernel {
                     let mut e: ProcEntry = unsafe { std::mem::zeroed() };
                     e.task.tgid = pid;
                     e.task.tid = pid;
+                    // Which process the flags are for, to the tick /proc reports: the next
+                    // agent carries them over only to that process (`carry_hang`).
+                    e.task.start_boottime =
+                        crate::procfs::start_boottime(pid, crate::sys::clock::ns_per_tick())
+                            .unwrap_or(0);
                     (e, BPF_NOEXIST)
                 }
                 Err(source) => {
@@ -389,6 +394,41 @@ impl Kernel {
         }
     }
 
+    /// A descriptor of the process map (its own copy), to keep it across this agent's end:
+    /// the next agent reads the hang bits from it (`carry_hang`).
+    pub fn procs_fd(&self) -> Result<OwnedFd, KernelError> {
+        match self.ebpf.map("PROCS") {
+            Some(aya::maps::Map::HashMap(map)) => Ok(map.fd().as_fd().try_clone_to_owned()?),
+            _ => Err(KernelError::Iter("PROCS missing".into())),
+        }
+    }
+
+    /// Sets the hang bit, in this agent's process map, of each process whose entry has it in
+    /// `old`, the process map of an agent before this one, when that entry is still the same
+    /// process's (its start time, to the tick /proc reports): a reused pid never gets it.
+    /// Returns the pids whose bit was carried.
+    pub fn carry_hang(&mut self, old: OwnedFd) -> Result<Vec<u32>, KernelError> {
+        let map = |source| KernelError::Map {
+            name: "PROCS (kept)",
+            source,
+        };
+        let old = aya::maps::Map::from_map_data(MapData::from_fd(old).map_err(map)?)
+            .and_then(HashMap::<MapData, u32, ProcEntry>::try_from)
+            .map_err(map)?;
+        let tick = crate::sys::clock::ns_per_tick();
+        let entries = old
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(pid, e)| (pid, e.task.flags, e.task.start_boottime));
+        let pids = carried(entries, |pid, start| {
+            crate::procfs::alive_since(pid, start, tick)
+        });
+        for &pid in &pids {
+            self.set_flags(pid, pflag::HANG, 0)?;
+        }
+        Ok(pids)
+    }
+
     /// The process map, writable.
     fn procs_mut(&mut self) -> Result<HashMap<&mut MapData, u32, ProcEntry>, KernelError> {
         let map = self
@@ -425,6 +465,19 @@ impl Kernel {
         }
         Ok((stale.len(), kept))
     }
+}
+
+/// The pids among `entries` (a process map's pid, flags and start time) whose hang bit goes
+/// to the next agent: those with the bit whose entry says when its process started and
+/// `same(pid, start)` says it still runs. An entry with no start time proves nothing.
+fn carried(
+    entries: impl Iterator<Item = (u32, u32, u64)>,
+    same: impl Fn(u32, u64) -> bool,
+) -> Vec<u32> {
+    entries
+        .filter(|&(pid, flags, start)| flags & pflag::HANG != 0 && start != 0 && same(pid, start))
+        .map(|(pid, _, _)| pid)
+        .collect()
 }
 
 /// Number of possible CPUs (highest id in /sys/devices/system/cpu/possible, plus one).
@@ -661,5 +714,28 @@ mod tests {
         assert_eq!(capacity_for(192_724), 192_724);
         assert_eq!(capacity_for(1_000), MIN_PROCESSES);
         assert_eq!(capacity_for(u64::MAX), MAX_PROCESSES);
+    }
+
+    #[test]
+    fn a_hang_bit_is_carried_only_to_the_process_it_was_set_for() {
+        let entries = [
+            (10, pflag::HANG | pflag::EXECED, 500),
+            // The pid was reused: the process running under it started later.
+            (11, pflag::HANG, 600),
+            (12, pflag::EXECED, 700),
+            // No start time recorded.
+            (13, pflag::HANG, 0),
+            // Gone.
+            (14, pflag::HANG, 900),
+        ];
+        let running = |pid| match pid {
+            10 => Some(500),
+            11 => Some(650),
+            12 => Some(700),
+            13 => Some(0),
+            _ => None,
+        };
+        let same = |pid, start| running(pid) == Some(start);
+        assert_eq!(carried(entries.into_iter(), same), [10]);
     }
 }

@@ -17,7 +17,7 @@ use crate::{
     groups::{GroupReport, Ledger},
     kernel::{Kernel, KernelError, KernelEvent, TaskReader},
     procfs,
-    sys::clock::{boot_ns, clock_ticks},
+    sys::clock::{boot_ns, ns_per_tick},
     table::{Change, ProcessTable},
 };
 
@@ -168,7 +168,7 @@ impl<K: TaskSource> Actor<K> {
             prewarm: cfg.prewarm,
             max_age: cfg.max_age,
             loss_check: cfg.loss_check,
-            ns_per_tick: 1_000_000_000 / clock_ticks(),
+            ns_per_tick: ns_per_tick(),
             table,
             ledger: cfg.groups,
             stats,

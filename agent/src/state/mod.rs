@@ -19,7 +19,7 @@ use crate::{
     groups::{GroupReport, Ledger},
     kernel::KernelEvent,
     procfs,
-    sys::clock::{boot_ns, clock_ticks},
+    sys::clock::{boot_ns, ns_per_tick},
     table::{Change, Exited, Process, ProcessTable, TableCounters},
 };
 
@@ -405,7 +405,7 @@ pub fn spawn<K: TaskSource>(
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut table = ProcessTable::new(cfg.exited_cap);
-    let ns_per_tick = 1_000_000_000 / clock_ticks();
+    let ns_per_tick = ns_per_tick();
 
     // Backfill synchronously: the hooks are already attached, so anything that starts from
     // here on is in the ring buffer, and the snapshot/event ordering rules reconcile the two.

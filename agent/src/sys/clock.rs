@@ -15,3 +15,8 @@ pub fn clock_ticks() -> u64 {
         _ => 100,
     }
 }
+
+/// Nanoseconds in one of those ticks.
+pub fn ns_per_tick() -> u64 {
+    1_000_000_000 / clock_ticks()
+}

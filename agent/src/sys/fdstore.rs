@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     ffi::OsStr,
-    io,
+    io::{self, IoSlice, IoSliceMut},
     os::{
         fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
@@ -18,8 +18,19 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::{
+    errno::Errno,
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::socket::{
+        AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+        UnixAddr, accept4, bind, listen, recvmsg, sendmsg,
+    },
+};
+
 /// The most descriptors one message carries (the kernel's SCM_MAX_FD is 253).
 pub const MAX_FDS: usize = 250;
+/// The kernel's most per message: a receive buffer this big is never truncated.
+const SCM_MAX_FD: usize = 253;
 /// systemd's limit on an FDNAME.
 const MAX_NAME: usize = 255;
 
@@ -71,19 +82,11 @@ pub fn parts(name: &str) -> Option<Vec<Vec<u8>>> {
         .collect()
 }
 
-fn cvt(rc: isize) -> io::Result<usize> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc as usize)
-    }
-}
-
 /// Sends `data` with `fds` attached (SCM_RIGHTS) on `sock`, to `to` if it is an unbound
 /// datagram socket.
 pub fn send(
     sock: BorrowedFd<'_>,
-    to: Option<&libc::sockaddr_un>,
+    to: Option<&UnixAddr>,
     data: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
@@ -91,36 +94,16 @@ pub fn send(
         return Err(io::Error::other("too many descriptors for one message"));
     }
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(raw.as_slice()) as u32) };
-    let mut control = vec![0u8; space as usize];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut _,
-        iov_len: data.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty one.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    if let Some(addr) = to {
-        msg.msg_name = addr as *const _ as *mut _;
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as u32;
-    }
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !raw.is_empty() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = control.len();
-        // SAFETY: the control buffer is CMSG_SPACE bytes for this many descriptors, so the
-        // first header and its data fit in it.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(raw.as_slice()) as u32) as usize;
-            std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(c).cast(), raw.len());
-        }
-    }
-    // SAFETY: every pointer in msg points into buffers that outlive the call.
-    let n = cvt(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })?;
+    let rights = [ControlMessage::ScmRights(&raw)];
+    // No control message at all when nothing is passed.
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    let n = sendmsg(
+        sock.as_raw_fd(),
+        &[IoSlice::new(data)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        to,
+    )?;
     if n != data.len() {
         return Err(io::Error::other("short send"));
     }
@@ -130,89 +113,68 @@ pub fn send(
 /// Receives one message into `buf` with the descriptors attached to it (close-on-exec).
 /// `(0, [])` is the end of a stream.
 pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) };
-    let mut control = vec![0u8; space as usize];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty one.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = control.len();
-    let n = loop {
-        // SAFETY: msg points into buffers that outlive the call.
-        match cvt(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) }) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => break r?,
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: the kernel filled msg's control buffer; CMSG_* walk it within msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let len = (*c).cmsg_len - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
+    let mut control = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+    let mut iov = [IoSliceMut::new(buf)];
+    loop {
+        let msg = match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut control),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            r => r?,
+        };
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these descriptors in this process for
+                // this message; nothing else owns them.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
         }
+        return Ok((msg.bytes, fds));
     }
-    Ok((n, fds))
 }
 
-fn sockaddr(path: &[u8]) -> io::Result<libc::sockaddr_un> {
-    // SAFETY: an all-zero sockaddr_un is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as u16;
-    if path.is_empty() || path.len() >= addr.sun_path.len() {
-        return Err(io::Error::other("bad unix socket path"));
+/// The address of a unix socket at `path`, or in the abstract namespace if it begins with '@'
+/// (as systemd writes `$NOTIFY_SOCKET`).
+fn sockaddr(path: &[u8]) -> io::Result<UnixAddr> {
+    let bad = || io::Error::other("bad unix socket path");
+    // sun_path's 108 bytes, one kept for the NUL.
+    if path.is_empty() || path.len() >= 108 {
+        return Err(bad());
     }
-    for (d, s) in addr.sun_path.iter_mut().zip(path) {
-        *d = *s as libc::c_char;
+    match path.strip_prefix(b"@") {
+        Some(name) => UnixAddr::new_abstract(name),
+        None => UnixAddr::new(OsStr::from_bytes(path)),
     }
-    // An abstract socket: systemd writes it with a leading '@'.
-    if path[0] == b'@' {
-        addr.sun_path[0] = 0;
-    }
-    Ok(addr)
+    .map_err(|_| bad())
 }
 
-fn socket(kind: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) returns a new descriptor or -1.
-    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0) } as isize)?;
-    // SAFETY: just created, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+fn socket(kind: SockType) -> io::Result<OwnedFd> {
+    Ok(nix::sys::socket::socket(
+        AddressFamily::Unix,
+        kind,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
 }
 
 fn connect(path: &Path) -> io::Result<OwnedFd> {
-    let sock = socket(libc::SOCK_SEQPACKET)?;
+    let sock = socket(SockType::SeqPacket)?;
     let addr = sockaddr(path.as_os_str().as_bytes())?;
-    // SAFETY: addr is a valid sockaddr_un of the given size.
-    cvt(unsafe {
-        libc::connect(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            std::mem::size_of::<libc::sockaddr_un>() as u32,
-        )
-    } as isize)?;
+    nix::sys::socket::connect(sock.as_raw_fd(), &addr)?;
     Ok(sock)
 }
 
 /// Where this agent keeps its descriptors.
 pub enum Holder {
     /// systemd's file descriptor store, through `$NOTIFY_SOCKET`.
-    Systemd {
-        sock: OwnedFd,
-        addr: libc::sockaddr_un,
-    },
+    Systemd { sock: OwnedFd, addr: UnixAddr },
     /// A keeper process (`keep`), through a connection to its socket.
     Keeper(Mutex<OwnedFd>),
 }
@@ -223,7 +185,7 @@ impl Holder {
     pub fn systemd() -> Option<io::Result<(Self, Vec<Kept>)>> {
         let path = std::env::var_os("NOTIFY_SOCKET")?;
         Some((|| {
-            let sock = socket(libc::SOCK_DGRAM)?;
+            let sock = socket(SockType::Datagram)?;
             let addr = sockaddr(path.as_bytes())?;
             Ok((Self::Systemd { sock, addr }, listen_fds()))
         })())
@@ -354,17 +316,17 @@ fn listen_fds() -> Vec<Kept> {
     let names: Vec<&str> = names.split(':').collect();
     (0..count)
         .map(|i| {
-            let raw = 3 + i;
             // SAFETY: systemd passed descriptors 3.. to this process; nothing else owns them.
-            unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+            let fd = unsafe { OwnedFd::from_raw_fd(3 + i) };
+            use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+            let _ = fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
             Kept {
                 name: names
                     .get(i as usize)
                     .copied()
                     .unwrap_or_default()
                     .to_string(),
-                // SAFETY: as above.
-                fd: unsafe { OwnedFd::from_raw_fd(raw) },
+                fd,
             }
         })
         .collect()
@@ -377,18 +339,11 @@ fn listen_fds() -> Vec<Kept> {
 /// `store NAME` with one descriptor and `remove NAME` (each answered `ok`), `take` (answered
 /// with the names, one a line, and the descriptors), `quit`.
 pub fn keep(path: &Path, grace: Duration) -> io::Result<()> {
-    let listener = socket(libc::SOCK_SEQPACKET)?;
+    let listener = socket(SockType::SeqPacket)?;
     let addr = sockaddr(path.as_os_str().as_bytes())?;
     let _ = std::fs::remove_file(path);
-    // SAFETY: addr is a valid sockaddr_un; listen has no memory arguments.
-    unsafe {
-        cvt(libc::bind(
-            listener.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            std::mem::size_of::<libc::sockaddr_un>() as u32,
-        ) as isize)?;
-        cvt(libc::listen(listener.as_raw_fd(), 8) as isize)?;
-    }
+    bind(listener.as_raw_fd(), &addr)?;
+    listen(&listener, Backlog::new(8)?)?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let mut held: BTreeMap<String, OwnedFd> = BTreeMap::new();
@@ -401,44 +356,34 @@ pub fn keep(path: &Path, grace: Duration) -> io::Result<()> {
         {
             break Ok(());
         }
-        let mut polled: Vec<libc::pollfd> = std::iter::once(&listener)
+        let mut polled: Vec<PollFd<'_>> = std::iter::once(&listener)
             .chain(&clients)
-            .map(|fd| libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
             .collect();
-        let wait = alone_since.map_or(-1, |t| {
-            grace.saturating_sub(t.elapsed()).as_millis() as i32 + 1
+        let wait = alone_since.map_or(PollTimeout::NONE, |t| {
+            let left = grace.saturating_sub(t.elapsed()) + Duration::from_millis(1);
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
         });
-        // SAFETY: polled is a valid array of pollfd.
-        if unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as u64, wait) } < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break Err(e);
+        match poll(&mut polled, wait) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => break Err(e.into()),
+            Ok(_) => {}
         }
-        if polled[0].revents != 0 {
-            // SAFETY: accept4 on our listening socket; no address wanted.
-            let c = unsafe {
-                libc::accept4(
-                    listener.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
-            if c >= 0 {
-                // SAFETY: a new descriptor from accept4.
-                clients.push(unsafe { OwnedFd::from_raw_fd(c) });
-            }
+        let ready: Vec<bool> = polled
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(polled);
+        if ready[0]
+            && let Ok(c) = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)
+        {
+            // SAFETY: a new descriptor from accept4, owned by nothing else.
+            clients.push(unsafe { OwnedFd::from_raw_fd(c) });
         }
         let mut gone = Vec::new();
         let mut quit = false;
-        for (i, p) in polled.iter().enumerate().skip(1) {
-            if p.revents == 0 {
+        for (i, &r) in ready.iter().enumerate().skip(1) {
+            if !r {
                 continue;
             }
             let client = &clients[i - 1];
@@ -510,6 +455,28 @@ mod tests {
             ]
         );
         assert!(name(&[&[b'x'; 300]]).is_none(), "too long for systemd");
+    }
+
+    #[test]
+    fn a_notification_with_a_descriptor_reaches_an_abstract_notify_socket() {
+        use std::os::linux::net::SocketAddrExt as _;
+        let name = format!("bpfproc-notify-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+        let systemd = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        let sock = socket(SockType::Datagram).unwrap();
+        let to = sockaddr(format!("@{name}").as_bytes()).unwrap();
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        send(
+            sock.as_fd(),
+            Some(&to),
+            b"FDSTORE=1\nFDNAME=a\n",
+            &[file.as_fd()],
+        )
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let (n, fds) = recv(systemd.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"FDSTORE=1\nFDNAME=a\n");
+        assert_eq!(fds.len(), 1);
     }
 
     #[test]

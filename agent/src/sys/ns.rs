@@ -3,14 +3,16 @@
 //! IPC namespace's; the agent reads them for someone else on a throwaway thread that has joined
 //! that process's namespaces of those kinds (`run_in`).
 
-use std::{io, os::fd::AsRawFd as _, path::PathBuf, sync::OnceLock};
+use std::{io, path::PathBuf, sync::OnceLock};
+
+use nix::sched::CloneFlags;
 
 /// The kinds one thread can join on its own: setns(2) into a mount or user namespace needs a
 /// single-threaded caller, and a pid or time namespace applies to children only.
-const KINDS: [(&str, libc::c_int); 3] = [
-    ("net", libc::CLONE_NEWNET),
-    ("uts", libc::CLONE_NEWUTS),
-    ("ipc", libc::CLONE_NEWIPC),
+const KINDS: [(&str, CloneFlags); 3] = [
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
 ];
 
 fn ids(pid: &str) -> io::Result<Vec<PathBuf>> {
@@ -42,12 +44,9 @@ pub fn run_in<T: Send>(pid: u32, f: impl FnOnce() -> io::Result<T> + Send) -> io
         .collect::<io::Result<Vec<_>>>()?;
     std::thread::scope(|s| {
         s.spawn(|| {
+            // setns(2) of these kinds acts on the calling thread only.
             for (fd, flag) in &fds {
-                // SAFETY: a namespace fd open for the call's duration and its kind's flag;
-                // setns(2) of these kinds acts on the calling thread only.
-                if unsafe { libc::setns(fd.as_raw_fd(), *flag) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                nix::sched::setns(fd, *flag)?;
             }
             f()
         })

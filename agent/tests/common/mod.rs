@@ -399,3 +399,73 @@ pub fn sh_as_nobody(script: &str) -> std::process::Output {
         .output()
         .expect("setpriv sh")
 }
+
+/// A shell that execs `sleep 60` when told to: a process whose status changes on cue.
+pub struct ExecOnCue(pub Child);
+
+impl ExecOnCue {
+    pub fn start() -> Self {
+        Self::ready(Self::command().spawn().unwrap())
+    }
+
+    /// The shell, to be spawned and given to `ready`.
+    pub fn command() -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "read line; exec sleep 60"])
+            .stdin(Stdio::piped());
+        cmd
+    }
+
+    /// `child`, spawned from `command`, once it waits for its cue.
+    pub fn ready(child: Child) -> Self {
+        // spawn() returns when the exec closed its pipe, which is before the exec hook runs:
+        // wait until the kernel shows sh asleep in its read, so its exec is in the ring.
+        let pid = child.id();
+        eventually(5, "sh waiting for its cue", || {
+            proc_stat(pid)
+                .filter(|(c, f)| c == "sh" && f[0] == "S")
+                .map(drop)
+        });
+        ExecOnCue(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// `name` of this process in `view`, once the view shows the process.
+    pub fn file_in(&self, view: &std::path::Path, name: &str) -> std::path::PathBuf {
+        let path = view.join(format!("{}/{name}", self.0.id()));
+        eventually(5, "the child in the view", || {
+            std::fs::metadata(&path).ok().map(drop)
+        });
+        path
+    }
+
+    /// Tells it to exec, and returns at once.
+    pub fn cue(&mut self) {
+        writeln!(self.0.stdin.as_mut().unwrap()).unwrap();
+    }
+
+    /// Tells it to exec, and waits until it sleeps in the new image.
+    pub fn exec(&mut self) {
+        self.cue();
+        let pid = self.0.id();
+        eventually(5, "the exec", || {
+            proc_stat(pid)
+                .filter(|(c, f)| c == "sleep" && f[0] == "S")
+                .map(drop)
+        });
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ExecOnCue {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
