@@ -9,13 +9,16 @@ mod common;
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::Duration,
 };
 
 use common::{
     Agent, eventually, kill, proc_stat,
-    view::{errno_of, mounted_agent, write_file},
+    view::{
+        errno_of, fuse_requests, has_fuse_uring, mount_view, mounted_agent, uring_requests,
+        write_file,
+    },
 };
 
 /// The state letter and TracerPid of a process, from the kernel.
@@ -372,6 +375,10 @@ fn a_control_command_shows_in_the_next_read_however_long_the_bound() {
 #[ignore = "needs root: loads BPF programs, mounts FUSE, ptraces"]
 fn control_files_stop_start_signal_and_read_memory_through_the_mount() {
     let (_agent, view) = mounted_agent();
+    stop_start_signal_and_read_memory(&view);
+}
+
+fn stop_start_signal_and_read_memory(view: &Path) {
     let mut child = Command::new("python3")
         .args([
             "-c",
@@ -404,11 +411,11 @@ fn control_files_stop_start_signal_and_read_memory_through_the_mount() {
     // A malformed command is EINVAL and leaves the target running.
     let err = write_file(&ctl, b"launch the missiles\n").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
-    assert_eq!(state_of(&view, pid).as_deref(), Some("S"));
+    assert_eq!(state_of(view, pid).as_deref(), Some("S"));
 
     write_file(&ctl, b"stop\n").unwrap();
     assert_eq!(
-        state_of(&view, pid).as_deref(),
+        state_of(view, pid).as_deref(),
         Some("T"),
         "stop returns once it is stopped"
     );
@@ -422,7 +429,7 @@ fn control_files_stop_start_signal_and_read_memory_through_the_mount() {
     assert_eq!(regs.len(), 27 * 8, "user_regs_struct");
     write_file(&ctl, b"start").unwrap();
     eventually(5, "running again", || {
-        (state_of(&view, pid).as_deref() == Some("S")).then_some(())
+        (state_of(view, pid).as_deref() == Some("S")).then_some(())
     });
 
     // A caller who could not ptrace the target is refused by the kernel's permission check.
@@ -433,7 +440,7 @@ fn control_files_stop_start_signal_and_read_memory_through_the_mount() {
         "{out:?}"
     );
     assert_eq!(
-        state_of(&view, pid).as_deref(),
+        state_of(view, pid).as_deref(),
         Some("S"),
         "the target is untouched"
     );
@@ -452,6 +459,10 @@ fn control_files_stop_start_signal_and_read_memory_through_the_mount() {
 #[ignore = "needs root: loads BPF programs, mounts FUSE, ptraces"]
 fn wait_and_hang_through_the_mount() {
     let (_agent, view) = mounted_agent();
+    wait_and_hang(&view);
+}
+
+fn wait_and_hang(view: &Path) {
     // A shell that runs a child exiting 7, then waits for a line before exec'ing sleep.
     let mut sh = Command::new("sh")
         .args(["-c", "sh -c 'exit 7'; read line; exec sleep 30"])
@@ -535,4 +546,108 @@ fn attach_step_regs_detach_through_the_mount() {
     assert_eq!(state_of(&view, pid).as_deref(), Some("R"));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// The control files of a `-o uring` view: the same commands, reads and waits as through
+/// fuser's threads, and reads that wait for a child's exit (each holding a queue entry until
+/// its answer comes from the blocking pool) leave the queue answering its CPU's other
+/// requests.
+#[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE, ptraces"]
+fn control_files_over_io_uring_queues_and_waiting_reads_stall_none() {
+    if !has_fuse_uring() {
+        return;
+    }
+    let (agent, _) = mounted_agent();
+    let view = mount_view(&agent, "uring", "uring");
+    let carried = uring_requests(&agent);
+    stop_start_signal_and_read_memory(&view);
+    wait_and_hang(&view);
+    assert!(uring_requests(&agent) > carried, "the queues carried them");
+    waiting_reads_stall_no_queue(&agent, &view);
+}
+
+/// Fills one CPU's queue with as many waiting `wait` reads as it may hold, then reads other
+/// files from that CPU: answered meanwhile. One more waiting read is refused (EAGAIN) rather
+/// than let the waits take the whole queue.
+fn waiting_reads_stall_no_queue(agent: &Agent, view: &Path) {
+    // Every request from a task on one CPU goes to that CPU's queue.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cpu = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|l| l.trim().split([',', '-']).next())
+        .unwrap()
+        .to_owned();
+    let on_cpu = |args: &[&str]| {
+        Command::new("taskset")
+            .args(["-c", &cpu])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // One read(2) of a wait file: a second would wait for another record.
+    let read_wait = |pid: u32| {
+        let wait = view.join(format!("{pid}/wait"));
+        let input = format!("if={}", wait.display());
+        on_cpu(&["dd", &input, "bs=512", "count=1", "status=none"])
+    };
+    // Shells whose child exits on cue: until then, a read of their wait file waits.
+    let mut shells: Vec<Child> = (0..fusewire::PARKED)
+        .map(|_| {
+            Command::new("sh")
+                .args(["-c", "read go; sh -c 'exit 7'; exec sleep 60"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for sh in &shells {
+        eventually(5, "shell in view", || {
+            std::fs::metadata(view.join(sh.id().to_string())).ok()
+        });
+    }
+    let reads = fuse_requests(agent, "read");
+    let waiting: Vec<Child> = shells.iter().map(|sh| read_wait(sh.id())).collect();
+    // The queue takes its requests in turn: once it has taken these reads, each waits in
+    // one of its entries.
+    eventually(10, "the wait reads taken", || {
+        (fuse_requests(agent, "read") >= reads + fusewire::PARKED as u64).then_some(())
+    });
+    for sh in &shells {
+        let status = finished(on_cpu(&[
+            "cat",
+            &format!("{}/{}/status", view.display(), sh.id()),
+        ]));
+        assert!(status.status.success(), "{status:?}");
+        assert!(status.stdout.starts_with(b"Name:\tsh\n"), "{status:?}");
+    }
+    let refused = finished(read_wait(shells[0].id()));
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Resource temporarily unavailable"),
+        "{refused:?}"
+    );
+    for sh in &mut shells {
+        sh.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    for reader in waiting {
+        let out = finished(reader);
+        let record = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{out:?}");
+        assert!(record.trim_end().ends_with(": exit 7'"), "{record:?}");
+    }
+    for sh in &mut shells {
+        sh.kill().unwrap();
+        sh.wait().unwrap();
+    }
+}
+
+/// `child`'s output once it has exited, within 10 seconds.
+fn finished(mut child: Child) -> Output {
+    eventually(10, "the command's exit", || child.try_wait().unwrap());
+    child.wait_with_output().unwrap()
 }

@@ -15,7 +15,10 @@ use std::{
 
 use common::{
     Agent, ExecOnCue, cgroup2_root, eventually, proc_stat,
-    view::{errno_of, mount_view, mounted_agent, names_in, write_file},
+    view::{
+        errno_of, fuse_requests, has_fuse_uring, mount_view, mounted_agent, names_in,
+        uring_requests, write_file,
+    },
 };
 
 fn sh(cmd: &str) -> String {
@@ -567,12 +570,6 @@ fn a_killed_unkept_agents_mount_is_recovered_and_sigterm_unmounts() {
 }
 
 /// FUSE requests of operation `op` the agent has answered so far.
-fn fuse_requests(agent: &Agent, op: &str) -> u64 {
-    agent.json("/v1/stats")["fuse_requests_by_op"][op]
-        .as_u64()
-        .unwrap_or(0)
-}
-
 #[test]
 #[ignore = "needs root: loads BPF programs, mounts FUSE"]
 fn passthrough_reads_come_from_a_fresh_backing_file_and_concurrent_opens_still_work() {
@@ -732,16 +729,11 @@ fn an_idle_cache_mount_rests_and_starts_cold() {
 #[test]
 #[ignore = "needs root: loads BPF programs, mounts FUSE"]
 fn a_uring_view_serves_the_same_view_over_io_uring_queues() {
-    if !Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
-        eprintln!("SKIPPED: this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)");
+    if !has_fuse_uring() {
         return;
     }
     let (agent, _) = mounted_agent();
-    let uring_requests = || {
-        agent.json("/v1/stats")["fuse_uring_requests"]
-            .as_u64()
-            .unwrap()
-    };
+    let uring_requests = || uring_requests(&agent);
     let before = uring_requests();
     let view = mount_view(&agent, "uring", "uring");
     let tree = Tree::new();
@@ -758,12 +750,8 @@ fn a_uring_view_serves_the_same_view_over_io_uring_queues() {
         Path::new(&me.to_string())
     );
     refuses_bad_operations(&view);
-    // No control files: the queues answer in turn and cannot leave one waiting.
-    assert_eq!(
-        errno_of(std::fs::metadata(view.join(format!("{pid}/ctl")))),
-        Some(libc::ENOENT)
-    );
-    assert!(!names_in(&view.join(pid.to_string())).contains(&"ctl".to_string()));
+    // Control files too (used in control.rs).
+    assert!(names_in(&view.join(pid.to_string())).contains(&"ctl".to_string()));
 
     open_files_outlive_their_process(&view);
 
@@ -774,17 +762,12 @@ fn a_uring_view_serves_the_same_view_over_io_uring_queues() {
 #[test]
 #[ignore = "needs root: loads BPF programs, mounts FUSE"]
 fn uring_with_passthrough_opens_over_the_queues_and_reads_in_the_kernel() {
-    if !Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
-        eprintln!("SKIPPED: this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)");
+    if !has_fuse_uring() {
         return;
     }
     let agent = Agent::start();
     let view = mount_view(&agent, "uring-passthrough", "uring,passthrough");
-    let uring_requests = || {
-        agent.json("/v1/stats")["fuse_uring_requests"]
-            .as_u64()
-            .unwrap()
-    };
+    let uring_requests = || uring_requests(&agent);
     let mut child = ExecOnCue::start();
     let status = child.file_in(&view, "status");
     let name = || first_line(&status);

@@ -8,17 +8,24 @@
 //!   round trip needs no cross-CPU wake-up. INIT, FORGET and INTERRUPT still come over
 //!   /dev/fuse.
 //!
+//! A server answers a request from the thread that brought it, or, when its answer would make
+//! that thread wait (a read that waits for a child's exit), later from any thread
+//! (`Later::defer`, `Deferred`): on /dev/fuse the reply is written whenever it comes; on
+//! io_uring the request's ring entry stays out of the fetch cycle until its answer is handed
+//! back to the queue's thread, which an eventfd polled in the same ring wakes for it.
+//!
 //! The layouts are the kernel's uapi (include/uapi/linux/fuse.h) and
 //! Documentation/filesystems/fuse/fuse-io-uring.rst.
 
 use std::{
+    cell::Cell,
     ffi::CString,
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
-    sync::{Arc, mpsc},
+    sync::{Arc, Mutex, PoisonError, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -92,8 +99,16 @@ const RING_ENT: usize = 256;
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
 /// Entries per queue: a queue serves the processes on one CPU, which make one synchronous
-/// request at a time each; the others take background RELEASEs meanwhile.
-const ENTRIES: usize = 4;
+/// request at a time each; the others take background RELEASEs meanwhile, or wait with an
+/// answer given later (`PARKED`). An entry's buffers are touched only as far as its requests
+/// and replies reach, so an idle one costs address space, not memory.
+const ENTRIES: usize = 8;
+/// At most this many of a queue's entries wait for answers given later: the other
+/// `ENTRIES - PARKED` (the 4 a queue had before answers could wait) keep serving its CPU, so
+/// requests that wait can never starve it. `Later::defer` refuses beyond that.
+pub const PARKED: usize = ENTRIES - 4;
+/// The user_data of the queue's poll of its eventfd; entries' are their indexes.
+const WAKE: u64 = u64::MAX;
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
 /// The size of the op-specific struct that leads a request. Over io_uring the kernel puts it
@@ -267,8 +282,16 @@ pub fn init_reply(op: &[u8], wanted: u64, out: &mut Vec<u8>) -> u64 {
 /// A FUSE file system served by this crate's transports.
 pub trait Server: Send + Sync + 'static {
     /// Answers one request into `out` (the body only): 0 or a negative errno, `None` when the
-    /// request takes no reply (FORGET, INTERRUPT). INIT is answered with `init_reply`.
-    fn answer(&self, h: &Header, op: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Option<i32>;
+    /// request takes no reply (FORGET, INTERRUPT) or was taken to be answered later
+    /// (`later.defer()`). INIT is answered with `init_reply`.
+    fn answer(
+        &self,
+        h: &Header,
+        op: &[u8],
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        later: Later<'_>,
+    ) -> Option<i32>;
 
     /// After INIT: whether the kernel agreed to FUSE_OVER_IO_URING. `None` before.
     fn initialised(&self) -> Option<bool>;
@@ -277,12 +300,148 @@ pub trait Server: Send + Sync + 'static {
     fn carried(&self) {}
 }
 
+/// The means to answer a request after `Server::answer` has returned.
+pub struct Later<'a> {
+    unique: u64,
+    way: Way<'a>,
+}
+
+enum Way<'a> {
+    Dev(&'a Arc<OwnedFd>),
+    Ring { index: usize, queue: &'a Queue },
+}
+
+impl Later<'_> {
+    /// Takes the request from the transport: `answer` returns `None`, and the request is
+    /// answered when the handle is, from any thread (EIO if it is dropped unanswered). `None`
+    /// when the request's io_uring queue already has `PARKED` entries waiting: answer now.
+    pub fn defer(self) -> Option<Deferred> {
+        let to = match self.way {
+            Way::Dev(fd) => To::Dev(fd.clone()),
+            Way::Ring { index, queue } => {
+                let parked = queue.parked.get();
+                if parked >= PARKED {
+                    return None;
+                }
+                queue.parked.set(parked + 1);
+                To::Ring {
+                    index,
+                    answers: queue.answers.clone(),
+                }
+            }
+        };
+        Some(Deferred {
+            unique: self.unique,
+            to: Some(to),
+        })
+    }
+}
+
+/// A request taken with `Later::defer`, to be answered from any thread.
+pub struct Deferred {
+    unique: u64,
+    /// None once answered.
+    to: Option<To>,
+}
+
+enum To {
+    /// Written to /dev/fuse by whoever answers.
+    Dev(Arc<OwnedFd>),
+    /// Handed to the queue's thread, which owns the entry's buffers and the ring.
+    Ring { index: usize, answers: Arc<Answers> },
+}
+
+impl Deferred {
+    /// Answers with `error`, 0 or a negative errno, and the body `body` if 0.
+    pub fn reply(mut self, error: i32, body: &[u8]) {
+        self.send(error, body);
+    }
+
+    fn send(&mut self, error: i32, body: &[u8]) {
+        let body = if error == 0 { body } else { &[] };
+        match self.to.take() {
+            Some(To::Dev(fd)) => write_reply(fd.as_raw_fd(), self.unique, error, body),
+            Some(To::Ring { index, answers }) => answers.give(index, error, body.to_vec()),
+            None => {}
+        }
+    }
+}
+
+impl Drop for Deferred {
+    /// A request nobody answers would hold its caller, and its ring entry, for ever.
+    fn drop(&mut self) {
+        self.send(-libc::EIO, &[]);
+    }
+}
+
+/// The answers given later to one queue's requests, and the eventfd that wakes its thread
+/// for them.
+struct Answers {
+    given: Mutex<Vec<(usize, i32, Vec<u8>)>>,
+    wake: nix::sys::eventfd::EventFd,
+}
+
+impl Answers {
+    fn new() -> std::io::Result<Self> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        // Non-blocking: the queue's thread reads it only to reset it, after its poll fired.
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        Ok(Self {
+            given: Mutex::default(),
+            wake,
+        })
+    }
+
+    fn give(&self, index: usize, error: i32, body: Vec<u8>) {
+        self.given
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((index, error, body));
+        // After the push: the poll this fires (now, or once re-armed) drains it. A queue
+        // that has ended polls no more, and the answer goes with its connection.
+        let _ = self.wake.write(1);
+    }
+
+    /// What was given since the last call; resets the eventfd first, so an answer given
+    /// during the call fires the next poll.
+    fn take(&self) -> Vec<(usize, i32, Vec<u8>)> {
+        let _ = self.wake.read();
+        std::mem::take(&mut *self.given.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// A queue's waiting answers, as its thread keeps them.
+struct Queue {
+    answers: Arc<Answers>,
+    /// Entries whose answer is to come: only this queue's thread counts them, when
+    /// `Later::defer` takes a request and when the answer is committed.
+    parked: Cell<usize>,
+}
+
 fn reply_header(len: usize, error: i32, unique: u64) -> [u8; OUT_HEADER] {
     let mut b = [0; OUT_HEADER];
     b[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
     b[4..8].copy_from_slice(&error.to_ne_bytes());
     b[8..16].copy_from_slice(&unique.to_ne_bytes());
     b
+}
+
+/// Writes the reply to request `unique` to /dev/fuse.
+fn write_reply(fd: RawFd, unique: u64, error: i32, body: &[u8]) {
+    let header = reply_header(OUT_HEADER + body.len(), error, unique);
+    let iov = [
+        libc::iovec {
+            iov_base: header.as_ptr() as *mut _,
+            iov_len: OUT_HEADER,
+        },
+        libc::iovec {
+            iov_base: body.as_ptr() as *mut _,
+            iov_len: body.len(),
+        },
+    ];
+    // SAFETY: both buffers outlive the call. A failed write is a request the kernel
+    // already gave up on, or a connection that has ended.
+    unsafe { libc::writev(fd, iov.as_ptr(), 2) };
 }
 
 /// Opens /dev/fuse and mounts it at `dir` as `fuse.<subtype>` (read-only if `read_only`).
@@ -430,8 +589,8 @@ pub fn serve<S: Server>(
 
 /// The /dev/fuse side: INIT, then FORGET and INTERRUPT (which never take the queues), and
 /// everything when there are no queues or before they are up. Ends when the connection does.
-fn serve_dev(fd: &OwnedFd, server: &impl Server) {
-    let fd = fd.as_raw_fd();
+fn serve_dev(conn: &Arc<OwnedFd>, server: &impl Server) {
+    let fd = conn.as_raw_fd();
     let mut buf = vec![0u8; MAX_PAYLOAD + 4096];
     let mut out = Vec::with_capacity(MAX_PAYLOAD);
     loop {
@@ -450,31 +609,20 @@ fn serve_dev(fd: &OwnedFd, server: &impl Server) {
         let body = request.get(IN_HEADER..).unwrap_or_default();
         let (op, payload) = body.split_at(op_header_size(h.opcode).min(body.len()));
         out.clear();
-        let Some(error) = server.answer(&h, op, payload, &mut out) else {
+        let later = Later {
+            unique: h.unique,
+            way: Way::Dev(conn),
+        };
+        let Some(error) = server.answer(&h, op, payload, &mut out, later) else {
             continue;
         };
-        if error != 0 {
-            out.clear();
-        }
-        let header = reply_header(OUT_HEADER + out.len(), error, h.unique);
-        let iov = [
-            libc::iovec {
-                iov_base: header.as_ptr() as *mut _,
-                iov_len: OUT_HEADER,
-            },
-            libc::iovec {
-                iov_base: out.as_ptr() as *mut _,
-                iov_len: out.len(),
-            },
-        ];
-        // SAFETY: both buffers outlive the call. A failed write is a request the kernel
-        // already gave up on.
-        unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+        write_reply(fd, h.unique, error, if error == 0 { &out } else { &[] });
     }
 }
 
 /// One CPU's queue: registers its entries, reports that, then answers requests until the
-/// connection ends.
+/// connection ends. Answers given later come back through `Answers`: its eventfd is polled in
+/// the same ring (the ring has one issuer, this thread), and each wake commits them.
 fn serve_queue(
     fd: &OwnedFd,
     qid: u16,
@@ -494,6 +642,23 @@ fn serve_queue(
             return;
         }
     };
+    let queue = match Answers::new() {
+        Ok(answers) => Queue {
+            answers: Arc::new(answers),
+            parked: Cell::new(0),
+        },
+        Err(e) => {
+            let _ = registered.send(Err(e));
+            return;
+        }
+    };
+    let wake = io_uring::opcode::PollAdd::new(
+        io_uring::types::Fd(queue.answers.wake.as_raw_fd()),
+        libc::POLLIN as u32,
+    )
+    .build()
+    .user_data(WAKE)
+    .into();
     let fd = fd.as_raw_fd();
     let mut entries: Vec<RingEntry> = (0..ENTRIES).map(|_| RingEntry::new()).collect();
     for (i, e) in entries.iter().enumerate() {
@@ -516,35 +681,55 @@ fn serve_queue(
     };
     let ok = ready.is_ok();
     let _ = registered.send(ready);
-    if !ok {
+    // SAFETY: a poll has no buffer; the eventfd lives as long as the ring (this function).
+    if !ok || unsafe { ring.submission().push(&wake) }.is_err() {
         return;
     }
     let mut out = Vec::with_capacity(MAX_PAYLOAD);
     // Reused: this loop runs once per request.
-    let mut done: Vec<(usize, i32)> = Vec::with_capacity(ENTRIES);
+    let mut done: Vec<(u64, i32)> = Vec::with_capacity(2 * ENTRIES);
     loop {
         if ring.submit_and_wait(1).is_err() {
             return;
         }
         done.clear();
-        done.extend(
-            ring.completion()
-                .map(|c| (c.user_data() as usize, c.result())),
-        );
-        for &(i, result) in &done {
-            let Some(e) = entries.get_mut(i) else {
-                continue;
-            };
+        done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(data, result) in &done {
             if result < 0 {
                 // ENOTCONN: the connection has ended.
                 return;
             }
+            let mut commit = |e: &RingEntry, i: usize, commit_id: u64| {
+                let sqe = e.command(fd, CMD_COMMIT_AND_FETCH, qid, i, commit_id);
+                // SAFETY: as for REGISTER. There is room: each entry has at most one command
+                // in flight, the poll one more, and the queue holds twice as many.
+                unsafe { ring.submission().push(&sqe) }.is_ok()
+            };
+            if data == WAKE {
+                for (i, error, body) in queue.answers.take() {
+                    queue.parked.set(queue.parked.get().saturating_sub(1));
+                    let Some(e) = entries.get_mut(i) else {
+                        continue;
+                    };
+                    let commit_id = e.finish(error, &body);
+                    if !commit(e, i, commit_id) {
+                        return;
+                    }
+                }
+                // SAFETY: as above.
+                if unsafe { ring.submission().push(&wake) }.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let i = data as usize;
+            let Some(e) = entries.get_mut(i) else {
+                continue;
+            };
             server.carried();
-            let commit_id = e.answer(server, &mut out);
-            let sqe = e.command(fd, CMD_COMMIT_AND_FETCH, qid, i, commit_id);
-            // SAFETY: as for REGISTER. There is room: each entry has at most one command in
-            // flight and the queue holds twice as many.
-            if unsafe { ring.submission().push(&sqe) }.is_err() {
+            if let Some(commit_id) = e.answer(server, &mut out, i, &queue)
+                && !commit(e, i, commit_id)
+            {
                 return;
             }
         }
@@ -604,22 +789,43 @@ impl RingEntry {
         unsafe { std::mem::transmute::<[u8; 128], io_uring::squeue::Entry128>(raw) }
     }
 
-    /// Answers the request the kernel put in this entry, in place; returns its commit id.
-    fn answer(&mut self, server: &impl Server, out: &mut Vec<u8>) -> u64 {
+    /// Answers the request the kernel put in entry `index` (this one) in place; returns its
+    /// commit id, or `None` when the server took it to answer later (`finish` then).
+    fn answer(
+        &mut self,
+        server: &impl Server,
+        out: &mut Vec<u8>,
+        index: usize,
+        queue: &Queue,
+    ) -> Option<u64> {
         let h = Header::parse(&self.headers[..IN_HEADER]);
-        let commit_id = u64_at(&self.headers[..], RING_ENT + 8);
         let size = (u32_at(&self.headers[..], RING_ENT + 16) as usize).min(MAX_PAYLOAD);
         out.clear();
         let op = &self.headers[RING_OP..RING_ENT];
-        let error = server
-            .answer(&h, op, &self.payload[..size], out)
-            .unwrap_or(0);
-        if error != 0 {
-            out.clear();
+        let parked = queue.parked.get();
+        let later = Later {
+            unique: h.unique,
+            way: Way::Ring { index, queue },
+        };
+        let error = server.answer(&h, op, &self.payload[..size], out, later);
+        if queue.parked.get() > parked {
+            return None;
         }
-        let len = out.len().min(MAX_PAYLOAD);
-        self.payload[..len].copy_from_slice(&out[..len]);
-        let header = reply_header(OUT_HEADER + len, error, h.unique);
+        Some(self.finish(error.unwrap_or(0), out))
+    }
+
+    /// Puts the reply to this entry's request in its buffers; returns the commit id.
+    fn finish(&mut self, error: i32, body: &[u8]) -> u64 {
+        // The request's header, which only the reply's overwrites.
+        let unique = u64_at(&self.headers[..], 8);
+        let commit_id = u64_at(&self.headers[..], RING_ENT + 8);
+        let len = if error == 0 {
+            body.len().min(MAX_PAYLOAD)
+        } else {
+            0
+        };
+        self.payload[..len].copy_from_slice(&body[..len]);
+        let header = reply_header(OUT_HEADER + len, error, unique);
         self.headers[..OUT_HEADER].copy_from_slice(&header);
         self.headers[RING_ENT + 16..RING_ENT + 20].copy_from_slice(&(len as u32).to_ne_bytes());
         commit_id

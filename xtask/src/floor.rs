@@ -218,7 +218,14 @@ impl Floor {
 }
 
 impl fusewire::Server for Floor {
-    fn answer(&self, h: &Header, op: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Option<i32> {
+    fn answer(
+        &self,
+        h: &Header,
+        op: &[u8],
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        _later: fusewire::Later<'_>,
+    ) -> Option<i32> {
         if matches!(h.opcode, op::FORGET | op::BATCH_FORGET | op::INTERRUPT) {
             return None;
         }

@@ -29,7 +29,6 @@ use fuser::{
 use fusewire::window;
 
 pub(super) use adapter::adopt;
-use control_io::{control_read, control_write};
 use kernel::reader_running;
 pub(super) use ops::{BACKED_OPEN, Found, Opened, RENDERED_OPEN};
 
@@ -166,8 +165,7 @@ pub struct ProcFs {
 #[derive(Clone, Copy, Debug)]
 struct Strategy {
     /// Control files are served: not on a `cache=` mount, since the kernel would answer their
-    /// opens and cache their reads; nor on a `uring` one, whose queues answer in turn and
-    /// cannot leave a control read waiting on a stopped process.
+    /// opens and cache their reads.
     control_files: bool,
     /// How long the kernel may keep attributes: never on a never-stale mount; a `cache=`
     /// mount's stay until the agent invalidates them (fuse/cache.rs).
@@ -195,7 +193,7 @@ impl Strategy {
                 read_bound: None,
             },
             None => Self {
-                control_files: !opts.uring,
+                control_files: true,
                 attr_ttl: TTL,
                 entry_ttl: ENTRY_TTL,
                 bound_floor: Duration::ZERO,

@@ -51,8 +51,8 @@ pub struct MountOptions {
     /// trips, but opens of a file that overlap share one rendering.
     pub passthrough: bool,
     /// Serve the view over FUSE-over-io_uring queues, one per CPU (fuse/uring.rs), instead
-    /// of fuser's /dev/fuse threads: a request is answered on the CPU that made it. Such a
-    /// mount has no control files.
+    /// of fuser's /dev/fuse threads: a request is answered on the CPU that made it. Not with
+    /// `cache=`, nor for the SVR4 and QNX personalities, whose ioctls fuser's adapter serves.
     pub uring: bool,
     /// The raw text, for listings.
     pub text: String,

@@ -13,6 +13,30 @@ pub fn mount_view(agent: &Agent, name: &str, options: &str) -> PathBuf {
     view
 }
 
+/// The FUSE requests of kind `op` the agent has answered, over all its views.
+pub fn fuse_requests(agent: &Agent, op: &str) -> u64 {
+    agent.json("/v1/stats")["fuse_requests_by_op"][op]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The FUSE requests the io_uring queues of the agent's `-o uring` views have carried.
+pub fn uring_requests(agent: &Agent) -> u64 {
+    agent.json("/v1/stats")["fuse_uring_requests"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Whether this kernel has FUSE over io_uring; says so when it has not, for the test that
+/// asked to skip.
+pub fn has_fuse_uring() -> bool {
+    let has = Path::new("/sys/module/fuse/parameters/enable_uring").exists();
+    if !has {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)");
+    }
+    has
+}
+
 pub fn mounted_agent() -> (Agent, PathBuf) {
     // Numbers at most 1 ms old: the comparisons read the kernel just before and after the view,
     // and a snapshot taken before the first kernel read could legitimately differ from both.

@@ -117,19 +117,15 @@ impl Filesystem for ProcFs {
             Some(Handle::Through { bytes: None, .. }) => reply.error(Errno::EBADF),
             // The kernel reads a backed handle from its memfd and never asks.
             Some(Handle::Backed { .. }) => reply.error(Errno::EIO),
-            Some(Handle::Control { pid, ctl, caller }) => {
-                let Some(cf) = self.control.clone() else {
-                    return reply.error(Errno::EOPNOTSUPP);
-                };
-                let rt = self.rt.clone();
+            Some(Handle::Control { .. }) => match self.control_io(fh.0) {
                 // Control reads can block (wait, a stopped target): off the FUSE threads.
-                self.rt.spawn_blocking(move || {
-                    match control_read(&cf, &rt, &caller, pid, ctl, offset, size) {
-                        Ok(data) => reply.data(&data),
-                        Err(e) => reply.error(Errno::from_i32(e.errno())),
-                    }
-                });
-            }
+                Some(Ok(io)) => io.read(offset, size, move |data| match data {
+                    Ok(data) => reply.data(&data),
+                    Err(e) => reply.error(e),
+                }),
+                Some(Err(e)) => reply.error(e),
+                None => reply.error(Errno::EBADF),
+            },
             None => match self.rendering(req, ino.0, fh.0) {
                 Ok(bytes) => reply.data(window(&bytes, offset, size)),
                 Err(e) => reply.error(e),
@@ -363,23 +359,18 @@ impl Filesystem for ProcFs {
         reply: ReplyWrite,
     ) {
         count_request(Op::Write);
-        let Some(Handle::Control { pid, ctl, caller }) = self.handle(fh) else {
-            return match self.do_write_through(&Asker::from(req), ino.0, fh.0, offset, data) {
+        match self.control_io(fh.0) {
+            // Commands like waitstop block until the target stops: off the FUSE threads.
+            Some(Ok(io)) => io.write(offset, data.to_vec(), move |n| match n {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(e),
-            };
-        };
-        let Some(cf) = self.control.clone() else {
-            return reply.error(Errno::EOPNOTSUPP);
-        };
-        let data = data.to_vec();
-        // Commands like waitstop block until the target stops: off the FUSE threads.
-        self.rt.spawn_blocking(move || {
-            match control_write(&cf, &caller, pid, ctl, offset, &data) {
+            }),
+            Some(Err(e)) => reply.error(e),
+            None => match self.do_write_through(&Asker::from(req), ino.0, fh.0, offset, data) {
                 Ok(n) => reply.written(n as u32),
-                Err(e) => reply.error(Errno::from_i32(e.errno())),
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        }
     }
 }
 

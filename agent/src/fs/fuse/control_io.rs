@@ -1,9 +1,89 @@
 //! Reads and writes of control files, carried out by the control layer on a blocking thread
-//! (a write may wait for its process to stop; a `wait` read, for a child to exit).
+//! (a write may wait for its process to stop; a `wait` read, for a child to exit), whichever
+//! transport brought them: each answers when `done` is called, from that thread.
 
 use super::*;
 
-pub(super) fn control_read(
+/// A control file's open handle, with the control layer that carries out its reads and writes.
+pub(super) struct ControlIo {
+    cf: ControlFiles,
+    rt: tokio::runtime::Handle,
+    caller: Caller,
+    pid: u32,
+    ctl: ControlFile,
+}
+
+impl ProcFs {
+    /// The control file open as `fh`; `None` if `fh` is not one, EOPNOTSUPP if this view was
+    /// made without the control layer.
+    pub(super) fn control_io(&self, fh: u64) -> Option<Result<ControlIo, Errno>> {
+        let Some(Handle::Control { pid, ctl, caller }) = self.handle(FileHandle(fh)) else {
+            return None;
+        };
+        Some(
+            self.control
+                .clone()
+                .ok_or(Errno::EOPNOTSUPP)
+                .map(|cf| ControlIo {
+                    cf,
+                    rt: self.rt.clone(),
+                    caller,
+                    pid,
+                    ctl,
+                }),
+        )
+    }
+}
+
+impl ControlIo {
+    /// Reads on tokio's blocking pool, off the transport's threads.
+    pub(super) fn read(
+        self,
+        offset: u64,
+        size: u32,
+        done: impl FnOnce(Result<Vec<u8>, Errno>) + Send + 'static,
+    ) {
+        let rt = self.rt.clone();
+        rt.spawn_blocking(move || {
+            let Self {
+                cf,
+                rt,
+                caller,
+                pid,
+                ctl,
+            } = self;
+            done(
+                control_read(&cf, &rt, &caller, pid, ctl, offset, size)
+                    .map_err(|e| Errno::from_i32(e.errno())),
+            );
+        });
+    }
+
+    /// Writes on tokio's blocking pool, off the transport's threads.
+    pub(super) fn write(
+        self,
+        offset: u64,
+        data: Vec<u8>,
+        done: impl FnOnce(Result<usize, Errno>) + Send + 'static,
+    ) {
+        let rt = self.rt.clone();
+        rt.spawn_blocking(move || {
+            let Self {
+                cf,
+                caller,
+                pid,
+                ctl,
+                ..
+            } = self;
+            done(
+                control_write(&cf, &caller, pid, ctl, offset, &data)
+                    .map_err(|e| Errno::from_i32(e.errno())),
+            );
+        });
+    }
+}
+
+fn control_read(
     cf: &ControlFiles,
     rt: &tokio::runtime::Handle,
     caller: &Caller,
@@ -32,7 +112,7 @@ pub(super) fn control_read(
     }
 }
 
-pub(super) fn control_write(
+fn control_write(
     cf: &ControlFiles,
     caller: &Caller,
     pid: u32,

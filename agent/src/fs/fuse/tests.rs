@@ -159,7 +159,7 @@ fn names_that_cannot_be_are_misses_the_kernel_may_keep() {
 
 #[test]
 fn control_files_are_served_only_where_the_mount_can_keep_their_semantics() {
-    for (options, served) in [("", true), ("cache=1000", false), ("uring", false)] {
+    for (options, served) in [("", true), ("cache=1000", false), ("uring", true)] {
         let fs = view(options);
         let listed = names(&fs, Node::ProcDir(4242));
         assert_eq!(listed.iter().any(|n| n == "ctl"), served, "{options:?}");

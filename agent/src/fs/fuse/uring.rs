@@ -7,8 +7,10 @@
 //! fuser does not speak this transport and keeps its request decoding private, so the wire
 //! protocol and the queues are the `fusewire` crate's, and this module maps its requests onto
 //! the operations the fuser adapter calls too (`ProcFs::do_*`), with `-o passthrough` as well.
-//! It serves what a never-stale view without control files needs; the option parser refuses
-//! the rest.
+//! Control files' reads and writes, which can wait (a `wait` read, `waitstop`), are carried
+//! out on tokio's blocking pool as the fuser adapter's are, and answered from there
+//! (`fusewire::Later`): the queue answers its CPU's other requests meanwhile. It serves what
+//! a never-stale view needs but the SVR4 and QNX ioctls; the option parser refuses the rest.
 
 use std::{
     ffi::OsStr,
@@ -23,9 +25,11 @@ use std::{
 };
 
 use fuser::{Errno, FileAttr, FileType, OpenFlags};
-use fusewire::{Attr, Header, Out, init, op, u32_at, u64_at, window};
+use fusewire::{Attr, Deferred, Header, Later, Out, init, op, u32_at, u64_at, window};
 
-use super::{Asker, BACKED_OPEN, Found, Opened, ProcFs, RENDERED_OPEN, passthrough};
+use super::{
+    Asker, BACKED_OPEN, Found, Opened, ProcFs, RENDERED_OPEN, control_io::ControlIo, passthrough,
+};
 use crate::fs::{Op, count_request};
 
 /// Requests carried by the io_uring queues, for /v1/stats (tests check the transport is used).
@@ -74,7 +78,14 @@ struct Conn {
 }
 
 impl fusewire::Server for Conn {
-    fn answer(&self, h: &Header, op: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Option<i32> {
+    fn answer(
+        &self,
+        h: &Header,
+        op: &[u8],
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        later: Later<'_>,
+    ) -> Option<i32> {
         let fs = &self.fs;
         let asker = Asker {
             uid: h.uid,
@@ -120,25 +131,51 @@ impl fusewire::Server for Conn {
             }
             op::READ => {
                 count_request(Op::Read);
+                let (fh, offset) = (u64_at(op, 0), u64_at(op, 8));
                 let size = u32_at(op, 16).min(fusewire::MAX_PAYLOAD as u32);
-                fs.rendering(&asker, h.nodeid, u64_at(op, 0))
-                    .map(|bytes| out.extend_from_slice(window(&bytes, u64_at(op, 8), size)))
+                match fs.rendering(&asker, h.nodeid, fh) {
+                    Ok(bytes) => {
+                        out.extend_from_slice(window(&bytes, offset, size));
+                        Ok(())
+                    }
+                    // A handle without a rendering: a control file's, perhaps.
+                    Err(Errno::EIO) => match fs.control_io(fh) {
+                        Some(io) => {
+                            return offload(io, later, |io, answer| {
+                                io.read(offset, size, move |data| match data {
+                                    Ok(data) => answer.reply(0, &data),
+                                    Err(e) => answer.reply(-i32::from(e), &[]),
+                                });
+                            });
+                        }
+                        None => Err(Errno::EIO),
+                    },
+                    Err(e) => Err(e),
+                }
             }
             op::WRITE => {
                 count_request(Op::Write);
                 // fuse_write_in: fh, offset, size, ...; the data follows it.
-                let size = (u32_at(op, 16) as usize).min(payload.len());
-                fs.do_write_through(
-                    &asker,
-                    h.nodeid,
-                    u64_at(op, 0),
-                    u64_at(op, 8),
-                    &payload[..size],
-                )
-                .map(|n| {
-                    // fuse_write_out: size, padding.
+                let (fh, offset) = (u64_at(op, 0), u64_at(op, 8));
+                let data = &payload[..(u32_at(op, 16) as usize).min(payload.len())];
+                // fuse_write_out: size, padding.
+                let written = |out: &mut Vec<u8>, n: usize| {
                     Out(out).u32(n as u32).u32(0);
-                })
+                };
+                if let Some(io) = fs.control_io(fh) {
+                    return offload(io, later, |io, answer| {
+                        io.write(offset, data.to_vec(), move |n| match n {
+                            Ok(n) => {
+                                let mut out = Vec::with_capacity(8);
+                                written(&mut out, n);
+                                answer.reply(0, &out);
+                            }
+                            Err(e) => answer.reply(-i32::from(e), &[]),
+                        });
+                    });
+                }
+                fs.do_write_through(&asker, h.nodeid, fh, offset, data)
+                    .map(|n| written(out, n))
             }
             op::RELEASE => {
                 count_request(Op::Release);
@@ -251,10 +288,10 @@ impl Conn {
                 Out(out).open(fh, RENDERED_OPEN.bits(), 0);
                 return Ok(());
             }
-            // `serves` keeps control files off these mounts.
+            // A control file: read and written through its handle, never cached.
             Opened::Handle(fh) => {
-                fs.do_release(fh);
-                return Err(Errno::EACCES);
+                Out(out).open(fh, fusewire::FOPEN_DIRECT_IO, 0);
+                return Ok(());
             }
         };
         let register = |f: &std::fs::File| passthrough::register(&self.fd, f);
@@ -275,6 +312,23 @@ impl Conn {
             }
         }
         Ok(())
+    }
+}
+
+/// Hands a control handle's READ or WRITE to the control layer (`start`), which answers it
+/// when done while the queue answers others. EAGAIN when the queue already has as many
+/// answers waiting as it may (`fusewire::PARKED`), so that waiting ones never starve it.
+fn offload(
+    io: Result<ControlIo, Errno>,
+    later: Later<'_>,
+    start: impl FnOnce(ControlIo, Deferred),
+) -> Option<i32> {
+    match io.and_then(|io| later.defer().map(|d| (io, d)).ok_or(Errno::EAGAIN)) {
+        Ok((io, answer)) => {
+            start(io, answer);
+            None
+        }
+        Err(e) => Some(-i32::from(e)),
     }
 }
 
