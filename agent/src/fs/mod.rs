@@ -159,12 +159,8 @@ impl Transport {
         match self {
             Transport::Fuser(s) => s.umount_and_join(),
             Transport::Adopted(s, dir) => {
-                let c = std::ffi::CString::new(dir.into_os_string().into_encoded_bytes())
-                    .map_err(std::io::Error::other)?;
-                // SAFETY: a NUL-terminated path. As fuser does: a busy mount is an error.
-                if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                // As fuser does: a busy mount is an error.
+                nix::mount::umount2(&dir, nix::mount::MntFlags::empty())?;
                 s.join()
             }
             Transport::Uring(s) => s.umount_and_join(),

@@ -236,8 +236,7 @@ pub fn run_as<T: Send>(
     creds: &Creds,
     f: impl FnOnce() -> std::io::Result<T> + Send,
 ) -> std::io::Result<T> {
-    // SAFETY: prctl with integer arguments only.
-    let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+    let dumpable = nix::sys::prctl::get_dumpable().ok();
     let result = std::thread::scope(|s| {
         s.spawn(|| {
             become_creds(creds)?;
@@ -248,10 +247,10 @@ pub fn run_as<T: Send>(
     });
     // A change of effective uid makes the process non-dumpable (`suid_dumpable`); the agent's
     // own dumpability is as it was before. (The thread is gone: nothing runs as the writer.)
-    // SAFETY: prctl with integer arguments only.
-    if dumpable >= 0 && unsafe { libc::prctl(libc::PR_GET_DUMPABLE) } != dumpable {
-        // SAFETY: as above.
-        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, dumpable as libc::c_ulong) };
+    if let Some(was) = dumpable
+        && nix::sys::prctl::get_dumpable().ok() != Some(was)
+    {
+        let _ = nix::sys::prctl::set_dumpable(was);
     }
     result
 }
@@ -270,9 +269,9 @@ fn become_creds(c: &Creds) -> std::io::Result<()> {
         effective: held.effective | (held.permitted & ids),
         ..held
     })?;
-    // SAFETY: prctl with integer arguments; it keeps the permitted set across the uid change
-    // below, so the writer's capabilities can be given back to it after.
-    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong) }.into())?;
+    // Keeps the permitted set across the uid change below (for this thread: securebits are
+    // per thread), so the writer's capabilities can be given back to it after.
+    nix::sys::prctl::set_keepcaps(true)?;
     let groups: Vec<libc::gid_t> = c.groups.clone();
     // SAFETY: a count and a pointer to that many gid_t, which outlive the call.
     check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;

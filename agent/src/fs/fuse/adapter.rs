@@ -393,6 +393,7 @@ pub fn adopt(
         let own = fusewire::mount(scratch, "bpfproc", "bpfproc", false, false)?;
         let number = own.as_raw_fd();
         let session = fuser::Session::from_fd(fs, own, config.acl, config)?;
+        // libc, not nix: nix's dup3 wants the target as an OwnedFd, and the session owns it.
         // SAFETY: `number` is the session's descriptor; dup3 replaces the file behind it
         // atomically, and nothing reads it until the session is spawned.
         if unsafe { libc::dup3(conn.as_raw_fd(), number, libc::O_CLOEXEC) } < 0 {
