@@ -242,11 +242,16 @@ struct Readings {
 }
 
 impl Source {
-    /// Called on the SDK's reader thread, never on the agent's runtime: it waits for the actor.
-    fn get(&self) -> Option<Arc<Readings>> {
+    /// The readings of this collection, fetched anew by the first instrument's callback
+    /// (`fresh`; the SDK calls them in the order they were registered) and reused by the
+    /// others. A time limit alone let one collection straddle two readings: an exit counted
+    /// with the CPU time of the reading before it. Called on the SDK's reader thread, never on
+    /// the agent's runtime: it waits for the actor.
+    fn get(&self, fresh: bool) -> Option<Arc<Readings>> {
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, r)) = &*latest
-            && at.elapsed() < Duration::from_millis(500)
+            && !fresh
+            && at.elapsed() < Duration::from_secs(5)
         {
             return Some(r.clone());
         }
@@ -287,7 +292,7 @@ fn register(meter: &Meter, src: Arc<Source>, group_attribute: Option<&'static st
             "CPU time of each group's processes, including those that exited, by cpu.mode",
         )
         .with_callback(move |o| {
-            let Some(r) = s.get() else { return };
+            let Some(r) = s.get(true) else { return };
             for g in &r.groups.groups {
                 for (mode, ns) in [("user", g.cpu.user), ("system", g.cpu.system)] {
                     let mut a = attrs(&g.name);
@@ -331,7 +336,7 @@ fn register(meter: &Meter, src: Arc<Source>, group_attribute: Option<&'static st
             .with_unit(unit)
             .with_description(help)
             .with_callback(move |o| {
-                let Some(r) = s.get() else { return };
+                let Some(r) = s.get(false) else { return };
                 for g in &r.groups.groups {
                     o.observe(field(g) as i64, &attrs(&g.name));
                 }
@@ -357,7 +362,7 @@ fn register(meter: &Meter, src: Arc<Source>, group_attribute: Option<&'static st
             .with_unit("{process}")
             .with_description(help)
             .with_callback(move |o| {
-                let Some(r) = s.get() else { return };
+                let Some(r) = s.get(false) else { return };
                 for g in &r.groups.groups {
                     o.observe(field(g), &attrs(&g.name));
                 }
@@ -395,7 +400,7 @@ fn register(meter: &Meter, src: Arc<Source>, group_attribute: Option<&'static st
             .with_unit("{process}")
             .with_description(help)
             .with_callback(move |o| {
-                if let Some(r) = s.get() {
+                if let Some(r) = s.get(false) {
                     o.observe(field(&r), &[]);
                 }
             })
@@ -407,7 +412,7 @@ fn register(meter: &Meter, src: Arc<Source>, group_attribute: Option<&'static st
         .with_unit("{process}")
         .with_description("Live processes in the agent's table, kernel threads included")
         .with_callback(move |o| {
-            if let Some(r) = s.get() {
+            if let Some(r) = s.get(false) {
                 o.observe(r.stats.live_processes as i64, &[]);
             }
         })
@@ -420,7 +425,7 @@ fn register(meter: &Meter, src: Arc<Source>, group_attribute: Option<&'static st
             "Records or reads the kernel side could not deliver, by cause (a rescan follows)",
         )
         .with_callback(move |o| {
-            if let Some(r) = s.get() {
+            if let Some(r) = s.get(false) {
                 for (name, v) in &r.stats.kernel {
                     if crate::kernel::LOSS_CAUSES.contains(name) {
                         o.observe(*v, &[KeyValue::new("cause", *name)]);

@@ -103,6 +103,58 @@ fn every_short_lived_child_appears_in_exited_with_its_status() {
 
 const PF_WQ_WORKER: u64 = 0x20;
 
+/// A process whose leader thread ends first (`SYS_exit` on the main thread) after burning
+/// some CPU, and another thread then ends the process with `exit(5)`: the kernel reports the
+/// group's end on that other thread.
+const LAST_THREAD_NOT_LEADER: &str = "import ctypes, os, threading, time
+pid = os.getpid()
+def later():
+    # Once the leader is a zombie: it has ended, the process has not.
+    while open(f'/proc/{pid}/task/{pid}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z':
+        time.sleep(0.01)
+    os._exit(5)
+threading.Thread(target=later).start()
+print(os.getpid(), flush=True)
+while time.thread_time() < 0.3:
+    pass
+ctypes.CDLL(None).syscall(60, 0)";
+
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn a_process_ended_by_a_thread_other_than_its_leader_exits_once_as_itself() {
+    let agent = Agent::start();
+    // Debian's python3, for ctypes and a plain libc.
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", LAST_THREAD_NOT_LEADER])
+        .output()
+        .expect("python3");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let pid: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let mine = |v: &Value| -> Vec<Value> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["pid"].as_u64() == Some(pid))
+            .cloned()
+            .collect()
+    };
+    let records = eventually(5, "the exit", || {
+        let r = mine(&agent.json("/v1/exited"));
+        (!r.is_empty()).then_some(r)
+    });
+    // Once, as the process it was: not a "lost" exit of the process plus a second process
+    // made from the thread that ended it.
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(r["exit_code"], 5, "{r}");
+    assert_eq!(r["exit_known"], true, "{r}");
+    assert_eq!(r["cmdline"][1], "-c", "{r}");
+    // The leader's CPU time, not yet in the group's totals when the other thread ends it.
+    // (The kernel's utime and stime are sampled at ticks: 0.3 s burned has shown as 0.2.)
+    let cpu = r["utime"].as_f64().unwrap() + r["stime"].as_f64().unwrap();
+    assert!(cpu >= 0.15, "the leader's 0.3 s of CPU is missing: {r}");
+}
+
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn listing_matches_proc_for_every_stable_process() {

@@ -116,6 +116,7 @@ offsets! {
     task_tgid => "task_struct.tgid",
     task_real_parent => "task_struct.real_parent",
     task_parent => "task_struct.parent",
+    task_group_leader => "task_struct.group_leader",
     task_ptrace => "task_struct.ptrace",
     task_comm => "task_struct.comm",
     task_start_time => "task_struct.start_time",

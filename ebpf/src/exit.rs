@@ -50,12 +50,23 @@ fn fill(task: *const u8, ev: &mut Event) -> Result<(), Fail> {
     ev.kind = kind::EXIT;
     ev.aux = 1;
     ev.ts = unsafe { bpf_ktime_get_boot_ns() };
-    task_info(task, &mut ev.task)?;
+    // The last thread to exit ends the process, and need not be its leader, which then waits
+    // for the group as a zombie: the process is the leader's (its id, start time, name and
+    // owner, as the fork record had them), and the leader's own CPU time is not in
+    // signal_struct yet (it is folded in when the leader is reaped).
+    let leader: *const u8 = ld(task, off!(task_group_leader));
+    let (mut own_u, mut own_s): (u64, u64) =
+        (ld(task, off!(task_utime)), ld(task, off!(task_stime)));
+    if !leader.is_null() && leader != task {
+        task_info(leader, &mut ev.task)?;
+        own_u += ld::<u64>(leader, off!(task_utime));
+        own_s += ld::<u64>(leader, off!(task_stime));
+    } else {
+        task_info(task, &mut ev.task)?;
+    }
     ev.task.exit_code = ld(task, off!(task_exit_code));
     let signal: *const u8 = ld(task, off!(task_signal));
     // Threads that already exited were folded into signal_struct; this one has not been yet.
-    let own_u: u64 = ld(task, off!(task_utime));
-    let own_s: u64 = ld(task, off!(task_stime));
     ev.task.utime = own_u + ld::<u64>(signal, off!(signal_utime));
     ev.task.stime = own_s + ld::<u64>(signal, off!(signal_stime));
     ev.task.cutime = ld(signal, off!(signal_cutime));
