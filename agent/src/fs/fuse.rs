@@ -348,12 +348,14 @@ impl ProcFs {
         pid: u32,
         bound: Duration,
     ) -> Result<(Arc<Snapshot>, Arc<Process>), Errno> {
-        // A stale process is read on its own (~8 µs) rather than waiting for a pass over every
-        // task, on a cache= mount too: at 100,000 processes a pass takes over half a second, and
-        // a `ps` whose every lookup waited for one took more than ten minutes. (The stamp a
+        // A stale process is read on its own (~8 µs); a cache= mount, whose `ps` asks about
+        // every process, shares passes while they are cheap (State::process). (The stamp a
         // cache mount keeps is the table record's revision, taken before rendering: a newer
         // record makes the ticker invalidate, never keep older contents.)
-        let (snap, p) = self.table.process(pid, bound).map_err(|_| Errno::EIO)?;
+        let (snap, p) = self
+            .table
+            .process(pid, bound, self.opts.cache.is_some())
+            .map_err(|_| Errno::EIO)?;
         let p = match p {
             Some(p) => p,
             // procfs answers a thread's id as a directory too, though it lists only

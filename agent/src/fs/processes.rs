@@ -20,12 +20,13 @@ pub trait Processes: Send + Sync {
     /// Blocks the calling thread (a FUSE thread, never an async worker).
     fn snapshot(&self, bound: Duration) -> Result<Arc<Snapshot>, Gone>;
 
-    /// `pid`'s entry with numbers at most `bound` old (read on its own if they are older),
-    /// and the snapshot it is of.
+    /// `pid`'s entry with numbers at most `bound` old (read on its own if they are older,
+    /// unless `share`: see `State::process`), and the snapshot it is of.
     fn process(
         &self,
         pid: u32,
         bound: Duration,
+        share: bool,
     ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone>;
 
     /// The agent's staleness bound.
@@ -67,8 +68,9 @@ impl Processes for Live {
         &self,
         pid: u32,
         bound: Duration,
+        share: bool,
     ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone> {
-        self.settle(self.rt.block_on(self.state.process(pid, bound)))
+        self.settle(self.rt.block_on(self.state.process(pid, bound, share)))
     }
 
     fn max_age(&self) -> Duration {

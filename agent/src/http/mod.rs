@@ -372,7 +372,7 @@ async fn lookup(app: &App, raw: &str) -> Result<(Arc<Snapshot>, Arc<Process>), R
     let pid = parse_pid(raw)?;
     let (snap, p) = app
         .state
-        .process(pid, app.state.max_age)
+        .process(pid, app.state.max_age, false)
         .await
         .map_err(|_| unavailable())?;
     let p = p.ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no process {pid}")))?;

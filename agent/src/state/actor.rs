@@ -263,6 +263,9 @@ impl<K: TaskSource> Actor<K> {
         self.refreshing = false;
         self.stats.map_gc_dropped += gc_dropped as u64;
         self.stats.last_iterator_us = took_us;
+        self.latest
+            .pass_us
+            .store(took_us, std::sync::atomic::Ordering::Relaxed);
         self.stats.last_iterator_tasks = records.len();
         if records.is_empty() {
             // The iterator failed: answer with what we have rather than hang.

@@ -97,6 +97,11 @@ pub(crate) enum Msg {
     Groups(oneshot::Sender<GroupReport>),
 }
 
+/// Above this, a pass over every task costs more than callers that share passes should wait
+/// for: 50 ms is about 20,000 tasks here; at 100,000 a pass took over half a second, and a
+/// `ps` on a `cache=` mount whose every lookup waited for one took more than ten minutes.
+const SHARED_PASS_LIMIT_US: u64 = 50_000;
+
 /// What lets a reader use the latest snapshot without asking the actor, yet never miss an
 /// event: the snapshot is current iff it is the table's latest version, no decoded records are
 /// on their way to the actor, and the kernel's ring buffer is empty.
@@ -116,6 +121,8 @@ struct Latest {
     /// Processes read on their own since the snapshot's numbers went stale (see `Overlay`).
     overlays: Mutex<Overlays>,
     process_reads: std::sync::atomic::AtomicU64,
+    /// How long the last pass over every task took, in µs (`State::process`).
+    pub(crate) pass_us: std::sync::atomic::AtomicU64,
     /// When a control command last changed each process (see `State::touch`).
     touched: Mutex<std::collections::HashMap<u32, u64>>,
 }
@@ -308,22 +315,34 @@ impl State {
     /// 100,000 processes one takes over half a second); the answer's numbers are then newer
     /// than the table's record, whose revision a `cache=` mount stamps, so its ticker
     /// invalidates when the record catches up.
+    /// `share`: a caller that asks about many processes at once (a `cache=` mount under `ps`)
+    /// waits for a pass instead while passes are cheap (one pass costs less than a few
+    /// hundred reads of one process); it reads on its own once they are not.
     pub async fn process(
         &self,
         pid: u32,
         max_age: Duration,
+        share: bool,
     ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone> {
-        let mut snap = match self.current(Duration::MAX) {
+        use std::sync::atomic::Ordering;
+        let alone = !share || self.latest.pass_us.load(Ordering::Relaxed) > SHARED_PASS_LIMIT_US;
+        let wanted = if alone { Duration::MAX } else { max_age };
+        let mut snap = match self.current(wanted) {
             Some(s) => s,
-            None => self.snapshot_within(Duration::MAX).await?,
+            None => self.snapshot_within(wanted).await?,
         };
         match snap.get(pid) {
             None => return Ok((snap, None)),
-            Some(_) => {
+            Some(p) if !alone && !p.tasks.is_empty() => {
+                let p = p.clone();
+                return Ok((snap, Some(p)));
+            }
+            Some(_) if alone => {
                 if let Some(p) = self.process_within(&snap, pid, max_age) {
                     return Ok((snap, Some(p)));
                 }
             }
+            Some(_) => {}
         }
         // Ended, or its pid reused, since the events we have (or this kernel cannot read one
         // process): a pass settles it. A process born since the last one has no numbers

@@ -28,6 +28,7 @@ impl Processes for Fixed {
         &self,
         pid: u32,
         _bound: Duration,
+        _share: bool,
     ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone> {
         Ok((self.0.clone(), self.0.get(pid).cloned()))
     }
