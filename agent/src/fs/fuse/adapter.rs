@@ -108,15 +108,6 @@ impl Filesystem for ProcFs {
             };
         }
         match self.handle(fh) {
-            Some(
-                Handle::Bytes(bytes)
-                | Handle::Through {
-                    bytes: Some(bytes), ..
-                },
-            ) => reply.data(window(&bytes, offset, size)),
-            Some(Handle::Through { bytes: None, .. }) => reply.error(Errno::EBADF),
-            // The kernel reads a backed handle from its memfd and never asks.
-            Some(Handle::Backed { .. }) => reply.error(Errno::EIO),
             Some(Handle::Control { .. }) => match self.control_io(fh.0) {
                 // Control reads can block (wait, a stopped target): off the FUSE threads.
                 Some(Ok(io)) => io.read(offset, size, move |data| match data {
@@ -126,7 +117,8 @@ impl Filesystem for ProcFs {
                 Some(Err(e)) => reply.error(e),
                 None => reply.error(Errno::EBADF),
             },
-            None => match self.rendering(req, ino.0, fh.0) {
+            // Renderings, and what the io_uring queues answer the same way (ops.rs).
+            _ => match self.rendering(req, ino.0, fh.0) {
                 Ok(bytes) => reply.data(window(&bytes, offset, size)),
                 Err(e) => reply.error(e),
             },

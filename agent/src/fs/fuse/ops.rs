@@ -244,6 +244,8 @@ impl ProcFs {
                 },
             ) => Ok(bytes),
             Some(Handle::Through { bytes: None, .. }) => Err(Errno::EBADF),
+            // A backed handle the kernel reads from its memfd and never asks for; a control
+            // handle is read through the control layer.
             Some(_) => Err(Errno::EIO),
             None if self.inherited(fh) => {
                 match self.do_open(req, ino, OpenFlags(libc::O_RDONLY))? {
