@@ -435,21 +435,43 @@ impl ProcFs {
         UNIX_EPOCH + Duration::from_nanos(self.host.boot_epoch_ns + p.start_boottime)
     }
 
-    /// procfs: a process's nodes belong to its effective uid and gid.
-    fn owner(p: &Process) -> (u32, u32) {
-        p.leader()
-            .map(|t| (t.euid, t.egid))
-            .unwrap_or((p.euid, p.egid))
+    /// procfs's owner of a node of process `p` (of its thread `tid`): the effective uid and
+    /// gid for a world-readable directory, and for anything else the same unless the process
+    /// is not dumpable, then root (`task_dump_owner`). Asked of the kernel at each stat, from
+    /// the directory or from `status`, which follows the second rule: a setuid or capset
+    /// changes them with no event and between two reads of the threads, and the table has no
+    /// dumpability. (The process is the table's, looked up just before: its pid cannot have
+    /// been reused since without an exit the table would have applied.) A table of another
+    /// host's pids (a test's) answers with its own ids.
+    fn owner(&self, p: &Process, tid: Option<u32>, open_dir: bool) -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut path = match tid {
+            Some(t) => format!("/proc/{}/task/{t}", p.pid),
+            None => format!("/proc/{}", p.pid),
+        };
+        if !open_dir {
+            path.push_str("/status");
+        }
+        match std::fs::metadata(path) {
+            Ok(m) if self.table.of_this_host() => (m.uid(), m.gid()),
+            _ => p
+                .leader()
+                .map(|t| (t.euid, t.egid))
+                .unwrap_or((p.euid, p.egid)),
+        }
     }
 
     /// The owner of a process's node (`e`, or its directory) in this mount's personality.
-    fn node_owner(&self, p: &Process, e: Option<&Entry>) -> (u32, u32) {
+    fn node_owner(&self, p: &Process, tid: Option<u32>, e: Option<&Entry>) -> (u32, u32) {
+        let open_dir = e.is_none_or(|e| {
+            e.mode == 0o555 && matches!(e.kind, Kind::TaskDir | Kind::KernelDir(_))
+        });
         self.desc
             .owner
-            .map_or_else(|| Self::owner(p), |owner| owner(p, e))
+            .map_or_else(|| self.owner(p, tid, open_dir), |owner| owner(p, e))
     }
 
-    fn entry_attr(&self, node: Node, e: &Entry, p: &Process) -> FileAttr {
+    fn entry_attr(&self, node: Node, e: &Entry, p: &Process, tid: Option<u32>) -> FileAttr {
         let kind = match e.kind {
             Kind::File(_) | Kind::Control(_) => FileType::RegularFile,
             Kind::KernelLink(_) | Kind::BsdLink(_) => FileType::Symlink,
@@ -459,7 +481,7 @@ impl ProcFs {
             node,
             kind,
             e.mode,
-            self.node_owner(p, Some(e)),
+            self.node_owner(p, tid, Some(e)),
             self.proc_time(p),
         )
     }
@@ -498,14 +520,14 @@ impl ProcFs {
                     node,
                     FileType::Directory,
                     0o555,
-                    self.node_owner(&p, None),
+                    self.node_owner(&p, None, None),
                     self.proc_time(&p),
                 ))
             }
             Node::ProcFile(pid, i) => {
                 let (_, p) = self.process(pid)?;
                 let e = self.files_table().get(i as usize).ok_or(Errno::ENOENT)?;
-                let mut attr = self.entry_attr(node, e, &p);
+                let mut attr = self.entry_attr(node, e, &p, None);
                 if let Some(mode) = self.qnx_mode(node, &p) {
                     attr.perm = self.mode(mode);
                 }
@@ -517,14 +539,14 @@ impl ProcFs {
                     node,
                     FileType::Directory,
                     0o555,
-                    Self::owner(&p),
+                    self.owner(&p, Some(tid), true),
                     self.proc_time(&p),
                 ))
             }
             Node::ThreadFile(pid, tid, i) => {
                 let p = self.with_thread(pid, tid)?;
                 let e = thread_files().get(i as usize).ok_or(Errno::ENOENT)?;
-                Ok(self.entry_attr(node, e, &p))
+                Ok(self.entry_attr(node, e, &p, Some(tid)))
             }
             Node::Fd(pid, fd) => {
                 use std::os::unix::fs::PermissionsExt as _;
@@ -536,7 +558,7 @@ impl ProcFs {
                     node,
                     FileType::Symlink,
                     (link.permissions().mode() & 0o7777) as u16,
-                    Self::owner(&p),
+                    self.owner(&p, None, false),
                     self.proc_time(&p),
                 ))
             }

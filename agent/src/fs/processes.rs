@@ -31,6 +31,11 @@ pub trait Processes: Send + Sync {
 
     /// The agent's staleness bound.
     fn max_age(&self) -> Duration;
+
+    /// Whether the table's pids are this host's, so the kernel can be asked about them.
+    fn of_this_host(&self) -> bool {
+        true
+    }
 }
 
 /// The agent's table.

@@ -36,6 +36,10 @@ impl Processes for Fixed {
     fn max_age(&self) -> Duration {
         Duration::from_millis(100)
     }
+
+    fn of_this_host(&self) -> bool {
+        false
+    }
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
