@@ -13,11 +13,28 @@ use super::{
 
 /// Runs `cmd` in a private mount namespace, with `view` bound over /proc if given.
 pub(super) fn in_namespace(view: Option<&std::path::Path>, cmd: &str) -> anyhow::Result<()> {
+    in_namespace_on(view, cmd, None)
+}
+
+/// `in_namespace`, kept on CPU `cpu` if given.
+fn in_namespace_on(
+    view: Option<&std::path::Path>,
+    cmd: &str,
+    cpu: Option<usize>,
+) -> anyhow::Result<()> {
     let script = match view {
         Some(v) => format!("mount --bind {} /proc && {cmd} > /dev/null", v.display()),
         None => format!("{cmd} > /dev/null"),
     };
-    let status = Command::new("unshare")
+    let mut command = match cpu {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.args(["-c", &c.to_string(), "unshare"]);
+            t
+        }
+        None => Command::new("unshare"),
+    };
+    let status = command
         .args(["-m", "--propagation", "private", "sh", "-c", &script])
         .status()?;
     if !status.success() {
@@ -57,6 +74,7 @@ pub(super) struct View<'a> {
 
 pub(super) fn fuse_vs_proc(
     addr: &str,
+    agent_pid: Option<u32>,
     views: &[View],
     pids: &[u32],
     rounds: usize,
@@ -139,6 +157,16 @@ pub(super) fn fuse_vs_proc(
             None => format!("{}: {:.2}×", v.name, ratio(s)),
         })
         .collect();
+    let spent: Vec<String> = ours
+        .iter()
+        .zip(views)
+        .zip(&per_ps)
+        .filter_map(|((s, v), n)| {
+            let n = (*n)? as f64;
+            let extra = s.median().as_secs_f64() - kernel.median().as_secs_f64();
+            Some(format!("{} {:.1} µs", v.name, extra * 1e6 / n.max(1.0)))
+        })
+        .collect();
     println!(
         "ps through FUSE vs {:.1} ms on /proc: {}",
         ms(kernel.median()),
@@ -162,6 +190,14 @@ pub(super) fn fuse_vs_proc(
         found.requests as f64 / processes as f64,
         per_op.join(", ")
     );
+    let _ = writeln!(
+        report,
+        "\nTime each FUSE request adds to a `ps` (the view's median less /proc's, over its requests): {}.",
+        spent.join(", ")
+    );
+    if let Some(agent) = agent_pid {
+        placement(agent, views[0].dir, rounds, report)?;
+    }
     let _ = writeln!(
         report,
         "\nThe rounds run back to back, so each `ps` on the cache view finds what the previous one left in the page cache, revalidated with one GETATTR per file every {} ms. A never-stale view renders every file afresh at each open and answers each stat, open, read and close itself; with `passthrough` the kernel reads each rendering from a memfd, so no READ reaches the agent, and RELEASE goes in the background; with `uring` the same requests come through FUSE-over-io_uring queues, one per CPU, answered on the CPU that made them.",
@@ -425,4 +461,73 @@ pub(super) fn fuse_verdicts(
             holds: *r <= 1.2,
         });
     }
+}
+
+/// Where a `ps` through the default mount spends its time by CPU placement: the reader kept on
+/// CPU 0 and every agent thread on CPU 0 too, or on CPU 1. On one CPU each answer is a switch
+/// between two runnable tasks; across CPUs it is a wake-up of the other (often halted) vCPU.
+fn placement(
+    agent: u32,
+    view: &std::path::Path,
+    rounds: usize,
+    report: &mut String,
+) -> anyhow::Result<()> {
+    const PS: &str = "ps -e -o pid,ppid,comm,stat,rss";
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return Ok(());
+    }
+    let pin_agent = |cpus: &str| -> anyhow::Result<()> {
+        let ok = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &agent.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("taskset of the agent to {cpus} failed");
+        }
+        Ok(())
+    };
+    let mut kernel = Series {
+        name: format!("`{PS}` on /proc, on CPU 0"),
+        samples: vec![],
+    };
+    let mut same = Series {
+        name: format!("`{PS}` on the default mount, on CPU 0 with every agent thread"),
+        samples: vec![],
+    };
+    let mut other = Series {
+        name: format!("`{PS}` on the default mount, on CPU 0, every agent thread on CPU 1"),
+        samples: vec![],
+    };
+    let all = format!(
+        "0-{}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+    );
+    let measured = (|| -> anyhow::Result<()> {
+        for _ in 0..rounds {
+            kernel
+                .samples
+                .push(time(|| in_namespace_on(None, PS, Some(0)))?);
+            pin_agent("0")?;
+            same.samples
+                .push(time(|| in_namespace_on(Some(view), PS, Some(0)))?);
+            pin_agent("1")?;
+            other
+                .samples
+                .push(time(|| in_namespace_on(Some(view), PS, Some(0)))?);
+        }
+        Ok(())
+    })();
+    pin_agent(&all)?;
+    measured?;
+    let ratio = |s: &Series| s.median().as_secs_f64() / kernel.median().as_secs_f64();
+    let (r_same, r_other) = (ratio(&same), ratio(&other));
+    println!(
+        "ps on the default mount by placement: one CPU {r_same:.2}×, across CPUs {r_other:.2}×"
+    );
+    let title = format!(
+        "`ps -e` on the default mount by CPU placement — reader and agent on one CPU: {r_same:.2}×; on two: {r_other:.2}×"
+    );
+    table(&title, &[kernel, same, other], report);
+    Ok(())
 }
