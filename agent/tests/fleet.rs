@@ -1,5 +1,6 @@
 //! Past one machine: a process in a Kubernetes pod's cgroup carries the pod and the container
-//! in JSON, on its exit record and in the pod's metrics group; the OTLP export reaches a
+//! in JSON, on its exit record (also when it lived too briefly for any iterator pass) and in
+//! the pod's metrics group; the OTLP export reaches a
 //! receiver that decodes it with the OpenTelemetry project's generated types: over
 //! http/protobuf the `opentelemetry-proto` package from PyPI (installed by `cargo xtask setup`),
 //! over gRPC the `opentelemetry-proto` crate's tonic services. Needs root (BPF, cgroups).
@@ -7,6 +8,7 @@
 mod common;
 
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -111,7 +113,20 @@ fn pids(v: &Value) -> Vec<u64> {
 #[ignore = "needs root: loads BPF programs, makes cgroups"]
 fn a_process_in_a_pod_cgroup_carries_its_pod_and_container() {
     let pod = PodCgroup::new();
-    let agent = Agent::start_with(&["--metrics-group-by", "pod"]);
+    let port = free_port();
+    let receiver = GrpcReceiver::start(port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let agent = Agent::start_with_env(
+        &[
+            "--metrics-group-by",
+            "pod",
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            "grpc",
+        ],
+        &[("OTEL_BLRP_SCHEDULE_DELAY", "100")],
+    );
     let mut outside = sleeper();
     let mut inside = sleeper();
     let pid = inside.id();
@@ -177,6 +192,54 @@ fn a_process_in_a_pod_cgroup_carries_its_pod_and_container() {
     assert_eq!(gone["container_id"], pod.container_id.as_str());
     kill(outside.id(), 9);
     outside.wait().expect("wait");
+
+    // Processes forked inside the pod that exit at once (subshells: a fork and an exit, no
+    // exec), gone long before an iterator pass could read their cgroup: their exit records
+    // carry the pod and the container all the same, in JSON and over OTLP.
+    let mut forker = Command::new("sh")
+        .args([
+            "-c",
+            "read go; for i in 1 2 3 4 5 6 7 8; do (exit 3); done; read done",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let parent = forker.id();
+    pod.enter(parent);
+    let mut stdin = forker.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("go");
+    let children = eventually(10, "the subshells' exits in /v1/exited", || {
+        let mine: Vec<Value> = agent
+            .json("/v1/exited")
+            .as_array()?
+            .iter()
+            .filter(|p| p["ppid"] == parent && p["exit_code"] == 3)
+            .cloned()
+            .collect();
+        (mine.len() == 8).then_some(mine)
+    });
+    for c in &children {
+        assert_eq!(c["pod_uid"], pod.uid.as_str(), "{c}");
+        assert_eq!(c["container_id"], pod.container_id.as_str(), "{c}");
+        assert_eq!(c["container_runtime"], "containerd", "{c}");
+    }
+    let records = eventually(10, "the subshells' exit log records", || {
+        let mine: Vec<_> = log_records(&receiver)
+            .into_iter()
+            .map(|(_, r)| attributes(&r["attributes"]))
+            .filter(|a| {
+                a.get("process.parent_pid") == Some(&parent.into())
+                    && a.get("process.exit.code") == Some(&3.into())
+            })
+            .collect();
+        (mine.len() == 8).then_some(mine)
+    });
+    for a in &records {
+        assert_eq!(a["k8s.pod.uid"], pod.uid.as_str(), "{a:?}");
+        assert_eq!(a["container.id"], pod.container_id.as_str(), "{a:?}");
+    }
+    stdin.write_all(b"done\n").expect("done");
+    assert!(forker.wait().expect("wait").success());
 }
 
 /// An OTLP/HTTP receiver: every request to /v1/metrics or /v1/logs is decoded with the
