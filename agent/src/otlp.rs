@@ -284,25 +284,32 @@ pub fn start(
     // http/protobuf one gets the signal's path. `None`: the SDK reads the variables, with the
     // same rule.
     let endpoint = |protocol: Protocol, signal: &Signal| {
-        let url = cfg.endpoint.as_ref().map(|base| {
+        cfg.endpoint.as_ref().map(|base| {
             let base = base.trim_end_matches('/');
             match protocol {
                 Protocol::HttpProtobuf => format!("{base}/{}", signal.path),
                 Protocol::Grpc => base.to_owned(),
             }
-        });
-        let shown = cfg
-            .endpoint
-            .clone()
-            .or_else(|| env(signal.endpoint_var))
-            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        if let Some(m) = shown.and_then(|u| port_mismatch(protocol, &u)) {
-            tracing::warn!("{m}");
-        }
-        url
+        })
     };
     let metrics_url = endpoint(metrics_protocol, &METRICS);
     let logs_url = endpoint(logs_protocol, &LOGS);
+    let mut mismatches: Vec<String> = [(metrics_protocol, &METRICS), (logs_protocol, &LOGS)]
+        .into_iter()
+        .filter_map(|(protocol, signal)| {
+            let url = cfg
+                .endpoint
+                .clone()
+                .or_else(|| env(signal.endpoint_var))
+                .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))?;
+            port_mismatch(protocol, &url)
+        })
+        .collect();
+    // Both signals usually share the endpoint: one warning for it.
+    mismatches.dedup();
+    for m in mismatches {
+        tracing::warn!("{m}");
+    }
     let (metrics, exporter) = {
         // tonic's lazy channel starts its connection task on the runtime current at build.
         let _in_grpc = grpc
