@@ -12,7 +12,7 @@ use clap::{ArgMatches, ValueEnum as _, parser::ValueSource};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{fs::MountOptions, groups};
+use crate::{fs::MountOptions, groups, otlp};
 
 /// Default HTTP address: loopback only, so nothing is exposed without an explicit choice.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -88,11 +88,16 @@ pub struct Settings {
     /// descriptor store does, for as long as the unit restarts). 0: views die with the agent.
     #[arg(long, default_value_t = 30)]
     pub keep_views_secs: u64,
-    /// Export metrics and exit log records over OTLP (http/protobuf) to this collector, e.g.
-    /// `http://localhost:4318`. Without it, the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or a
-    /// signal's own variable) turns export on; the other `OTEL_*` variables are honoured too.
+    /// Export metrics and exit log records over OTLP to this collector, e.g.
+    /// `http://localhost:4318` (http/protobuf) or `http://localhost:4317` (grpc). Without it, the
+    /// standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or a signal's own variable) turns export on; the
+    /// other `OTEL_*` variables are honoured too.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// The OTLP transport of both signals. Without it, `OTEL_EXPORTER_OTLP_PROTOCOL` (or a
+    /// signal's own `OTEL_EXPORTER_OTLP_{METRICS,LOGS}_PROTOCOL`) says, else http/protobuf.
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<otlp::Protocol>,
     /// Also export a log record per exec (exits always are, when OTLP export is on).
     #[arg(long)]
     pub otlp_exec_events: bool,
@@ -180,6 +185,7 @@ pub struct File {
 #[serde(deny_unknown_fields)]
 struct Otlp {
     endpoint: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
     exec_events: Option<bool>,
     queue: Option<usize>,
 }
@@ -308,6 +314,18 @@ impl Loaded {
         {
             return Err(self.err(e.span(), format!("otlp.endpoint = {m}")));
         }
+        if let Some(o) = &f.otlp
+            && let Some(p) = &o.protocol
+            && otlp::Protocol::parse(p.get_ref()).is_none()
+        {
+            return Err(self.err(
+                p.span(),
+                format!(
+                    "otlp.protocol = {:?}: want \"grpc\" or \"http/protobuf\"",
+                    p.get_ref()
+                ),
+            ));
+        }
         if let Some(m) = &f.metrics {
             if let (Some(by), Some(_)) = (&m.group_by, &m.groups_config) {
                 return Err(self.err(
@@ -399,6 +417,10 @@ impl Loaded {
         }
         if let Some(o) = f.otlp {
             take!(otlp_endpoint, o.endpoint.map(|e| Some(e.into_inner())));
+            take!(
+                otlp_protocol,
+                o.protocol.map(|p| otlp::Protocol::parse(p.get_ref()))
+            );
             take!(otlp_exec_events, o.exec_events);
             take!(otlp_queue, o.queue);
         }
@@ -419,11 +441,18 @@ mod tests {
             "listen = \"0.0.0.0:9464\"\nexited = 100\nringbuf_bytes = 65536\n\n\
              [[mount]]\ndir = \"/run/bpfproc/proc\"\noptions = \"umask=022\"\n\n\
              [metrics]\ngroup_by = \"exe\"\nper_pid = true\n\n\
-             [otlp]\nendpoint = \"http://collector:4318\"\nexec_events = true\nqueue = 100\n",
+             [otlp]\nendpoint = \"http://collector:4317\"\nprotocol = \"grpc\"\n\
+             exec_events = true\nqueue = 100\n",
         )
         .unwrap();
         assert_eq!(l.file.mount.len(), 1);
         assert_eq!(l.file.exited, Some(100));
+        let protocol = l
+            .file
+            .otlp
+            .and_then(|o| o.protocol)
+            .map(Spanned::into_inner);
+        assert_eq!(protocol.as_deref(), Some("grpc"));
     }
 
     #[test]
@@ -447,6 +476,10 @@ mod tests {
             (
                 "[otlp]\nexec_events = true\nendpoint = \"localhost:4318\"\n",
                 "t.toml:3: otlp.endpoint",
+            ),
+            (
+                "[otlp]\nprotocol = \"http/json\"\n",
+                "t.toml:2: otlp.protocol",
             ),
         ];
         for (text, want) in cases {

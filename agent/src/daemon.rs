@@ -350,6 +350,7 @@ pub async fn run(
     })?;
     let otlp_config = otlp::Config {
         endpoint: args.otlp_endpoint.clone(),
+        protocol: args.otlp_protocol,
         exec_events: args.otlp_exec_events,
         queue: args.otlp_queue,
         group_attribute: match (&args.metrics_groups_config, args.metrics_group_by) {

@@ -839,6 +839,7 @@ process_names:
             refreshed_at: 0,
             event_ts: 0,
             needs_identity: false,
+            event_cgroup_id: 0,
             rev: 0,
         }
     }

@@ -1,6 +1,7 @@
 //! OTLP export: the group metrics under the OpenTelemetry process semantic conventions' names,
 //! and one log record per exit (and per exec, when asked), through the OpenTelemetry SDK and its
-//! OTLP exporter (http/protobuf). Owns the export's counters, which `/metrics` reads.
+//! OTLP exporters (http/protobuf or gRPC, each signal its own). Owns the export's counters, which
+//! `/metrics` reads.
 //!
 //! Nothing here can block the agent. Metrics are observed by the SDK's own reader thread, which
 //! asks the actor for the group report as a scrape does (the same ledger, so the same cardinality
@@ -8,6 +9,10 @@
 //! table's event broadcast through a bounded queue to an export thread of our own: a full queue,
 //! a subscriber that fell behind the broadcast and a failed export each count their records as
 //! dropped, and the next export tries again, so an endpoint that comes back resumes the flow.
+//!
+//! gRPC's client (tonic) needs a tokio runtime for its connections: it gets one of its own, with
+//! one worker thread, so a slow or absent collector never takes a turn on the agent's runtime.
+//! The export threads above stay plain threads; they only wait on that runtime's channel.
 
 use std::{
     collections::VecDeque,
@@ -41,9 +46,12 @@ use crate::{
 /// What `--otlp-*` and `[otlp]` say.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
-    /// The collector's base URL (`http://host:4318`); `None`: the standard `OTEL_EXPORTER_OTLP_*`
-    /// variables say where, or export is off.
+    /// The collector's base URL (`http://host:4318`, or `http://host:4317` for gRPC); `None`: the
+    /// standard `OTEL_EXPORTER_OTLP_*` variables say where, or export is off.
     pub endpoint: Option<String>,
+    /// The transport of both signals; `None`: the standard `OTEL_EXPORTER_OTLP_*PROTOCOL`
+    /// variables say, and http/protobuf when they do not.
+    pub protocol: Option<Protocol>,
     /// A log record per exec as well as per exit.
     pub exec_events: bool,
     /// Log records waiting for export at most; more are dropped and counted.
@@ -70,11 +78,132 @@ pub enum OtlpError {
     #[error("OTLP exporter: {0}")]
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error(
-        "OTEL_EXPORTER_OTLP_PROTOCOL={0}: this build exports over http/protobuf only (unset it, or set http/protobuf)"
+        "{var}={value}: this build exports over http/protobuf or grpc (http/json is not built in)"
     )]
-    Protocol(String),
+    Protocol { var: &'static str, value: String },
     #[error("starting the OTLP export thread: {0}")]
     Thread(std::io::Error),
+    #[error("starting the runtime of the OTLP gRPC client: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// How a signal travels to the collector, as `OTEL_EXPORTER_OTLP_PROTOCOL` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Protobuf in HTTP POSTs to `/v1/metrics` and `/v1/logs` (the collector's port 4318).
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+    /// The collector's gRPC services (its port 4317).
+    Grpc,
+}
+
+impl Protocol {
+    /// The name `OTEL_EXPORTER_OTLP_PROTOCOL` and `--otlp-protocol` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::HttpProtobuf => "http/protobuf",
+            Protocol::Grpc => "grpc",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Protocol> {
+        [Protocol::HttpProtobuf, Protocol::Grpc]
+            .into_iter()
+            .find(|p| p.name() == s.trim())
+    }
+
+    /// The port an OpenTelemetry Collector's OTLP receiver listens on for this protocol.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Protocol::HttpProtobuf => 4318,
+            Protocol::Grpc => 4317,
+        }
+    }
+}
+
+/// One signal's standard variables.
+struct Signal {
+    /// The URL path appended to a base endpoint over http/protobuf.
+    path: &'static str,
+    protocol_var: &'static str,
+    endpoint_var: &'static str,
+}
+
+const METRICS: Signal = Signal {
+    path: "v1/metrics",
+    protocol_var: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    endpoint_var: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+};
+const LOGS: Signal = Signal {
+    path: "v1/logs",
+    protocol_var: "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    endpoint_var: "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+};
+
+/// A signal's protocol: the flag (or config file) for both signals, else the signal's own
+/// variable, else the general one, else http/protobuf (the specification's default). A value
+/// this build cannot speak stops the start rather than sending nothing.
+fn protocol_of(
+    configured: Option<Protocol>,
+    signal: &Signal,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Protocol, OtlpError> {
+    if let Some(p) = configured {
+        return Ok(p);
+    }
+    for var in [signal.protocol_var, "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+        if let Some(value) = env(var).filter(|v| !v.trim().is_empty()) {
+            return Protocol::parse(&value).ok_or(OtlpError::Protocol { var, value });
+        }
+    }
+    Ok(Protocol::HttpProtobuf)
+}
+
+/// Why a signal's endpoint looks meant for the other protocol: a Collector answers gRPC on
+/// 4317 and HTTP on 4318, and the failure the wrong one gives (a protocol error per export,
+/// counted as dropped) does not say so.
+fn port_mismatch(protocol: Protocol, url: &str) -> Option<String> {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    let port: u16 = authority.rsplit_once(':')?.1.parse().ok()?;
+    let other = match protocol {
+        Protocol::HttpProtobuf => Protocol::Grpc,
+        Protocol::Grpc => Protocol::HttpProtobuf,
+    };
+    (port == other.default_port()).then(|| {
+        format!(
+            "OTLP endpoint {url} has the {} port ({port}) but the protocol is {} (port {})",
+            other.name(),
+            protocol.name(),
+            protocol.default_port()
+        )
+    })
+}
+
+/// The tokio runtime tonic's channels live on: built only when a signal uses gRPC, and shut
+/// down without waiting when the export is dropped (the providers have flushed by then).
+struct GrpcRuntime(Option<tokio::runtime::Runtime>);
+
+impl GrpcRuntime {
+    fn start() -> Result<GrpcRuntime, OtlpError> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bpfproc-otlp-grpc")
+            .enable_all()
+            .build()
+            .map(|rt| GrpcRuntime(Some(rt)))
+            .map_err(OtlpError::Runtime)
+    }
+}
+
+impl Drop for GrpcRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            // A plain drop waits for the worker thread, and panics where waiting is not
+            // allowed: on the agent's runtime, where an error path may drop the export.
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// The export's own counters: what `/metrics` shows as `bpfproc_otlp_*`.
@@ -109,6 +238,30 @@ pub struct Otlp {
     meters: SdkMeterProvider,
     loggers: SdkLoggerProvider,
     events: tokio::task::JoinHandle<()>,
+    /// After the providers: their last exports run on it.
+    _grpc: Option<GrpcRuntime>,
+}
+
+/// A metric or log exporter builder (`MetricExporter::builder()`, …) built for `protocol`, to
+/// `url` or where the variables say. The http/protobuf one is told its protocol, or the SDK
+/// would read `OTEL_EXPORTER_OTLP_PROTOCOL` again and refuse a flag that overrides it.
+macro_rules! exporter {
+    ($builder:expr, $protocol:expr, $url:expr) => {{
+        use opentelemetry_otlp::WithExportConfig as _;
+        match ($protocol, $url) {
+            (Protocol::HttpProtobuf, url) => {
+                let b = $builder
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                match url {
+                    Some(u) => b.with_endpoint(u).build(),
+                    None => b.build(),
+                }
+            }
+            (Protocol::Grpc, Some(u)) => $builder.with_tonic().with_endpoint(u).build(),
+            (Protocol::Grpc, None) => $builder.with_tonic().build(),
+        }
+    }};
 }
 
 /// Starts the export: the meter provider with its periodic reader, the logger provider with
@@ -120,28 +273,65 @@ pub fn start(
     host: Host,
     rt: tokio::runtime::Handle,
 ) -> Result<Otlp, OtlpError> {
-    if let Ok(p) = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL")
-        && !p.is_empty()
-        && p != "http/protobuf"
-    {
-        return Err(OtlpError::Protocol(p));
-    }
-    let resource = resource();
-    let signal = |path: &str| {
-        cfg.endpoint
-            .as_ref()
-            .map(|base| format!("{}/{path}", base.trim_end_matches('/')))
+    let env = |v: &str| std::env::var(v).ok();
+    let metrics_protocol = protocol_of(cfg.protocol, &METRICS, env)?;
+    let logs_protocol = protocol_of(cfg.protocol, &LOGS, env)?;
+    let grpc = [metrics_protocol, logs_protocol]
+        .contains(&Protocol::Grpc)
+        .then(GrpcRuntime::start)
+        .transpose()?;
+    // A gRPC endpoint is the collector's address alone (the service names the method); an
+    // http/protobuf one gets the signal's path. `None`: the SDK reads the variables, with the
+    // same rule.
+    let endpoint = |protocol: Protocol, signal: &Signal| {
+        cfg.endpoint.as_ref().map(|base| {
+            let base = base.trim_end_matches('/');
+            match protocol {
+                Protocol::HttpProtobuf => format!("{base}/{}", signal.path),
+                Protocol::Grpc => base.to_owned(),
+            }
+        })
     };
-    let mut metrics = opentelemetry_otlp::MetricExporter::builder().with_http();
-    if let Some(url) = signal("v1/metrics") {
-        metrics = opentelemetry_otlp::WithExportConfig::with_endpoint(metrics, url);
+    let metrics_url = endpoint(metrics_protocol, &METRICS);
+    let logs_url = endpoint(logs_protocol, &LOGS);
+    let mut mismatches: Vec<String> = [(metrics_protocol, &METRICS), (logs_protocol, &LOGS)]
+        .into_iter()
+        .filter_map(|(protocol, signal)| {
+            let url = cfg
+                .endpoint
+                .clone()
+                .or_else(|| env(signal.endpoint_var))
+                .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))?;
+            port_mismatch(protocol, &url)
+        })
+        .collect();
+    // Both signals usually share the endpoint: one warning for it.
+    mismatches.dedup();
+    for m in mismatches {
+        tracing::warn!("{m}");
     }
-    let mut logs = opentelemetry_otlp::LogExporter::builder().with_http();
-    if let Some(url) = signal("v1/logs") {
-        logs = opentelemetry_otlp::WithExportConfig::with_endpoint(logs, url);
-    }
+    let (metrics, exporter) = {
+        // tonic's lazy channel starts its connection task on the runtime current at build.
+        let _in_grpc = grpc
+            .as_ref()
+            .and_then(|g| g.0.as_ref())
+            .map(|rt| rt.enter());
+        (
+            exporter!(
+                opentelemetry_otlp::MetricExporter::builder(),
+                metrics_protocol,
+                metrics_url
+            )?,
+            exporter!(
+                opentelemetry_otlp::LogExporter::builder(),
+                logs_protocol,
+                logs_url
+            )?,
+        )
+    };
+    let resource = resource();
     let meters = SdkMeterProvider::builder()
-        .with_reader(PeriodicReader::builder(metrics.build()?).build())
+        .with_reader(PeriodicReader::builder(metrics).build())
         .with_resource(resource.clone())
         .build();
     register(
@@ -154,7 +344,6 @@ pub fn start(
         cfg.group_attribute,
     );
     let queue = Arc::new(Queue::new(cfg.queue.max(1)));
-    let exporter = logs.build()?;
     let processor = Batcher {
         queue: queue.clone(),
         exporter: Mutex::new(Some(exporter)),
@@ -187,10 +376,16 @@ pub fn start(
             }
         }
     });
+    tracing::info!(
+        metrics = metrics_protocol.name(),
+        logs = logs_protocol.name(),
+        "OTLP protocols"
+    );
     Ok(Otlp {
         meters,
         loggers,
         events,
+        _grpc: grpc,
     })
 }
 
@@ -702,6 +897,62 @@ mod tests {
         // A leap day.
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(iso8601(t), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_signal_takes_the_flag_then_its_own_variable_then_the_general_one() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |v: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == v)
+                    .map(|(_, x)| x.to_string())
+            }
+        };
+        let none = env(&[]);
+        assert_eq!(
+            protocol_of(None, &METRICS, none).ok(),
+            Some(Protocol::HttpProtobuf)
+        );
+        let general = env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]);
+        assert_eq!(protocol_of(None, &LOGS, general).ok(), Some(Protocol::Grpc));
+        assert_eq!(
+            protocol_of(Some(Protocol::HttpProtobuf), &LOGS, general).ok(),
+            Some(Protocol::HttpProtobuf),
+            "the flag overrides the variables"
+        );
+        let split = env(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+        ]);
+        assert_eq!(
+            protocol_of(None, &METRICS, split).ok(),
+            Some(Protocol::HttpProtobuf)
+        );
+        assert_eq!(protocol_of(None, &LOGS, split).ok(), Some(Protocol::Grpc));
+        let json = env(&[("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/json")]);
+        let e = protocol_of(None, &LOGS, json).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.starts_with("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL=http/json")),
+            "{e:?}"
+        );
+        assert_eq!(
+            protocol_of(None, &METRICS, json).ok(),
+            Some(Protocol::HttpProtobuf),
+            "another signal's variable is not read"
+        );
+    }
+
+    #[test]
+    fn the_other_protocols_port_is_named() {
+        assert!(port_mismatch(Protocol::Grpc, "http://collector:4318").is_some());
+        assert!(port_mismatch(Protocol::Grpc, "http://collector:4318/").is_some());
+        assert!(port_mismatch(Protocol::HttpProtobuf, "http://[::1]:4317/v1/logs").is_some());
+        assert_eq!(port_mismatch(Protocol::Grpc, "http://collector:4317"), None);
+        assert_eq!(port_mismatch(Protocol::HttpProtobuf, "http://c:4318"), None);
+        assert_eq!(port_mismatch(Protocol::Grpc, "http://collector"), None);
+        assert_eq!(port_mismatch(Protocol::Grpc, "http://[::1]"), None);
     }
 
     #[test]

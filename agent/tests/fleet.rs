@@ -1,17 +1,30 @@
 //! Past one machine: a process in a Kubernetes pod's cgroup carries the pod and the container
-//! in JSON, on its exit record and in the pod's metrics group; the OTLP export reaches a
-//! receiver that decodes it with the OpenTelemetry project's generated types (the
-//! `opentelemetry-proto` package from PyPI, installed by `cargo xtask setup`). Needs root (BPF,
-//! cgroups).
+//! in JSON, on its exit record (also when it lived too briefly for any iterator pass) and in
+//! the pod's metrics group; the OTLP export reaches a
+//! receiver that decodes it with the OpenTelemetry project's generated types: over
+//! http/protobuf the `opentelemetry-proto` package from PyPI (installed by `cargo xtask setup`),
+//! over gRPC the `opentelemetry-proto` crate's tonic services. Needs root (BPF, cgroups).
 
 mod common;
 
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
 };
 
 use common::{Agent, cgroup2_root, eventually, free_port, kill};
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+        logs_service_server::{LogsService, LogsServiceServer},
+    },
+    metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+    },
+};
 use serde_json::Value;
 
 /// A synthetic pod's container cgroup, as the kubelet's systemd driver and containerd name
@@ -100,7 +113,20 @@ fn pids(v: &Value) -> Vec<u64> {
 #[ignore = "needs root: loads BPF programs, makes cgroups"]
 fn a_process_in_a_pod_cgroup_carries_its_pod_and_container() {
     let pod = PodCgroup::new();
-    let agent = Agent::start_with(&["--metrics-group-by", "pod"]);
+    let port = free_port();
+    let receiver = GrpcReceiver::start(port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let agent = Agent::start_with_env(
+        &[
+            "--metrics-group-by",
+            "pod",
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            "grpc",
+        ],
+        &[("OTEL_BLRP_SCHEDULE_DELAY", "100")],
+    );
     let mut outside = sleeper();
     let mut inside = sleeper();
     let pid = inside.id();
@@ -166,6 +192,54 @@ fn a_process_in_a_pod_cgroup_carries_its_pod_and_container() {
     assert_eq!(gone["container_id"], pod.container_id.as_str());
     kill(outside.id(), 9);
     outside.wait().expect("wait");
+
+    // Processes forked inside the pod that exit at once (subshells: a fork and an exit, no
+    // exec), gone long before an iterator pass could read their cgroup: their exit records
+    // carry the pod and the container all the same, in JSON and over OTLP.
+    let mut forker = Command::new("sh")
+        .args([
+            "-c",
+            "read go; for i in 1 2 3 4 5 6 7 8; do (exit 3); done; read done",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let parent = forker.id();
+    pod.enter(parent);
+    let mut stdin = forker.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("go");
+    let children = eventually(10, "the subshells' exits in /v1/exited", || {
+        let mine: Vec<Value> = agent
+            .json("/v1/exited")
+            .as_array()?
+            .iter()
+            .filter(|p| p["ppid"] == parent && p["exit_code"] == 3)
+            .cloned()
+            .collect();
+        (mine.len() == 8).then_some(mine)
+    });
+    for c in &children {
+        assert_eq!(c["pod_uid"], pod.uid.as_str(), "{c}");
+        assert_eq!(c["container_id"], pod.container_id.as_str(), "{c}");
+        assert_eq!(c["container_runtime"], "containerd", "{c}");
+    }
+    let records = eventually(10, "the subshells' exit log records", || {
+        let mine: Vec<_> = log_records(&receiver)
+            .into_iter()
+            .map(|(_, r)| attributes(&r["attributes"]))
+            .filter(|a| {
+                a.get("process.parent_pid") == Some(&parent.into())
+                    && a.get("process.exit.code") == Some(&3.into())
+            })
+            .collect();
+        (mine.len() == 8).then_some(mine)
+    });
+    for a in &records {
+        assert_eq!(a["k8s.pod.uid"], pod.uid.as_str(), "{a:?}");
+        assert_eq!(a["container.id"], pod.container_id.as_str(), "{a:?}");
+    }
+    stdin.write_all(b"done\n").expect("done");
+    assert!(forker.wait().expect("wait").success());
 }
 
 /// An OTLP/HTTP receiver: every request to /v1/metrics or /v1/logs is decoded with the
@@ -213,13 +287,19 @@ class Handler(BaseHTTPRequestHandler):
 HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 "#;
 
-struct Receiver {
+/// An OTLP receiver: what it was sent, whatever the transport.
+trait Collector {
+    /// Every request received so far, as (`/v1/metrics` or `/v1/logs`, the request as OTLP/JSON).
+    fn requests(&self) -> Vec<(String, Value)>;
+}
+
+struct HttpReceiver {
     child: Child,
     file: PathBuf,
 }
 
-impl Receiver {
-    fn start(port: u16, dir: &Path) -> Receiver {
+impl HttpReceiver {
+    fn start(port: u16, dir: &Path) -> HttpReceiver {
         let file = dir.join(format!("otlp-{port}.jsonl"));
         let _ = std::fs::remove_file(&file);
         let child = Command::new("python3")
@@ -231,10 +311,11 @@ impl Receiver {
         eventually(30, "the OTLP receiver to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        Receiver { child, file }
+        HttpReceiver { child, file }
     }
+}
 
-    /// Every request received so far, as (path, request).
+impl Collector for HttpReceiver {
     fn requests(&self) -> Vec<(String, Value)> {
         std::fs::read_to_string(&self.file)
             .unwrap_or_default()
@@ -250,10 +331,101 @@ impl Receiver {
     }
 }
 
-impl Drop for Receiver {
+impl Drop for HttpReceiver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An OTLP/gRPC receiver: the collector's MetricsService and LogsService on a tonic server of
+/// the test's own, each request kept as the generated type's OTLP/JSON.
+struct GrpcReceiver {
+    got: Sink,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server's; dropped after the stop is sent.
+    _rt: tokio::runtime::Runtime,
+}
+
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<(String, Value)>>>);
+
+impl Sink {
+    fn keep(&self, path: &str, request: &impl serde::Serialize) -> Result<(), tonic::Status> {
+        let v =
+            serde_json::to_value(request).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((path.to_owned(), v));
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.keep("/v1/metrics", request.get_ref())?;
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.keep("/v1/logs", request.get_ref())?;
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+impl GrpcReceiver {
+    fn start(port: u16) -> GrpcReceiver {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let got = Sink::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(got.clone()))
+            .add_service(LogsServiceServer::new(got.clone()))
+            .serve_with_shutdown(([127, 0, 0, 1], port).into(), async {
+                let _ = stopped.await;
+            });
+        rt.spawn(async move {
+            if let Err(e) = server.await {
+                eprintln!("gRPC receiver: {e}");
+            }
+        });
+        eventually(30, "the OTLP gRPC receiver to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        GrpcReceiver {
+            got,
+            stop: Some(stop),
+            _rt: rt,
+        }
+    }
+}
+
+impl Collector for GrpcReceiver {
+    fn requests(&self) -> Vec<(String, Value)> {
+        self.got.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for GrpcReceiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
@@ -282,7 +454,7 @@ fn attributes(list: &Value) -> serde_json::Map<String, Value> {
 }
 
 /// Every log record received: (resource attributes, record).
-fn log_records(r: &Receiver) -> Vec<(serde_json::Map<String, Value>, Value)> {
+fn log_records(r: &dyn Collector) -> Vec<(serde_json::Map<String, Value>, Value)> {
     let mut out = Vec::new();
     for (path, req) in r.requests() {
         if path != "/v1/logs" {
@@ -302,7 +474,10 @@ fn log_records(r: &Receiver) -> Vec<(serde_json::Map<String, Value>, Value)> {
 
 /// The data points of metric `name` in the latest metrics request that has it, with the
 /// request's resource attributes.
-fn latest_points(r: &Receiver, name: &str) -> Option<(serde_json::Map<String, Value>, Vec<Value>)> {
+fn latest_points(
+    r: &dyn Collector,
+    name: &str,
+) -> Option<(serde_json::Map<String, Value>, Vec<Value>)> {
     r.requests().into_iter().rev().find_map(|(path, req)| {
         if path != "/v1/metrics" {
             return None;
@@ -350,20 +525,52 @@ fn renamed_sh(dir: &Path, name: &str) -> PathBuf {
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn otlp_export_delivers_group_metrics_and_exit_records_and_resumes_after_an_outage() {
-    let dir = std::env::temp_dir().join(format!("bpfproc-otlp-{}", std::process::id()));
+    // The flag overrides the standard variable, which alone would have chosen gRPC.
+    exports_metrics_and_exits_and_resumes(
+        "bpfotlp7http",
+        &["--otlp-protocol", "http/protobuf"],
+        &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+        |port, dir| Box::new(HttpReceiver::start(port, dir)),
+    );
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn otlp_grpc_export_delivers_group_metrics_and_exit_records_and_resumes_after_an_outage() {
+    exports_metrics_and_exits_and_resumes(
+        "bpfotlp7grpc",
+        &[],
+        &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+        |port, _| Box::new(GrpcReceiver::start(port)),
+    );
+}
+
+/// The agent exports to a collector on `port` that is not there yet; the failed export is
+/// counted, then `collector` comes up there and gets the metrics and the exit record of a
+/// process named `name` (its own group: the tests run side by side, and each agent sees the
+/// other's processes) that exited with code 7.
+fn exports_metrics_and_exits_and_resumes(
+    name: &str,
+    flags: &[&str],
+    env: &[(&str, &str)],
+    collector: impl FnOnce(u16, &Path) -> Box<dyn Collector>,
+) {
+    let dir = std::env::temp_dir().join(format!("bpfproc-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let port = free_port();
-    let agent = Agent::start_with_env(
-        &["--otlp-endpoint", &format!("http://127.0.0.1:{port}")],
-        &[
-            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
-            ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
-            (
-                "OTEL_RESOURCE_ATTRIBUTES",
-                "deployment.environment.name=test",
-            ),
-        ],
-    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut args = vec!["--otlp-endpoint", &endpoint];
+    args.extend_from_slice(flags);
+    let mut vars = vec![
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=test",
+        ),
+    ];
+    vars.extend_from_slice(env);
+    let agent = Agent::start_with_env(&args, &vars);
     // Nothing listens yet: the exit's record is dropped and counted, and the agent goes on.
     let early = Command::new("sh")
         .args(["-c", "exit 3"])
@@ -380,8 +587,9 @@ fn otlp_export_delivers_group_metrics_and_exit_records_and_resumes_after_an_outa
     assert_eq!(agent.get("/healthz").0, 200);
 
     // The collector comes up: export resumes.
-    let receiver = Receiver::start(port, &dir);
-    let burner = renamed_sh(&dir, "bpfotlp7");
+    let receiver = collector(port, &dir);
+    let receiver = &*receiver;
+    let burner = renamed_sh(&dir, name);
     let mut child = Command::new(&burner)
         .args([
             "-c",
@@ -393,7 +601,7 @@ fn otlp_export_delivers_group_metrics_and_exit_records_and_resumes_after_an_outa
     assert_eq!(child.wait().expect("wait").code(), Some(7));
 
     let (resource, rec) = eventually(30, "the exit's log record", || {
-        log_records(&receiver)
+        log_records(receiver)
             .into_iter()
             .find(|(_, r)| attributes(&r["attributes"]).get("process.pid") == Some(&pid.into()))
     });
@@ -401,7 +609,7 @@ fn otlp_export_delivers_group_metrics_and_exit_records_and_resumes_after_an_outa
     let a = attributes(&rec["attributes"]);
     assert_eq!(a["process.exit.code"], 7, "{rec}");
     assert_eq!(a["process.parent_pid"], std::process::id(), "{rec}");
-    assert_eq!(a["process.executable.name"], "bpfotlp7");
+    assert_eq!(a["process.executable.name"], name);
     assert_eq!(
         a["process.executable.path"],
         burner.to_str().expect("utf-8")
@@ -432,17 +640,15 @@ fn otlp_export_delivers_group_metrics_and_exit_records_and_resumes_after_an_outa
     let mine = |points: Vec<Value>| -> Vec<Value> {
         points
             .into_iter()
-            .filter(|p| {
-                attributes(&p["attributes"]).get("bpfproc.group") == Some(&"bpfotlp7".into())
-            })
+            .filter(|p| attributes(&p["attributes"]).get("bpfproc.group") == Some(&name.into()))
             .collect()
     };
     // Exports keep arriving while the test reads them: the exit and the CPU are looked for
     // in the newest export each time round.
     let (res, cpu) = eventually(30, "the group's exit and its CPU time in an export", || {
-        let (_, exits) = latest_points(&receiver, "bpfproc.group.process.exits")?;
+        let (_, exits) = latest_points(receiver, "bpfproc.group.process.exits")?;
         (mine(exits).iter().map(point_value).sum::<f64>() == 1.0).then_some(())?;
-        let (res, points) = latest_points(&receiver, "process.cpu.time")?;
+        let (res, points) = latest_points(receiver, "process.cpu.time")?;
         let cpu = mine(points);
         (!cpu.is_empty()).then_some((res, cpu))
     });
@@ -465,12 +671,12 @@ fn otlp_export_delivers_group_metrics_and_exit_records_and_resumes_after_an_outa
         "bpfproc.otlp.log_records.dropped",
     ] {
         assert!(
-            latest_points(&receiver, name).is_some(),
+            latest_points(receiver, name).is_some(),
             "{name} not exported"
         );
     }
     // The agent's own group has a live process with memory.
-    let (_, mem) = latest_points(&receiver, "process.memory.usage").expect("memory");
+    let (_, mem) = latest_points(receiver, "process.memory.usage").expect("memory");
     assert!(mem.iter().any(|p| {
         attributes(&p["attributes"]).get("bpfproc.group") == Some(&"bpfproc".into())
             && point_value(p) > 0.0

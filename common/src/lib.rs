@@ -286,6 +286,11 @@ pub struct Event {
     pub aux: u32,
     /// `bpf_ktime_get_boot_ns()` at the event.
     pub ts: u64,
+    /// The process's cgroup v2 id (`task->cgroups->dfl_cgrp->kn->id`) at a fork (the child's)
+    /// or an exit, so a process too short-lived for any iterator pass still has its cgroup;
+    /// 0 in free and rename records. Not in `TaskInfo`: that is also the process map's value,
+    /// which an agent hands to the next one (`carry_hang`), so its layout stays put.
+    pub cgroup_id: u64,
     pub task: TaskInfo,
 }
 
@@ -310,6 +315,8 @@ pub struct ExecEvent {
     pub kind: u32,
     pub aux: u32,
     pub ts: u64,
+    /// The process's cgroup v2 id at the exec, as in `Event`.
+    pub cgroup_id: u64,
     pub entry: ProcEntry,
 }
 
@@ -465,9 +472,9 @@ mod tests {
     #[test]
     fn boundary_sizes_are_pinned() {
         assert_eq!(size_of::<TaskInfo>(), 104);
-        assert_eq!(size_of::<Event>(), 120);
+        assert_eq!(size_of::<Event>(), 128);
         assert_eq!(size_of::<ProcEntry>(), 104 + 16 + FILENAME_LEN + ARGS_LEN);
-        assert_eq!(size_of::<ExecEvent>(), 16 + size_of::<ProcEntry>());
+        assert_eq!(size_of::<ExecEvent>(), 24 + size_of::<ProcEntry>());
         assert_eq!(
             size_of::<TaskRecord>(),
             34 * 4 + GROUPS_MAX * 4 + 64 * 8 + 2 * RLIM_NLIMITS * 8 + 16 + 64 + 32 + 8

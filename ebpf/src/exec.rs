@@ -10,7 +10,7 @@ use bpfproc_common::{ARGS_LEN, ExecEvent, ProcEntry, kind, pflag, stat};
 
 use crate::{
     EVENTS, PROCS, SCRATCH, bump, failed,
-    kread::{Fail, ld, task_info},
+    kread::{Fail, cgroup_id, ld, task_info},
     off, wake_flags,
 };
 
@@ -97,6 +97,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), Fail> {
         (*ev).kind = kind::EXEC;
         (*ev).aux = old_pid;
         (*ev).ts = ts;
+        (*ev).cgroup_id = cgroup_id(task);
         bpf_probe_read_kernel(
             (&raw mut (*ev).entry).cast(),
             size_of::<ProcEntry>() as u32,

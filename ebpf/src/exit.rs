@@ -5,7 +5,7 @@ use bpfproc_common::{Event, kind, stat};
 
 use crate::{
     EVENTS, PROCS, bump, failed,
-    kread::{Fail, ld, task_info},
+    kread::{Fail, cgroup_id, ld, task_info},
     off, wake_flags,
 };
 
@@ -57,12 +57,16 @@ fn fill(task: *const u8, ev: &mut Event) -> Result<(), Fail> {
     let leader: *const u8 = ld(task, off!(task_group_leader));
     let (mut own_u, mut own_s): (u64, u64) =
         (ld(task, off!(task_utime)), ld(task, off!(task_stime)));
+    // The cgroup too is the leader's, as /proc/PID/cgroup shows it (threads of a threaded
+    // cgroup may sit elsewhere). The css_set stays pinned until the task is freed.
     if !leader.is_null() && leader != task {
         task_info(leader, &mut ev.task)?;
+        ev.cgroup_id = cgroup_id(leader);
         own_u += ld::<u64>(leader, off!(task_utime));
         own_s += ld::<u64>(leader, off!(task_stime));
     } else {
         task_info(task, &mut ev.task)?;
+        ev.cgroup_id = cgroup_id(task);
     }
     ev.task.exit_code = ld(task, off!(task_exit_code));
     let signal: *const u8 = ld(task, off!(task_signal));
@@ -102,6 +106,7 @@ fn try_free(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     ev.kind = kind::FREE;
     ev.aux = 0;
     ev.ts = unsafe { bpf_ktime_get_boot_ns() };
+    ev.cgroup_id = 0;
     ev.task.tgid = tgid;
     ev.task.tid = tid;
     ev.task.start_boottime = ld(task, off!(task_start_boottime));

@@ -7,7 +7,7 @@ use bpfproc_common::{Event, ProcEntry, kind, pflag, stat};
 
 use crate::{
     EVENTS, PROCS, SCRATCH, bump, failed,
-    kread::{Fail, ld, task_info},
+    kread::{Fail, cgroup_id, ld, task_info},
     off, wake_flags,
 };
 
@@ -61,6 +61,8 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     ev.kind = kind::FORK;
     ev.aux = forker;
     ev.ts = unsafe { bpf_ktime_get_boot_ns() };
+    // The child's own: in its parent's cgroup, or the one clone3(CLONE_INTO_CGROUP) named.
+    ev.cgroup_id = cgroup_id(child);
     ev.task = entry.task;
     rec.submit(wake_flags());
     Ok(())

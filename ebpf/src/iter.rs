@@ -9,7 +9,7 @@ use bpfproc_common::{ProcEntry, TaskRecord, pflag, stat};
 use crate::{
     ITER_CTL, ITER_SCRATCH, MAX_CPUS, NR_CPUS, PCPU_OFF, PROCS, RQ_TO_THIS_CPU_OFF, SCRATCH, bump,
     failed,
-    kread::{Fail, ld, ptr, rd, rd_into, task_info},
+    kread::{Fail, cgroup_id, ld, ptr, rd, rd_into, task_info},
     off,
 };
 
@@ -153,7 +153,6 @@ fn fill(task: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
     let signal = ld::<*const u8>(t, off!(task_signal));
     let sighand = ld::<*const u8>(t, off!(task_sighand));
     let mm = ld::<*const u8>(t, off!(task_mm));
-    let cgroups = ld::<*const u8>(t, off!(task_cgroups));
     let fs = ld::<*const u8>(t, off!(task_fs));
     let files = ld::<*const u8>(t, off!(task_files));
     let private = off!(task_worker_private);
@@ -172,12 +171,7 @@ fn fill(task: *const u8, r: &mut TaskRecord) -> Result<(), Fail> {
         // leader's record instead of reading it once per thread.
         return Ok(());
     }
-    r.cgroup_id = 0;
-    if !cgroups.is_null() {
-        let cgrp: *const u8 = ld(cgroups, off!(css_set_dfl_cgrp));
-        let kn: *const u8 = ld(cgrp, off!(cgroup_kn));
-        r.cgroup_id = ld(kn, off!(kernfs_node_id));
-    }
+    r.cgroup_id = cgroup_id(t);
     r.umask = if fs.is_null() {
         0
     } else {

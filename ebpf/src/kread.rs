@@ -46,6 +46,19 @@ pub(crate) fn ptr(base: *const u8, offset: u32) -> Result<*const u8, Fail> {
     rd::<*const u8>(base, offset)
 }
 
+/// The id of `task`'s cgroup v2 (`task->cgroups->dfl_cgrp->kn->id`, what
+/// `bpf_get_current_cgroup_id` returns for the current task), 0 without a css_set.
+#[inline(always)]
+pub(crate) fn cgroup_id(task: *const u8) -> u64 {
+    let cgroups: *const u8 = ld(task, off!(task_cgroups));
+    if cgroups.is_null() {
+        return 0;
+    }
+    let cgrp: *const u8 = ld(cgroups, off!(css_set_dfl_cgrp));
+    let kn: *const u8 = ld(cgrp, off!(cgroup_kn));
+    ld(kn, off!(kernfs_node_id))
+}
+
 /// Fills the identity fields of `info` from `task`.
 #[inline(always)]
 pub(crate) fn task_info(task: *const u8, info: &mut TaskInfo) -> Result<(), Fail> {

@@ -37,6 +37,7 @@ fn try_rename(ctx: &BtfTracePointContext) -> Result<(), Fail> {
     ev.kind = kind::RENAME;
     ev.aux = 0;
     ev.ts = unsafe { bpf_ktime_get_boot_ns() };
+    ev.cgroup_id = 0;
     ev.task.tgid = tgid;
     ev.task.tid = tid;
     ev.task.comm = [0; 16];

@@ -226,6 +226,7 @@ mod tests {
             refreshed_at: 0,
             event_ts: 0,
             needs_identity: false,
+            event_cgroup_id: 0,
             rev: 0,
         }
     }

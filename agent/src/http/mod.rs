@@ -208,16 +208,14 @@ impl Filter {
     }
 
     fn matches(&self, p: &Process) -> bool {
-        self.comm
-            .as_ref()
-            .is_none_or(|c| c.as_bytes() == p.name())
+        self.comm.as_ref().is_none_or(|c| c.as_bytes() == p.name())
             && self.uid.is_none_or(|u| u == p.uid)
             && self.ppid.is_none_or(|u| u == p.ppid)
             && self.pid.is_none_or(|u| u == p.pid)
-            // A process the iterator has not read yet (just forked) has no cgroup to match.
-            && self.cgroup.as_ref().is_none_or(|ids| {
-                p.leader().is_some_and(|t| ids.contains(&t.cgroup_id))
-            })
+            && self
+                .cgroup
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&p.cgroup_id()))
             && self.container_matches(p)
     }
 

@@ -622,18 +622,23 @@ fn bpf_cmd(cmd: libc::c_long, words: &[u32]) -> Result<std::os::fd::OwnedFd, Ker
 /// A decoded ring-buffer record.
 #[derive(Clone, Debug)]
 pub enum KernelEvent {
+    /// `cgroup_id` here and in `Exec` and `Exit`: the process's cgroup v2 at the event (0: the
+    /// kernel side could not read it).
     Fork {
         ts: u64,
         forker: u32,
         task: TaskInfo,
+        cgroup_id: u64,
     },
     Exec {
         ts: u64,
         entry: Box<ProcEntry>,
+        cgroup_id: u64,
     },
     Exit {
         ts: u64,
         task: TaskInfo,
+        cgroup_id: u64,
     },
     Free {
         ts: u64,
@@ -663,6 +668,7 @@ impl KernelEvent {
                     ts: e.ts,
                     forker: e.aux,
                     task: e.task,
+                    cgroup_id: e.cgroup_id,
                 }
             }
             kind::EXEC => {
@@ -674,6 +680,7 @@ impl KernelEvent {
                 KernelEvent::Exec {
                     ts: e.ts,
                     entry: Box::new(e.entry),
+                    cgroup_id: e.cgroup_id,
                 }
             }
             kind::EXIT => {
@@ -681,6 +688,7 @@ impl KernelEvent {
                 KernelEvent::Exit {
                     ts: e.ts,
                     task: e.task,
+                    cgroup_id: e.cgroup_id,
                 }
             }
             kind::FREE => {

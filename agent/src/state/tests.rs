@@ -451,10 +451,12 @@ async fn events_between_a_pass_and_its_result_are_kept() {
             ts: c_start,
             forker: A,
             task: info(C, A, c_start),
+            cgroup_id: 0,
         },
         KernelEvent::Exit {
             ts: BOOT + 157 * MS,
             task: exit,
+            cgroup_id: 0,
         },
         KernelEvent::Free {
             ts: BOOT + 158 * MS,

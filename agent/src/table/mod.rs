@@ -95,12 +95,18 @@ impl ProcessTable {
     pub fn apply(&mut self, ev: &KernelEvent) -> Option<Change> {
         self.version += 1;
         match ev {
-            KernelEvent::Fork { ts, forker, task } => {
+            KernelEvent::Fork {
+                ts,
+                forker,
+                task,
+                cgroup_id,
+            } => {
                 self.counters.forks += 1;
                 let pid = task.tgid;
                 self.retire_if_reused(pid, task.start_boottime, *ts);
                 self.tombstones.remove(&pid);
                 let mut p = Process::from_task(task, *ts, Origin::Event);
+                p.saw_cgroup(*cgroup_id);
                 // The child is a copy of the forking process's image.
                 if let Some(parent) = self.live.get(forker) {
                     p.exe.clone_from(&parent.exe);
@@ -115,7 +121,11 @@ impl ProcessTable {
                 self.live.insert(pid, p.clone());
                 Some(Change::Fork(p))
             }
-            KernelEvent::Exec { ts, entry, .. } => {
+            KernelEvent::Exec {
+                ts,
+                entry,
+                cgroup_id,
+            } => {
                 self.counters.execs += 1;
                 let pid = entry.task.tgid;
                 self.retire_if_reused(pid, entry.task.start_boottime, *ts);
@@ -125,11 +135,16 @@ impl ProcessTable {
                 });
                 let p = edit(slot);
                 p.apply_entry(entry);
+                p.saw_cgroup(*cgroup_id);
                 p.exec_ts = Some(*ts);
                 p.event_ts = *ts;
                 Some(Change::Exec(slot.clone()))
             }
-            KernelEvent::Exit { ts, task } => {
+            KernelEvent::Exit {
+                ts,
+                task,
+                cgroup_id,
+            } => {
                 self.counters.exits += 1;
                 let pid = task.tgid;
                 self.retire_if_reused(pid, task.start_boottime, *ts);
@@ -143,6 +158,7 @@ impl ProcessTable {
                     Some(slot) => {
                         let p = edit(slot);
                         p.exit = Some(exit);
+                        p.saw_cgroup(*cgroup_id);
                         p.event_ts = *ts;
                         p.comm = cstr(&task.comm).to_vec();
                         p.ppid = task.ppid;
@@ -159,6 +175,7 @@ impl ProcessTable {
                         }) {
                             let mut p = (**slot).clone();
                             p.exit = Some(exit);
+                            p.saw_cgroup(*cgroup_id);
                             p.rev = next_rev();
                             *slot = Arc::new(p);
                             self.counters.lost_exits = self.counters.lost_exits.saturating_sub(1);
@@ -168,6 +185,7 @@ impl ProcessTable {
                         // exit tells us, and make sure the backfill does not revive it.
                         let mut p = Process::from_task(task, *ts, Origin::Event);
                         p.exit = Some(exit);
+                        p.saw_cgroup(*cgroup_id);
                         Arc::new(p)
                     }
                 };
@@ -593,6 +611,7 @@ mod tests {
             ts,
             forker: ppid,
             task: info(pid, ppid, start, "sh"),
+            cgroup_id: 0,
         }
     }
 
@@ -618,13 +637,18 @@ mod tests {
         KernelEvent::Exec {
             ts,
             entry: Box::new(e),
+            cgroup_id: 0,
         }
     }
 
     fn exit(ts: u64, pid: u32, ppid: u32, start: u64, status: u32) -> KernelEvent {
         let mut t = info(pid, ppid, start, "x");
         t.exit_code = status;
-        KernelEvent::Exit { ts, task: t }
+        KernelEvent::Exit {
+            ts,
+            task: t,
+            cgroup_id: 0,
+        }
     }
 
     fn free(ts: u64, pid: u32, start: u64) -> KernelEvent {
@@ -859,6 +883,56 @@ mod tests {
         assert_eq!(t.counters.iterator_misses, 1);
         assert_eq!(t.counters.lost_exits, 0);
         assert!(t.exited().is_empty());
+    }
+
+    /// `ev` with the cgroup its record read.
+    fn in_cgroup(mut ev: KernelEvent, id: u64) -> KernelEvent {
+        match &mut ev {
+            KernelEvent::Fork { cgroup_id, .. }
+            | KernelEvent::Exec { cgroup_id, .. }
+            | KernelEvent::Exit { cgroup_id, .. } => *cgroup_id = id,
+            _ => {}
+        }
+        ev
+    }
+
+    fn in_cgroup_record(mut r: TaskRecord, id: u64) -> TaskRecord {
+        r.cgroup_id = id;
+        r
+    }
+
+    #[test]
+    fn a_process_gone_before_any_pass_keeps_its_records_cgroup() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&in_cgroup(fork(5, 900, 1, 4), 77));
+        assert_eq!(t.get(900).unwrap().cgroup_id(), 77, "before any pass");
+        t.apply(&in_cgroup(exit(6, 900, 1, 4, 3 << 8), 77));
+        t.apply(&free(7, 900, 4));
+        let gone = &t.exited()[0];
+        assert_eq!(gone.cgroup_id(), 77);
+        assert_eq!(gone.exit.unwrap().exit_code(), Some(3));
+        // Started before the agent, exited before the backfill: the exit record alone.
+        t.apply(&in_cgroup(exit(8, 901, 1, 2, 0), 78));
+        assert_eq!(t.exited()[1].cgroup_id(), 78);
+    }
+
+    #[test]
+    fn a_pass_sees_a_move_and_the_exit_record_has_the_last_word() {
+        let mut t = ProcessTable::new(16);
+        t.apply(&in_cgroup(fork(5, 910, 1, 4), 77));
+        // Moved into another cgroup (no event): the next pass says so.
+        t.apply_snapshot(10, &[in_cgroup_record(record(910, 910, 1, 4), 88)], false);
+        assert_eq!(t.get(910).unwrap().cgroup_id(), 88);
+        // An exec does not hide a pass's reading while the process lives...
+        t.apply(&in_cgroup(exec(11, 910, 1, 4, &["ls"]), 77));
+        assert_eq!(t.get(910).unwrap().cgroup_id(), 88);
+        // ...but its exit record is newer than any pass.
+        t.apply(&in_cgroup(exit(12, 910, 1, 4, 0), 99));
+        assert_eq!(t.get(910).unwrap().cgroup_id(), 99);
+        // A record that could not read the cgroup leaves what was known.
+        t.apply(&in_cgroup(fork(13, 920, 1, 6), 77));
+        t.apply(&in_cgroup(exit(14, 920, 1, 6, 0), 0));
+        assert_eq!(t.get(920).unwrap().cgroup_id(), 77);
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct Process {
     pub event_ts: u64,
     /// Whether identity (argv, exe) still needs filling from outside the event stream.
     pub needs_identity: bool,
+    /// The cgroup v2 id the latest fork, exec or exit record read (0: none did).
+    pub event_cgroup_id: u64,
     /// Changes whenever this entry changes (unique across the table's life): caches of rendered
     /// output key on (pid, rev).
     pub rev: u64,
@@ -112,6 +114,7 @@ impl Process {
             refreshed_at: 0,
             event_ts: ts,
             needs_identity: false,
+            event_cgroup_id: 0,
             rev: next_rev(),
         }
     }
@@ -137,6 +140,7 @@ impl Process {
             refreshed_at: 0,
             event_ts: ts,
             needs_identity: rec.pf_flags & PF_KTHREAD == 0,
+            event_cgroup_id: 0,
             rev: next_rev(),
         }
     }
@@ -146,12 +150,28 @@ impl Process {
         self.tasks.first()
     }
 
-    /// The id of its cgroup v2 as the latest iterator record of this process says, 0 when no
-    /// pass has read it yet.
+    /// The id of its cgroup v2: its exit record's once it has exited, else the latest iterator
+    /// pass's (which sees a move into another cgroup, which has no event), else its fork or
+    /// exec record's, so a process that ended before any pass read it still has one; 0 when
+    /// none has said.
     pub fn cgroup_id(&self) -> u64 {
-        self.leader()
+        let pass = self
+            .leader()
             .filter(|t| t.start_boottime == self.start_boottime)
-            .map_or(0, |t| t.cgroup_id)
+            .map_or(0, |t| t.cgroup_id);
+        let exit_record = self.exit.is_some_and(|e| e.status.is_some());
+        if self.event_cgroup_id != 0 && (pass == 0 || exit_record) {
+            self.event_cgroup_id
+        } else {
+            pass
+        }
+    }
+
+    /// Notes the cgroup a fork, exec or exit record read; 0 (not read) keeps what was known.
+    pub(super) fn saw_cgroup(&mut self, id: u64) {
+        if id != 0 {
+            self.event_cgroup_id = id;
+        }
     }
 
     /// The executable's path as `/proc/PID/exe` shows it now: the path resolved at exec, with

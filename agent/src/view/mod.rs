@@ -166,6 +166,7 @@ pub(crate) fn test_process() -> Process {
         refreshed_at: 0,
         event_ts: 0,
         needs_identity: false,
+        event_cgroup_id: 0,
         rev: 0,
     }
 }
