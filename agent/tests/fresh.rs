@@ -49,6 +49,13 @@ for line in sys.stdin:
             time.sleep(0.001)
         kids.append(pid)
         print(pid, flush=True)
+    elif cmd[0] == "spawn":
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        kids.append(pid)
+        print(pid, flush=True)
     elif cmd[0] == "setuid":
         uid = int(cmd[1])
         os.setresgid(uid, uid, uid)
@@ -395,4 +402,52 @@ fn one_ps_stays_within_the_request_budget_per_process() {
     }
     assert!(total <= 15.5, "{total:.2} requests per process ({seen})");
     assert!(per("open") >= 2.0, "the counts are of this ps ({seen})");
+}
+
+/// A `cgroup=` view lists a process forked inside its cgroup at once: its cgroup comes from
+/// the fork record, not from the next pass of the task iterator.
+#[test]
+#[ignore = "needs root: loads BPF programs, mounts FUSE, makes a cgroup"]
+fn a_cgroup_view_shows_a_child_forked_inside_it_at_once() {
+    let (agent, view) = Agent::start_with_view(&[]);
+    let root = common::cgroup2_root();
+    let cg = root.join(format!("bpfproc-fresh-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).unwrap();
+    let mut p = Puppet::start(&view);
+    std::fs::write(cg.join("cgroup.procs"), p.pid().to_string()).unwrap();
+    let scoped = agent.dir.join("scoped");
+    std::fs::create_dir_all(&scoped).unwrap();
+    let rel = cg.strip_prefix(&root).unwrap();
+    let out = agent.cli(&[
+        "mount",
+        "-o",
+        &format!("cgroup={}", rel.display()),
+        scoped.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    eventually(10, "the puppet in the cgroup's view", || {
+        std::fs::metadata(scoped.join(p.pid().to_string()))
+            .ok()
+            .map(drop)
+    });
+    let mut kids = Vec::new();
+    for _ in 0..5 {
+        let kid: u32 = p.ask("spawn").parse().unwrap();
+        kids.push(kid);
+        let listed = std::fs::read_dir(&scoped)
+            .unwrap()
+            .any(|e| e.unwrap().file_name() == kid.to_string().as_str());
+        assert!(
+            listed,
+            "a child forked inside the cgroup, listed right after the fork"
+        );
+        let status = std::fs::read_to_string(scoped.join(format!("{kid}/status"))).unwrap();
+        assert_eq!(field(&status, "Pid"), kid.to_string());
+    }
+    for kid in kids {
+        kill(kid, libc::SIGKILL);
+    }
+    drop(p);
+    let _ = Command::new("umount").arg(&scoped).status();
+    eventually(5, "the cgroup empty", || std::fs::remove_dir(&cg).ok());
 }

@@ -386,13 +386,15 @@ impl ProcFs {
         if p.exit.is_some() && same_process(p).is_err() {
             return false;
         }
-        match p.leader() {
-            Some(t) => self
+        // The cgroup from the fork or exec record until a pass reads one: a process forked
+        // into a `cgroup=` view's cgroup is in the view at once, not from the next pass.
+        match p.cgroup_id() {
+            0 => matches!(self.opts.scope, Scope::All),
+            id => self
                 .scope
                 .lock()
-                .map(|mut s| s.contains(t.cgroup_id))
+                .map(|mut s| s.contains(id))
                 .unwrap_or(false),
-            None => matches!(self.opts.scope, Scope::All),
         }
     }
 
