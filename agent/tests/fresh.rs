@@ -364,8 +364,12 @@ fn one_ps_stays_within_the_request_budget_per_process() {
             .success();
         assert!(ok, "{script}");
     };
-    // The first `ps` also looks every name up; later ones find them in the kernel's cache.
+    // The first `ps` also looks every name up; later ones find them in the kernel's cache
+    // for as long as names live there (60 s: a host with so many processes that a `ps`
+    // through the view takes longer looks them up again, and only then).
+    let first = std::time::Instant::now();
     ps();
+    let names_kept = first.elapsed() < std::time::Duration::from_secs(30);
     let before = by_op();
     ps();
     let after = by_op();
@@ -398,9 +402,16 @@ fn one_ps_stays_within_the_request_budget_per_process() {
         ("read", 6.2),
         ("release", 4.2),
     ] {
+        if op == "lookup" && !names_kept {
+            continue;
+        }
         assert!(per(op) <= most, "{op}: {:.2} per process ({seen})", per(op));
     }
-    assert!(total <= 15.5, "{total:.2} requests per process ({seen})");
+    let lookups = if names_kept { 0.0 } else { per("lookup") };
+    assert!(
+        total - lookups <= 15.5,
+        "{total:.2} requests per process ({seen})"
+    );
     assert!(per("open") >= 2.0, "the counts are of this ps ({seen})");
 }
 
