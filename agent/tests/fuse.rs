@@ -504,6 +504,38 @@ fn mounts_on_demand_with_their_own_options_and_unmount_cleanly() {
         errno_of(std::fs::read(b.join("1/stat"))),
         Some(libc::ENOENT)
     );
+    // But a caller outside reaches its own process through `self` (not listed), so the
+    // tools that check /proc/self/stat or read /proc/mounts work on the view as typed.
+    let me = std::process::id().to_string();
+    let own = std::fs::read_to_string(b.join("self/stat")).unwrap();
+    assert!(own.starts_with(&format!("{me} (")), "{own}");
+    assert!(
+        std::fs::read_to_string(b.join("mounts"))
+            .unwrap()
+            .contains(" / ")
+    );
+    assert!(
+        !pids(&b).contains(&std::process::id()),
+        "the caller is not listed"
+    );
+    let ps = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {} /proc && ps -e -o pid=",
+            b.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(ps.status.success(), "{ps:?}");
+    let listed: HashSet<u32> = String::from_utf8_lossy(&ps.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert_eq!(
+        listed,
+        HashSet::from([inside.id()]),
+        "ps on the container's view"
+    );
 
     // Bad options are refused with a reason, and nothing is mounted.
     let c = agent.dir.join("c");

@@ -86,7 +86,20 @@ pub(super) struct Asker {
     pid: u32,
 }
 
+thread_local! {
+    /// The thread making the request this FUSE thread is answering (0: none). A scoped view
+    /// lets its caller reach its own process (`visible`), and the lookups of a process by
+    /// pid that decide it carry no asker; set whenever an `Asker` is made for a request.
+    static ASKING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 impl Asker {
+    /// The asker of a request this thread answers now.
+    pub(super) fn new(uid: u32, gid: u32, pid: u32) -> Self {
+        ASKING.with(|a| a.set(pid));
+        Self { uid, gid, pid }
+    }
+
     fn uid(&self) -> u32 {
         self.uid
     }
@@ -100,11 +113,7 @@ impl Asker {
 
 impl From<&Request> for Asker {
     fn from(req: &Request) -> Self {
-        Self {
-            uid: req.uid(),
-            gid: req.gid(),
-            pid: req.pid(),
-        }
+        Self::new(req.uid(), req.gid(), req.pid())
     }
 }
 
@@ -373,10 +382,18 @@ impl ProcFs {
                 _ => return Err(Errno::ENOENT),
             },
         };
-        if !self.visible(&p) {
+        if !self.visible(&p) && !Self::callers_own(&p) {
             return Err(Errno::ENOENT);
         }
         Ok((snap, p))
+    }
+
+    /// Whether `p` is the process making the request: a scoped view does not list it, but
+    /// lets it reach its own directory (`self`, `thread-self`), as the tools that check
+    /// `/proc/self/stat` before anything else, or read `/proc/mounts` through it, need.
+    fn callers_own(p: &Process) -> bool {
+        let tid = ASKING.with(std::cell::Cell::get);
+        tid != 0 && p.exit.is_none() && (p.pid == tid || p.tasks.iter().any(|t| t.tid == tid))
     }
 
     fn visible(&self, p: &Process) -> bool {

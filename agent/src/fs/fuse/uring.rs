@@ -87,11 +87,7 @@ impl fusewire::Server for Conn {
         later: Later<'_>,
     ) -> Option<i32> {
         let fs = &self.fs;
-        let asker = Asker {
-            uid: h.uid,
-            gid: h.gid,
-            pid: h.pid,
-        };
+        let asker = Asker::new(h.uid, h.gid, h.pid);
         let result: Result<(), Errno> = match h.opcode {
             op::INIT => {
                 self.init(op, out);
