@@ -20,26 +20,49 @@ use crate::{
     kernel::KernelEvent,
     procfs,
     sys::clock::{boot_ns, ns_per_tick},
-    table::{Change, Exited, Process, ProcessTable, TableCounters},
+    table::{Change, Exited, Live, Process, ProcessTable, TableCounters},
 };
 
 /// An immutable view of the table at one moment.
 pub struct Snapshot {
     pub version: u64,
-    /// Boot-clock ns the numbers were read at.
+    /// Boot-clock ns the numbers are as of: every process that ran (or was woken, or moved to
+    /// another cgroup) before it has been read since, by a refresh of those processes or by a
+    /// pass over every task.
     pub refreshed_at: u64,
-    pub processes: Vec<Arc<Process>>,
-    pub exited: Vec<Exited>,
-    /// The unfiltered `/v1/processes` body, rendered once per snapshot.
-    pub listing_json: OnceLock<bytes::Bytes>,
+    /// Boot-clock ns of the last pass over every task, which also brings up to date what other
+    /// processes change in a process that does not run (pages reclaimed from it, its priority,
+    /// its limits): those are as of then.
+    pub full_at: u64,
+    /// The live processes (in chunks shared with the table, see `Live`) and the exited ring,
+    /// shared by the snapshots of one table version (a refresh that changed no process makes
+    /// a snapshot with a newer `refreshed_at` only).
+    pub processes: Live,
+    pub exited: Arc<[Exited]>,
+    /// The unfiltered `/v1/processes` body, rendered once per table version, in parts.
+    pub listing_json: Arc<OnceLock<Vec<bytes::Bytes>>>,
 }
 
 impl Snapshot {
+    /// A snapshot of `processes` and `exited` whose numbers are as of `at`.
+    pub fn new(
+        version: u64,
+        at: u64,
+        processes: impl IntoIterator<Item = Arc<Process>>,
+        exited: Vec<Exited>,
+    ) -> Self {
+        Self {
+            version,
+            refreshed_at: at,
+            full_at: at,
+            processes: processes.into_iter().collect(),
+            exited: exited.into(),
+            listing_json: Arc::default(),
+        }
+    }
+
     pub fn get(&self, pid: u32) -> Option<&Arc<Process>> {
-        self.processes
-            .binary_search_by_key(&pid, |p| p.pid)
-            .ok()
-            .map(|i| &self.processes[i])
+        self.processes.get(&pid)
     }
 }
 
@@ -62,6 +85,12 @@ pub struct AgentStats {
     /// The last task-iterator pass: how long it took and how many tasks it returned.
     pub last_iterator_us: u64,
     pub last_iterator_tasks: usize,
+    /// Refreshes that read only the processes that ran since the last one (see `Ran`), the
+    /// processes they read, and the last one's time and reads.
+    pub partial_refreshes: u64,
+    pub partial_reads: u64,
+    pub last_partial_us: u64,
+    pub last_partial_processes: usize,
     pub exited_retained: usize,
     /// Process-map entries at the last sweep (every 10 s while anyone asks for numbers; a
     /// count per scrape would cost a syscall per entry).
@@ -141,7 +170,7 @@ struct Overlay {
 #[derive(Default)]
 struct Overlays {
     by_pid: std::collections::HashMap<u32, Overlay>,
-    /// The snapshot (by `refreshed_at`) whose stale numbers the reads below stood in for.
+    /// The snapshot (by `full_at`) whose stale numbers the reads below stood in for.
     epoch: u64,
     reads: usize,
 }
@@ -256,7 +285,9 @@ impl State {
             .and_then(|t| t.get(&pid).copied())
             .unwrap_or(0);
         let fresh = |read_at: u64| now.saturating_sub(read_at) <= bound && read_at >= changed;
-        if fresh(snap.refreshed_at) && !base.tasks.is_empty() {
+        // A question about one process gets every number within the bound, what other
+        // processes change in it included: only a pass reads those for every process.
+        if fresh(snap.full_at) && !base.tasks.is_empty() {
             return Some(base.clone());
         }
         if let Ok(o) = l.overlays.lock()
@@ -281,8 +312,8 @@ impl State {
         let Ok(mut o) = l.overlays.lock() else {
             return Some(process);
         };
-        if o.epoch != snap.refreshed_at {
-            o.epoch = snap.refreshed_at;
+        if o.epoch != snap.full_at {
+            o.epoch = snap.full_at;
             o.reads = 0;
         }
         // A pass ahead serves questions it can answer; one that wants numbers read now (a
@@ -427,7 +458,12 @@ pub fn spawn<K: TaskSource>(
     let ns_per_tick = ns_per_tick();
 
     // Backfill synchronously: the hooks are already attached, so anything that starts from
-    // here on is in the ring buffer, and the snapshot/event ordering rules reconcile the two.
+    // here on is in the ring buffer, and the snapshot/event ordering rules reconcile the two;
+    // and what runs from here on is marked for the first refresh (the pass reads the rest).
+    let ran = kernel.lock().expect("kernel lock").ran();
+    if let Some(r) = &ran {
+        r.clear();
+    }
     let started = clock.boot_ns();
     let records = kernel.lock().expect("kernel lock").tasks(true)?;
     let needs = table.apply_snapshot(started, &records, true);
@@ -468,6 +504,7 @@ pub fn spawn<K: TaskSource>(
         tx,
         passes: state.queries.clone(),
         events,
+        ran,
     };
     let mut actor = Actor::new(kernel, clock, wiring, cfg, table, stats, started);
     tokio::spawn(async move {

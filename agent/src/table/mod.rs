@@ -3,7 +3,7 @@
 //! pid reuse, a snapshot racing live events); the actor in `state` only feeds it.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::Arc,
 };
 
@@ -11,7 +11,9 @@ use bpfproc_common::{TaskRecord, cstr};
 
 use crate::kernel::KernelEvent;
 
+mod live;
 mod process;
+pub use live::{Chunk, Live};
 pub use process::{
     ExitInfo, Origin, Process, ShownTimes, Totals, cputime_adjust, keep_shown_cpu_times, task_name,
 };
@@ -53,7 +55,7 @@ pub enum Change {
 }
 
 pub struct ProcessTable {
-    live: BTreeMap<u32, Arc<Process>>,
+    live: Live,
     exited: VecDeque<Exited>,
     exited_cap: usize,
     /// pid → start of processes that are gone, so a snapshot taken before they went cannot
@@ -66,7 +68,7 @@ pub struct ProcessTable {
 impl ProcessTable {
     pub fn new(exited_cap: usize) -> Self {
         Self {
-            live: BTreeMap::new(),
+            live: Live::default(),
             exited: VecDeque::with_capacity(exited_cap.min(65536)),
             exited_cap: exited_cap.max(1),
             tombstones: HashMap::new(),
@@ -80,7 +82,7 @@ impl ProcessTable {
         self.version
     }
 
-    pub fn live(&self) -> &BTreeMap<u32, Arc<Process>> {
+    pub fn live(&self) -> &Live {
         &self.live
     }
 
@@ -120,7 +122,7 @@ impl ProcessTable {
                 let pid = entry.task.tgid;
                 self.retire_if_reused(pid, entry.task.start_boottime, *ts);
                 self.tombstones.remove(&pid);
-                let slot = self.live.entry(pid).or_insert_with(|| {
+                let slot = self.live.get_or_insert_with(pid, || {
                     Arc::new(Process::from_task(&entry.task, *ts, Origin::Event))
                 });
                 let p = edit(slot);
@@ -300,38 +302,17 @@ impl ProcessTable {
                 continue;
             }
             seen.push(pid);
-            match self.live.get_mut(&pid) {
+            match self.live.get(&pid) {
                 Some(slot) if slot.start_boottime == leader.start_boottime => {
-                    // Reparenting has no event; the snapshot is the source.
-                    let from_snapshot = record_ids(&leader);
-                    let older = slot.event_ts < started;
-                    let reparented = older && process_ids(slot) != from_snapshot;
-                    // A name the events never gave: an exec (or rename) record was lost, or is
-                    // still in the ring. Either way the snapshot is newer, and argv and exe are
-                    // re-read so a lost exec does not leave the parent's image on the child
-                    // for good.
-                    let comm = cstr(&leader.comm);
-                    let renamed = older && !slot.kthread && comm != slot.comm.as_slice();
-                    // Most processes sleep between two passes: leaving them untouched keeps
-                    // their revision, so everything rendered from them stays valid (and the
-                    // entry is not copied away from the snapshots that share it).
-                    if !reparented && !renamed && same_records(&slot.tasks, tasks) {
-                        continue;
+                    // Looked at before it is changed: most are not, and a change copies the
+                    // entry's chunk away from the snapshots that share it.
+                    if let Some(retake) = Retake::of(slot, tasks, started) {
+                        let slot = self.live.get_mut(&pid).expect("just found");
+                        if retake.apply(slot, tasks, started) {
+                            needs_identity.push(pid);
+                            self.counters.identity_repairs += 1;
+                        }
                     }
-                    let p = edit(slot);
-                    if reparented {
-                        (p.ppid, p.uid, p.gid, p.euid, p.egid) = from_snapshot;
-                    }
-                    if renamed {
-                        p.comm = comm.to_vec();
-                        // set_identity fills exe only where none is known.
-                        p.exe = None;
-                        p.needs_identity = true;
-                        needs_identity.push(pid);
-                        self.counters.identity_repairs += 1;
-                    }
-                    p.tasks = tasks.to_vec();
-                    p.refreshed_at = started;
                 }
                 Some(slot) if slot.event_ts >= started => {
                     // The live entry is a newer process than the snapshot saw.
@@ -358,12 +339,12 @@ impl ProcessTable {
         let gone: Vec<u32> = self
             .live
             .iter()
-            .filter(|(pid, p)| {
-                seen.binary_search(pid).is_err()
+            .filter(|p| {
+                seen.binary_search(&p.pid).is_err()
                     && p.event_ts < started
                     && p.origin != Origin::Procfs
             })
-            .map(|(pid, _)| *pid)
+            .map(|p| p.pid)
             .collect();
         for pid in gone {
             if let Some(slot) = self.live.get_mut(&pid)
@@ -382,6 +363,42 @@ impl ProcessTable {
             }
         }
         self.tombstones.retain(|_, (_, at)| *at >= started);
+        needs_identity
+    }
+
+    /// Applies what a refresh begun at boot-clock `started` read of the processes that ran
+    /// since the last one: each process's tasks, read on its own. Processes not read keep
+    /// their numbers, which did not move. A process read empty, or as another process (it
+    /// ended, or its pid was reused), is left to the events, which tell which. Returns the
+    /// pids whose argv and exe must be read again (as `apply_snapshot`).
+    pub fn apply_reads(&mut self, started: u64, reads: Vec<(u32, Vec<TaskRecord>)>) -> Vec<u32> {
+        let mut needs_identity = Vec::new();
+        for (pid, mut tasks) in reads {
+            tasks.sort_unstable_by_key(|r| (r.tid != pid, r.tid));
+            let Some(&leader) = tasks.first() else {
+                continue;
+            };
+            let Some(slot) = self.live.get(&pid) else {
+                continue;
+            };
+            if leader.tgid != pid || leader.start_boottime != slot.start_boottime {
+                continue;
+            }
+            if leader.tid == pid {
+                for t in &mut tasks[1..] {
+                    inherit_group_fields(t, &leader);
+                }
+            }
+            let Some(retake) = Retake::of(slot, &tasks, started) else {
+                continue;
+            };
+            self.version += 1;
+            let slot = self.live.get_mut(&pid).expect("just found");
+            if retake.apply(slot, &tasks, started) {
+                needs_identity.push(pid);
+                self.counters.identity_repairs += 1;
+            }
+        }
         needs_identity
     }
 
@@ -476,6 +493,58 @@ pub fn refreshed(
     p.tasks = records;
     p.refreshed_at = at;
     Some(Arc::new(p))
+}
+
+/// What laying a process's tasks, read at or after boot-clock `started`, over its entry (a
+/// pass or a refresh of what ran) changes in it, besides the tasks.
+struct Retake {
+    /// Reparenting has no event, nor has a change of ids between execs: the read is the
+    /// source.
+    ids: Option<Ids>,
+    /// A name the events never gave: an exec (or rename) record was lost, or is still in the
+    /// ring. Either way the read is newer, and argv and exe are re-read so a lost exec does
+    /// not leave the parent's image on the child for good.
+    renamed: Option<Vec<u8>>,
+}
+
+impl Retake {
+    /// `None` if `tasks` leave `p` as it is.
+    fn of(p: &Process, tasks: &[TaskRecord], started: u64) -> Option<Self> {
+        if p.refreshed_at > started {
+            // Read again since (by a refresh of what ran, while this pass went on): newer.
+            return None;
+        }
+        let leader = &tasks[0];
+        let ids = record_ids(leader);
+        let older = p.event_ts < started;
+        let ids = (older && process_ids(p) != ids).then_some(ids);
+        let comm = cstr(&leader.comm);
+        let renamed = (older && !p.kthread && comm != p.comm.as_slice()).then(|| comm.to_vec());
+        // Most processes sleep between two reads: leaving them untouched keeps their
+        // revision, so everything rendered from them stays valid.
+        if ids.is_none() && renamed.is_none() && same_records(&p.tasks, tasks) {
+            return None;
+        }
+        Some(Self { ids, renamed })
+    }
+
+    /// Applies it to `slot`; returns whether argv and exe must be read again.
+    fn apply(self, slot: &mut Arc<Process>, tasks: &[TaskRecord], started: u64) -> bool {
+        let p = edit(slot);
+        if let Some(ids) = self.ids {
+            (p.ppid, p.uid, p.gid, p.euid, p.egid) = ids;
+        }
+        let renamed = self.renamed.is_some();
+        if let Some(comm) = self.renamed {
+            p.comm = comm;
+            // set_identity fills exe only where none is known.
+            p.exe = None;
+            p.needs_identity = true;
+        }
+        p.tasks = tasks.to_vec();
+        p.refreshed_at = started;
+        renamed
+    }
 }
 
 /// Parent and credentials: what a pass takes from the kernel, since no event reports a
