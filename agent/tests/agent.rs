@@ -443,18 +443,25 @@ fn a_stale_listing_reads_again_only_what_ran_and_waits_for_no_pass() {
     std::io::BufReader::new(many.stdout.take().unwrap())
         .read_line(&mut ready)
         .unwrap();
+    // Everything this test starts is in that group, killed however the test ends.
+    let pgid = many.id();
+    let mut group = Group(vec![many]);
     let agent = Agent::start();
     // Busy a fifth of the time: its CPU time moves, without taking a CPU from the tests that
     // run alongside (they measure CPU times of their own).
     let burn = "while :; do i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; sleep 0.1; done";
-    let mut busy = quiet(Command::new("sh").args(["-c", burn]))
+    let busy = quiet(Command::new("sh").args(["-c", burn]))
+        .process_group(pgid as i32)
         .spawn()
         .unwrap();
+    let busy_pid = busy.id();
+    group.0.push(busy);
     // A sleeping process whose parent waits on its stdin, to end when told.
     let mut parent = Command::new("sh")
         .args(["-c", "sleep 120 & echo $!; read x"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .process_group(pgid as i32)
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -462,9 +469,12 @@ fn a_stale_listing_reads_again_only_what_ran_and_waits_for_no_pass() {
         .read_line(&mut line)
         .unwrap();
     let sleeper: u64 = line.trim().parse().unwrap();
-    let utime = |pid: u64| -> u64 {
-        let (_, f) = proc_stat(pid as u32).unwrap();
-        f[14 - 3].parse().unwrap()
+    // utime + stime in ticks, as /proc/PID/stat shows them. (Each is scaled to the precise
+    // runtime on its own, so only their sum is ordered in time, to within the two ticks the
+    // kernel rounds down.)
+    let cpu = |pid: u32| -> u64 {
+        let (_, f) = proc_stat(pid).unwrap();
+        f[14 - 3].parse::<u64>().unwrap() + f[15 - 3].parse::<u64>().unwrap()
     };
     let entry = |list: &Value, pid: u64| -> Value {
         list.as_array()
@@ -483,11 +493,12 @@ fn a_stale_listing_reads_again_only_what_ran_and_waits_for_no_pass() {
     eventually(5, "both listed", || {
         let list = agent.json("/v1/processes");
         let listed = |pid: u64| list.as_array().unwrap().iter().any(|p| p["pid"] == pid);
-        (listed(u64::from(busy.id())) && listed(sleeper)).then_some(())
+        (listed(u64::from(busy_pid)) && listed(sleeper)).then_some(())
     });
     let (passes, partials) = counts(&agent.json("/v1/stats"));
     let cgroup = common::cgroup2_root().join(format!("bpfproc-ran-{}", std::process::id()));
     std::fs::create_dir(&cgroup).unwrap();
+    let _cgroup = Cgroup(cgroup.clone(), pgid);
     for round in 0..5 {
         // Past twice the bound: no refresh ahead, so every listing waits for one begun after
         // the question.
@@ -504,14 +515,14 @@ fn a_stale_listing_reads_again_only_what_ran_and_waits_for_no_pass() {
                 (f[4 - 3] != parent.id().to_string()).then_some(())
             });
         }
-        let before = utime(u64::from(busy.id()));
+        let before = cpu(busy_pid);
         let list = agent.json("/v1/processes");
-        let after = utime(u64::from(busy.id()));
-        let b = entry(&list, u64::from(busy.id()));
-        let listed = (b["utime"].as_f64().unwrap() * 100.0 + 1e-6).floor() as u64;
+        let after = cpu(busy_pid);
+        let b = entry(&list, u64::from(busy_pid));
+        let listed = (b["utime"].as_f64().unwrap() + b["stime"].as_f64().unwrap()) * 100.0;
         assert!(
-            before <= listed && listed <= after,
-            "round {round}: busy utime {listed} ticks, /proc said {before} then {after}"
+            before as f64 <= listed + 1e-6 && listed < after as f64 + 2.0,
+            "round {round}: busy CPU {listed} ticks, /proc said {before} then {after}"
         );
         let s = entry(&list, sleeper);
         let (_, f) = proc_stat(sleeper as u32).unwrap();
@@ -541,13 +552,33 @@ fn a_stale_listing_reads_again_only_what_ran_and_waits_for_no_pass() {
         partials_after >= partials + 5,
         "{partials} → {partials_after}"
     );
-    kill(busy.id(), 9);
-    let _ = busy.wait();
-    kill(sleeper as u32, 9);
     let _ = parent.wait();
-    common::kill_group(many.id(), 9);
-    let _ = many.wait();
-    eventually(5, "the test cgroup empty", || {
-        std::fs::remove_dir(&cgroup).ok()
-    });
+}
+
+/// The processes of a process group (its leader first), killed and reaped when the test
+/// ends, however it ends.
+struct Group(Vec<std::process::Child>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        common::kill_group(self.0[0].id(), 9);
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A cgroup removed when the test ends, once the group `.1` killed in it has left it.
+struct Cgroup(std::path::PathBuf, u32);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        common::kill_group(self.1, 9);
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
