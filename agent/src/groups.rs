@@ -291,7 +291,7 @@ pub fn cpu_of(p: &Process) -> Option<Cpu> {
     let t = p
         .leader()
         .filter(|t| t.tid == p.pid && t.start_boottime == p.start_boottime)?;
-    let sum = p.totals(t, true);
+    let sum = p.totals(&t, true);
     Some(Cpu {
         user: sum.utime,
         system: sum.stime,
@@ -879,7 +879,7 @@ process_names:
             origin: crate::table::Origin::Event,
             exec_ts: None,
             exit: None,
-            tasks: vec![leader],
+            tasks: crate::table::Tasks::new(&[leader]),
             refreshed_at: 0,
             event_ts: 0,
             needs_identity: false,
@@ -889,10 +889,12 @@ process_names:
 
     /// Sets the whole-process CPU reading (ns, as the iterator would report it).
     fn with_cpu(mut p: Process, user: u64, system: u64) -> Process {
-        let t = &mut p.tasks[0];
+        let mut tasks = p.tasks.to_vec();
+        let t = &mut tasks[0];
         t.utime = user;
         t.stime = system;
         t.sum_exec_runtime = user + system;
+        p.tasks = crate::table::Tasks::new(&tasks);
         p
     }
 
@@ -950,8 +952,10 @@ process_names:
         // The shell execs `make` (same pid); the make process then uses more.
         let mut make = (*sh).clone();
         make.comm = b"make".to_vec();
-        make.tasks[0].comm = [0; 16];
-        make.tasks[0].comm[..4].copy_from_slice(b"make");
+        let mut tasks = make.tasks.to_vec();
+        tasks[0].comm = [0; 16];
+        tasks[0].comm[..4].copy_from_slice(b"make");
+        make.tasks = crate::table::Tasks::new(&tasks);
         l.apply(&Change::Exec(Arc::new(make.clone())));
         let make = Arc::new(with_cpu(make, 800, 100));
         let r = l.report(&[make].into_iter().collect());

@@ -378,7 +378,7 @@ fn host_families(f: &Families, snap: &Snapshot, cache: &mut Vec<StateCounts>) {
                     };
                 for p in chunk.processes() {
                     count(view::process_state(p) as u8, 1, 0);
-                    for t in &p.tasks {
+                    for t in p.tasks.iter() {
                         count(view::state_letter(t.state, t.exit_state) as u8, 0, 1);
                     }
                 }

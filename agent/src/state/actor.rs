@@ -18,7 +18,7 @@ use crate::{
     kernel::{Kernel, KernelError, KernelEvent, Marks, TaskReader},
     procfs,
     sys::clock::{boot_ns, ns_per_tick},
-    table::{Change, ProcessTable},
+    table::{Change, Found, ProcessTable},
 };
 
 /// What the table's actor needs from the kernel: whole-table passes of the task iterator, the
@@ -153,14 +153,21 @@ pub(crate) struct Pass {
 pub(crate) enum Read {
     /// Every task, by a pass of the task iterator.
     All(All),
-    /// The processes that ran, each read on its own: (pid, its tasks).
-    Ran(Vec<(u32, Vec<TaskRecord>)>),
+    /// The processes that ran, each read on its own.
+    Ran(Vec<Found>),
 }
 
 /// A pass over every task.
 pub(crate) struct All {
-    /// Empty: the pass failed (an empty host is not a thing).
-    pub records: Vec<TaskRecord>,
+    /// The processes found that the table, as it was when the pass began, would change: the
+    /// rest need no look on the actor.
+    pub found: Vec<Found>,
+    /// Every process found, in pid order; empty: the pass failed (an empty host is not a
+    /// thing).
+    pub seen: Vec<u32>,
+    /// Tasks read, and how long the iterator took to read them.
+    pub tasks: usize,
+    pub iter_us: u64,
     pub procfs: Vec<Vec<TaskRecord>>,
     pub procfs_gone: Vec<u32>,
     pub gc_dropped: usize,
@@ -411,7 +418,10 @@ impl<K: TaskSource> Actor<K> {
     /// exe must be read.
     fn apply_all(&mut self, started: u64, took_us: u64, all: All) -> Option<Vec<u32>> {
         let All {
-            records,
+            found,
+            seen,
+            tasks,
+            iter_us: _,
             procfs,
             procfs_gone,
             gc_dropped,
@@ -422,15 +432,15 @@ impl<K: TaskSource> Actor<K> {
         self.latest
             .pass_us
             .store(took_us, std::sync::atomic::Ordering::Relaxed);
-        self.stats.last_iterator_tasks = records.len();
-        if records.is_empty() {
+        self.stats.last_iterator_tasks = tasks;
+        if seen.is_empty() {
             return None;
         }
         let t0 = Instant::now();
         let ns_per_tick = self.ns_per_tick;
         let needs = self
             .table
-            .apply_snapshot_checked(started, &records, false, &|pid, start| {
+            .apply_found(started, found, &seen, false, &|pid, start| {
                 procfs::alive_since(pid, start, ns_per_tick)
             });
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "snapshot applied");
@@ -562,23 +572,14 @@ impl<K: TaskSource> Actor<K> {
             let gc = self.take_gc();
             let (kernel, clock, tx) =
                 (self.kernel.clone(), self.clock.clone(), self.passes.clone());
-            let procfs_known = procfs_known(&self.table);
-            let (ran, ns_per_tick) = (self.ran.clone(), self.ns_per_tick);
+            let (ran, ns_per_tick, snap) = (self.ran.clone(), self.ns_per_tick, self.current());
             tokio::task::spawn_blocking(move || {
                 trim_heap();
                 let started = clock.boot_ns();
-                let t0 = Instant::now();
-                let all = read_all(
-                    &kernel,
-                    ran.as_deref(),
-                    started,
-                    gc,
-                    &procfs_known,
-                    ns_per_tick,
-                );
+                let all = read_all(&kernel, ran.as_deref(), started, gc, &snap, ns_per_tick);
                 let _ = tx.blocking_send(Msg::Refreshed(Pass {
                     started,
-                    took_us: t0.elapsed().as_micros() as u64,
+                    took_us: all.iter_us,
                     ran: false,
                     read: Read::All(all),
                 }));
@@ -666,24 +667,15 @@ pub(crate) fn map_stats(stats: &mut AgentStats, pids: &[u32], table: &ProcessTab
         .count();
 }
 
-/// The processes read from /proc instead of the iterator (see `Origin::Procfs`).
-fn procfs_known(table: &ProcessTable) -> Vec<u32> {
-    table
-        .live()
-        .values()
-        .filter(|p| p.origin == crate::table::Origin::Procfs)
-        .map(|p| p.pid)
-        .collect()
-}
-
 /// One pass over every task begun at `started` (the marks of what ran cleared first: it reads
 /// all of them), with the processes only /proc shows and, with `gc`, the process map's sweep.
+/// `snap` is the table when it began: the processes it would not change are left out.
 fn read_all<K: TaskSource>(
     kernel: &Mutex<K>,
     ran: Option<&dyn Ran>,
     started: u64,
     gc: bool,
-    procfs_known: &[u32],
+    snap: &Snapshot,
     ns_per_tick: u64,
 ) -> All {
     if let Some(ran) = ran {
@@ -698,15 +690,25 @@ fn read_all<K: TaskSource>(
         }
         Err(_) => Vec::new(),
     };
+    let iter_us = t0.elapsed().as_micros() as u64;
+    let tasks = records.len();
+    let mut seen: Vec<u32> = Vec::with_capacity(snap.processes.len() + 64);
+    let found = crate::table::found_where(&records, |f| {
+        seen.push(f.pid);
+        f.changes(snap.get(f.pid), started)
+    });
+    drop(records);
     tracing::debug!(
-        tasks = records.len(),
+        tasks,
+        iter_us,
+        changed = found.len(),
         us = t0.elapsed().as_micros() as u64,
         "task iterator pass"
     );
     let mut gc_dropped = 0;
     let mut map_pids = None;
-    if gc && !records.is_empty() {
-        let seen: HashSet<u32> = records.iter().map(|r| r.tgid).collect();
+    if gc && !seen.is_empty() {
+        let seen: HashSet<u32> = seen.iter().copied().collect();
         if let Ok(mut k) = kernel.lock() {
             match k.gc(&seen, started) {
                 Ok((n, kept)) => {
@@ -720,33 +722,38 @@ fn read_all<K: TaskSource>(
             }
         }
     }
-    if records.is_empty() {
+    let mut all = All {
+        found,
+        seen,
+        tasks,
+        iter_us,
+        procfs: Vec::new(),
+        procfs_gone: Vec::new(),
+        gc_dropped,
+        map_pids: None,
+    };
+    if all.seen.is_empty() {
         // Never apply an empty snapshot: it would declare every process gone.
-        return All {
-            records,
-            procfs: Vec::new(),
-            procfs_gone: Vec::new(),
-            gc_dropped,
-            map_pids: None,
-        };
+        return all;
     }
-    let procfs: Vec<_> = procfs_known
+    all.map_pids = map_pids;
+    let procfs_known: Vec<u32> = snap
+        .processes
+        .iter()
+        .filter(|p| p.origin == crate::table::Origin::Procfs)
+        .map(|p| p.pid)
+        .collect();
+    all.procfs = procfs_known
         .iter()
         .map(|&pid| procfs::records(pid, ns_per_tick))
         .filter(|r| !r.is_empty())
         .collect();
-    let procfs_gone = procfs_known
+    all.procfs_gone = procfs_known
         .iter()
         .copied()
-        .filter(|pid| !procfs.iter().any(|r| r[0].tgid == *pid))
+        .filter(|pid| !all.procfs.iter().any(|r| r[0].tgid == *pid))
         .collect();
-    All {
-        records,
-        procfs,
-        procfs_gone,
-        gc_dropped,
-        map_pids,
-    }
+    all
 }
 
 /// A read of one process costs about this many times its share of a pass (~8 µs against
@@ -772,18 +779,12 @@ fn start_ran<K: TaskSource>(
             Some(reads) => Read::Ran(reads),
             None => {
                 trim_heap();
-                let known: Vec<u32> = snap
-                    .processes
-                    .iter()
-                    .filter(|p| p.origin == crate::table::Origin::Procfs)
-                    .map(|p| p.pid)
-                    .collect();
                 Read::All(read_all(
                     &kernel,
                     Some(&*ran),
                     started,
                     false,
-                    &known,
+                    &snap,
                     ns_per_tick,
                 ))
             }
@@ -803,11 +804,7 @@ fn start_ran<K: TaskSource>(
 
 /// Each process that ran since the last refresh, read on its own; `None` if only a pass over
 /// every task will do.
-fn read_ran(
-    ran: &dyn Ran,
-    snap: &Snapshot,
-    ns_per_tick: u64,
-) -> Option<Vec<(u32, Vec<TaskRecord>)>> {
+fn read_ran(ran: &dyn Ran, snap: &Snapshot, ns_per_tick: u64) -> Option<Vec<Found>> {
     let pids = match ran.take() {
         Ok(Some(p)) => p,
         Ok(None) => {
@@ -867,7 +864,12 @@ fn read_ran(
             reads.push((pid, read(pid)?));
         }
     }
-    Some(reads)
+    Some(
+        reads
+            .iter()
+            .flat_map(|(_, tasks)| crate::table::found(tasks))
+            .collect(),
+    )
 }
 
 /// Hands freed heap pages back to the kernel, at most every few seconds. By itself glibc
@@ -895,23 +897,8 @@ fn trim_heap() {
 }
 
 fn start_identities(table: &ProcessTable, pids: Vec<u32>, tx: mpsc::Sender<Msg>) {
-    let wanted: Vec<(u32, u64)> = pids
-        .into_iter()
-        .filter_map(|pid| table.get(pid).map(|p| (pid, p.start_boottime)))
-        .collect();
+    let wanted = super::wanted(table, pids);
     tokio::task::spawn_blocking(move || {
-        let list = wanted
-            .into_iter()
-            .map(|(pid, start)| {
-                let (cmdline, exe) = procfs::identity(pid);
-                Identity {
-                    pid,
-                    start,
-                    cmdline,
-                    exe,
-                }
-            })
-            .collect();
-        let _ = tx.blocking_send(Msg::Identities(list));
+        let _ = tx.blocking_send(Msg::Identities(super::read_identities(wanted)));
     });
 }

@@ -330,7 +330,7 @@ async fn a_question_within_the_bound_is_answered_from_the_table() {
     rig.advance(Duration::from_millis(60));
     let snap = rig.ask_now(MAX_AGE);
     assert_eq!(snap.refreshed_at, BOOT);
-    assert_eq!(snap.get(A).unwrap().tasks[0].utime, 5);
+    assert_eq!(snap.get(A).unwrap().tasks.to_vec()[0].utime, 5);
     // Exactly at the bound is still within it; a question that takes numbers of any age is
     // answered however old they are.
     rig.advance(Duration::from_millis(40));
@@ -365,7 +365,7 @@ async fn an_older_question_waits_for_one_pass_that_every_waiter_shares() {
     );
     assert!(Arc::ptr_eq(&a, &b) && Arc::ptr_eq(&a, &c));
     assert_eq!(a.refreshed_at, BOOT + 150 * MS);
-    assert_eq!(a.get(A).unwrap().tasks[0].utime, 7);
+    assert_eq!(a.get(A).unwrap().tasks.to_vec()[0].utime, 7);
     assert_eq!(rig.fake().passes, 1);
     rig.no_pass();
     // The pass's numbers now answer the next question at once.
@@ -556,7 +556,7 @@ async fn events_between_a_pass_and_its_result_are_kept() {
     // A takes the pass's numbers but keeps the name its newer rename gave it.
     let a = snap.get(A).unwrap();
     assert_eq!(a.comm, b"renamed");
-    assert_eq!(a.tasks[0].utime, 9);
+    assert_eq!(a.tasks.to_vec()[0].utime, 9);
     let t = rig.stats().table;
     assert_eq!(
         (t.lost_exits, t.found_by_rescan, t.identity_repairs),
@@ -609,8 +609,8 @@ async fn a_stale_question_reads_only_the_processes_that_ran_never_a_pass() {
     rig.finish_ran().await;
     let snap = answered(&mut q);
     assert_eq!(snap.refreshed_at, BOOT + 150 * MS);
-    assert_eq!(snap.get(A).unwrap().tasks[0].utime, 9);
-    assert_eq!(snap.get(B).unwrap().tasks[0].utime, 5);
+    assert_eq!(snap.get(A).unwrap().tasks.to_vec()[0].utime, 9);
+    assert_eq!(snap.get(B).unwrap().tasks.to_vec()[0].utime, 5);
     assert_eq!(ran.reads.load(Ordering::SeqCst), 1, "B was not read");
     // One process's numbers are still as of the last pass over every task.
     assert_eq!(snap.full_at, BOOT);
@@ -678,7 +678,7 @@ async fn lost_marks_or_too_many_processes_that_ran_make_a_pass() {
     rig.finish_ran().await;
     let snap = answered(&mut q);
     assert_eq!(rig.fake().passes, 1);
-    assert_eq!(snap.get(B).unwrap().tasks[0].utime, 7);
+    assert_eq!(snap.get(B).unwrap().tasks.to_vec()[0].utime, 7);
     assert_eq!(snap.full_at, BOOT + 150 * MS);
     assert_eq!(
         ran.clears.load(Ordering::SeqCst),
@@ -717,11 +717,11 @@ async fn a_pass_runs_in_the_background_every_gc_period_and_no_question_waits_for
     let mut q = rig.ask(MAX_AGE);
     rig.finish_ran().await;
     let snap = answered(&mut q);
-    assert_eq!(snap.get(A).unwrap().tasks[0].utime, 8);
+    assert_eq!(snap.get(A).unwrap().tasks.to_vec()[0].utime, 8);
     // The pass, begun before that read, lands with older numbers: they do not undo it.
     rig.actor.handle(pass);
     let snap = rig.ask_now(MAX_AGE);
-    assert_eq!(snap.get(A).unwrap().tasks[0].utime, 8);
+    assert_eq!(snap.get(A).unwrap().tasks.to_vec()[0].utime, 8);
     assert_eq!(
         snap.refreshed_at,
         BOOT + GC_EVERY.as_nanos() as u64 + 150 * MS
@@ -751,11 +751,17 @@ async fn a_question_asked_while_a_refresh_runs_waits_for_the_next_one() {
     ran.ran(Some(&[A]));
     ran.set(A, vec![record(A, 10, 7)]);
     rig.actor.handle(result);
-    assert_eq!(answered(&mut first).get(A).unwrap().tasks[0].utime, 6);
+    assert_eq!(
+        answered(&mut first).get(A).unwrap().tasks.to_vec()[0].utime,
+        6
+    );
     assert!(
         waiting(&mut second),
         "the refresh began before the question"
     );
     rig.finish_ran().await;
-    assert_eq!(answered(&mut second).get(A).unwrap().tasks[0].utime, 7);
+    assert_eq!(
+        answered(&mut second).get(A).unwrap().tasks.to_vec()[0].utime,
+        7
+    );
 }

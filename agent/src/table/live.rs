@@ -19,45 +19,60 @@ pub struct Live {
     len: usize,
 }
 
-/// A run of live processes, in pid order, never empty while it is in a `Live`.
+/// A run of live processes, in pid order, never empty while it is in a `Live`. Their pids are
+/// kept beside them: a lookup or a walk over pids reads those, not every entry (each a cache
+/// miss of its own).
 #[derive(Default)]
-pub struct Chunk(Vec<Arc<Process>>, OnceLock<Vec<u32>>);
+pub struct Chunk {
+    pids: Vec<u32>,
+    procs: Vec<Arc<Process>>,
+    ppids: OnceLock<Vec<u32>>,
+}
 
 impl Clone for Chunk {
     fn clone(&self) -> Self {
-        Self(self.0.clone(), OnceLock::new())
+        Self::new(self.procs.clone())
     }
 }
 
 impl Chunk {
     fn new(procs: Vec<Arc<Process>>) -> Self {
-        Self(procs, OnceLock::new())
+        Self {
+            pids: procs.iter().map(|p| p.pid).collect(),
+            procs,
+            ppids: OnceLock::new(),
+        }
     }
 
     pub fn processes(&self) -> &[Arc<Process>] {
-        &self.0
+        &self.procs
+    }
+
+    /// The processes' pids, in the same order.
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
     }
 
     /// Each process's parent, in the same order: a search for the children of a few
     /// processes reads these, not every entry.
     pub fn ppids(&self) -> &[u32] {
-        self.1
-            .get_or_init(|| self.0.iter().map(|p| p.ppid).collect())
+        self.ppids
+            .get_or_init(|| self.procs.iter().map(|p| p.ppid).collect())
     }
 
     /// The chunk, to change: what was derived from its entries goes.
     fn edit(this: &mut Arc<Self>) -> &mut Self {
         let c = Arc::make_mut(this);
-        c.1.take();
+        c.ppids.take();
         c
     }
 
     fn first(&self) -> u32 {
-        self.0.first().map_or(0, |p| p.pid)
+        self.pids.first().copied().unwrap_or(0)
     }
 
     fn find(&self, pid: u32) -> Result<usize, usize> {
-        self.0.binary_search_by_key(&pid, |p| p.pid)
+        self.pids.binary_search(&pid)
     }
 }
 
@@ -90,7 +105,7 @@ impl Live {
 
     pub fn get(&self, pid: &u32) -> Option<&Arc<Process>> {
         let c = &self.chunks[self.chunk_of(*pid)?];
-        c.find(*pid).ok().map(|i| &c.0[i])
+        c.find(*pid).ok().map(|i| &c.procs[i])
     }
 
     pub fn contains_key(&self, pid: &u32) -> bool {
@@ -101,7 +116,7 @@ impl Live {
     pub fn get_mut(&mut self, pid: &u32) -> Option<&mut Arc<Process>> {
         let ci = self.chunk_of(*pid)?;
         let i = self.chunks[ci].find(*pid).ok()?;
-        Some(&mut Chunk::edit(&mut self.chunks[ci]).0[i])
+        Some(&mut Chunk::edit(&mut self.chunks[ci]).procs[i])
     }
 
     /// The entry for `pid`, made by `make` if there is none.
@@ -126,12 +141,14 @@ impl Live {
         };
         let chunk = Chunk::edit(&mut self.chunks[ci]);
         match chunk.find(pid) {
-            Ok(i) => Some(std::mem::replace(&mut chunk.0[i], p)),
+            Ok(i) => Some(std::mem::replace(&mut chunk.procs[i], p)),
             Err(i) => {
-                chunk.0.insert(i, p);
+                chunk.pids.insert(i, pid);
+                chunk.procs.insert(i, p);
                 self.len += 1;
-                if chunk.0.len() > 2 * CHUNK {
-                    let tail = chunk.0.split_off(CHUNK);
+                if chunk.procs.len() > 2 * CHUNK {
+                    let tail = chunk.procs.split_off(CHUNK);
+                    chunk.pids.truncate(CHUNK);
                     self.chunks.insert(ci + 1, Arc::new(Chunk::new(tail)));
                 }
                 None
@@ -143,22 +160,24 @@ impl Live {
         let ci = self.chunk_of(*pid)?;
         let i = self.chunks[ci].find(*pid).ok()?;
         let chunk = Chunk::edit(&mut self.chunks[ci]);
-        let p = chunk.0.remove(i);
+        chunk.pids.remove(i);
+        let p = chunk.procs.remove(i);
         self.len -= 1;
-        if chunk.0.is_empty() {
+        if chunk.procs.is_empty() {
             self.chunks.remove(ci);
-        } else if chunk.0.len() < CHUNK / 4 && ci + 1 < self.chunks.len() {
+        } else if chunk.procs.len() < CHUNK / 4 && ci + 1 < self.chunks.len() {
             // Keep chunks from thinning out as processes end: merge into the next one.
             let next = self.chunks.remove(ci + 1);
             let chunk = Chunk::edit(&mut self.chunks[ci]);
-            chunk.0.extend(next.0.iter().cloned());
+            chunk.pids.extend_from_slice(&next.pids);
+            chunk.procs.extend(next.procs.iter().cloned());
         }
         Some(p)
     }
 
     /// Every entry, in pid order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Process>> + Clone {
-        self.chunks.iter().flat_map(|c| c.0.iter())
+        self.chunks.iter().flat_map(|c| c.procs.iter())
     }
 
     /// Every entry, in pid order (`iter`, as a map's values).
