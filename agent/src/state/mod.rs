@@ -466,7 +466,10 @@ pub fn spawn<K: TaskSource>(
     }
     let started = clock.boot_ns();
     let t0 = std::time::Instant::now();
-    let records = kernel.lock().expect("kernel lock").tasks(true)?;
+    // Without giving processes their process-map entries: the sweep right after does that
+    // (`Actor::start_sweep`), off the path to a whole table. Meanwhile a fork of a process
+    // without one still inherits its argv and exe, from the table.
+    let records = kernel.lock().expect("kernel lock").tasks(false)?;
     let t1 = t0.elapsed();
     let needs = table.apply_snapshot(started, &records, true);
     let t2 = t0.elapsed();
@@ -550,6 +553,7 @@ pub fn spawn<K: TaskSource>(
     });
 
     tokio::spawn(async move {
+        actor.start_sweep();
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => match m { Some(m) => m, None => break },
