@@ -398,7 +398,7 @@ impl<K: TaskSource> Actor<K> {
                 if !ran {
                     self.refreshing = false;
                 }
-                match self.apply_all(started, took_us, all) {
+                match self.apply_all(started, all) {
                     Some(needs) => needs,
                     None => {
                         // The iterator failed: answer with what we have rather than hang.
@@ -439,22 +439,22 @@ impl<K: TaskSource> Actor<K> {
 
     /// A pass over every task, applied; `None` if it failed. Returns the pids whose argv and
     /// exe must be read.
-    fn apply_all(&mut self, started: u64, took_us: u64, all: All) -> Option<Vec<u32>> {
+    fn apply_all(&mut self, started: u64, all: All) -> Option<Vec<u32>> {
         let All {
             found,
             seen,
             tasks,
-            iter_us: _,
+            iter_us,
             procfs,
             procfs_gone,
             gc_dropped,
             map_pids,
         } = all;
         self.stats.map_gc_dropped += gc_dropped as u64;
-        self.stats.last_iterator_us = took_us;
+        self.stats.last_iterator_us = iter_us;
         self.latest
             .pass_us
-            .store(took_us, std::sync::atomic::Ordering::Relaxed);
+            .store(iter_us, std::sync::atomic::Ordering::Relaxed);
         self.stats.last_iterator_tasks = tasks;
         if seen.is_empty() {
             return None;
