@@ -471,9 +471,14 @@ impl ProcFs {
         if !open_dir {
             path.push_str("/status");
         }
-        match std::fs::metadata(path) {
-            Ok(m) if self.table.of_this_host() => (m.uid(), m.gid()),
-            _ => p
+        let kernel = self
+            .table
+            .of_this_host()
+            .then(|| std::fs::metadata(path).ok())
+            .flatten();
+        match kernel {
+            Some(m) => (m.uid(), m.gid()),
+            None => p
                 .leader()
                 .map(|t| (t.euid, t.egid))
                 .unwrap_or((p.euid, p.egid)),
