@@ -74,7 +74,7 @@ pub(super) struct View<'a> {
 
 pub(super) fn fuse_vs_proc(
     addr: &str,
-    agent_pid: Option<u32>,
+    agent_pid: u32,
     views: &[View],
     pids: &[u32],
     rounds: usize,
@@ -195,9 +195,7 @@ pub(super) fn fuse_vs_proc(
         "\nTime each FUSE request adds to a `ps` (the view's median less /proc's, over its requests): {}.",
         spent.join(", ")
     );
-    if let Some(agent) = agent_pid {
-        placement(agent, views[0].dir, rounds, report)?;
-    }
+    placement(agent_pid, views[0].dir, rounds, report)?;
     let _ = writeln!(
         report,
         "\nThe rounds run back to back, so each `ps` on the cache view finds what the previous one left in the page cache, revalidated with one GETATTR per file every {} ms. A never-stale view renders every file afresh at each open and answers each stat, open, read and close itself; with `passthrough` the kernel reads each rendering from a memfd, so no READ reaches the agent, and RELEASE goes in the background; with `uring` the same requests come through FUSE-over-io_uring queues, one per CPU, answered on the CPU that made them.",
@@ -473,7 +471,8 @@ fn placement(
     report: &mut String,
 ) -> anyhow::Result<()> {
     const PS: &str = "ps -e -o pid,ppid,comm,stat,rss";
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
         return Ok(());
     }
     let pin_agent = |cpus: &str| -> anyhow::Result<()> {
@@ -499,10 +498,7 @@ fn placement(
         name: format!("`{PS}` on the default mount, on CPU 0, every agent thread on CPU 1"),
         samples: vec![],
     };
-    let all = format!(
-        "0-{}",
-        std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
-    );
+    let all = format!("0-{}", cpus - 1);
     let measured = (|| -> anyhow::Result<()> {
         for _ in 0..rounds {
             kernel

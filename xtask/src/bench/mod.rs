@@ -209,14 +209,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 agent: false,
             });
         }
-        let fuse = fuse_vs_proc(
-            &addr,
-            Some(agent.0.id()),
-            &views,
-            &pids,
-            rounds,
-            &mut report,
-        )?;
+        let fuse = fuse_vs_proc(&addr, agent.0.id(), &views, &pids, rounds, &mut report)?;
         for floor in [Some(floor_dev), floor_uring].into_iter().flatten() {
             let _ = writeln!(report, "\n{}", floor.stop());
         }
