@@ -16,7 +16,7 @@ use std::{
 
 use regex::Regex;
 
-use crate::table::{Change, Process};
+use crate::table::{Change, Chunk, Live, Process};
 
 /// The group key when no config file is given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -291,7 +291,7 @@ pub fn cpu_of(p: &Process) -> Option<Cpu> {
     let t = p
         .leader()
         .filter(|t| t.tid == p.pid && t.start_boottime == p.start_boottime)?;
-    let sum = p.totals(t, true);
+    let sum = p.totals(&t, true);
     Some(Cpu {
         user: sum.utime,
         system: sum.stime,
@@ -305,7 +305,6 @@ struct Member {
     group: Arc<str>,
     base: Cpu,
     last: Cpu,
-    seen: u64,
 }
 
 /// Books what `m` gained in its group into the group's cumulative total.
@@ -365,7 +364,8 @@ pub struct Ledger {
     members: HashMap<(u32, u64), Member>,
     groups: BTreeMap<Arc<str>, Cumulative>,
     exits: ExitTally,
-    generation: u64,
+    /// What each chunk of the table added at the last report (see `report`).
+    chunks: Vec<ChunkRows>,
     scratch: String,
 }
 
@@ -379,7 +379,7 @@ impl Ledger {
             members: HashMap::new(),
             groups: BTreeMap::new(),
             exits: ExitTally::default(),
-            generation: 0,
+            chunks: Vec::new(),
             scratch: String::new(),
         }
     }
@@ -424,7 +424,6 @@ impl Ledger {
                         group,
                         base: Cpu::default(),
                         last: Cpu::default(),
-                        seen: self.generation,
                     },
                 );
             }
@@ -448,15 +447,7 @@ impl Ledger {
                             None => Cpu::default(),
                         };
                         self.groups.entry(group.clone()).or_default().starts += 1;
-                        self.members.insert(
-                            id,
-                            Member {
-                                group,
-                                base,
-                                last,
-                                seen: self.generation,
-                            },
-                        );
+                        self.members.insert(id, Member { group, base, last });
                     }
                 }
             }
@@ -485,7 +476,6 @@ impl Ledger {
                             group,
                             base: Cpu::default(),
                             last: Cpu::default(),
-                            seen: 0,
                         }
                     }
                 };
@@ -509,66 +499,53 @@ impl Ledger {
 
     /// Reconciles with the live table and reports every group known so far (groups whose
     /// processes are all gone keep their counters, with zero gauges).
-    pub fn report<'a>(&mut self, live: impl Iterator<Item = &'a Arc<Process>>) -> GroupReport {
-        self.generation += 1;
-        let generation = self.generation;
-        let mut rows: BTreeMap<Arc<str>, GroupRow> = BTreeMap::new();
-        for p in live {
-            // A zombie's final CPU time was booked at its exit.
-            if p.exit.is_some() {
-                continue;
-            }
-            let Some(group) = self.key(p) else { continue };
-            let id = (p.pid, p.start_boottime);
-            let now = cpu_of(p);
-            // Updated in place: a remove and an insert per process per scrape were a few
-            // percent of a scrape.
-            let m = self.members.entry(id).or_insert_with(|| Member {
-                // Found by the backfill or a rescan: all its CPU time so far is new to us.
-                group: group.clone(),
-                base: Cpu::default(),
-                last: Cpu::default(),
-                seen: generation,
-            });
-            if m.group != group {
-                // Renamed, or moved to another cgroup: not a start, but a move.
-                leave_into(&mut self.groups, m);
-                *m = Member {
-                    group: group.clone(),
-                    base: m.last,
-                    last: m.last,
-                    seen: generation,
-                };
-            }
-            if let Some(now) = now {
-                m.last = m.last.max(now);
-            }
-            m.seen = generation;
-            let row = rows.entry(group.clone()).or_default();
-            row.cpu.add(m.last.since(m.base));
-            row.processes += 1;
-            if let Some(t) = p.leader().filter(|t| t.start_boottime == p.start_boottime) {
-                row.threads += u64::from(t.nr_threads.max(1));
-                row.resident_bytes += (t.rss_anon + t.rss_file + t.rss_shmem) * self.page_size;
-                row.virtual_bytes += t.total_vm * self.page_size;
-                row.fd_slots += u64::from(t.max_fds);
-            } else {
-                row.threads += 1;
-            }
-        }
-        // Members the table no longer lists went without an exit record (or before the
-        // backfill saw them): their last reading is all we will ever know.
-        let gone: Vec<(u32, u64)> = self
-            .members
+    ///
+    /// What each chunk of the table adds to the groups is kept, and only chunks that are not
+    /// the same `Arc` as at the last report are gone through again (`table::Live`): a chunk
+    /// holding the same entries adds the same, and its processes' members are as they were.
+    /// At 100,000 processes going through every process took ~60 ms of a scrape.
+    pub fn report(&mut self, live: &Live) -> GroupReport {
+        let old = std::mem::take(&mut self.chunks);
+        let same: HashMap<*const Chunk, usize> = old
             .iter()
-            .filter(|(_, m)| m.seen != generation)
-            .map(|(id, _)| *id)
+            .enumerate()
+            .map(|(i, c)| (Arc::as_ptr(&c.chunk), i))
             .collect();
-        for id in gone {
-            if let Some(m) = self.members.remove(&id) {
-                self.leave(&m);
+        let mut kept = vec![false; old.len()];
+        let mut rows: BTreeMap<Arc<str>, GroupRow> = BTreeMap::new();
+        let mut next = Vec::with_capacity(live.chunks().len());
+        for chunk in live.chunks() {
+            let part = match same.get(&Arc::as_ptr(chunk)) {
+                Some(&i) => {
+                    kept[i] = true;
+                    old[i].rows.clone()
+                }
+                None => self.chunk_rows(chunk),
+            };
+            for (name, r) in &part {
+                rows.entry(name.clone()).or_default().merge(r);
+            }
+            next.push(ChunkRows {
+                chunk: chunk.clone(),
+                rows: part,
+            });
+        }
+        // Members whose process the table no longer lists went without an exit record (or
+        // before the backfill saw them): their last reading is all we will ever know. Only a
+        // chunk that changed can have lost one.
+        for (c, _) in old.iter().zip(&kept).filter(|(_, k)| !**k) {
+            for p in c.chunk.processes() {
+                let id = (p.pid, p.start_boottime);
+                if live
+                    .get(&p.pid)
+                    .is_none_or(|q| q.start_boottime != p.start_boottime)
+                    && let Some(m) = self.members.remove(&id)
+                {
+                    self.leave(&m);
+                }
             }
         }
+        self.chunks = next;
         let groups = self
             .groups
             .iter()
@@ -585,6 +562,73 @@ impl Ledger {
             groups,
             exits: self.exits.clone(),
         }
+    }
+
+    /// What the processes of `chunk` add to their groups, their members brought up to date.
+    fn chunk_rows(&mut self, chunk: &Chunk) -> Vec<(Arc<str>, GroupRow)> {
+        let mut rows: Vec<(Arc<str>, GroupRow)> = Vec::new();
+        for p in chunk.processes() {
+            // A zombie's final CPU time was booked at its exit.
+            if p.exit.is_some() {
+                continue;
+            }
+            let Some(group) = self.key(p) else { continue };
+            let id = (p.pid, p.start_boottime);
+            let now = cpu_of(p);
+            let m = self.members.entry(id).or_insert_with(|| Member {
+                // Found by the backfill or a rescan: all its CPU time so far is new to us.
+                group: group.clone(),
+                base: Cpu::default(),
+                last: Cpu::default(),
+            });
+            if m.group != group {
+                // Renamed, or moved to another cgroup: not a start, but a move.
+                leave_into(&mut self.groups, m);
+                *m = Member {
+                    group: group.clone(),
+                    base: m.last,
+                    last: m.last,
+                };
+            }
+            if let Some(now) = now {
+                m.last = m.last.max(now);
+            }
+            let mut row = GroupRow::default();
+            row.cpu.add(m.last.since(m.base));
+            row.processes = 1;
+            if let Some(t) = p.leader().filter(|t| t.start_boottime == p.start_boottime) {
+                row.threads = u64::from(t.nr_threads.max(1));
+                row.resident_bytes = (t.rss_anon + t.rss_file + t.rss_shmem) * self.page_size;
+                row.virtual_bytes = t.total_vm * self.page_size;
+                row.fd_slots = u64::from(t.max_fds);
+            } else {
+                row.threads = 1;
+            }
+            match rows.iter_mut().find(|(name, _)| *name == group) {
+                Some((_, r)) => r.merge(&row),
+                None => rows.push((group, row)),
+            }
+        }
+        rows
+    }
+}
+
+/// What one chunk of the table added to the groups at the last report.
+struct ChunkRows {
+    /// The chunk, kept so that no other chunk can take its address.
+    chunk: Arc<Chunk>,
+    rows: Vec<(Arc<str>, GroupRow)>,
+}
+
+impl GroupRow {
+    /// Adds the gauges and CPU time of `o` (the counters are the group's, not its members').
+    fn merge(&mut self, o: &GroupRow) {
+        self.processes += o.processes;
+        self.threads += o.threads;
+        self.resident_bytes += o.resident_bytes;
+        self.virtual_bytes += o.virtual_bytes;
+        self.fd_slots += o.fd_slots;
+        self.cpu.add(o.cpu);
     }
 }
 
@@ -835,7 +879,7 @@ process_names:
             origin: crate::table::Origin::Event,
             exec_ts: None,
             exit: None,
-            tasks: vec![leader],
+            tasks: crate::table::Tasks::new(&[leader]),
             refreshed_at: 0,
             event_ts: 0,
             needs_identity: false,
@@ -846,10 +890,12 @@ process_names:
 
     /// Sets the whole-process CPU reading (ns, as the iterator would report it).
     fn with_cpu(mut p: Process, user: u64, system: u64) -> Process {
-        let t = &mut p.tasks[0];
+        let mut tasks = p.tasks.to_vec();
+        let t = &mut tasks[0];
         t.utime = user;
         t.stime = system;
         t.sum_exec_runtime = user + system;
+        p.tasks = crate::table::Tasks::new(&tasks);
         p
     }
 
@@ -869,7 +915,7 @@ process_names:
         let mut l = ledger();
         let a = Arc::new(with_cpu(process(10, 1, "worker"), 0, 0));
         l.apply(&Change::Fork(a.clone()));
-        let r = l.report([a.clone()].iter());
+        let r = l.report(&[a.clone()].into_iter().collect());
         assert_eq!(row(&r, "worker").processes, 1);
         assert_eq!(row(&r, "worker").starts, 1);
         // A second worker starts and exits between two scrapes, having used 3 s + 1 s.
@@ -883,7 +929,7 @@ process_names:
             stime_ns: 1_000_000_000,
         });
         l.apply(&Change::Exit(Arc::new(dead)));
-        let r = l.report([a].iter());
+        let r = l.report(&[a].into_iter().collect());
         let w = row(&r, "worker");
         assert_eq!(
             w.cpu,
@@ -902,16 +948,18 @@ process_names:
         let sh = Arc::new(with_cpu(process(20, 5, "sh"), 0, 0));
         l.apply(&Change::Fork(sh.clone()));
         let sh = Arc::new(with_cpu((*sh).clone(), 500, 100));
-        let r = l.report([sh.clone()].iter());
+        let r = l.report(&[sh.clone()].into_iter().collect());
         assert_eq!(row(&r, "sh").cpu.user, 500);
         // The shell execs `make` (same pid); the make process then uses more.
         let mut make = (*sh).clone();
         make.comm = b"make".to_vec();
-        make.tasks[0].comm = [0; 16];
-        make.tasks[0].comm[..4].copy_from_slice(b"make");
+        let mut tasks = make.tasks.to_vec();
+        tasks[0].comm = [0; 16];
+        tasks[0].comm[..4].copy_from_slice(b"make");
+        make.tasks = crate::table::Tasks::new(&tasks);
         l.apply(&Change::Exec(Arc::new(make.clone())));
         let make = Arc::new(with_cpu(make, 800, 100));
-        let r = l.report([make].iter());
+        let r = l.report(&[make].into_iter().collect());
         assert_eq!(row(&r, "sh").cpu.user, 500, "the shell's share stays");
         assert_eq!(row(&r, "sh").processes, 0);
         assert_eq!(row(&r, "make").cpu.user, 300);
@@ -922,7 +970,7 @@ process_names:
     fn counters_never_go_backwards_when_exit_times_are_raw() {
         let mut l = ledger();
         let p = Arc::new(with_cpu(process(30, 3, "job"), 900, 100));
-        let r = l.report([p.clone()].iter());
+        let r = l.report(&[p.clone()].into_iter().collect());
         assert_eq!(row(&r, "job").cpu.user, 900);
         // The exit record's raw split attributes less to user than the scaled reading did.
         let mut dead = (*p).clone();
@@ -933,7 +981,7 @@ process_names:
             stime_ns: 700,
         });
         l.apply(&Change::Exit(Arc::new(dead)));
-        let r = l.report(std::iter::empty());
+        let r = l.report(&Live::default());
         let g = row(&r, "job");
         assert_eq!(
             g.cpu,
@@ -950,10 +998,10 @@ process_names:
     fn vanished_process_keeps_last_reading_and_is_not_counted_twice() {
         let mut l = ledger();
         let p = Arc::new(with_cpu(process(40, 4, "ghost"), 50, 5));
-        l.report([p].iter());
+        l.report(&[p].into_iter().collect());
         // Gone without an exit record: booked once, at its last reading.
-        let r1 = l.report(std::iter::empty());
-        let r2 = l.report(std::iter::empty());
+        let r1 = l.report(&Live::default());
+        let r2 = l.report(&Live::default());
         assert_eq!(
             row(&r1, "ghost").cpu,
             Cpu {
@@ -973,7 +1021,7 @@ process_names:
             .enumerate()
             .map(|(i, c)| Arc::new(process(50 + i as u32, 1, c)))
             .collect();
-        let r = l.report(ps.iter());
+        let r = l.report(&ps.iter().cloned().collect());
         let names: Vec<&str> = r.groups.iter().map(|g| &*g.name).collect();
         assert_eq!(names, ["a", "b", "other"]);
         assert_eq!(row(&r, "other").processes, 2);
@@ -984,7 +1032,7 @@ process_names:
         let mut l = ledger();
         let mut k = process(2, 0, "kthreadd");
         k.kthread = true;
-        let r = l.report([Arc::new(k)].iter());
+        let r = l.report(&[Arc::new(k)].into_iter().collect());
         assert!(r.groups.is_empty());
     }
 }

@@ -238,7 +238,7 @@ mod tests {
             .collect();
         carry_group_times(&mut recs, 8, 6);
         let mut p = Process::from_record(&recs[0], 0, Origin::Procfs);
-        p.tasks = recs.clone();
+        p.tasks = crate::table::Tasks::new(&recs);
         let sum = p.totals(&recs[0], true);
         assert_eq!((sum.utime, sum.stime), (8, 6));
     }

@@ -6,6 +6,7 @@ mod common;
 use std::{
     collections::{HashMap, HashSet},
     io::BufRead as _,
+    os::unix::process::CommandExt as _,
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -32,6 +33,7 @@ fn quiet(cmd: &mut Command) -> &mut Command {
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn every_short_lived_child_appears_in_exited_with_its_status() {
+    let _one_at_a_time = one_at_a_time();
     let agent = Agent::start();
     let me = std::process::id();
     let mut expected: HashMap<u32, (&str, End)> = HashMap::new();
@@ -122,6 +124,7 @@ ctypes.CDLL(None).syscall(60, 0)";
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn a_process_ended_by_a_thread_other_than_its_leader_exits_once_as_itself() {
+    let _one_at_a_time = one_at_a_time();
     let agent = Agent::start();
     // Debian's python3, for ctypes and a plain libc.
     let out = Command::new("/usr/bin/python3")
@@ -158,6 +161,7 @@ fn a_process_ended_by_a_thread_other_than_its_leader_exits_once_as_itself() {
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn listing_matches_proc_for_every_stable_process() {
+    let _one_at_a_time = one_at_a_time();
     let agent = Agent::start();
     let before = proc_table();
     let list = agent.json("/v1/processes");
@@ -204,6 +208,7 @@ fn proc_table() -> HashMap<u64, (String, u64, u64, u64)> {
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn agent_started_during_a_spawn_storm_misses_none() {
+    let _one_at_a_time = one_at_a_time();
     let stop = Arc::new(AtomicBool::new(false));
     let spawner = {
         let stop = stop.clone();
@@ -257,6 +262,7 @@ fn agent_started_during_a_spawn_storm_misses_none() {
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn bad_requests_get_4xx_and_the_agent_keeps_serving() {
+    let _one_at_a_time = one_at_a_time();
     let agent = Agent::start();
     for (path, want) in [
         ("/v1/processes/abc", 400),
@@ -285,6 +291,7 @@ fn bad_requests_get_4xx_and_the_agent_keeps_serving() {
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn rendered_files_match_the_kernels_for_a_sleeping_child() {
+    let _one_at_a_time = one_at_a_time();
     let agent = Agent::start();
     let mut child = quiet(Command::new("sleep").args(["15", "15"]))
         .spawn()
@@ -343,6 +350,7 @@ fn rendered_files_match_the_kernels_for_a_sleeping_child() {
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn event_stream_reports_fork_exec_and_exit_in_order() {
+    let _one_at_a_time = one_at_a_time();
     let agent = Agent::start();
     let me = std::process::id();
     let mut stream = agent.sse(&format!("/v1/events?ppid={me}"));
@@ -383,6 +391,7 @@ fn event_stream_reports_fork_exec_and_exit_in_order() {
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn sigterm_shuts_the_agent_down_cleanly() {
+    let _one_at_a_time = one_at_a_time();
     let agent = Agent::start();
     let stats = agent.json("/v1/stats");
     assert!(
@@ -401,6 +410,7 @@ fn sigterm_shuts_the_agent_down_cleanly() {
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn bpf_failure_paths_reach_the_log_when_its_level_asks() {
+    let _one_at_a_time = one_at_a_time();
     let (agent, log) = Agent::start_logging(
         "warn,bpfproc::ebpf=debug",
         &["--ringbuf-bytes", "4096", "--drain-ms", "2000"],
@@ -417,4 +427,177 @@ fn bpf_failure_paths_reach_the_log_when_its_level_asks() {
         "{logged}"
     );
     assert!(agent.json("/v1/stats")["kernel"]["ringbuf_full"].as_u64() > Some(0));
+}
+
+/// A listing whose numbers are older than the bound reads again only the processes that ran
+/// since the last refresh (the scheduler's hooks mark them), and waits for no pass over every
+/// task: a busy process's CPU time is read after the question; a sleeping process is right
+/// as it is, and shows what other processes did to it (moved it to another cgroup, ended its
+/// parent) though it never ran.
+#[test]
+#[ignore = "needs root: loads BPF programs, makes a cgroup"]
+fn a_stale_listing_reads_again_only_what_ran_and_waits_for_no_pass() {
+    let _one_at_a_time = one_at_a_time();
+    // Enough sleepers that reading what ran one by one is cheaper than a pass, as on a big
+    // host (on a small one a pass is, and is made).
+    let mut many = Command::new("sh")
+        .args([
+            "-c",
+            "for i in $(seq 1000); do sleep 600 & done; echo ready; wait",
+        ])
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(many.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    // Everything this test starts is in that group, killed however the test ends.
+    let pgid = many.id();
+    let mut group = Group(vec![many]);
+    let agent = Agent::start();
+    // Busy a fifth of the time: its CPU time moves, without taking a CPU from the tests that
+    // run alongside (they measure CPU times of their own).
+    let burn = "while :; do i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; sleep 0.1; done";
+    let busy = quiet(Command::new("sh").args(["-c", burn]))
+        .process_group(pgid as i32)
+        .spawn()
+        .unwrap();
+    let busy_pid = busy.id();
+    group.0.push(busy);
+    // A sleeping process whose parent waits on its stdin, to end when told.
+    let mut parent = Command::new("sh")
+        .args(["-c", "sleep 120 & echo $!; read x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .process_group(pgid as i32)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let sleeper: u64 = line.trim().parse().unwrap();
+    // utime + stime in ticks, as /proc/PID/stat shows them. (Each is scaled to the precise
+    // runtime on its own, so only their sum is ordered in time, to within the two ticks the
+    // kernel rounds down.)
+    let cpu = |pid: u32| -> u64 {
+        let (_, f) = proc_stat(pid).unwrap();
+        f[14 - 3].parse::<u64>().unwrap() + f[15 - 3].parse::<u64>().unwrap()
+    };
+    let entry = |list: &Value, pid: u64| -> Value {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(pid))
+            .unwrap_or_else(|| panic!("{pid} not listed"))
+            .clone()
+    };
+    let counts = |s: &Value| {
+        (
+            s["table"]["snapshots"].as_u64().unwrap(),
+            s["partial_refreshes"].as_u64().unwrap(),
+        )
+    };
+    eventually(5, "both listed", || {
+        let list = agent.json("/v1/processes");
+        let listed = |pid: u64| list.as_array().unwrap().iter().any(|p| p["pid"] == pid);
+        (listed(u64::from(busy_pid)) && listed(sleeper)).then_some(())
+    });
+    let (passes, partials) = counts(&agent.json("/v1/stats"));
+    let cgroup = common::cgroup2_root().join(format!("bpfproc-ran-{}", std::process::id()));
+    std::fs::create_dir(&cgroup).unwrap();
+    let _cgroup = Cgroup(cgroup.clone(), pgid);
+    for round in 0..5 {
+        // Past twice the bound: no refresh ahead, so every listing waits for one begun after
+        // the question.
+        std::thread::sleep(Duration::from_millis(300));
+        match round {
+            2 => std::fs::write(cgroup.join("cgroup.procs"), sleeper.to_string()).unwrap(),
+            3 => drop(parent.stdin.take()),
+            _ => {}
+        }
+        if round == 3 {
+            // The parent has ended (a zombie until reaped), and its child has a new one.
+            eventually(5, "the sleeper's new parent", || {
+                let (_, f) = proc_stat(sleeper as u32)?;
+                (f[4 - 3] != parent.id().to_string()).then_some(())
+            });
+        }
+        let before = cpu(busy_pid);
+        let list = agent.json("/v1/processes");
+        let after = cpu(busy_pid);
+        let b = entry(&list, u64::from(busy_pid));
+        let listed = (b["utime"].as_f64().unwrap() + b["stime"].as_f64().unwrap()) * 100.0;
+        assert!(
+            before as f64 <= listed + 1e-6 && listed < after as f64 + 2.0,
+            "round {round}: busy CPU {listed} ticks, /proc said {before} then {after}"
+        );
+        let s = entry(&list, sleeper);
+        let (_, f) = proc_stat(sleeper as u32).unwrap();
+        assert_eq!(s["state"], "S", "round {round}: {s}");
+        assert_eq!(
+            s["ppid"].as_u64().unwrap().to_string(),
+            f[4 - 3],
+            "round {round}: {s}"
+        );
+        assert_eq!(
+            s["rss_bytes"].as_u64().unwrap() / 1024,
+            common::rss_kib(sleeper as u32),
+            "round {round}: {s}"
+        );
+        if round >= 2 {
+            let name = cgroup.file_name().unwrap().to_str().unwrap();
+            assert_eq!(s["cgroup"], format!("/{name}"), "round {round}: {s}");
+        }
+    }
+    let (passes_after, partials_after) = counts(&agent.json("/v1/stats"));
+    // A pass over every task runs every 10 s while numbers are asked for; one may fall in here.
+    assert!(
+        passes_after <= passes + 1,
+        "{passes} → {passes_after} passes"
+    );
+    assert!(
+        partials_after >= partials + 5,
+        "{partials} → {partials_after}"
+    );
+    let _ = parent.wait();
+}
+
+/// The tests of this file one at a time: `a_stale_listing_reads_again_only_what_ran…` counts
+/// the agent's passes, and a refresh is a pass by design when more than a third of the table
+/// ran, as it does while another test spawns its thousands of processes alongside.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The processes of a process group (its leader first), killed and reaped when the test
+/// ends, however it ends.
+struct Group(Vec<std::process::Child>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        common::kill_group(self.0[0].id(), 9);
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A cgroup removed when the test ends, once the group `.1` killed in it has left it.
+struct Cgroup(std::path::PathBuf, u32);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        common::kill_group(self.1, 9);
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

@@ -731,13 +731,13 @@ fn an_idle_cache_mount_rests_and_starts_cold() {
     let mut child = ExecOnCue::start();
     let status = child.file_in(&view, "status");
     assert_eq!(first_line(&status), "Name:\tsh");
+    // Passes over every task, and refreshes of the processes that ran since the last one.
     let passes = || {
-        agent.json("/v1/stats")["table"]["snapshots"]
-            .as_u64()
-            .unwrap()
+        let stats = agent.json("/v1/stats");
+        stats["table"]["snapshots"].as_u64().unwrap() + stats["partial_refreshes"].as_u64().unwrap()
     };
-    // In use: the ticker makes a pass every half bound, to invalidate what changed. (Read on
-    // meanwhile: the child's first pass changes its record, and an inode invalidated for it
+    // In use: the ticker refreshes every half bound, to invalidate what changed. (Read on
+    // meanwhile: the child's first refresh changes its record, and an inode invalidated for it
     // is stamped again only when read.)
     let before = passes();
     for _ in 0..10 {

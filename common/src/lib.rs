@@ -16,6 +16,8 @@ pub const ARGS_LEN: usize = 1024;
 /// Supplementary groups kept per task.
 pub const GROUPS_MAX: usize = 32;
 pub const RLIM_NLIMITS: usize = 16;
+/// Processes per element of the `RAN` map (one byte each).
+pub const RAN_CHUNK: usize = 4096;
 
 /// Ring-buffer record kinds (first `u32` of every record).
 pub mod kind {

@@ -10,14 +10,17 @@ mod exit;
 mod fork;
 mod iter;
 mod kread;
+mod ran;
 mod rename;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use bpfproc_common::{Offsets, ProcEntry, TaskRecord, stat};
+use bpfproc_common::{Offsets, ProcEntry, RAN_CHUNK, TaskRecord, stat};
 
 /// Kernel structure offsets from BTF, set by the agent at load time.
 #[unsafe(no_mangle)]
@@ -69,6 +72,18 @@ pub(crate) const MAX_CPUS: u32 = 256;
 #[map]
 pub(crate) static ITER_CTL: aya_ebpf::maps::Array<u32> =
     aya_ebpf::maps::Array::with_max_entries(1, 0);
+
+/// One byte per process (by tgid), set when one of its tasks stops running (ran.rs); the agent
+/// maps it, and swaps each set byte back to 0 as it reads the process again. Sized at load for
+/// every pid there can be.
+#[map]
+pub(crate) static RAN: aya_ebpf::maps::Array<[u8; RAN_CHUNK]> =
+    aya_ebpf::maps::Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// The process each CPU runs now, by tgid: it has not stopped running, so its byte in `RAN`
+/// may not be set, and yet its numbers move.
+#[map]
+pub(crate) static ON_CPU: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static ITER_SCRATCH: PerCpuArray<TaskRecord> = PerCpuArray::with_max_entries(1, 0);

@@ -222,7 +222,7 @@ mod tests {
                 utime_ns: 1_200_000_000,
                 stime_ns: 300_000_000,
             }),
-            tasks: Vec::new(),
+            tasks: crate::table::Tasks::default(),
             refreshed_at: 0,
             event_ts: 0,
             needs_identity: false,

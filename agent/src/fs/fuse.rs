@@ -897,7 +897,7 @@ impl ProcFs {
                 Some(Kind::TaskDir) => {
                     // Threads come and go without an event: the list is the kernel's now.
                     let (_, p) = self.process_now(pid)?;
-                    for t in &p.tasks {
+                    for t in p.tasks.iter() {
                         out.push(DirEnt {
                             ino: Node::ThreadDir(pid, t.tid).ino().unwrap_or(0),
                             kind: FileType::Directory,

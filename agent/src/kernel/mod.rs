@@ -17,6 +17,7 @@ use bpfproc_common::{Event, ExecEvent, ProcEntry, TaskInfo, TaskRecord, kind, pf
 use crate::btf;
 
 pub mod log;
+mod ran;
 mod ring_fill;
 
 /// The kernel counters (`AgentStats::kernel`) that mean a record or read was lost.
@@ -28,6 +29,7 @@ pub const LOSS_CAUSES: [&str; 5] = [
     "iter_error",
 ];
 
+pub use ran::Marks;
 pub use ring_fill::RingFill;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,14 @@ const HOOKS: [(&str, &str); 5] = [
     ("sched_process_fork", "sched_process_fork"),
 ];
 
+/// The hooks that mark which processes ran (ebpf/src/ran.rs), attached with the others.
+const RAN_HOOKS: [&str; 4] = [
+    "sched_switch",
+    "sched_wakeup",
+    "sched_wakeup_new",
+    "cgroup_attach_task",
+];
+
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Kernel {
     ebpf: Ebpf,
@@ -145,6 +155,7 @@ impl Kernel {
             .override_global(aya_log::LEVEL, &log_level, false)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
             .map_max_entries("PROCS", cfg.max_processes)
+            .map_max_entries("RAN", ran_chunks())
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/bpfproc"
@@ -157,7 +168,8 @@ impl Kernel {
             last_tasks: std::cell::Cell::new(0),
         };
         let aya_btf = Btf::from_sys_fs()?;
-        for (prog, tp) in HOOKS {
+        let hooks = HOOKS.iter().copied().chain(RAN_HOOKS.map(|h| (h, h)));
+        for (prog, tp) in hooks.clone() {
             let p: &mut BtfTracePoint = kernel
                 .ebpf
                 .program_mut(prog)
@@ -171,7 +183,7 @@ impl Kernel {
         }
         // Verified first, attached together: the window between the first and last attach
         // is microseconds, not the verifier's time.
-        for (prog, _) in HOOKS {
+        for (prog, _) in hooks {
             let p: &mut BtfTracePoint = kernel
                 .ebpf
                 .program_mut(prog)
@@ -245,6 +257,17 @@ impl Kernel {
             name: "EVENTS",
             source,
         })
+    }
+
+    /// The marks of which processes ran (`Marks`), for a refresher that needs neither this
+    /// struct nor its lock. Once only: the maps leave the object.
+    pub fn marks(&mut self) -> Result<Marks, KernelError> {
+        let mut take = |name: &'static str| match self.ebpf.take_map(name) {
+            Some(aya::maps::Map::Array(m) | aya::maps::Map::PerCpuArray(m)) => Ok(m),
+            _ => Err(KernelError::Iter(format!("{name} map missing"))),
+        };
+        let ran = take("RAN")?;
+        Marks::new(ran, take("ON_CPU")?)
     }
 
     /// One pass of the task iterator: every task on the host, threads included.
@@ -478,6 +501,14 @@ fn carried(
         .filter(|&(pid, flags, start)| flags & pflag::HANG != 0 && start != 0 && same(pid, start))
         .map(|(pid, _, _)| pid)
         .collect()
+}
+
+/// Elements of the `RAN` map: a byte for every pid there can be (`PID_MAX_LIMIT`, 4 MB), not
+/// only up to `pid_max`: that can be raised at run time, and processes can outlive a lowering,
+/// and a pid beyond the map would make every refresh a pass (as it did on a machine whose
+/// `pid_max` benchmarks raise and put back). Reading them all costs the agent ~0.3 ms a refresh.
+fn ran_chunks() -> u32 {
+    MAX_PROCESSES.div_ceil(bpfproc_common::RAN_CHUNK as u32)
 }
 
 /// Number of possible CPUs (highest id in /sys/devices/system/cpu/possible, plus one).

@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -15,10 +15,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::{AgentStats, Config, Identity, Latest, Msg, Prewarm, Snapshot};
 use crate::{
     groups::{GroupReport, Ledger},
-    kernel::{Kernel, KernelError, KernelEvent, TaskReader},
+    kernel::{Kernel, KernelError, KernelEvent, Marks, TaskReader},
     procfs,
     sys::clock::{boot_ns, ns_per_tick},
-    table::{Change, ProcessTable},
+    table::{Change, Found, ProcessTable},
 };
 
 /// What the table's actor needs from the kernel: whole-table passes of the task iterator, the
@@ -37,6 +37,43 @@ pub trait TaskSource: Send + 'static {
     fn map_pids(&self) -> Result<Vec<u32>, KernelError>;
     /// A reader of one process's tasks (`Kernel::task_reader`).
     fn task_reader(&self) -> Result<TaskReader, KernelError>;
+    /// What tells which processes ran and reads them one by one (`Kernel::marks` and a
+    /// `TaskReader`); `None` where the kernel cannot (no one-process reads before Linux 6.1),
+    /// and then every refresh is a pass.
+    fn ran(&mut self) -> Option<Arc<dyn Ran>>;
+}
+
+/// The processes that ran since the last look, and a read of each: what a refresh of the
+/// numbers needs, off the actor and without the kernel's lock.
+pub trait Ran: Send + Sync + 'static {
+    /// The pids of the processes that ran, were woken or changed cgroup since the last call,
+    /// and those running now (`Marks::take`); `None` if a mark was lost, and only a pass can
+    /// tell.
+    fn take(&self) -> Result<Option<Vec<u32>>, KernelError>;
+    /// Forgets every mark: a pass is about to read every task.
+    fn clear(&self);
+    /// One process's tasks (`TaskReader::process`); empty if there is no such process.
+    fn process(&self, pid: u32) -> Result<Vec<TaskRecord>, KernelError>;
+}
+
+/// The kernel's marks and a reader of single processes.
+struct KernelRan {
+    marks: Marks,
+    reader: TaskReader,
+}
+
+impl Ran for KernelRan {
+    fn take(&self) -> Result<Option<Vec<u32>>, KernelError> {
+        self.marks.take()
+    }
+
+    fn clear(&self) {
+        self.marks.clear();
+    }
+
+    fn process(&self, pid: u32) -> Result<Vec<TaskRecord>, KernelError> {
+        self.reader.process(pid)
+    }
 }
 
 impl TaskSource for Kernel {
@@ -58,6 +95,24 @@ impl TaskSource for Kernel {
 
     fn task_reader(&self) -> Result<TaskReader, KernelError> {
         Kernel::task_reader(self)
+    }
+
+    fn ran(&mut self) -> Option<Arc<dyn Ran>> {
+        let made = (|| {
+            let reader = Kernel::task_reader(self)?;
+            reader.process(std::process::id())?;
+            Ok::<_, KernelError>(KernelRan {
+                marks: self.marks()?,
+                reader,
+            })
+        })();
+        match made {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::warn!("every refresh reads every task: {e}");
+                None
+            }
+        }
     }
 }
 
@@ -82,13 +137,37 @@ impl Clock for SystemClock {
     }
 }
 
-/// A finished pass of the task iterator, on its way back to the actor.
+/// A finished refresh of the numbers, on its way back to the actor.
 pub(crate) struct Pass {
+    /// Boot-clock ns it began at: everything it read was read at or after.
     pub started: u64,
-    /// How long the iterator pass took.
+    /// How long the reading took.
     pub took_us: u64,
-    /// Empty: the pass failed (an empty host is not a thing).
-    pub records: Vec<TaskRecord>,
+    /// Whether it was started as a refresh of what ran (which may have read every task
+    /// instead, when that was cheaper or the marks were lost).
+    pub ran: bool,
+    pub read: Read,
+}
+
+/// What a refresh read.
+pub(crate) enum Read {
+    /// Every task, by a pass of the task iterator.
+    All(All),
+    /// The processes that ran, each read on its own.
+    Ran(Vec<Found>),
+}
+
+/// A pass over every task.
+pub(crate) struct All {
+    /// The processes found that the table, as it was when the pass began, would change: the
+    /// rest need no look on the actor.
+    pub found: Vec<Found>,
+    /// Every process found, in pid order; empty: the pass failed (an empty host is not a
+    /// thing).
+    pub seen: Vec<u32>,
+    /// Tasks read, and how long the iterator took to read them.
+    pub tasks: usize,
+    pub iter_us: u64,
     pub procfs: Vec<Vec<TaskRecord>>,
     pub procfs_gone: Vec<u32>,
     pub gc_dropped: usize,
@@ -96,7 +175,7 @@ pub(crate) struct Pass {
     pub map_pids: Option<Vec<u32>>,
 }
 
-/// Where the actor's output goes.
+/// Where the actor's output goes, and what tells it which processes ran.
 pub(crate) struct Wiring {
     /// What `State`'s fast path reads.
     pub latest: Arc<Latest>,
@@ -107,6 +186,8 @@ pub(crate) struct Wiring {
     /// before the pass shows it gone, so its exit status is never taken for lost.
     pub passes: mpsc::Sender<Msg>,
     pub events: broadcast::Sender<Arc<Change>>,
+    /// Which processes ran since the table was read, and a read of each (`TaskSource::ran`).
+    pub ran: Option<Arc<dyn Ran>>,
 }
 
 /// While some client asked within this long, fresh snapshots are pre-rendered for it.
@@ -126,20 +207,30 @@ pub(crate) struct Actor<K> {
     max_age: Duration,
     loss_check: Duration,
     ns_per_tick: u64,
+    /// Which processes ran, and a read of each; `None`: every refresh is a pass.
+    ran: Option<Arc<dyn Ran>>,
 
     table: ProcessTable,
     ledger: Ledger,
     stats: AgentStats,
-    /// Boot-clock ns the table's numbers were read at (the last applied pass).
+    /// Boot-clock ns the table's numbers are as of (the start of the last refresh applied).
     last_refresh: u64,
-    /// A pass is running: one at a time.
+    /// Boot-clock ns of the last pass over every task applied.
+    last_full: u64,
+    /// A pass over every task is running: one at a time.
     refreshing: bool,
-    /// Questions waiting for the running pass.
-    waiters: Vec<(Duration, oneshot::Sender<Arc<Snapshot>>)>,
+    /// A refresh of what ran is running: one at a time.
+    refreshing_ran: bool,
+    /// Questions waiting for a refresh begun after them, with the boot-clock time they were
+    /// asked at.
+    waiters: Vec<(u64, oneshot::Sender<Arc<Snapshot>>)>,
     cached: Option<Arc<Snapshot>>,
     last_losses: u64,
     last_loss_check: Instant,
     last_query: Instant,
+    /// When numbers of any bound were last asked for (a `cache=` mount's ticker included):
+    /// while they are, a pass over every task is made every `GC_EVERY`.
+    last_numbers_query: Instant,
     /// Whether the current numbers have been asked for since they were read: refreshing ahead
     /// only when they were keeps the iterator's cost proportional to demand (an idle agent, or
     /// one scraped every 15 s, runs no extra passes).
@@ -148,7 +239,8 @@ pub(crate) struct Actor<K> {
 }
 
 impl<K: TaskSource> Actor<K> {
-    /// The actor over `table`, whose numbers were read at boot-clock `refreshed_at`.
+    /// The actor over `table`, whose numbers were read at boot-clock `refreshed_at` by a pass
+    /// over every task.
     pub(crate) fn new(
         kernel: Arc<Mutex<K>>,
         clock: Arc<dyn Clock>,
@@ -169,16 +261,20 @@ impl<K: TaskSource> Actor<K> {
             max_age: cfg.max_age,
             loss_check: cfg.loss_check,
             ns_per_tick: ns_per_tick(),
+            ran: wiring.ran,
             table,
             ledger: cfg.groups,
             stats,
             last_refresh: refreshed_at,
+            last_full: refreshed_at,
             refreshing: false,
+            refreshing_ran: false,
             waiters: Vec::new(),
             cached: None,
             last_losses: 0,
             last_loss_check: now,
             last_query: now - HOT_FOR,
+            last_numbers_query: now - GC_EVERY,
             demanded: false,
             last_gc: now,
             clock,
@@ -228,59 +324,123 @@ impl<K: TaskSource> Actor<K> {
     }
 
     /// A question for a snapshot whose numbers are at most `asked` old: answered now if the
-    /// table's are, else after the next pass (started unless one is running).
+    /// table's are, else after the next refresh (started unless one begun after the question
+    /// is running).
     pub(crate) fn on_snapshot(&mut self, asked: Duration, reply: oneshot::Sender<Arc<Snapshot>>) {
         // Refreshing ahead keeps numbers within the agent's bound for those who ask for it (or
         // tighter). A question that takes numbers of any age (a listing, a process's
         // existence) or older ones (a `cache=` mount, whose ticker refreshes for it) does not
         // ask for it.
+        let now = self.clock.now();
         if asked <= self.max_age {
-            self.last_query = self.clock.now();
+            self.last_query = now;
             self.demanded = true;
         }
-        let age = Duration::from_nanos(self.clock.boot_ns().saturating_sub(self.last_refresh));
+        if asked < Duration::MAX {
+            self.last_numbers_query = now;
+        }
+        let at = self.clock.boot_ns();
+        let age = Duration::from_nanos(at.saturating_sub(self.last_refresh));
         if age <= asked {
             let _ = reply.send(self.current());
         } else {
-            self.waiters.push((asked, reply));
-            self.start_pass();
+            self.waiters.push((at, reply));
+            self.refresh();
         }
     }
 
-    /// A pass's result, applied with the table's rules (entries an event touched since the
-    /// pass began are newer and win); every waiter is answered. Returns false if the pass
-    /// failed, and then the waiters get the table as it is.
+    /// A refresh's result, applied with the table's rules (entries an event touched since it
+    /// began are newer and win, and so are entries read again since); the waiters that asked
+    /// before it began are answered. Returns false if it failed, and then every waiter gets
+    /// the table as it is.
     pub(crate) fn on_refreshed(&mut self, pass: Pass) -> bool {
         let Pass {
             started,
             took_us,
-            records,
+            ran,
+            read,
+        } = pass;
+        if ran {
+            self.refreshing_ran = false;
+        }
+        let needs = match read {
+            Read::Ran(reads) => {
+                self.stats.partial_refreshes += 1;
+                self.stats.partial_reads += reads.len() as u64;
+                self.stats.last_partial_us = took_us;
+                self.stats.last_partial_processes = reads.len();
+                self.table.apply_reads(started, reads)
+            }
+            Read::All(all) => {
+                if !ran {
+                    self.refreshing = false;
+                }
+                match self.apply_all(started, took_us, all) {
+                    Some(needs) => needs,
+                    None => {
+                        // The iterator failed: answer with what we have rather than hang.
+                        let snap = self.current();
+                        for (_, w) in self.waiters.drain(..) {
+                            let _ = w.send(snap.clone());
+                        }
+                        return false;
+                    }
+                }
+            }
+        };
+        self.demanded = false;
+        self.last_refresh = self.last_refresh.max(started);
+        if !needs.is_empty() {
+            start_identities(&self.table, needs, self.tx.clone());
+        }
+        let snap = self.current();
+        let (done, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(at, _)| *at <= started);
+        for (_, w) in done {
+            let _ = w.send(snap.clone());
+        }
+        self.waiters = later;
+        if !self.waiters.is_empty() {
+            // Asked while this refresh was under way: the next one is theirs.
+            self.refresh();
+        }
+        if let Some(prewarm) = &self.prewarm
+            && self.clock.now().duration_since(self.last_query) < HOT_FOR
+        {
+            let prewarm = prewarm.clone();
+            tokio::task::spawn_blocking(move || prewarm(&snap));
+        }
+        true
+    }
+
+    /// A pass over every task, applied; `None` if it failed. Returns the pids whose argv and
+    /// exe must be read.
+    fn apply_all(&mut self, started: u64, took_us: u64, all: All) -> Option<Vec<u32>> {
+        let All {
+            found,
+            seen,
+            tasks,
+            iter_us: _,
             procfs,
             procfs_gone,
             gc_dropped,
             map_pids,
-        } = pass;
-        self.refreshing = false;
+        } = all;
         self.stats.map_gc_dropped += gc_dropped as u64;
         self.stats.last_iterator_us = took_us;
         self.latest
             .pass_us
             .store(took_us, std::sync::atomic::Ordering::Relaxed);
-        self.stats.last_iterator_tasks = records.len();
-        if records.is_empty() {
-            // The iterator failed: answer with what we have rather than hang.
-            let snap = self.current();
-            for (_, w) in self.waiters.drain(..) {
-                let _ = w.send(snap.clone());
-            }
-            return false;
+        self.stats.last_iterator_tasks = tasks;
+        if seen.is_empty() {
+            return None;
         }
-        self.demanded = false;
         let t0 = Instant::now();
         let ns_per_tick = self.ns_per_tick;
         let needs = self
             .table
-            .apply_snapshot_checked(started, &records, false, &|pid, start| {
+            .apply_found(started, found, &seen, false, &|pid, start| {
                 procfs::alive_since(pid, start, ns_per_tick)
             });
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "snapshot applied");
@@ -293,21 +453,8 @@ impl<K: TaskSource> Actor<K> {
         if let Some(pids) = map_pids {
             map_stats(&mut self.stats, &pids, &self.table);
         }
-        self.last_refresh = started;
-        if !needs.is_empty() {
-            start_identities(&self.table, needs, self.tx.clone());
-        }
-        let snap = self.current();
-        for (_, w) in self.waiters.drain(..) {
-            let _ = w.send(snap.clone());
-        }
-        if let Some(prewarm) = &self.prewarm
-            && self.clock.now().duration_since(self.last_query) < HOT_FOR
-        {
-            let prewarm = prewarm.clone();
-            tokio::task::spawn_blocking(move || prewarm(&snap));
-        }
-        true
+        self.last_full = self.last_full.max(started);
+        Some(needs)
     }
 
     /// argv and exe of processes that predate the agent, read off the actor.
@@ -330,32 +477,43 @@ impl<K: TaskSource> Actor<K> {
         self.start_pass();
     }
 
-    /// Periodic: a rescan when a kernel loss counter moved, and a pass ahead while a client
-    /// polls faster than the bound.
+    /// Periodic: a rescan when a kernel loss counter moved, a refresh ahead while a client
+    /// polls faster than the bound, and the pass over every task that brings up to date what
+    /// no mark tells of, while numbers are asked for.
     pub(crate) fn on_tick(&mut self) {
         let now = self.clock.now();
         // A moved loss counter means some record never reached us: reconcile now rather than
         // at the next query.
-        let mut due = false;
+        let mut pass = false;
         if now.duration_since(self.last_loss_check) >= self.loss_check {
             self.last_loss_check = now;
             let losses = self.kernel_losses();
             if losses > self.last_losses {
                 self.last_losses = losses;
                 self.stats.rescans += 1;
-                due = true;
+                pass = true;
             }
         }
-        let age = Duration::from_nanos(self.clock.boot_ns().saturating_sub(self.last_refresh));
-        // A client polling faster than the bound gets its next answer from a snapshot read
-        // ahead of the question instead of waiting for one.
+        let boot = self.clock.boot_ns();
+        let age = Duration::from_nanos(boot.saturating_sub(self.last_refresh));
+        // A client polling faster than the bound gets its next answer from numbers read ahead
+        // of the question instead of waiting for them.
         if self.demanded
             && now.duration_since(self.last_query) < self.max_age * 2
             && age >= self.max_age / 2
         {
-            due = true;
+            self.refresh();
         }
-        if due {
+        // Refreshes of what ran leave out what other processes change in one that sleeps:
+        // a pass over every task brings it up to date every GC_EVERY while anyone asks.
+        let full_age = Duration::from_nanos(boot.saturating_sub(self.last_full));
+        if self.ran.is_some()
+            && full_age >= GC_EVERY
+            && now.duration_since(self.last_numbers_query) < GC_EVERY
+        {
+            pass = true;
+        }
+        if pass {
             self.start_pass();
         }
     }
@@ -381,48 +539,95 @@ impl<K: TaskSource> Actor<K> {
     }
 
     pub(crate) fn on_groups(&mut self, reply: oneshot::Sender<GroupReport>) {
-        let _ = reply.send(self.ledger.report(self.table.live().values()));
+        let _ = reply.send(self.ledger.report(self.table.live()));
     }
 
-    /// Starts a pass off the actor unless one is running; the periodic sweep of the process
-    /// map rides along when it is due. Its result comes back as `Msg::Refreshed`.
+    /// Brings the numbers up to date: the processes that ran, read one by one, where the
+    /// kernel marks them; else a pass over every task.
+    pub(crate) fn refresh(&mut self) {
+        let Some(ran) = &self.ran else {
+            self.start_pass();
+            return;
+        };
+        if self.refreshing_ran {
+            return;
+        }
+        self.refreshing_ran = true;
+        start_ran(
+            ran.clone(),
+            self.kernel.clone(),
+            self.current(),
+            self.clock.clone(),
+            self.passes.clone(),
+            self.ns_per_tick,
+        );
+    }
+
+    /// Starts a pass over every task off the actor unless one is running; the periodic sweep
+    /// of the process map rides along when it is due. Its result comes back as
+    /// `Msg::Refreshed`.
     pub(crate) fn start_pass(&mut self) {
         if !self.refreshing {
             self.refreshing = true;
             let gc = self.take_gc();
-            start_refresh(
-                self.kernel.clone(),
-                self.clock.clone(),
-                self.passes.clone(),
-                &self.table,
-                self.ns_per_tick,
-                gc,
-            );
+            let (kernel, clock, tx) =
+                (self.kernel.clone(), self.clock.clone(), self.passes.clone());
+            let (ran, ns_per_tick, snap) = (self.ran.clone(), self.ns_per_tick, self.current());
+            tokio::task::spawn_blocking(move || {
+                trim_heap();
+                let started = clock.boot_ns();
+                let all = read_all(&kernel, ran.as_deref(), started, gc, &snap, ns_per_tick);
+                let _ = tx.blocking_send(Msg::Refreshed(Pass {
+                    started,
+                    took_us: all.iter_us,
+                    ran: false,
+                    read: Read::All(all),
+                }));
+            });
         }
     }
 
-    /// Whether a pass is running.
+    /// Whether a pass over every task is running.
     #[cfg(test)]
     pub(crate) fn pass_running(&self) -> bool {
         self.refreshing
     }
 
-    /// The latest snapshot of the table, made anew only if the table or its numbers changed.
+    /// Whether a refresh of what ran is running.
+    #[cfg(test)]
+    pub(crate) fn ran_running(&self) -> bool {
+        self.refreshing_ran
+    }
+
+    /// The latest snapshot of the table, made anew only if the table or its numbers changed
+    /// (and then sharing the processes, and their listing, with the last one if only the
+    /// numbers' time did).
     fn current(&mut self) -> Arc<Snapshot> {
-        let (table, at) = (&self.table, self.last_refresh);
-        if let Some(c) = &self.cached
-            && c.version == table.version()
-            && c.refreshed_at == at
-        {
-            return c.clone();
-        }
-        let snap = Arc::new(Snapshot {
-            version: table.version(),
-            refreshed_at: at,
-            processes: table.live().values().cloned().collect(),
-            exited: table.exited().iter().cloned().collect(),
-            listing_json: OnceLock::new(),
-        });
+        let (table, at, full) = (&self.table, self.last_refresh, self.last_full);
+        let snap = match &self.cached {
+            Some(c)
+                if c.version == table.version() && c.refreshed_at == at && c.full_at == full =>
+            {
+                return c.clone();
+            }
+            Some(c) if c.version == table.version() => Snapshot {
+                version: c.version,
+                refreshed_at: at,
+                full_at: full,
+                processes: c.processes.clone(),
+                exited: c.exited.clone(),
+                listing_json: c.listing_json.clone(),
+            },
+            _ => Snapshot {
+                version: table.version(),
+                refreshed_at: at,
+                full_at: full,
+                processes: table.live().clone(),
+                exited: table.exited().iter().cloned().collect(),
+                listing_json: Arc::default(),
+            },
+        };
+        let snap = Arc::new(snap);
         self.cached = Some(snap.clone());
         if let Ok(mut l) = self.latest.snapshot.write() {
             *l = Some(snap.clone());
@@ -462,84 +667,209 @@ pub(crate) fn map_stats(stats: &mut AgentStats, pids: &[u32], table: &ProcessTab
         .count();
 }
 
-fn start_refresh<K: TaskSource>(
-    kernel: Arc<Mutex<K>>,
-    clock: Arc<dyn Clock>,
-    tx: mpsc::Sender<Msg>,
-    table: &ProcessTable,
-    ns_per_tick: u64,
+/// One pass over every task begun at `started` (the marks of what ran cleared first: it reads
+/// all of them), with the processes only /proc shows and, with `gc`, the process map's sweep.
+/// `snap` is the table when it began: the processes it would not change are left out.
+fn read_all<K: TaskSource>(
+    kernel: &Mutex<K>,
+    ran: Option<&dyn Ran>,
+    started: u64,
     gc: bool,
-) {
-    let procfs_known: Vec<u32> = table
-        .live()
-        .values()
+    snap: &Snapshot,
+    ns_per_tick: u64,
+) -> All {
+    if let Some(ran) = ran {
+        ran.clear();
+    }
+    let t0 = Instant::now();
+    let records = match kernel.lock().map(|mut k| k.tasks(gc)) {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!("task iterator failed: {e}");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    };
+    let iter_us = t0.elapsed().as_micros() as u64;
+    let tasks = records.len();
+    let mut seen: Vec<u32> = Vec::with_capacity(snap.processes.len() + 64);
+    let found = crate::table::found_where(&records, |f| {
+        seen.push(f.pid);
+        f.changes(snap.get(f.pid), started)
+    });
+    drop(records);
+    tracing::debug!(
+        tasks,
+        iter_us,
+        changed = found.len(),
+        us = t0.elapsed().as_micros() as u64,
+        "task iterator pass"
+    );
+    let mut gc_dropped = 0;
+    let mut map_pids = None;
+    if gc && !seen.is_empty() {
+        let seen: HashSet<u32> = seen.iter().copied().collect();
+        if let Ok(mut k) = kernel.lock() {
+            match k.gc(&seen, started) {
+                Ok((n, kept)) => {
+                    gc_dropped = n;
+                    map_pids = Some(kept);
+                    if n > 0 {
+                        tracing::debug!(entries = n, "dropped stale process-map entries");
+                    }
+                }
+                Err(e) => tracing::warn!("process-map gc failed: {e}"),
+            }
+        }
+    }
+    let mut all = All {
+        found,
+        seen,
+        tasks,
+        iter_us,
+        procfs: Vec::new(),
+        procfs_gone: Vec::new(),
+        gc_dropped,
+        map_pids: None,
+    };
+    if all.seen.is_empty() {
+        // Never apply an empty snapshot: it would declare every process gone.
+        return all;
+    }
+    all.map_pids = map_pids;
+    let procfs_known: Vec<u32> = snap
+        .processes
+        .iter()
         .filter(|p| p.origin == crate::table::Origin::Procfs)
         .map(|p| p.pid)
         .collect();
+    all.procfs = procfs_known
+        .iter()
+        .map(|&pid| procfs::records(pid, ns_per_tick))
+        .filter(|r| !r.is_empty())
+        .collect();
+    all.procfs_gone = procfs_known
+        .iter()
+        .copied()
+        .filter(|pid| !all.procfs.iter().any(|r| r[0].tgid == *pid))
+        .collect();
+    all
+}
+
+/// A read of one process costs about this many times its share of a pass (~8 µs against
+/// ~2.5 µs a task): past this fraction of the table, a refresh of what ran reads every task.
+const READS_PER_PASS: usize = 3;
+
+/// Starts a refresh of the processes that ran off the actor. `snap` is the table as it is:
+/// which processes only /proc shows, and whose children to read again. Falls back to a pass
+/// over every task when the marks were lost, a read failed, or so many ran that a pass is
+/// cheaper.
+fn start_ran<K: TaskSource>(
+    ran: Arc<dyn Ran>,
+    kernel: Arc<Mutex<K>>,
+    snap: Arc<Snapshot>,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<Msg>,
+    ns_per_tick: u64,
+) {
     tokio::task::spawn_blocking(move || {
-        trim_heap();
         let started = clock.boot_ns();
         let t0 = Instant::now();
-        let records = match kernel.lock().map(|mut k| k.tasks(gc)) {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::warn!("task iterator failed: {e}");
-                Vec::new()
+        let read = match read_ran(&*ran, &snap, ns_per_tick) {
+            Some(reads) => Read::Ran(reads),
+            None => {
+                trim_heap();
+                Read::All(read_all(
+                    &kernel,
+                    Some(&*ran),
+                    started,
+                    false,
+                    &snap,
+                    ns_per_tick,
+                ))
             }
-            Err(_) => Vec::new(),
         };
         let took_us = t0.elapsed().as_micros() as u64;
-        tracing::debug!(tasks = records.len(), us = took_us, "task iterator pass");
-        let mut gc_dropped = 0;
-        let mut map_pids = None;
-        if gc && !records.is_empty() {
-            let seen: HashSet<u32> = records.iter().map(|r| r.tgid).collect();
-            if let Ok(mut k) = kernel.lock() {
-                match k.gc(&seen, started) {
-                    Ok((n, kept)) => {
-                        gc_dropped = n;
-                        map_pids = Some(kept);
-                        if n > 0 {
-                            tracing::debug!(entries = n, "dropped stale process-map entries");
-                        }
-                    }
-                    Err(e) => tracing::warn!("process-map gc failed: {e}"),
-                }
-            }
+        if let Read::Ran(reads) = &read {
+            tracing::debug!(processes = reads.len(), us = took_us, "read what ran");
         }
-        if records.is_empty() {
-            // Never apply an empty snapshot: it would declare every process gone.
-            let _ = tx.blocking_send(Msg::Refreshed(Pass {
-                started: 0,
-                took_us,
-                records: Vec::new(),
-                procfs: Vec::new(),
-                procfs_gone: Vec::new(),
-                gc_dropped,
-                map_pids: None,
-            }));
-            return;
-        }
-        let procfs: Vec<_> = procfs_known
-            .iter()
-            .map(|&pid| procfs::records(pid, ns_per_tick))
-            .filter(|r| !r.is_empty())
-            .collect();
-        let procfs_gone = procfs_known
-            .iter()
-            .copied()
-            .filter(|pid| !procfs.iter().any(|r| r[0].tgid == *pid))
-            .collect();
         let _ = tx.blocking_send(Msg::Refreshed(Pass {
             started,
             took_us,
-            records,
-            procfs,
-            procfs_gone,
-            gc_dropped,
-            map_pids,
+            ran: true,
+            read,
         }));
     });
+}
+
+/// Each process that ran since the last refresh, read on its own; `None` if only a pass over
+/// every task will do.
+fn read_ran(ran: &dyn Ran, snap: &Snapshot, ns_per_tick: u64) -> Option<Vec<Found>> {
+    let pids = match ran.take() {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            tracing::debug!("a mark did not fit: reading every task");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("reading which processes ran: {e}");
+            return None;
+        }
+    };
+    if pids.len() > (snap.processes.len() / READS_PER_PASS).max(16) {
+        tracing::debug!(
+            ran = pids.len(),
+            of = snap.processes.len(),
+            "so many ran that a pass is cheaper"
+        );
+        return None;
+    }
+    let read = |pid: u32| -> Option<Vec<TaskRecord>> {
+        if snap
+            .get(pid)
+            .is_some_and(|p| p.origin == crate::table::Origin::Procfs)
+        {
+            return Some(procfs::records(pid, ns_per_tick));
+        }
+        ran.process(pid)
+            .inspect_err(|e| tracing::warn!(pid, "reading one process's tasks: {e}"))
+            .ok()
+    };
+    let mut reads = Vec::with_capacity(pids.len());
+    let mut ended = HashSet::new();
+    for pid in pids {
+        let tasks = read(pid)?;
+        if tasks
+            .iter()
+            .find(|t| t.tid == pid)
+            .is_none_or(|l| l.exit_state != 0)
+        {
+            ended.insert(pid);
+        }
+        reads.push((pid, tasks));
+    }
+    if !ended.is_empty() {
+        // A process's children are given another parent before its last switch, which set
+        // its mark: read them again too (reparenting has no event).
+        let done: HashSet<u32> = reads.iter().map(|(pid, _)| *pid).collect();
+        let orphans: Vec<u32> = snap
+            .processes
+            .chunks()
+            .iter()
+            .flat_map(|c| c.ppids().iter().zip(c.processes()))
+            .filter(|(ppid, p)| ended.contains(*ppid) && !done.contains(&p.pid))
+            .map(|(_, p)| p.pid)
+            .collect();
+        for pid in orphans {
+            reads.push((pid, read(pid)?));
+        }
+    }
+    Some(
+        reads
+            .iter()
+            .flat_map(|(_, tasks)| crate::table::found(tasks))
+            .collect(),
+    )
 }
 
 /// Hands freed heap pages back to the kernel, at most every few seconds. By itself glibc
@@ -567,23 +897,8 @@ fn trim_heap() {
 }
 
 fn start_identities(table: &ProcessTable, pids: Vec<u32>, tx: mpsc::Sender<Msg>) {
-    let wanted: Vec<(u32, u64)> = pids
-        .into_iter()
-        .filter_map(|pid| table.get(pid).map(|p| (pid, p.start_boottime)))
-        .collect();
+    let wanted = super::wanted(table, pids);
     tokio::task::spawn_blocking(move || {
-        let list = wanted
-            .into_iter()
-            .map(|(pid, start)| {
-                let (cmdline, exe) = procfs::identity(pid);
-                Identity {
-                    pid,
-                    start,
-                    cmdline,
-                    exe,
-                }
-            })
-            .collect();
-        let _ = tx.blocking_send(Msg::Identities(list));
+        let _ = tx.blocking_send(Msg::Identities(super::read_identities(wanted)));
     });
 }

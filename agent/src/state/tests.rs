@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     AgentStats, Config, Latest, Msg, Snapshot,
-    actor::{Actor, Clock, GC_EVERY, TaskSource, Wiring},
+    actor::{Actor, Clock, GC_EVERY, Ran, TaskSource, Wiring},
 };
 use crate::{
     groups::{GroupBy, Grouping, Ledger, Names},
@@ -72,6 +72,10 @@ impl TaskSource for Fake {
 
     fn task_reader(&self) -> Result<TaskReader, KernelError> {
         Err(KernelError::Iter("no one-process reads here".into()))
+    }
+
+    fn ran(&mut self) -> Option<Arc<dyn Ran>> {
+        None
     }
 }
 
@@ -128,9 +132,58 @@ struct Rig {
     _others: mpsc::Receiver<Msg>,
 }
 
+/// A kernel that marks which processes ran: `take` returns what `ran` holds (and empties it),
+/// `process` what `now` holds for the pid.
+#[derive(Default)]
+struct FakeRan {
+    ran: Mutex<Option<Vec<u32>>>,
+    now: Mutex<std::collections::HashMap<u32, Vec<TaskRecord>>>,
+    reads: AtomicU64,
+    clears: AtomicU64,
+}
+
+impl FakeRan {
+    /// `pids` ran (`None`: a mark was lost).
+    fn ran(&self, pids: Option<&[u32]>) {
+        *self.ran.lock().unwrap() = pids.map(<[u32]>::to_vec);
+    }
+
+    /// What a read of `pid` returns from now on.
+    fn set(&self, pid: u32, tasks: Vec<TaskRecord>) {
+        self.now.lock().unwrap().insert(pid, tasks);
+    }
+}
+
+impl Ran for FakeRan {
+    fn take(&self) -> Result<Option<Vec<u32>>, KernelError> {
+        Ok(self.ran.lock().unwrap().replace(Vec::new()))
+    }
+
+    fn clear(&self) {
+        self.clears.fetch_add(1, Ordering::SeqCst);
+        *self.ran.lock().unwrap() = Some(Vec::new());
+    }
+
+    fn process(&self, pid: u32) -> Result<Vec<TaskRecord>, KernelError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        Ok(self
+            .now
+            .lock()
+            .unwrap()
+            .get(&pid)
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
 impl Rig {
     /// An actor whose table holds `backfill`, read at `BOOT`, as `spawn` leaves it.
     fn new(backfill: &[TaskRecord]) -> Self {
+        Self::with_ran(backfill, None)
+    }
+
+    /// As `new`, with a kernel that marks which processes ran.
+    fn with_ran(backfill: &[TaskRecord], ran: Option<Arc<FakeRan>>) -> Self {
         let clock = Arc::new(FakeClock {
             base: Instant::now(),
             elapsed_ns: AtomicU64::new(0),
@@ -149,6 +202,7 @@ impl Rig {
             tx,
             passes: passes_tx,
             events: broadcast::channel(64).0,
+            ran: ran.map(|r| r as Arc<dyn Ran>),
         };
         let cfg = Config {
             exited_cap: 64,
@@ -218,6 +272,26 @@ impl Rig {
         rx.try_recv().expect("stats are answered at once")
     }
 
+    /// Waits for the running refresh of what ran, and applies its result.
+    async fn finish_ran(&mut self) {
+        let msg = self.ran_result().await;
+        self.actor.handle(msg);
+    }
+
+    /// Waits for the running refresh of what ran, without applying its result.
+    async fn ran_result(&mut self) -> Msg {
+        assert!(
+            self.actor.ran_running(),
+            "no refresh of what ran was started"
+        );
+        let msg = tokio::time::timeout(Duration::from_secs(10), self.passes.recv())
+            .await
+            .expect("the refresh finishes")
+            .expect("the passes channel is open");
+        assert!(matches!(msg, Msg::Refreshed(_)));
+        msg
+    }
+
     /// Waits for the running pass's result, without applying it.
     async fn pass_result(&mut self) -> Msg {
         assert!(self.actor.pass_running(), "no pass was started");
@@ -256,7 +330,7 @@ async fn a_question_within_the_bound_is_answered_from_the_table() {
     rig.advance(Duration::from_millis(60));
     let snap = rig.ask_now(MAX_AGE);
     assert_eq!(snap.refreshed_at, BOOT);
-    assert_eq!(snap.get(A).unwrap().tasks[0].utime, 5);
+    assert_eq!(snap.get(A).unwrap().tasks.to_vec()[0].utime, 5);
     // Exactly at the bound is still within it; a question that takes numbers of any age is
     // answered however old they are.
     rig.advance(Duration::from_millis(40));
@@ -291,7 +365,7 @@ async fn an_older_question_waits_for_one_pass_that_every_waiter_shares() {
     );
     assert!(Arc::ptr_eq(&a, &b) && Arc::ptr_eq(&a, &c));
     assert_eq!(a.refreshed_at, BOOT + 150 * MS);
-    assert_eq!(a.get(A).unwrap().tasks[0].utime, 7);
+    assert_eq!(a.get(A).unwrap().tasks.to_vec()[0].utime, 7);
     assert_eq!(rig.fake().passes, 1);
     rig.no_pass();
     // The pass's numbers now answer the next question at once.
@@ -484,7 +558,7 @@ async fn events_between_a_pass_and_its_result_are_kept() {
     // A takes the pass's numbers but keeps the name its newer rename gave it.
     let a = snap.get(A).unwrap();
     assert_eq!(a.comm, b"renamed");
-    assert_eq!(a.tasks[0].utime, 9);
+    assert_eq!(a.tasks.to_vec()[0].utime, 9);
     let t = rig.stats().table;
     assert_eq!(
         (t.lost_exits, t.found_by_rescan, t.identity_repairs),
@@ -520,4 +594,176 @@ async fn the_process_map_is_swept_with_a_pass_every_gc_period() {
     rig.finish_pass().await;
     assert_eq!(rig.fake().sweeps, 1);
     assert_eq!(rig.fake().passes, 3);
+}
+
+#[tokio::test]
+async fn a_stale_question_reads_only_the_processes_that_ran_never_a_pass() {
+    let ran = Arc::new(FakeRan::default());
+    let mut rig = Rig::with_ran(&[record(A, 10, 5), record(B, 20, 5)], Some(ran.clone()));
+    rig.advance(Duration::from_millis(150));
+    // A ran (its CPU time moved); B slept, and what a pass would read of it is the same.
+    ran.ran(Some(&[A]));
+    ran.set(A, vec![record(A, 10, 9)]);
+    rig.fake().records = vec![record(A, 10, 9), record(B, 20, 5)];
+    let mut q = rig.ask(MAX_AGE);
+    assert!(waiting(&mut q));
+    assert!(!rig.actor.pass_running(), "no pass over every task");
+    rig.finish_ran().await;
+    let snap = answered(&mut q);
+    assert_eq!(snap.refreshed_at, BOOT + 150 * MS);
+    assert_eq!(snap.get(A).unwrap().tasks.to_vec()[0].utime, 9);
+    assert_eq!(snap.get(B).unwrap().tasks.to_vec()[0].utime, 5);
+    assert_eq!(ran.reads.load(Ordering::SeqCst), 1, "B was not read");
+    // One process's numbers are still as of the last pass over every task.
+    assert_eq!(snap.full_at, BOOT);
+    assert_eq!(rig.fake().passes, 0);
+    let stats = rig.stats();
+    assert_eq!((stats.partial_refreshes, stats.partial_reads), (1, 1));
+    // Within the bound, the next question is answered at once.
+    rig.advance(Duration::from_millis(50));
+    rig.ask_now(MAX_AGE);
+}
+
+#[tokio::test]
+async fn an_unchanged_refresh_shares_the_processes_of_the_last_snapshot() {
+    let ran = Arc::new(FakeRan::default());
+    let mut rig = Rig::with_ran(&[record(A, 10, 5)], Some(ran.clone()));
+    let before = rig.ask_now(MAX_AGE);
+    rig.advance(Duration::from_millis(150));
+    // Something ran, and read the same as before: the table did not change.
+    ran.ran(Some(&[A]));
+    ran.set(A, vec![record(A, 10, 5)]);
+    let mut q = rig.ask(MAX_AGE);
+    rig.finish_ran().await;
+    let after = answered(&mut q);
+    assert_eq!(after.refreshed_at, BOOT + 150 * MS);
+    assert_eq!(after.version, before.version);
+    assert!(Arc::ptr_eq(&after.listing_json, &before.listing_json));
+    assert!(Arc::ptr_eq(after.get(A).unwrap(), before.get(A).unwrap()));
+}
+
+#[tokio::test]
+async fn children_of_a_process_that_ended_are_read_again_for_their_new_parent() {
+    let ran = Arc::new(FakeRan::default());
+    let mut child = record(C, 30, 1);
+    child.ppid = B;
+    let mut rig = Rig::with_ran(
+        &[record(A, 10, 5), record(B, 20, 5), child],
+        Some(ran.clone()),
+    );
+    let snap = rig.ask_now(MAX_AGE);
+    assert_eq!(snap.get(C).unwrap().ppid, B);
+    rig.advance(Duration::from_millis(150));
+    // B exited (its last switch marked it); its sleeping child was handed to A meanwhile,
+    // which no event says and the child's own marks would not (it did not run).
+    ran.ran(Some(&[B]));
+    let mut moved = child;
+    moved.ppid = A;
+    ran.set(C, vec![moved]);
+    let mut q = rig.ask(MAX_AGE);
+    rig.finish_ran().await;
+    let snap = answered(&mut q);
+    assert_eq!(snap.get(C).unwrap().ppid, A);
+    // B's own end is the events' to tell: read empty, it stays until they do.
+    assert!(snap.get(B).is_some());
+}
+
+#[tokio::test]
+async fn lost_marks_or_too_many_processes_that_ran_make_a_pass() {
+    let ran = Arc::new(FakeRan::default());
+    let mut rig = Rig::with_ran(&[record(A, 10, 5), record(B, 20, 5)], Some(ran.clone()));
+    rig.advance(Duration::from_millis(150));
+    // A process beyond the marks' map ran: only a pass can say which.
+    ran.ran(None);
+    rig.fake().records = vec![record(A, 10, 7), record(B, 20, 7)];
+    let mut q = rig.ask(MAX_AGE);
+    rig.finish_ran().await;
+    let snap = answered(&mut q);
+    assert_eq!(rig.fake().passes, 1);
+    assert_eq!(snap.get(B).unwrap().tasks.to_vec()[0].utime, 7);
+    assert_eq!(snap.full_at, BOOT + 150 * MS);
+    assert_eq!(
+        ran.clears.load(Ordering::SeqCst),
+        1,
+        "the pass clears the marks first"
+    );
+    assert_eq!(ran.reads.load(Ordering::SeqCst), 0);
+    assert!(!rig.actor.ran_running() && !rig.actor.pass_running());
+    // Past a third of the table read one by one, a pass is cheaper: one is made instead
+    // (the table here is small, so it takes more than 16).
+    let many: Vec<u32> = (1..=17).map(|i| A + 100 + i).collect();
+    rig.advance(Duration::from_millis(150));
+    ran.ran(Some(&many));
+    let mut q = rig.ask(MAX_AGE);
+    rig.finish_ran().await;
+    answered(&mut q);
+    assert_eq!(rig.fake().passes, 2);
+    assert_eq!(ran.reads.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_pass_runs_in_the_background_every_gc_period_and_no_question_waits_for_it() {
+    let ran = Arc::new(FakeRan::default());
+    let mut rig = Rig::with_ran(&[record(A, 10, 5)], Some(ran.clone()));
+    rig.ask_now(MAX_AGE);
+    rig.advance(GC_EVERY);
+    // Someone asked within the period: a pass brings up to date what no mark tells of.
+    rig.ask(Duration::from_secs(60));
+    rig.tick();
+    assert!(rig.actor.pass_running());
+    let pass = rig.pass_result().await;
+    // A question meanwhile reads what ran; it does not wait for the pass.
+    rig.advance(Duration::from_millis(150));
+    ran.ran(Some(&[A]));
+    ran.set(A, vec![record(A, 10, 8)]);
+    let mut q = rig.ask(MAX_AGE);
+    rig.finish_ran().await;
+    let snap = answered(&mut q);
+    assert_eq!(snap.get(A).unwrap().tasks.to_vec()[0].utime, 8);
+    // The pass, begun before that read, lands with older numbers: they do not undo it.
+    rig.actor.handle(pass);
+    let snap = rig.ask_now(MAX_AGE);
+    assert_eq!(snap.get(A).unwrap().tasks.to_vec()[0].utime, 8);
+    assert_eq!(
+        snap.refreshed_at,
+        BOOT + GC_EVERY.as_nanos() as u64 + 150 * MS
+    );
+    assert_eq!(snap.full_at, BOOT + GC_EVERY.as_nanos() as u64);
+    assert_eq!(rig.fake().sweeps, 1, "the map's sweep rides along");
+    // Nobody asks any more: no more passes, however long the agent idles.
+    for _ in 0..3 {
+        rig.advance(GC_EVERY);
+        rig.tick();
+        rig.no_pass();
+    }
+}
+
+#[tokio::test]
+async fn a_question_asked_while_a_refresh_runs_waits_for_the_next_one() {
+    let ran = Arc::new(FakeRan::default());
+    let mut rig = Rig::with_ran(&[record(A, 10, 5)], Some(ran.clone()));
+    rig.advance(Duration::from_millis(150));
+    ran.ran(Some(&[A]));
+    ran.set(A, vec![record(A, 10, 6)]);
+    let mut first = rig.ask(MAX_AGE);
+    let result = rig.ran_result().await;
+    // A ran again after the refresh read it; a question now must see that.
+    rig.advance(Duration::from_millis(10));
+    let mut second = rig.ask(MAX_AGE);
+    ran.ran(Some(&[A]));
+    ran.set(A, vec![record(A, 10, 7)]);
+    rig.actor.handle(result);
+    assert_eq!(
+        answered(&mut first).get(A).unwrap().tasks.to_vec()[0].utime,
+        6
+    );
+    assert!(
+        waiting(&mut second),
+        "the refresh began before the question"
+    );
+    rig.finish_ran().await;
+    assert_eq!(
+        answered(&mut second).get(A).unwrap().tasks.to_vec()[0].utime,
+        7
+    );
 }

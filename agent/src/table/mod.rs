@@ -3,7 +3,7 @@
 //! pid reuse, a snapshot racing live events); the actor in `state` only feeds it.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::Arc,
 };
 
@@ -11,11 +11,15 @@ use bpfproc_common::{TaskRecord, cstr};
 
 use crate::kernel::KernelEvent;
 
+mod live;
 mod process;
+mod tasks;
+pub use live::{Chunk, Live};
 pub use process::{
     ExitInfo, Origin, Process, ShownTimes, Totals, cputime_adjust, keep_shown_cpu_times, task_name,
 };
 use process::{edit, next_rev};
+pub use tasks::Tasks;
 
 /// A process that has exited: what /proc can no longer show.
 pub type Exited = Arc<Process>;
@@ -53,7 +57,7 @@ pub enum Change {
 }
 
 pub struct ProcessTable {
-    live: BTreeMap<u32, Arc<Process>>,
+    live: Live,
     exited: VecDeque<Exited>,
     exited_cap: usize,
     /// pid → start of processes that are gone, so a snapshot taken before they went cannot
@@ -66,7 +70,7 @@ pub struct ProcessTable {
 impl ProcessTable {
     pub fn new(exited_cap: usize) -> Self {
         Self {
-            live: BTreeMap::new(),
+            live: Live::default(),
             exited: VecDeque::with_capacity(exited_cap.min(65536)),
             exited_cap: exited_cap.max(1),
             tombstones: HashMap::new(),
@@ -80,7 +84,7 @@ impl ProcessTable {
         self.version
     }
 
-    pub fn live(&self) -> &BTreeMap<u32, Arc<Process>> {
+    pub fn live(&self) -> &Live {
         &self.live
     }
 
@@ -130,7 +134,7 @@ impl ProcessTable {
                 let pid = entry.task.tgid;
                 self.retire_if_reused(pid, entry.task.start_boottime, *ts);
                 self.tombstones.remove(&pid);
-                let slot = self.live.entry(pid).or_insert_with(|| {
+                let slot = self.live.get_or_insert_with(pid, || {
                     Arc::new(Process::from_task(&entry.task, *ts, Origin::Event))
                 });
                 let p = edit(slot);
@@ -277,79 +281,43 @@ impl ProcessTable {
         first: bool,
         alive: &dyn Fn(u32, u64) -> bool,
     ) -> Vec<u32> {
+        let found = found(records);
+        let seen: Vec<u32> = found.iter().map(|f| f.pid).collect();
+        self.apply_found(started, found, &seen, first, alive)
+    }
+
+    /// As `apply_snapshot_checked`, for a pass whose records were grouped by process
+    /// (`found`) and may leave out processes that would not change (`Found::changes`): `seen`
+    /// is every process the pass found, in pid order.
+    pub fn apply_found(
+        &mut self,
+        started: u64,
+        found: Vec<Found>,
+        seen: &[u32],
+        first: bool,
+        alive: &dyn Fn(u32, u64) -> bool,
+    ) -> Vec<u32> {
         self.version += 1;
         self.counters.snapshots += 1;
-        // Group the pass's records by process without copying them: sort (tgid, leader first,
-        // tid, index) and walk the runs. Most processes have one thread, and for them nothing
-        // is allocated unless they changed. (A BTreeMap of per-process Vecs cost ~1 µs a process,
-        // 11 ms a pass at 10,000.)
-        let mut order: Vec<(u32, bool, u32, u32)> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.tgid, r.tid != r.tgid, r.tid, i as u32))
-            .collect();
-        order.sort_unstable();
         let mut needs_identity = Vec::new();
-        // Ascending, since `order` is: membership is a binary search.
-        let mut seen: Vec<u32> = Vec::with_capacity(order.len());
-        let mut threads: Vec<TaskRecord> = Vec::new();
-        let mut rest = order.as_slice();
-        while let Some(&(pid, ..)) = rest.first() {
-            let n = rest.iter().take_while(|o| o.0 == pid).count();
-            let (run, tail) = rest.split_at(n);
-            rest = tail;
-            let tasks: &[TaskRecord] = if n == 1 {
-                std::slice::from_ref(&records[run[0].3 as usize])
-            } else {
-                threads.clear();
-                threads.extend(run.iter().map(|o| records[o.3 as usize]));
-                let leader = threads[0];
-                if leader.tid == pid {
-                    for t in &mut threads[1..] {
-                        inherit_group_fields(t, &leader);
-                    }
-                }
-                &threads
-            };
-            let leader = tasks[0];
+        for f in found {
+            let (pid, leader) = (f.pid, f.leader);
             if let Some(&(start, _)) = self.tombstones.get(&pid)
                 && start == leader.start_boottime
             {
                 continue;
             }
-            seen.push(pid);
-            match self.live.get_mut(&pid) {
+            match self.live.get(&pid) {
                 Some(slot) if slot.start_boottime == leader.start_boottime => {
-                    // Reparenting has no event; the snapshot is the source.
-                    let from_snapshot = record_ids(&leader);
-                    let older = slot.event_ts < started;
-                    let reparented = older && process_ids(slot) != from_snapshot;
-                    // A name the events never gave: an exec (or rename) record was lost, or is
-                    // still in the ring. Either way the snapshot is newer, and argv and exe are
-                    // re-read so a lost exec does not leave the parent's image on the child
-                    // for good.
-                    let comm = cstr(&leader.comm);
-                    let renamed = older && !slot.kthread && comm != slot.comm.as_slice();
-                    // Most processes sleep between two passes: leaving them untouched keeps
-                    // their revision, so everything rendered from them stays valid (and the
-                    // entry is not copied away from the snapshots that share it).
-                    if !reparented && !renamed && same_records(&slot.tasks, tasks) {
-                        continue;
+                    // Looked at before it is changed: most are not, and a change copies the
+                    // entry's chunk away from the snapshots that share it.
+                    if let Some(retake) = Retake::of(slot, &f, started) {
+                        let slot = self.live.get_mut(&pid).expect("just found");
+                        if retake.apply(slot, f.tasks, started) {
+                            needs_identity.push(pid);
+                            self.counters.identity_repairs += 1;
+                        }
                     }
-                    let p = edit(slot);
-                    if reparented {
-                        (p.ppid, p.uid, p.gid, p.euid, p.egid) = from_snapshot;
-                    }
-                    if renamed {
-                        p.comm = comm.to_vec();
-                        // set_identity fills exe only where none is known.
-                        p.exe = None;
-                        p.needs_identity = true;
-                        needs_identity.push(pid);
-                        self.counters.identity_repairs += 1;
-                    }
-                    p.tasks = tasks.to_vec();
-                    p.refreshed_at = started;
                 }
                 Some(slot) if slot.event_ts >= started => {
                     // The live entry is a newer process than the snapshot saw.
@@ -358,7 +326,7 @@ impl ProcessTable {
                     self.retire_if_reused(pid, leader.start_boottime, started);
                     let origin = Origin::Iterator;
                     let mut p = Process::from_record(&leader, started, origin);
-                    p.tasks = tasks.to_vec();
+                    p.tasks = f.tasks;
                     p.refreshed_at = started;
                     if p.needs_identity {
                         needs_identity.push(pid);
@@ -373,16 +341,21 @@ impl ProcessTable {
             }
         }
         // Whatever the snapshot did not see, and no event touched since it began, is gone.
-        let gone: Vec<u32> = self
-            .live
-            .iter()
-            .filter(|(pid, p)| {
-                seen.binary_search(pid).is_err()
+        // Both lists are in pid order: walked side by side, and an entry is looked at only
+        // if the pass did not see its pid.
+        let mut gone: Vec<u32> = Vec::new();
+        let mut seen_at = 0;
+        for chunk in self.live.chunks() {
+            for (pid, p) in chunk.pids().iter().zip(chunk.processes()) {
+                seen_at += seen[seen_at..].partition_point(|s| s < pid);
+                if seen.get(seen_at) != Some(pid)
                     && p.event_ts < started
                     && p.origin != Origin::Procfs
-            })
-            .map(|(pid, _)| *pid)
-            .collect();
+                {
+                    gone.push(*pid);
+                }
+            }
+        }
         for pid in gone {
             if let Some(slot) = self.live.get_mut(&pid)
                 && slot.exit.is_none()
@@ -403,6 +376,34 @@ impl ProcessTable {
         needs_identity
     }
 
+    /// Applies what a refresh begun at boot-clock `started` read of the processes that ran
+    /// since the last one: each process's tasks, read on its own (`found`). Processes not read
+    /// keep their numbers, which did not move. A process read empty, or as another process
+    /// (it ended, or its pid was reused), is left to the events, which tell which. Returns the
+    /// pids whose argv and exe must be read again (as `apply_snapshot`).
+    pub fn apply_reads(&mut self, started: u64, reads: Vec<Found>) -> Vec<u32> {
+        let mut needs_identity = Vec::new();
+        for f in reads {
+            let pid = f.pid;
+            let Some(slot) = self.live.get(&pid) else {
+                continue;
+            };
+            if f.leader.tid != pid || f.leader.start_boottime != slot.start_boottime {
+                continue;
+            }
+            let Some(retake) = Retake::of(slot, &f, started) else {
+                continue;
+            };
+            self.version += 1;
+            let slot = self.live.get_mut(&pid).expect("just found");
+            if retake.apply(slot, f.tasks, started) {
+                needs_identity.push(pid);
+                self.counters.identity_repairs += 1;
+            }
+        }
+        needs_identity
+    }
+
     /// Adds or refreshes a process the iterator cannot see, from a record built out of /proc.
     pub fn upsert_procfs(&mut self, tasks: &[TaskRecord], at: u64) -> bool {
         self.version += 1;
@@ -414,14 +415,14 @@ impl ProcessTable {
             !matches!(self.live.get(&pid), Some(p) if p.start_boottime == rec.start_boottime);
         if fresh {
             let mut p = Process::from_record(rec, at, Origin::Procfs);
-            p.tasks = tasks.to_vec();
+            p.tasks = Tasks::new(tasks);
             p.refreshed_at = at;
             self.live.insert(pid, Arc::new(p));
             self.counters.backfilled += 1;
         } else if let Some(slot) = self.live.get_mut(&pid) {
             let p = edit(slot);
             p.ppid = rec.ppid;
-            p.tasks = tasks.to_vec();
+            p.tasks = Tasks::new(tasks);
             p.refreshed_at = at;
         }
         fresh
@@ -482,7 +483,8 @@ pub fn refreshed(
     // As in a pass: a name no event gave is taken from the kernel, but argv and exe wait for
     // the next pass, which re-reads them.
     let renamed = !base.kthread && comm != base.comm.as_slice();
-    if !renamed && ids == process_ids(base) && same_records(&base.tasks, &records) {
+    let tasks = Tasks::new(&records);
+    if !renamed && ids == process_ids(base) && base.tasks == tasks {
         return Some(base.clone());
     }
     let mut p = Process::clone(base);
@@ -491,9 +493,126 @@ pub fn refreshed(
     if renamed {
         p.comm = comm.to_vec();
     }
-    p.tasks = records;
+    p.tasks = tasks;
     p.refreshed_at = at;
     Some(Arc::new(p))
+}
+
+/// What laying a process's tasks, read at or after boot-clock `started`, over its entry (a
+/// pass or a refresh of what ran) changes in it, besides the tasks.
+struct Retake {
+    /// Reparenting has no event, nor has a change of ids between execs: the read is the
+    /// source.
+    ids: Option<Ids>,
+    /// A name the events never gave: an exec (or rename) record was lost, or is still in the
+    /// ring. Either way the read is newer, and argv and exe are re-read so a lost exec does
+    /// not leave the parent's image on the child for good.
+    renamed: Option<Vec<u8>>,
+}
+
+impl Retake {
+    /// `None` if `f` leaves `p` as it is.
+    fn of(p: &Process, f: &Found, started: u64) -> Option<Self> {
+        if p.refreshed_at > started {
+            // Read again since (by a refresh of what ran, while this pass went on): newer.
+            return None;
+        }
+        let ids = record_ids(&f.leader);
+        let older = p.event_ts < started;
+        let ids = (older && process_ids(p) != ids).then_some(ids);
+        let comm = cstr(&f.leader.comm);
+        let renamed = (older && !p.kthread && comm != p.comm.as_slice()).then(|| comm.to_vec());
+        // Most processes sleep between two reads: leaving them untouched keeps their
+        // revision, so everything rendered from them stays valid.
+        if ids.is_none() && renamed.is_none() && p.tasks == f.tasks {
+            return None;
+        }
+        Some(Self { ids, renamed })
+    }
+
+    /// Applies it, and `tasks`, to `slot`; returns whether argv and exe must be read again.
+    fn apply(self, slot: &mut Arc<Process>, tasks: Tasks, started: u64) -> bool {
+        let p = edit(slot);
+        if let Some(ids) = self.ids {
+            (p.ppid, p.uid, p.gid, p.euid, p.egid) = ids;
+        }
+        let renamed = self.renamed.is_some();
+        if let Some(comm) = self.renamed {
+            p.comm = comm;
+            // set_identity fills exe only where none is known.
+            p.exe = None;
+            p.needs_identity = true;
+        }
+        p.tasks = tasks;
+        p.refreshed_at = started;
+        renamed
+    }
+}
+
+/// One process as a read of the kernel found it: its tasks, the leader first and each thread
+/// with its leader's thread-group fields, encoded; and its leader's record.
+pub struct Found {
+    pub pid: u32,
+    pub leader: TaskRecord,
+    pub tasks: Tasks,
+}
+
+impl Found {
+    /// Whether laying this over `p` (the entry of the same pid, if any, in a table a pass
+    /// begun at `started` is applied to) would change anything: a pass that leaves out what
+    /// would not spares its apply, on the table's actor, a look at every process.
+    pub fn changes(&self, p: Option<&Arc<Process>>, started: u64) -> bool {
+        match p {
+            Some(p) if p.start_boottime == self.leader.start_boottime => {
+                Retake::of(p, self, started).is_some()
+            }
+            _ => true,
+        }
+    }
+}
+
+/// A read's records (of every task, or of some processes' tasks, in any order) by process, in
+/// pid order. Sorting indices groups them without copying a record (a BTreeMap of
+/// per-process Vecs cost ~1 µs a process, 11 ms a pass at 10,000).
+pub fn found(records: &[TaskRecord]) -> Vec<Found> {
+    found_where(records, |_| true)
+}
+
+/// As `found`, keeping only the processes `keep` says: a pass over every task keeps those the
+/// table would change, and does not hold a copy of every leader's record meanwhile.
+pub fn found_where(records: &[TaskRecord], mut keep: impl FnMut(&Found) -> bool) -> Vec<Found> {
+    let mut order: Vec<(u32, bool, u32, u32)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.tgid, r.tid != r.tgid, r.tid, i as u32))
+        .collect();
+    order.sort_unstable();
+    let mut out = Vec::new();
+    let mut threads: Vec<TaskRecord> = Vec::new();
+    let mut rest = order.as_slice();
+    while let Some(&(pid, ..)) = rest.first() {
+        let n = rest.iter().take_while(|o| o.0 == pid).count();
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        let leader = records[run[0].3 as usize];
+        let tasks = if n == 1 {
+            Tasks::new(std::slice::from_ref(&leader))
+        } else {
+            threads.clear();
+            threads.extend(run.iter().map(|o| records[o.3 as usize]));
+            if leader.tid == pid {
+                for t in &mut threads[1..] {
+                    inherit_group_fields(t, &leader);
+                }
+            }
+            Tasks::new(&threads)
+        };
+        let f = Found { pid, leader, tasks };
+        if keep(&f) {
+            out.push(f);
+        }
+    }
+    out
 }
 
 /// Parent and credentials: what a pass takes from the kernel, since no event reports a
@@ -545,21 +664,6 @@ fn inherit_group_fields(t: &mut TaskRecord, l: &TaskRecord) {
     t.full_name = [0; 64];
     t.wq_desc = [0; 32];
     t.wq_busy = 0;
-}
-
-/// Whether two passes read identical records (every field, the runtimes included).
-fn same_records(a: &[TaskRecord], b: &[TaskRecord]) -> bool {
-    fn bytes(t: &TaskRecord) -> &[u8] {
-        // SAFETY: TaskRecord is repr(C), Copy and made of integers with explicit padding
-        // fields (its size is pinned by a test in common), so every byte is initialised.
-        unsafe {
-            std::slice::from_raw_parts(
-                (t as *const TaskRecord).cast::<u8>(),
-                std::mem::size_of::<TaskRecord>(),
-            )
-        }
-    }
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| bytes(x) == bytes(y))
 }
 
 fn with_unknown_exit(p: &Process, ts: u64) -> Arc<Process> {
@@ -698,9 +802,9 @@ mod tests {
             p.tasks.iter().map(|r| r.tid).collect::<Vec<_>>(),
             [700, 703]
         );
-        assert_eq!(p.tasks[1].utime, 12);
+        assert_eq!(p.tasks.to_vec()[1].utime, 12);
         // A thread carries its group's fields from the leader, as after a pass.
-        assert_eq!(p.tasks[1].sig_utime, 55);
+        assert_eq!(p.tasks.to_vec()[1].sig_utime, 55);
         // The table itself is untouched: only a pass or an event changes it.
         assert_eq!(t.get(700).unwrap().rev, base.rev);
         // A new process on the reused pid, or none: only the table can say which.
@@ -805,7 +909,7 @@ mod tests {
         t.apply_snapshot(20, &[record(600, 600, 1, 5), busy], false);
         assert_eq!(t.get(600).unwrap().rev, rev600, "nothing changed");
         assert_ne!(t.get(601).unwrap().rev, rev601, "its runtime moved");
-        assert_eq!(t.get(601).unwrap().tasks[0].utime, busy.utime);
+        assert_eq!(t.get(601).unwrap().tasks.to_vec()[0].utime, busy.utime);
         // An untouched entry is still one the pass saw: it must not be taken for gone.
         t.apply_snapshot(30, &[record(600, 600, 1, 5), busy], false);
         assert!(t.get(600).is_some() && t.get(601).is_some());
@@ -836,7 +940,7 @@ mod tests {
         assert_eq!(t.counters.lost_exits, 1);
         let p = t.get(501).unwrap();
         assert_eq!(p.tasks.len(), 2, "threads are kept with the leader first");
-        assert_eq!(p.tasks[0].tid, 501);
+        assert_eq!(p.tasks.to_vec()[0].tid, 501);
         assert_eq!(t.counters.found_by_rescan, 1);
     }
 

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use bpfproc_common::{PF_KTHREAD, ProcEntry, TaskInfo, TaskRecord, cstr, pflag};
 
+use super::Tasks;
+
 /// How a live entry came to be known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,8 +67,8 @@ pub struct Process {
     pub exec_ts: Option<u64>,
     /// Set once the process has exited (a zombie until it is reaped).
     pub exit: Option<ExitInfo>,
-    /// The latest iterator record of every thread, the leader first.
-    pub tasks: Vec<TaskRecord>,
+    /// The latest iterator record of every thread, the leader first (encoded: `Tasks`).
+    pub tasks: Tasks,
     /// Boot-clock ns of the snapshot that last changed `tasks` (later ones found them equal).
     pub refreshed_at: u64,
     /// Boot-clock ns of the last event applied to this entry.
@@ -110,7 +112,7 @@ impl Process {
             origin,
             exec_ts: None,
             exit: None,
-            tasks: Vec::new(),
+            tasks: Tasks::default(),
             refreshed_at: 0,
             event_ts: ts,
             needs_identity: false,
@@ -136,7 +138,7 @@ impl Process {
             origin,
             exec_ts: None,
             exit: None,
-            tasks: Vec::new(),
+            tasks: Tasks::default(),
             refreshed_at: 0,
             event_ts: ts,
             needs_identity: rec.pf_flags & PF_KTHREAD == 0,
@@ -146,7 +148,7 @@ impl Process {
     }
 
     /// The leader's latest iterator record.
-    pub fn leader(&self) -> Option<&TaskRecord> {
+    pub fn leader(&self) -> Option<TaskRecord> {
         self.tasks.first()
     }
 
@@ -216,7 +218,7 @@ impl Process {
     pub fn name(&self) -> Vec<u8> {
         match self.leader() {
             Some(t) if t.start_boottime == self.start_boottime && cstr(&t.comm) == self.comm => {
-                task_name(t)
+                task_name(&t)
             }
             _ => self.comm.clone(),
         }
@@ -285,7 +287,7 @@ fn totals(p: &Process, t: &TaskRecord, whole: bool) -> Totals {
         maj_flt: t.sig_maj_flt,
         gtime: 0,
     };
-    for th in &p.tasks {
+    for th in p.tasks.iter() {
         ut += th.utime;
         st += th.stime;
         rt += th.sum_exec_runtime;

@@ -48,7 +48,7 @@ pub(crate) fn status_line(
     } else {
         flags.join(",")
     });
-    let sum = p.totals(t, true);
+    let sum = p.totals(&t, true);
     for ns in [host.boot_epoch_ns + p.start_boottime, sum.utime, sum.stime] {
         // `%jd,%ld`: microseconds are not zero-padded.
         let _ = write!(s, " {},{}", ns / 1_000_000_000, ns % 1_000_000_000 / 1000);
@@ -232,13 +232,14 @@ mod tests {
     #[test]
     fn status_has_every_field_of_the_manual() {
         let mut p = test_process();
-        let t = leader_mut(&mut p);
+        let mut t = leader_mut(&mut p);
         t.utime = 1_500_000_000;
         t.stime = 2_000_007_000;
         t.sum_exec_runtime = 3_500_007_000;
         t.ngroups = 2;
         t.groups[0] = 4;
         t.groups[1] = 27;
+        drop(t);
         // start_boottime is 2 s: 2 s after the boot epoch.
         let got = status(&p, &HOST, b"do_nanosleep\n").unwrap();
         assert_eq!(
@@ -251,10 +252,11 @@ mod tests {
     #[test]
     fn status_shows_the_tty_and_session_leader() {
         let mut p = test_process();
-        let t = leader_mut(&mut p);
+        let mut t = leader_mut(&mut p);
         t.sid = 4242;
         // /dev/pts/3: major 136, minor 3; and a minor above 255 (major 4, minor 300).
         t.tty_nr = (136 << 8) | 3;
+        drop(t);
         let got = String::from_utf8(status(&p, &HOST, b"0").unwrap()).unwrap();
         let fields: Vec<&str> = got.split(' ').collect();
         assert_eq!(&fields[4..7], ["4242", "136,3", "ctty,sldr"]);
@@ -313,7 +315,7 @@ mod tests {
     #[test]
     fn rlimit_uses_freebsd_names_in_order() {
         let mut p = test_process();
-        let t = leader_mut(&mut p);
+        let mut t = leader_mut(&mut p);
         t.rlim[2 * 7] = 1024; // RLIMIT_NOFILE
         t.rlim[2 * 7 + 1] = 524_288;
         t.rlim[2 * 3] = 8 << 20; // RLIMIT_STACK soft
@@ -321,6 +323,7 @@ mod tests {
         t.rlim[2 * 4 + 1] = 0;
         t.rlim[2 * 6] = 63_000; // RLIMIT_NPROC
         t.rlim[2 * 6 + 1] = 63_000;
+        drop(t);
         let got = String::from_utf8(rlimit(&p).unwrap()).unwrap();
         assert_eq!(
             got,

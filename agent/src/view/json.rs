@@ -64,7 +64,7 @@ pub fn process(p: &Process, host: &Host) -> ProcessJson {
     let leader = p.leader();
     let (mut utime, mut stime) = leader
         .map(|t| {
-            let sum = p.totals(t, true);
+            let sum = p.totals(&t, true);
             (sum.utime, sum.stime)
         })
         .unwrap_or((0, 0));

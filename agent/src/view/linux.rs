@@ -15,7 +15,7 @@ fn text_pages(t: &TaskRecord, host: &Host) -> u64 {
     end.saturating_sub(t.start_code / page * page) / page
 }
 
-fn leader(p: &Process) -> Result<&TaskRecord, ViewError> {
+fn leader(p: &Process) -> Result<TaskRecord, ViewError> {
     p.leader().ok_or(ViewError::NoProcess)
 }
 
@@ -32,7 +32,7 @@ fn rss_sum(t: &TaskRecord) -> (u64, u64, u64, u64) {
 
 /// `/proc/PID/stat`.
 pub fn stat(p: &Process, host: &Host) -> Result<Vec<u8>, ViewError> {
-    Ok(stat_line(p, leader(p)?, true, host))
+    Ok(stat_line(p, &leader(p)?, true, host))
 }
 
 /// `/proc/PID/task/TID/stat`.
@@ -42,7 +42,7 @@ pub fn task_stat(p: &Process, tid: u32, host: &Host) -> Result<Vec<u8>, ViewErro
         .iter()
         .find(|t| t.tid == tid)
         .ok_or(ViewError::NoFile)?;
-    Ok(stat_line(p, t, false, host))
+    Ok(stat_line(p, &t, false, host))
 }
 
 fn stat_line(p: &Process, t: &TaskRecord, whole: bool, host: &Host) -> Vec<u8> {
@@ -117,8 +117,8 @@ fn stat_line(p: &Process, t: &TaskRecord, whole: bool, host: &Host) -> Vec<u8> {
 /// `/proc/PID/statm`, in pages.
 pub fn statm(p: &Process, host: &Host) -> Result<Vec<u8>, ViewError> {
     let t = leader(p)?;
-    let text = text_pages(t, host);
-    let (file, anon, _, shmem) = rss_sum(t);
+    let text = text_pages(&t, host);
+    let (file, anon, _, shmem) = rss_sum(&t);
     Ok(format!(
         "{} {} {} {} 0 {} 0\n",
         t.total_vm,
@@ -159,7 +159,7 @@ pub fn task_comm(p: &Process, tid: u32) -> Result<Vec<u8>, ViewError> {
         .iter()
         .find(|t| t.tid == tid)
         .ok_or(ViewError::NoFile)?;
-    let mut out = crate::table::task_name(t);
+    let mut out = crate::table::task_name(&t);
     out.push(b'\n');
     Ok(out)
 }
@@ -187,7 +187,7 @@ fn kb(pages: u64, host: &Host) -> u64 {
 
 /// `/proc/PID/status`.
 pub fn status(p: &Process, host: &Host) -> Result<Vec<u8>, ViewError> {
-    status_of(p, host, leader(p)?, true)
+    status_of(p, host, &leader(p)?, true)
 }
 
 /// `/proc/PID/task/TID/status`.
@@ -197,7 +197,7 @@ pub fn task_status(p: &Process, host: &Host, tid: u32) -> Result<Vec<u8>, ViewEr
         .iter()
         .find(|t| t.tid == tid)
         .ok_or(ViewError::NoFile)?;
-    status_of(p, host, t, t.tid == t.tgid)
+    status_of(p, host, &t, t.tid == t.tgid)
 }
 
 fn status_of(p: &Process, host: &Host, t: &TaskRecord, whole: bool) -> Result<Vec<u8>, ViewError> {

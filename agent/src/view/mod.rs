@@ -162,7 +162,7 @@ pub(crate) fn test_process() -> Process {
         origin: crate::table::Origin::Event,
         exec_ts: Some(t.start_boottime),
         exit: None,
-        tasks: vec![t],
+        tasks: crate::table::Tasks::new(&[t]),
         refreshed_at: 0,
         event_ts: 0,
         needs_identity: false,
@@ -171,10 +171,40 @@ pub(crate) fn test_process() -> Process {
     }
 }
 
-/// The leader's record of a `test_process`, to change a field.
+/// The leader's record of a `test_process`, to change a field: written back when dropped.
 #[cfg(test)]
-pub(crate) fn leader_mut(p: &mut Process) -> &mut TaskRecord {
-    &mut p.tasks[0]
+pub(crate) fn leader_mut(p: &mut Process) -> LeaderMut<'_> {
+    let tasks = p.tasks.to_vec();
+    LeaderMut { p, tasks }
+}
+
+#[cfg(test)]
+pub(crate) struct LeaderMut<'a> {
+    p: &'a mut Process,
+    tasks: Vec<TaskRecord>,
+}
+
+#[cfg(test)]
+impl std::ops::Deref for LeaderMut<'_> {
+    type Target = TaskRecord;
+
+    fn deref(&self) -> &TaskRecord {
+        &self.tasks[0]
+    }
+}
+
+#[cfg(test)]
+impl std::ops::DerefMut for LeaderMut<'_> {
+    fn deref_mut(&mut self) -> &mut TaskRecord {
+        &mut self.tasks[0]
+    }
+}
+
+#[cfg(test)]
+impl Drop for LeaderMut<'_> {
+    fn drop(&mut self) {
+        self.p.tasks = crate::table::Tasks::new(&self.tasks);
+    }
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ pub fn state_name(letter: char) -> &'static str {
     }
 }
 
-fn leader(p: &Process) -> Result<&TaskRecord, ViewError> {
+fn leader(p: &Process) -> Result<TaskRecord, ViewError> {
     p.leader().ok_or(ViewError::NoProcess)
 }
 
@@ -69,7 +69,7 @@ fn put_num(out: &mut Vec<u8>, n: u64) {
 /// time is 0: Linux keeps no such sum (see the personality's page).
 pub fn status(p: &Process, user: &[u8], host: &Host, now_ns: u64) -> Result<Vec<u8>, ViewError> {
     let t = leader(p)?;
-    let sum = p.totals(t, true);
+    let sum = p.totals(&t, true);
     let ms = |ns: u64| ns / 1_000_000;
     let mut out = Vec::with_capacity(2 * KNAMELEN + STATESIZE + 7 * NUMSIZE);
     put_str(&mut out, &p.comm, KNAMELEN - 1, KNAMELEN);
@@ -196,7 +196,7 @@ pub fn proc_record(p: &Process) -> Result<Vec<u8>, ViewError> {
     // padding, so all of its bytes are initialised.
     let bytes = unsafe {
         std::slice::from_raw_parts(
-            (t as *const TaskRecord).cast::<u8>(),
+            (&t as *const TaskRecord).cast::<u8>(),
             size_of::<TaskRecord>(),
         )
     };
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn status_is_fixed_width_as_devproc_writes_it() {
         let mut p = test_process();
-        let t = leader_mut(&mut p);
+        let mut t = leader_mut(&mut p);
         // 1.5 s user, 0.25 s system, precise runtime equal to the ticks.
         t.utime = 1_500_000_000;
         t.stime = 250_000_000;
@@ -240,6 +240,7 @@ mod tests {
         t.cstime = 3_999_999;
         t.total_vm = 2048 + 33;
         t.stack_vm = 33;
+        drop(t);
         // Five seconds after the process started.
         let got = status(&p, b"glenda", &HOST, p.start_boottime + 5_000_000_000).unwrap();
         let want = format!(
@@ -325,7 +326,7 @@ Phys   R 7ffd4a7e8000 7ffd4a7ea000    3
         assert_eq!(bytes.len(), size_of::<TaskRecord>());
         assert_eq!(&bytes[..4], &4242u32.to_ne_bytes(), "tid first");
         let mut no_tasks = test_process();
-        no_tasks.tasks.clear();
+        no_tasks.tasks = crate::table::Tasks::default();
         assert_eq!(proc_record(&no_tasks).unwrap_err().errno(), libc::ENOENT);
     }
 

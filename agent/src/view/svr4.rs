@@ -337,7 +337,7 @@ pub fn getpr(p: &Process, host: &Host) -> Result<PrPsInfo, ViewError> {
         // S, D, I, P: asleep.
         _ => (1, b'S'),
     };
-    let sum = p.totals(t, true);
+    let sum = p.totals(&t, true);
     let ts = |ns: u64| PrTimespec {
         tv_sec: (ns / 1_000_000_000) as i64,
         tv_nsec: (ns % 1_000_000_000) as i64,
@@ -466,10 +466,11 @@ mod tests {
     #[test]
     fn size_is_virtual_memory_and_owner_is_effective_ids() {
         let mut p = test_process();
-        let t = leader_mut(&mut p);
+        let mut t = leader_mut(&mut p);
         t.total_vm = 2000;
         t.euid = 0;
         t.egid = 5;
+        drop(t);
         assert_eq!(file_size(&p, &HOST).unwrap(), 2000 * 4096);
         assert_eq!(owner(&p), (0, 5));
     }
@@ -496,7 +497,7 @@ mod tests {
     #[test]
     fn getpr_golden() {
         let mut p = test_process();
-        let t = leader_mut(&mut p);
+        let mut t = leader_mut(&mut p);
         t.total_vm = 2000;
         t.rss_sum = [100, 50, 7, 3];
         t.utime = 1_000_000_000;
@@ -506,6 +507,7 @@ mod tests {
         t.prio = 125;
         t.tty_nr = (136 << 8) | 3;
         t.pf_flags = 0x0040_0100;
+        drop(t);
         let got = getpr(&p, &HOST).unwrap();
         assert_eq!((got.pr_state, got.pr_sname, got.pr_zomb), (1, b'S', 0));
         assert_eq!((got.pr_nice, got.pr_pri), (25, 14));

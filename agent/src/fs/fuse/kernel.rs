@@ -261,9 +261,11 @@ pub(super) fn reader_running(p: Arc<Process>, reader: u32) -> Arc<Process> {
         return p;
     }
     let mut mine = Process::clone(&p);
-    for t in mine.tasks.iter_mut().filter(|t| t.tid == reader) {
+    let mut tasks = mine.tasks.to_vec();
+    for t in tasks.iter_mut().filter(|t| t.tid == reader) {
         t.state = TASK_RUNNING;
     }
+    mine.tasks = crate::table::Tasks::new(&tasks);
     Arc::new(mine)
 }
 

@@ -48,13 +48,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fn view(options: &str) -> ProcFs {
-    let snap = Snapshot {
-        version: 1,
-        refreshed_at: 0,
-        processes: vec![Arc::new(test_process())],
-        exited: Vec::new(),
-        listing_json: OnceLock::new(),
-    };
+    let snap = Snapshot::new(1, 0, vec![Arc::new(test_process())], Vec::new());
     ProcFs::new(
         Arc::new(Fixed(Arc::new(snap))),
         HOST,
