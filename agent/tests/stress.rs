@@ -11,7 +11,7 @@ mod common;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     ffi::{CStr, CString},
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -341,6 +341,171 @@ fn a_tiny_ring_buffer_counts_its_losses_and_a_rescan_repairs_the_table() {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+/// `n` processes that only sleep (xtask/c/tiny.c, built static: a few pages each, so the long
+/// form's 100,000 fit), one process group, killed when dropped; with `kernel.pid_max` and
+/// `kernel.threads-max` raised for them if need be, and put back.
+struct Crowd {
+    leader: std::process::Child,
+    sysctls: Vec<(&'static str, String)>,
+}
+
+impl Crowd {
+    fn spawn(n: usize) -> Crowd {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = std::env::temp_dir().join(format!("bpfproc-crowd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("crowd");
+        let cc = Command::new("cc")
+            .args(["-static", "-Os", "-o"])
+            .arg(&bin)
+            .arg(root.join("xtask/c/tiny.c"))
+            .output()
+            .expect("a C compiler (cc): cargo xtask setup installs gcc");
+        assert!(
+            cc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+        let mut sysctls = Vec::new();
+        let want = (n as u64 * 2).max(65_536);
+        for path in ["/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"] {
+            let was = std::fs::read_to_string(path).unwrap();
+            if was.trim().parse::<u64>().unwrap_or(0) < want {
+                std::fs::write(path, want.to_string()).unwrap();
+                sysctls.push((path, was));
+            }
+        }
+        let mut leader = Command::new(&bin)
+            .arg(n.to_string())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(leader.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready", "the crowd of {n} did not start");
+        Crowd { leader, sysctls }
+    }
+}
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        common::kill_group(self.leader.id(), 9);
+        let _ = self.leader.wait();
+        for (path, was) in &self.sysctls {
+            let _ = std::fs::write(path, was.trim());
+        }
+    }
+}
+
+/// On a host crowded with sleeping processes (100,000 in the long form, 2,000 in the short):
+/// the agent lists every one, a storm of short-lived processes on top is seen whole with every
+/// exit status, and listings and scrapes asked meanwhile are answered from refreshes of what
+/// ran (issue 21).
+#[test]
+#[ignore = "needs root: loads BPF programs, raises pid_max in the long form"]
+fn a_storm_on_a_crowded_host_loses_nothing() {
+    let (crowd_size, total) = if long() {
+        (100_000, 20_000)
+    } else {
+        (2_000, 2_000)
+    };
+    let crowd = Crowd::spawn(crowd_size);
+    let (_dir, prog) = program("crowdtrue", "/bin/true");
+    let t0 = Instant::now();
+    let agent = Agent::start_with(&["--exited", &(total + 20_000).to_string()]);
+    let want = crowd_size as u64;
+    let crowd_listed = |agent: &Agent| {
+        live(agent)
+            .iter()
+            .filter(|p| p["ppid"].as_u64() == Some(u64::from(crowd.leader.id())))
+            .count() as u64
+            + 1
+    };
+    let host = proc_count() as u64;
+    eventually(60, "as many processes listed as the host has", || {
+        let listed = agent.json("/v1/stats")["live_processes"].as_u64()?;
+        (listed + 50 >= host).then_some(())
+    });
+    let listed_after = t0.elapsed();
+    assert_eq!(
+        crowd_listed(&agent),
+        want,
+        "every process of the crowd listed"
+    );
+    let before = agent.json("/v1/stats");
+    // A dashboard and a Prometheus polling throughout the storm.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(AtomicU64::new(0));
+    let poller = {
+        let (stop, answers, addr) = (stop.clone(), answers.clone(), agent.addr.clone());
+        std::thread::spawn(move || {
+            let mut worst = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                for path in ["/v1/processes", "/metrics"] {
+                    let t = Instant::now();
+                    let (status, _) = common::get(&addr, path);
+                    assert_eq!(status, 200, "{path} during the storm");
+                    worst = worst.max(t.elapsed());
+                    answers.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            worst
+        })
+    };
+    let t1 = Instant::now();
+    let pids = storm(&prog, total, 4);
+    let took = t1.elapsed();
+    let spawned: HashSet<u32> = pids.iter().copied().collect();
+    let entries = eventually(120, "every storm process in /v1/exited", || {
+        let e = exited_children(&agent, "crowdtrue");
+        (e.len() >= total).then_some(e)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let worst = poller.join().expect("the poller");
+    let stats = agent.json("/v1/stats");
+    assert!(
+        entries
+            .iter()
+            .all(|((pid, _), code)| spawned.contains(pid) && *code == Some(0)),
+        "every storm process once, with its exit status"
+    );
+    assert_eq!(entries.len(), total);
+    assert_eq!(drops(&stats), drops(&before), "losses counted: {stats}");
+    assert_eq!(
+        crowd_listed(&agent),
+        want,
+        "the crowd is still listed whole"
+    );
+    let partial = |s: &Value| s["partial_refreshes"].as_u64().unwrap();
+    assert!(
+        partial(&stats) > partial(&before),
+        "listings during the storm read what ran: {stats}"
+    );
+    let rss = common::rss_kib(agent.pid());
+    figures(
+        "crowded storm",
+        format_args!(
+            "{crowd_size} sleeping: all listed {:.2} s after the agent's start; {total} spawned in \
+             {:.1} s ({:.0}/s), all seen with exit 0, 0 lost; {} listings and scrapes meanwhile \
+             (slowest {:.0} ms), {} refreshes of what ran and {} passes in all; agent RSS {} MB",
+            listed_after.as_secs_f64(),
+            took.as_secs_f64(),
+            total as f64 / took.as_secs_f64(),
+            answers.load(Ordering::Relaxed),
+            worst.as_secs_f64() * 1e3,
+            partial(&stats),
+            stats["table"]["snapshots"],
+            rss / 1024
+        ),
+    );
 }
 
 #[repr(C)]

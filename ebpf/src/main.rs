@@ -67,8 +67,9 @@ static PCPU_OFF: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_en
 pub(crate) const MAX_CPUS: u32 = 256;
 
 /// Slot 0: whether this iterator pass gives processes missing from `PROCS` their entry. The
-/// agent asks for it on its first pass and on its periodic sweeps only: the hash lookup per
-/// task was a quarter of a pass's cost, and between sweeps the hooks keep the map whole.
+/// agent asks for it on the sweep that follows its first pass and on its periodic sweeps
+/// only: the hash lookup per task was a quarter of a pass's cost, and between sweeps the hooks
+/// keep the map whole.
 #[map]
 pub(crate) static ITER_CTL: aya_ebpf::maps::Array<u32> =
     aya_ebpf::maps::Array::with_max_entries(1, 0);

@@ -271,8 +271,8 @@ impl Kernel {
     }
 
     /// One pass of the task iterator: every task on the host, threads included.
-    /// With `backfill`, processes that have no entry in the process map get one (the first
-    /// pass, and the periodic sweeps).
+    /// With `backfill`, processes that have no entry in the process map get one (the sweep
+    /// after the first pass, and the periodic ones).
     pub fn tasks(&mut self, backfill: bool) -> Result<Vec<TaskRecord>, KernelError> {
         let mut ctl: aya::maps::Array<&mut MapData, u32> = self
             .ebpf
@@ -313,26 +313,21 @@ impl Kernel {
         })
     }
 
-    /// The failure and activity counters, summed over CPUs, in `stat` index order.
-    pub fn stats(&self) -> Result<[u64; stat::COUNT as usize], KernelError> {
-        let map = self
-            .ebpf
-            .map("STATS")
-            .ok_or(KernelError::Iter("STATS missing".into()))?;
-        let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| KernelError::Map {
-                name: "STATS",
-                source,
-            })?;
-        let mut out = [0u64; stat::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = arr.get(&(i as u32), 0).map_err(|source| KernelError::Map {
-                name: "STATS",
-                source,
-            })?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+    /// A reader of the failure and activity counters that needs neither this struct nor its
+    /// lock, which a pass holds for as long as it runs.
+    pub fn counters(&self) -> Result<Counters, KernelError> {
+        let fd = match self.ebpf.map("STATS") {
+            Some(aya::maps::Map::PerCpuArray(m)) => m.fd().as_fd().try_clone_to_owned()?,
+            _ => return Err(KernelError::Iter("STATS missing".into())),
+        };
+        let map = |source| KernelError::Map {
+            name: "STATS",
+            source,
+        };
+        let data = MapData::from_fd(fd).map_err(map)?;
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map(Counters)
+            .map_err(map)
     }
 
     /// Keys of the in-kernel process map.
@@ -509,6 +504,27 @@ fn carried(
 /// `pid_max` benchmarks raise and put back). Reading them all costs the agent ~0.3 ms a refresh.
 fn ran_chunks() -> u32 {
     MAX_PROCESSES.div_ceil(bpfproc_common::RAN_CHUNK as u32)
+}
+
+/// The kernel side's failure and activity counters (`Kernel::counters`).
+pub struct Counters(PerCpuArray<MapData, u64>);
+
+impl Counters {
+    /// Each counter summed over CPUs, in `stat` index order.
+    pub fn read(&self) -> Result<[u64; stat::COUNT as usize], KernelError> {
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self
+                .0
+                .get(&(i as u32), 0)
+                .map_err(|source| KernelError::Map {
+                    name: "STATS",
+                    source,
+                })?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
 }
 
 /// Number of possible CPUs (highest id in /sys/devices/system/cpu/possible, plus one).

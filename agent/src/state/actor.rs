@@ -31,8 +31,9 @@ pub trait TaskSource: Send + 'static {
     /// Drops process-map entries of processes the pass begun at `started` did not see
     /// (`Kernel::gc`): how many, and the keys that remain.
     fn gc(&mut self, seen: &HashSet<u32>, started: u64) -> Result<(usize, Vec<u32>), KernelError>;
-    /// The kernel side's counters, summed over CPUs, in `stat` index order (`Kernel::stats`).
-    fn stats(&self) -> Result<[u64; stat::COUNT as usize], KernelError>;
+    /// A reader of the kernel side's counters that needs no lock (`Kernel::counters`): the
+    /// actor reads them every loss check, and must not wait for a pass to end.
+    fn counters(&self) -> Result<Arc<dyn Counters>, KernelError>;
     /// The process map's keys (`Kernel::map_pids`).
     fn map_pids(&self) -> Result<Vec<u32>, KernelError>;
     /// A reader of one process's tasks (`Kernel::task_reader`).
@@ -41,6 +42,17 @@ pub trait TaskSource: Send + 'static {
     /// `TaskReader`); `None` where the kernel cannot (no one-process reads before Linux 6.1),
     /// and then every refresh is a pass.
     fn ran(&mut self) -> Option<Arc<dyn Ran>>;
+}
+
+/// The kernel side's counters, summed over CPUs, in `stat` index order.
+pub trait Counters: Send + Sync + 'static {
+    fn read(&self) -> Result<[u64; stat::COUNT as usize], KernelError>;
+}
+
+impl Counters for crate::kernel::Counters {
+    fn read(&self) -> Result<[u64; stat::COUNT as usize], KernelError> {
+        crate::kernel::Counters::read(self)
+    }
 }
 
 /// The processes that ran since the last look, and a read of each: what a refresh of the
@@ -85,8 +97,8 @@ impl TaskSource for Kernel {
         Kernel::gc(self, seen, started)
     }
 
-    fn stats(&self) -> Result<[u64; stat::COUNT as usize], KernelError> {
-        Kernel::stats(self)
+    fn counters(&self) -> Result<Arc<dyn Counters>, KernelError> {
+        Ok(Arc::new(Kernel::counters(self)?))
     }
 
     fn map_pids(&self) -> Result<Vec<u32>, KernelError> {
@@ -209,6 +221,8 @@ pub(crate) struct Actor<K> {
     ns_per_tick: u64,
     /// Which processes ran, and a read of each; `None`: every refresh is a pass.
     ran: Option<Arc<dyn Ran>>,
+    /// The kernel side's counters, read without the kernel's lock.
+    counters: Option<Arc<dyn Counters>>,
 
     table: ProcessTable,
     ledger: Ledger,
@@ -251,7 +265,16 @@ impl<K: TaskSource> Actor<K> {
         refreshed_at: u64,
     ) -> Self {
         let now = clock.now();
+        let counters = match kernel.lock().map(|k| k.counters()) {
+            Ok(Ok(c)) => Some(c),
+            Ok(Err(e)) => {
+                tracing::warn!("no kernel counters: {e}");
+                None
+            }
+            Err(_) => None,
+        };
         Self {
+            counters,
             kernel,
             latest: wiring.latest,
             tx: wiring.tx,
@@ -375,7 +398,7 @@ impl<K: TaskSource> Actor<K> {
                 if !ran {
                     self.refreshing = false;
                 }
-                match self.apply_all(started, took_us, all) {
+                match self.apply_all(started, all) {
                     Some(needs) => needs,
                     None => {
                         // The iterator failed: answer with what we have rather than hang.
@@ -416,22 +439,22 @@ impl<K: TaskSource> Actor<K> {
 
     /// A pass over every task, applied; `None` if it failed. Returns the pids whose argv and
     /// exe must be read.
-    fn apply_all(&mut self, started: u64, took_us: u64, all: All) -> Option<Vec<u32>> {
+    fn apply_all(&mut self, started: u64, all: All) -> Option<Vec<u32>> {
         let All {
             found,
             seen,
             tasks,
-            iter_us: _,
+            iter_us,
             procfs,
             procfs_gone,
             gc_dropped,
             map_pids,
         } = all;
         self.stats.map_gc_dropped += gc_dropped as u64;
-        self.stats.last_iterator_us = took_us;
+        self.stats.last_iterator_us = iter_us;
         self.latest
             .pass_us
-            .store(took_us, std::sync::atomic::Ordering::Relaxed);
+            .store(iter_us, std::sync::atomic::Ordering::Relaxed);
         self.stats.last_iterator_tasks = tasks;
         if seen.is_empty() {
             return None;
@@ -528,8 +551,8 @@ impl<K: TaskSource> Actor<K> {
         s.fast_path_misses = self.latest.misses.load(Relaxed);
         s.process_reads = self.latest.process_reads.load(Relaxed);
         s.exited_retained = self.table.exited().len();
-        if let Ok(k) = self.kernel.lock()
-            && let Ok(counters) = k.stats()
+        if let Some(c) = &self.counters
+            && let Ok(counters) = c.read()
         {
             for (i, v) in counters.iter().enumerate() {
                 s.kernel.insert(stat::NAMES[i], *v);
@@ -567,9 +590,21 @@ impl<K: TaskSource> Actor<K> {
     /// of the process map rides along when it is due. Its result comes back as
     /// `Msg::Refreshed`.
     pub(crate) fn start_pass(&mut self) {
+        let gc = self.take_gc();
+        self.start_pass_with(gc);
+    }
+
+    /// Starts a pass that sweeps the process map and gives every process it lacks an entry:
+    /// at start the first pass leaves that out, for the table to be whole sooner (at 100,000
+    /// processes the map's inserts took 360 ms of a 600 ms pass), and this one follows.
+    pub(crate) fn start_sweep(&mut self) {
+        self.last_gc = self.clock.now();
+        self.start_pass_with(true);
+    }
+
+    fn start_pass_with(&mut self, gc: bool) {
         if !self.refreshing {
             self.refreshing = true;
-            let gc = self.take_gc();
             let (kernel, clock, tx) =
                 (self.kernel.clone(), self.clock.clone(), self.passes.clone());
             let (ran, ns_per_tick, snap) = (self.ran.clone(), self.ns_per_tick, self.current());
@@ -637,8 +672,8 @@ impl<K: TaskSource> Actor<K> {
 
     /// The kernel-side loss counters, summed.
     fn kernel_losses(&self) -> u64 {
-        let Ok(k) = self.kernel.lock() else { return 0 };
-        k.stats()
+        let Some(c) = &self.counters else { return 0 };
+        c.read()
             .map(|s| {
                 s[stat::RINGBUF_FULL as usize]
                     + s[stat::MAP_FULL as usize]

@@ -152,6 +152,9 @@ struct Latest {
     process_reads: std::sync::atomic::AtomicU64,
     /// How long the last pass over every task took, in µs (`State::process`).
     pub(crate) pass_us: std::sync::atomic::AtomicU64,
+    /// Whether a refresh can read only the processes that ran (`Ran`), and so be shared at
+    /// any size.
+    partial: std::sync::atomic::AtomicBool,
     /// When a control command last changed each process (see `State::touch`).
     touched: Mutex<std::collections::HashMap<u32, u64>>,
 }
@@ -347,8 +350,9 @@ impl State {
     /// than the table's record, whose revision a `cache=` mount stamps, so its ticker
     /// invalidates when the record catches up.
     /// `share`: a caller that asks about many processes at once (a `cache=` mount under `ps`)
-    /// waits for a pass instead while passes are cheap (one pass costs less than a few
-    /// hundred reads of one process); it reads on its own once they are not.
+    /// waits for a refresh instead: one of what ran where the kernel marks it, else a pass
+    /// while passes are cheap (one costs less than a few hundred reads of one process); it
+    /// reads on its own once they are not.
     pub async fn process(
         &self,
         pid: u32,
@@ -356,7 +360,12 @@ impl State {
         share: bool,
     ) -> Result<(Arc<Snapshot>, Option<Arc<Process>>), Gone> {
         use std::sync::atomic::Ordering;
-        let alone = !share || self.latest.pass_us.load(Ordering::Relaxed) > SHARED_PASS_LIMIT_US;
+        // Shared refreshes of what ran cost little at any size; passes only while they are
+        // cheap.
+        let l = &self.latest;
+        let alone = !share
+            || (!l.partial.load(Ordering::Relaxed)
+                && l.pass_us.load(Ordering::Relaxed) > SHARED_PASS_LIMIT_US);
         let wanted = if alone { Duration::MAX } else { max_age };
         let mut snap = match self.current(wanted) {
             Some(s) => s,
@@ -464,9 +473,15 @@ pub fn spawn<K: TaskSource>(
     if let Some(r) = &ran {
         r.clear();
     }
+    latest
+        .partial
+        .store(ran.is_some(), std::sync::atomic::Ordering::Relaxed);
     let started = clock.boot_ns();
     let t0 = std::time::Instant::now();
-    let records = kernel.lock().expect("kernel lock").tasks(true)?;
+    // Without giving processes their process-map entries: the sweep right after does that
+    // (`Actor::start_sweep`), off the path to a whole table. Meanwhile a fork of a process
+    // without one still inherits its argv and exe, from the table.
+    let records = kernel.lock().expect("kernel lock").tasks(false)?;
     let t1 = t0.elapsed();
     let needs = table.apply_snapshot(started, &records, true);
     let t2 = t0.elapsed();
@@ -550,6 +565,7 @@ pub fn spawn<K: TaskSource>(
     });
 
     tokio::spawn(async move {
+        actor.start_sweep();
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => match m { Some(m) => m, None => break },

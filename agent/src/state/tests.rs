@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     AgentStats, Config, Latest, Msg, Snapshot,
-    actor::{Actor, Clock, GC_EVERY, Ran, TaskSource, Wiring},
+    actor::{Actor, Clock, Counters, GC_EVERY, Ran, TaskSource, Wiring},
 };
 use crate::{
     groups::{GroupBy, Grouping, Ledger, Names},
@@ -43,7 +43,7 @@ const C: u32 = 5_000_003;
 #[derive(Default)]
 struct Fake {
     records: Vec<TaskRecord>,
-    stats: [u64; stat::COUNT as usize],
+    stats: Arc<FakeCounters>,
     /// What a sweep of the process map returns.
     gc: (usize, Vec<u32>),
     passes: usize,
@@ -62,8 +62,8 @@ impl TaskSource for Fake {
         Ok(self.gc.clone())
     }
 
-    fn stats(&self) -> Result<[u64; stat::COUNT as usize], KernelError> {
-        Ok(self.stats)
+    fn counters(&self) -> Result<Arc<dyn Counters>, KernelError> {
+        Ok(self.stats.clone())
     }
 
     fn map_pids(&self) -> Result<Vec<u32>, KernelError> {
@@ -76,6 +76,22 @@ impl TaskSource for Fake {
 
     fn ran(&mut self) -> Option<Arc<dyn Ran>> {
         None
+    }
+}
+
+/// Counters a test sets.
+#[derive(Default)]
+struct FakeCounters(Mutex<[u64; stat::COUNT as usize]>);
+
+impl FakeCounters {
+    fn set(&self, counter: u32, value: u64) {
+        self.0.lock().unwrap()[counter as usize] = value;
+    }
+}
+
+impl Counters for FakeCounters {
+    fn read(&self) -> Result<[u64; stat::COUNT as usize], KernelError> {
+        Ok(*self.0.lock().unwrap())
     }
 }
 
@@ -464,7 +480,7 @@ async fn a_moved_loss_counter_rescans_at_the_next_check() {
     // A fork record was lost: the kernel counted it, and the next pass finds the process.
     {
         let mut k = rig.fake();
-        k.stats[stat::RINGBUF_FULL as usize] = 1;
+        k.stats.set(stat::RINGBUF_FULL, 1);
         k.records.push(record(B, 20, 1));
     }
     // The counters are read once per loss-check period.
@@ -486,18 +502,18 @@ async fn a_moved_loss_counter_rescans_at_the_next_check() {
     rig.no_pass();
     assert_eq!(rig.stats().rescans, 1);
     // Any of the loss counters moving is.
-    rig.fake().stats[stat::MAP_FULL as usize] = 2;
+    rig.fake().stats.set(stat::MAP_FULL, 2);
     rig.advance(LOSS_CHECK);
     rig.tick();
     assert_eq!(rig.stats().rescans, 2);
     rig.finish_pass().await;
-    rig.fake().stats[stat::READ_ERROR as usize] = 1;
+    rig.fake().stats.set(stat::READ_ERROR, 1);
     rig.advance(LOSS_CHECK);
     rig.tick();
     assert_eq!(rig.stats().rescans, 3);
     rig.finish_pass().await;
     // Counters that are not losses do not rescan.
-    rig.fake().stats[stat::FORK_SEEN as usize] = 1000;
+    rig.fake().stats.set(stat::FORK_SEEN, 1000);
     rig.advance(LOSS_CHECK);
     rig.tick();
     rig.no_pass();

@@ -142,27 +142,7 @@ impl Agent {
     }
 
     fn try_get_as(&self, path: &str, token: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut s = TcpStream::connect(&self.addr)?;
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
-        )?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)?;
-        let head_end = buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| std::io::Error::other("no header end"))?;
-        let status: u16 = String::from_utf8_lossy(&buf[9..12]).parse().unwrap_or(0);
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-        let mut body = buf[head_end + 4..].to_vec();
-        if head.contains("transfer-encoding: chunked") {
-            body = dechunk(&body);
-        }
-        Ok((status, body))
+        get_as(&self.addr, path, token)
     }
 
     /// The control token the agent wrote at start.
@@ -274,6 +254,35 @@ unsafe extern "C" {
 pub fn kill(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc_kill(pid as i32, sig) };
+}
+
+/// GETs `path` from the agent at `addr` (usable from threads that do not own the `Agent`).
+pub fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    get_as(addr, path, None).expect("HTTP request")
+}
+
+fn get_as(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr)?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let status: u16 = String::from_utf8_lossy(&buf[9..12]).parse().unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let mut body = buf[head_end + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
 }
 
 /// POSTs `body` to the agent at `addr` (usable from threads that do not own the `Agent`).
