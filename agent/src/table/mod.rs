@@ -16,7 +16,8 @@ mod process;
 mod tasks;
 pub use live::{Chunk, Live};
 pub use process::{
-    ExitInfo, Origin, Process, ShownTimes, Totals, cputime_adjust, keep_shown_cpu_times, task_name,
+    ExitInfo, Facts, Origin, Process, ShownTimes, Totals, cputime_adjust, keep_shown_cpu_times,
+    task_name,
 };
 use process::{edit, next_rev};
 pub use tasks::Tasks;
@@ -311,7 +312,7 @@ impl ProcessTable {
                 Some(slot) if slot.start_boottime == leader.start_boottime => {
                     // Looked at before it is changed: most are not, and a change copies the
                     // entry's chunk away from the snapshots that share it.
-                    if let Some(retake) = Retake::of(slot, &f, started) {
+                    if let Some(retake) = Retake::of(slot, &f.leader, f.tasks.encoded(), started) {
                         let slot = self.live.get_mut(&pid).expect("just found");
                         if retake.apply(slot, f.tasks, started) {
                             needs_identity.push(pid);
@@ -325,7 +326,7 @@ impl ProcessTable {
                 _ => {
                     self.retire_if_reused(pid, leader.start_boottime, started);
                     let origin = Origin::Iterator;
-                    let mut p = Process::from_record(&leader, started, origin);
+                    let mut p = Process::from_facts(&leader, started, origin);
                     p.tasks = f.tasks;
                     p.refreshed_at = started;
                     if p.needs_identity {
@@ -391,7 +392,7 @@ impl ProcessTable {
             if f.leader.tid != pid || f.leader.start_boottime != slot.start_boottime {
                 continue;
             }
-            let Some(retake) = Retake::of(slot, &f, started) else {
+            let Some(retake) = Retake::of(slot, &f.leader, f.tasks.encoded(), started) else {
                 continue;
             };
             self.version += 1;
@@ -511,20 +512,20 @@ struct Retake {
 }
 
 impl Retake {
-    /// `None` if `f` leaves `p` as it is.
-    fn of(p: &Process, f: &Found, started: u64) -> Option<Self> {
+    /// `None` if a read (its leader's facts, its tasks' encoding) leaves `p` as it is.
+    fn of(p: &Process, leader: &Facts, encoded: &[u8], started: u64) -> Option<Self> {
         if p.refreshed_at > started {
             // Read again since (by a refresh of what ran, while this pass went on): newer.
             return None;
         }
-        let ids = record_ids(&f.leader);
+        let ids = facts_ids(leader);
         let older = p.event_ts < started;
         let ids = (older && process_ids(p) != ids).then_some(ids);
-        let comm = cstr(&f.leader.comm);
+        let comm = cstr(&leader.comm);
         let renamed = (older && !p.kthread && comm != p.comm.as_slice()).then(|| comm.to_vec());
         // Most processes sleep between two reads: leaving them untouched keeps their
         // revision, so everything rendered from them stays valid.
-        if ids.is_none() && renamed.is_none() && p.tasks == f.tasks {
+        if ids.is_none() && renamed.is_none() && p.tasks.encoded() == encoded {
             return None;
         }
         Some(Self { ids, renamed })
@@ -550,69 +551,121 @@ impl Retake {
 }
 
 /// One process as a read of the kernel found it: its tasks, the leader first and each thread
-/// with its leader's thread-group fields, encoded; and its leader's record.
+/// with its leader's thread-group fields, encoded; and its leader's facts.
 pub struct Found {
     pub pid: u32,
-    pub leader: TaskRecord,
+    pub leader: Facts,
     pub tasks: Tasks,
 }
 
 impl Found {
-    /// Whether laying this over `p` (the entry of the same pid, if any, in a table a pass
-    /// begun at `started` is applied to) would change anything: a pass that leaves out what
-    /// would not spares its apply, on the table's actor, a look at every process.
-    pub fn changes(&self, p: Option<&Arc<Process>>, started: u64) -> bool {
+    /// Whether laying a process's read (its leader's facts and its tasks' encoding) over `p`
+    /// (the entry of the same pid, if any, in a table a pass begun at `started` is applied to)
+    /// would change anything: a pass that leaves out what would not spares its apply, on the
+    /// table's actor, a look at every process.
+    pub fn changes(p: Option<&Arc<Process>>, leader: &Facts, encoded: &[u8], started: u64) -> bool {
         match p {
-            Some(p) if p.start_boottime == self.leader.start_boottime => {
-                Retake::of(p, self, started).is_some()
+            Some(p) if p.start_boottime == leader.start_boottime => {
+                Retake::of(p, leader, encoded, started).is_some()
             }
             _ => true,
         }
     }
 }
 
-/// A read's records (of every task, or of some processes' tasks, in any order) by process, in
-/// pid order. Sorting indices groups them without copying a record (a BTreeMap of
-/// per-process Vecs cost ~1 µs a process, 11 ms a pass at 10,000).
-pub fn found(records: &[TaskRecord]) -> Vec<Found> {
-    found_where(records, |_| true)
+/// A read's records, each encoded as it arrives into one buffer: at 100,000 tasks a pass kept
+/// 115 MB of raw records until it ended; encoded, ~25 MB, in two allocations that go back to
+/// the kernel when it is done (not 100,000 small ones that stay in the heap). Grouped by process
+/// at the end (`found_where`).
+#[derive(Default)]
+pub struct Gather {
+    bytes: Vec<u8>,
+    /// Each record's facts and where its encoding (as a process of one task) ends in `bytes`.
+    items: Vec<(Facts, usize)>,
 }
 
-/// As `found`, keeping only the processes `keep` says: a pass over every task keeps those the
-/// table would change, and does not hold a copy of every leader's record meanwhile.
-pub fn found_where(records: &[TaskRecord], mut keep: impl FnMut(&Found) -> bool) -> Vec<Found> {
-    let mut order: Vec<(u32, bool, u32, u32)> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.tgid, r.tid != r.tgid, r.tid, i as u32))
-        .collect();
-    order.sort_unstable();
-    let mut out = Vec::new();
-    let mut threads: Vec<TaskRecord> = Vec::new();
-    let mut rest = order.as_slice();
-    while let Some(&(pid, ..)) = rest.first() {
-        let n = rest.iter().take_while(|o| o.0 == pid).count();
-        let (run, tail) = rest.split_at(n);
-        rest = tail;
-        let leader = records[run[0].3 as usize];
-        let tasks = if n == 1 {
-            Tasks::new(std::slice::from_ref(&leader))
-        } else {
-            threads.clear();
-            threads.extend(run.iter().map(|o| records[o.3 as usize]));
-            if leader.tid == pid {
-                for t in &mut threads[1..] {
-                    inherit_group_fields(t, &leader);
-                }
-            }
-            Tasks::new(&threads)
-        };
-        let f = Found { pid, leader, tasks };
-        if keep(&f) {
-            out.push(f);
-        }
+impl Gather {
+    pub fn push(&mut self, r: &TaskRecord) {
+        tasks::encode_into(&mut self.bytes, std::slice::from_ref(r));
+        self.items.push((Facts::of(r), self.bytes.len()));
     }
-    out
+
+    /// Records gathered.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The processes (by pid) the records are of.
+    pub fn tgids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.items.iter().map(|(f, _)| f.tgid)
+    }
+
+    /// The records by process, in pid order, keeping only the processes `keep` says: given
+    /// the pid, the leader's facts and the process's encoding, as `Found::changes` takes them
+    /// (a pass keeps those the table would change).
+    pub fn found_where(self, mut keep: impl FnMut(u32, &Facts, &[u8]) -> bool) -> Vec<Found> {
+        let Gather { bytes, items } = self;
+        let span = |i: usize| {
+            let start = if i == 0 { 0 } else { items[i - 1].1 };
+            &bytes[start..items[i].1]
+        };
+        // (tgid, a thread, tid, index): a process's records together, its leader first.
+        let mut order: Vec<(u32, bool, u32, usize)> = items
+            .iter()
+            .enumerate()
+            .map(|(i, (f, _))| (f.tgid, f.tid != f.tgid, f.tid, i))
+            .collect();
+        order.sort_unstable();
+        let mut out = Vec::new();
+        let mut group = Vec::new();
+        let mut rest = order.as_slice();
+        while let Some(&(pid, _, _, first)) = rest.first() {
+            let n = rest.iter().take_while(|o| o.0 == pid).count();
+            let (run, tail) = rest.split_at(n);
+            rest = tail;
+            // The leader's, or the first thread's when the read did not have the leader.
+            let leader = items[first].0;
+            let encoded: &[u8] = if n == 1 {
+                span(first)
+            } else {
+                let mut threads: Vec<TaskRecord> = run
+                    .iter()
+                    .flat_map(|o| tasks::decode_all(span(o.3)))
+                    .collect();
+                if threads[0].tid == pid {
+                    let l = threads[0];
+                    for t in &mut threads[1..] {
+                        inherit_group_fields(t, &l);
+                    }
+                }
+                group.clear();
+                tasks::encode_into(&mut group, &threads);
+                &group
+            };
+            if keep(pid, &leader, encoded) {
+                out.push(Found {
+                    pid,
+                    leader,
+                    tasks: Tasks::from_encoded(encoded),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A read's records (of every task, or of some processes' tasks, in any order) by process, in
+/// pid order.
+pub fn found(records: &[TaskRecord]) -> Vec<Found> {
+    let mut g = Gather::default();
+    for r in records {
+        g.push(r);
+    }
+    g.found_where(|_, _, _| true)
 }
 
 /// Parent and credentials: what a pass takes from the kernel, since no event reports a
@@ -624,6 +677,10 @@ fn process_ids(p: &Process) -> Ids {
 }
 
 fn record_ids(r: &TaskRecord) -> Ids {
+    (r.ppid, r.uid, r.gid, r.euid, r.egid)
+}
+
+fn facts_ids(r: &Facts) -> Ids {
     (r.ppid, r.uid, r.gid, r.euid, r.egid)
 }
 
@@ -810,6 +867,42 @@ mod tests {
         // A new process on the reused pid, or none: only the table can say which.
         assert!(refreshed(&base, vec![record(700, 700, 1, 99)], 40).is_none());
         assert!(refreshed(&base, Vec::new(), 40).is_none());
+    }
+
+    #[test]
+    fn a_pass_gathered_record_by_record_groups_each_process_with_its_leader_first() {
+        let mut a = record(900, 900, 1, 5);
+        a.rss_anon = 77;
+        let mut a_thread = record(900, 905, 1, 6);
+        a_thread.utime = 3;
+        let b = record(901, 901, 1, 7);
+        // A thread whose leader the read did not have.
+        let orphan = record(950, 951, 1, 8);
+        let mut g = Gather::default();
+        // In tid order, as the iterator gives them: a process's threads among others'.
+        for r in [&a, &b, &a_thread, &orphan] {
+            g.push(r);
+        }
+        assert_eq!(g.len(), 4);
+        let mut asked = Vec::new();
+        let found = g.found_where(|pid, leader, _| {
+            asked.push((pid, leader.tid));
+            pid != 901
+        });
+        assert_eq!(asked, [(900, 900), (901, 901), (950, 951)]);
+        assert_eq!(found.iter().map(|f| f.pid).collect::<Vec<_>>(), [900, 950]);
+        let tasks = found[0].tasks.to_vec();
+        assert_eq!(tasks.iter().map(|t| t.tid).collect::<Vec<_>>(), [900, 905]);
+        assert_eq!(tasks[1].utime, 3);
+        // The thread carries its group's fields from the leader.
+        assert_eq!(tasks[1].rss_anon, 77);
+        assert_eq!(
+            found[0].tasks,
+            Tasks::new(&[a, {
+                a_thread.rss_anon = 77;
+                a_thread
+            }])
+        );
     }
 
     #[test]

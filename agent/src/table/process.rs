@@ -7,6 +7,39 @@ use bpfproc_common::{PF_KTHREAD, ProcEntry, TaskInfo, TaskRecord, cstr, pflag};
 
 use super::Tasks;
 
+/// What the table takes from a task's record besides its numbers: who it is, and the ids and
+/// name no event may have given it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub tid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    pub pf_flags: u32,
+    pub start_boottime: u64,
+    pub comm: [u8; 16],
+}
+
+impl Facts {
+    pub fn of(r: &TaskRecord) -> Self {
+        Self {
+            tid: r.tid,
+            tgid: r.tgid,
+            ppid: r.ppid,
+            uid: r.uid,
+            gid: r.gid,
+            euid: r.euid,
+            egid: r.egid,
+            pf_flags: r.pf_flags,
+            start_boottime: r.start_boottime,
+            comm: r.comm,
+        }
+    }
+}
+
 /// How a live entry came to be known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,6 +155,10 @@ impl Process {
     }
 
     pub(crate) fn from_record(rec: &TaskRecord, ts: u64, origin: Origin) -> Self {
+        Self::from_facts(&Facts::of(rec), ts, origin)
+    }
+
+    pub(crate) fn from_facts(rec: &Facts, ts: u64, origin: Origin) -> Self {
         Self {
             pid: rec.tgid,
             ppid: rec.ppid,

@@ -109,21 +109,52 @@ fn decode(bytes: &[u8], at: &mut usize, reference: &[u64; WORDS]) -> [u64; WORDS
     w
 }
 
+/// Appends the encoding of `records` (the leader first) to `out`, as `Tasks::new` keeps it.
+pub(super) fn encode_into(out: &mut Vec<u8>, records: &[TaskRecord]) {
+    let Some(leader) = records.first() else {
+        return;
+    };
+    let leader = words(leader);
+    let reference = REFERENCE.get_or_init(|| leader);
+    put(out, records.len() as u64);
+    encode(out, &leader, reference);
+    for t in &records[1..] {
+        encode(out, &words(t), &leader);
+    }
+}
+
+/// The records an encoding holds (made by `encode_into`), the leader first.
+pub(super) fn decode_all(bytes: &[u8]) -> Iter<'_> {
+    let mut at = 0;
+    let left = if bytes.is_empty() {
+        0
+    } else {
+        get(bytes, &mut at) as usize
+    };
+    Iter {
+        bytes,
+        at,
+        left,
+        leader: None,
+    }
+}
+
 impl Tasks {
     /// `records`, the leader first.
     pub fn new(records: &[TaskRecord]) -> Self {
-        let Some(leader) = records.first() else {
-            return Self::default();
-        };
-        let leader = words(leader);
-        let reference = REFERENCE.get_or_init(|| leader);
         let mut out = Vec::with_capacity(256);
-        put(&mut out, records.len() as u64);
-        encode(&mut out, &leader, reference);
-        for t in &records[1..] {
-            encode(&mut out, &words(t), &leader);
-        }
+        encode_into(&mut out, records);
         Self(out.into_boxed_slice())
+    }
+
+    /// An encoding made by `encode_into`.
+    pub(super) fn from_encoded(bytes: &[u8]) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The encoding, to compare with one made by `encode_into`.
+    pub(super) fn encoded(&self) -> &[u8] {
+        &self.0
     }
 
     pub fn len(&self) -> usize {
@@ -146,18 +177,7 @@ impl Tasks {
 
     /// The records, the leader first.
     pub fn iter(&self) -> Iter<'_> {
-        let mut at = 0;
-        let left = if self.0.is_empty() {
-            0
-        } else {
-            get(&self.0, &mut at) as usize
-        };
-        Iter {
-            bytes: &self.0,
-            at,
-            left,
-            leader: None,
-        }
+        decode_all(&self.0)
     }
 
     pub fn to_vec(&self) -> Vec<TaskRecord> {
