@@ -244,6 +244,9 @@ pub(crate) struct Actor<K> {
     refreshing: bool,
     /// A refresh of what ran is running: one at a time.
     refreshing_ran: bool,
+    /// Boot-clock ns each was started at (no later than the time its read begins).
+    pass_launched: u64,
+    ran_launched: u64,
     /// Questions waiting for a refresh begun after them, with the boot-clock time they were
     /// asked at.
     waiters: Vec<(u64, oneshot::Sender<Arc<Snapshot>>)>,
@@ -301,6 +304,8 @@ impl<K: TaskSource> Actor<K> {
             last_full: refreshed_at,
             refreshing: false,
             refreshing_ran: false,
+            pass_launched: 0,
+            ran_launched: 0,
             waiters: Vec::new(),
             cached: None,
             last_losses: 0,
@@ -476,6 +481,15 @@ impl<K: TaskSource> Actor<K> {
                 procfs::alive_since(pid, start, ns_per_tick)
             });
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "snapshot applied");
+        // The other refresh, if one is under way, began before this one's result came.
+        let mut oldest = started;
+        if self.refreshing {
+            oldest = oldest.min(self.pass_launched);
+        }
+        if self.refreshing_ran {
+            oldest = oldest.min(self.ran_launched);
+        }
+        self.table.forget_tombstones_before(oldest);
         for rec in &procfs {
             self.table.upsert_procfs(rec, started);
         }
@@ -585,6 +599,7 @@ impl<K: TaskSource> Actor<K> {
             return;
         }
         self.refreshing_ran = true;
+        self.ran_launched = self.clock.boot_ns();
         start_ran(
             ran.clone(),
             self.kernel.clone(),
@@ -614,6 +629,7 @@ impl<K: TaskSource> Actor<K> {
     fn start_pass_with(&mut self, gc: bool) {
         if !self.refreshing {
             self.refreshing = true;
+            self.pass_launched = self.clock.boot_ns();
             let (kernel, clock, tx) =
                 (self.kernel.clone(), self.clock.clone(), self.passes.clone());
             let (ran, ns_per_tick, snap) = (self.ran.clone(), self.ns_per_tick, self.current());

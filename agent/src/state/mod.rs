@@ -491,6 +491,7 @@ pub fn spawn<K: TaskSource>(
     let found = gather.found_where(|_, _, _| true);
     let seen: Vec<u32> = found.iter().map(|f| f.pid).collect();
     let needs = table.apply_found(started, found, &seen, true, &|_, _| false);
+    table.forget_tombstones_before(started);
     let t2 = t0.elapsed();
     // argv and exe of every process that predates the agent (all of them, at start) are read
     // from /proc, and the processes the iterator cannot see found there, side by side: at

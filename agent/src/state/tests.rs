@@ -689,6 +689,50 @@ async fn children_of_a_process_that_ended_are_read_again_for_their_new_parent() 
     assert!(snap.get(B).is_some());
 }
 
+/// The periodic pass and a refresh of what ran that fell back to a pass can run at once, and
+/// the later one's result can come first: the older pass, which saw a process alive before it
+/// was reaped, must not bring it back. (It did: the first result applied forgot the reaped
+/// process's tombstone, and the tree of a test's shell listed its reaped child for 10 s.)
+#[tokio::test]
+async fn a_reaped_process_stays_gone_when_two_passes_finish_out_of_order() {
+    let ran = Arc::new(FakeRan::default());
+    let mut rig = Rig::with_ran(&[record(A, 10, 5), record(B, 20, 5)], Some(ran.clone()));
+    rig.advance(Duration::from_millis(150));
+    // The periodic pass sees B alive, and busy (a pass passes on only what changed).
+    rig.fake().records = vec![record(A, 10, 5), record(B, 20, 9)];
+    rig.actor.start_pass();
+    let older = rig.pass_result().await;
+    // B exits and is reaped.
+    let mut exit = info(B, 1, 20);
+    exit.exit_code = 0;
+    rig.events(vec![
+        KernelEvent::Exit {
+            ts: BOOT + 155 * MS,
+            task: exit,
+            cgroup_id: 0,
+        },
+        KernelEvent::Free {
+            ts: BOOT + 156 * MS,
+            pid: B,
+            start_boottime: 20,
+        },
+    ]);
+    // A refresh of what ran falls back to a pass (a mark was lost), which no longer sees B,
+    // and its result is applied first.
+    rig.advance(Duration::from_millis(20));
+    rig.fake().records = vec![record(A, 10, 7)];
+    ran.ran(None);
+    let mut q = rig.ask(MAX_AGE);
+    rig.finish_ran().await;
+    assert!(answered(&mut q).get(B).is_none());
+    rig.actor.handle(older);
+    assert!(!rig.actor.pass_running());
+    let snap = rig.ask_now(Duration::MAX);
+    assert!(snap.get(B).is_none(), "the reaped process came back");
+    assert_eq!(snap.exited.iter().filter(|p| p.pid == B).count(), 1);
+    assert_eq!(rig.stats().table.found_by_rescan, 0);
+}
+
 #[tokio::test]
 async fn lost_marks_or_too_many_processes_that_ran_make_a_pass() {
     let ran = Arc::new(FakeRan::default());

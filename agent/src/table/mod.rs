@@ -284,7 +284,9 @@ impl ProcessTable {
     ) -> Vec<u32> {
         let found = found(records);
         let seen: Vec<u32> = found.iter().map(|f| f.pid).collect();
-        self.apply_found(started, found, &seen, first, alive)
+        let needs = self.apply_found(started, found, &seen, first, alive);
+        self.forget_tombstones_before(started);
+        needs
     }
 
     /// As `apply_snapshot_checked`, for a pass whose records were grouped by process
@@ -373,8 +375,16 @@ impl ProcessTable {
                 self.push_exited(with_unknown_exit(&p, started));
             }
         }
-        self.tombstones.retain(|_, (_, at)| *at >= started);
         needs_identity
+    }
+
+    /// Forgets the processes retired before boot-clock `t`. A tombstone keeps a read begun
+    /// before its process was reaped from bringing it back, so `t` is the start of the oldest
+    /// read whose result may still come: two passes can be under way at once (the periodic one
+    /// and a refresh of what ran that fell back to one), and the later one's result may come
+    /// first.
+    pub fn forget_tombstones_before(&mut self, t: u64) {
+        self.tombstones.retain(|_, (_, at)| *at >= t);
     }
 
     /// Applies what a refresh begun at boot-clock `started` read of the processes that ran
