@@ -183,8 +183,18 @@ fn hang_stops_the_execd_grandchild_at_exec_and_gdb_can_attach() {
     let stats = agent.json("/v1/stats");
     assert!(stats["kernel"]["hang_stops"].as_u64().unwrap() >= 1);
 
-    let out = Command::new("gdb")
-        .args(["-nx", "-batch", "-p", &grandchild.to_string()])
+    // Bounded: a gdb that cannot attach fails the test rather than hang the suite.
+    let out = Command::new("timeout")
+        .args([
+            "-k",
+            "5",
+            "120",
+            "gdb",
+            "-nx",
+            "-batch",
+            "-p",
+            &grandchild.to_string(),
+        ])
         .args(["-ex", "info registers rip"])
         .stdin(Stdio::null())
         .output()

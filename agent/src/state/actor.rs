@@ -196,6 +196,22 @@ pub(crate) struct All {
     pub map_pids: Option<Vec<u32>>,
 }
 
+impl All {
+    /// A pass that read nothing: applied, it changes nothing and answers every waiter.
+    fn failed() -> Self {
+        Self {
+            found: Vec::new(),
+            seen: Vec::new(),
+            tasks: 0,
+            iter_us: 0,
+            procfs: Vec::new(),
+            procfs_gone: Vec::new(),
+            gc_dropped: 0,
+            map_pids: None,
+        }
+    }
+}
+
 /// Where the actor's output goes, and what tells it which processes ran.
 pub(crate) struct Wiring {
     /// What `State`'s fast path reads.
@@ -633,16 +649,10 @@ impl<K: TaskSource> Actor<K> {
             let (kernel, clock, tx) =
                 (self.kernel.clone(), self.clock.clone(), self.passes.clone());
             let (ran, ns_per_tick, snap) = (self.ran.clone(), self.ns_per_tick, self.current());
-            tokio::task::spawn_blocking(move || {
+            off_actor(tx, clock, false, move |started| {
                 trim_heap();
-                let started = clock.boot_ns();
                 let all = read_all(&kernel, ran.as_deref(), started, gc, &snap, ns_per_tick);
-                let _ = tx.blocking_send(Msg::Refreshed(Pass {
-                    started,
-                    took_us: all.iter_us,
-                    ran: false,
-                    read: Read::All(all),
-                }));
+                (all.iter_us, Read::All(all))
             });
         }
     }
@@ -833,8 +843,7 @@ fn start_ran<K: TaskSource>(
     tx: mpsc::Sender<Msg>,
     ns_per_tick: u64,
 ) {
-    tokio::task::spawn_blocking(move || {
-        let started = clock.boot_ns();
+    off_actor(tx, clock, true, move |started| {
         let t0 = Instant::now();
         let read = match read_ran(&*ran, &snap, ns_per_tick) {
             Some(reads) => Read::Ran(reads),
@@ -854,10 +863,35 @@ fn start_ran<K: TaskSource>(
         if let Read::Ran(reads) = &read {
             tracing::debug!(processes = reads.len(), us = took_us, "read what ran");
         }
+        (took_us, read)
+    });
+}
+
+/// Runs a refresh (`ran`: of what ran, else a pass) on a blocking thread and sends its
+/// result, begun at the boot-clock time `work` is given, to the actor. One that panics is
+/// answered as a failed pass: its flag would otherwise stay set, no refresh of its kind would
+/// start again, and every question waiting for one would wait for ever.
+fn off_actor(
+    tx: mpsc::Sender<Msg>,
+    clock: Arc<dyn Clock>,
+    ran: bool,
+    work: impl FnOnce(u64) -> (u64, Read) + Send + 'static,
+) {
+    tokio::task::spawn_blocking(move || {
+        let started = clock.boot_ns();
+        let (took_us, read) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(started)))
+                .unwrap_or_else(|_| {
+                    tracing::error!(
+                        ran,
+                        "a refresh of the table panicked; answering with the table as it is"
+                    );
+                    (0, Read::All(All::failed()))
+                });
         let _ = tx.blocking_send(Msg::Refreshed(Pass {
             started,
             took_us,
-            ran: true,
+            ran,
             read,
         }));
     });

@@ -261,8 +261,13 @@ pub fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
     get_as(addr, path, None).expect("HTTP request")
 }
 
+/// Longer than any answer a test waits for: an agent that never answers fails the test that
+/// asked, with the request in the message, instead of hanging the suite.
+const ANSWER_WITHIN: Duration = Duration::from_secs(120);
+
 fn get_as(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(ANSWER_WITHIN))?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -298,8 +303,10 @@ pub fn post(addr: &str, path: &str, body: &str, token: Option<&str>) -> (u16, Ve
         body.len()
     )
     .expect("write");
+    s.set_read_timeout(Some(ANSWER_WITHIN)).expect("timeout");
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read");
+    s.read_to_end(&mut buf)
+        .unwrap_or_else(|e| panic!("POST {path}: no answer: {e}"));
     let head_end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
