@@ -753,13 +753,11 @@ fn read_all<K: TaskSource>(
     }
     let t0 = Instant::now();
     let mut gather = Gather::default();
-    let read = kernel
-        .lock()
-        .map(|mut k| k.tasks(gc, &mut |r| gather.push(r)));
-    if let Ok(Err(e)) = &read {
+    // A pass that panicked (`off_actor`) poisons the lock, and the kernel behind it is still
+    // whole (the iterator's descriptor went with the panic): later passes carry on.
+    let read = lock_kernel(kernel).tasks(gc, &mut |r| gather.push(r));
+    if let Err(e) = &read {
         tracing::warn!("task iterator failed: {e}");
-    }
-    if !matches!(read, Ok(Ok(_))) {
         gather = Gather::default();
     }
     let iter_us = t0.elapsed().as_micros() as u64;
@@ -780,17 +778,15 @@ fn read_all<K: TaskSource>(
     let mut map_pids = None;
     if gc && !seen.is_empty() {
         let seen: HashSet<u32> = seen.iter().copied().collect();
-        if let Ok(mut k) = kernel.lock() {
-            match k.gc(&seen, started) {
-                Ok((n, kept)) => {
-                    gc_dropped = n;
-                    map_pids = Some(kept);
-                    if n > 0 {
-                        tracing::debug!(entries = n, "dropped stale process-map entries");
-                    }
+        match lock_kernel(kernel).gc(&seen, started) {
+            Ok((n, kept)) => {
+                gc_dropped = n;
+                map_pids = Some(kept);
+                if n > 0 {
+                    tracing::debug!(entries = n, "dropped stale process-map entries");
                 }
-                Err(e) => tracing::warn!("process-map gc failed: {e}"),
             }
+            Err(e) => tracing::warn!("process-map gc failed: {e}"),
         }
     }
     let mut all = All {
@@ -865,6 +861,13 @@ fn start_ran<K: TaskSource>(
         }
         (took_us, read)
     });
+}
+
+/// The kernel's lock, taken even if a panicking pass left it poisoned.
+fn lock_kernel<K>(kernel: &Mutex<K>) -> std::sync::MutexGuard<'_, K> {
+    kernel
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs a refresh (`ran`: of what ran, else a pass) on a blocking thread and sends its

@@ -750,13 +750,26 @@ async fn a_refresh_that_panics_still_answers_and_the_next_one_runs() {
     assert!(answered(&mut q).get(A).is_some());
     assert!(!rig.actor.ran_running());
     // The kernel's lock is poisoned now, as a panic in the real pass would leave it; the
-    // next refresh still runs and answers.
+    // next refreshes still run and answer: one of what ran, and a pass over every task.
     rig.advance(Duration::from_millis(150));
     ran.ran(Some(&[A]));
     ran.set(A, vec![record(A, 10, 8)]);
     let mut q = rig.ask(MAX_AGE);
     rig.finish_ran().await;
     assert_eq!(answered(&mut q).get(A).unwrap().tasks.to_vec()[0].utime, 8);
+    {
+        let mut k = rig
+            .kernel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        k.panics = false;
+        k.records = vec![record(A, 10, 9)];
+    }
+    rig.advance(Duration::from_millis(150));
+    ran.ran(None);
+    let mut q = rig.ask(MAX_AGE);
+    rig.finish_ran().await;
+    assert_eq!(answered(&mut q).get(A).unwrap().tasks.to_vec()[0].utime, 9);
 }
 
 #[tokio::test]
