@@ -116,10 +116,10 @@ pub(super) fn agent_requests_by_op(
         .collect())
 }
 
-/// One HTTP/1.1 GET over a fresh connection; returns the body length.
-/// GETs `path` and returns the answer's size in bytes. The body is counted as it arrives and
-/// thrown away, as `curl -o /dev/null` does: at 100,000 processes a listing is 46 MB, and
-/// keeping it would time this client growing a buffer (~30 ms) as much as the agent answering.
+/// GETs `path` over a fresh HTTP/1.1 connection and returns the answer's size in bytes. The
+/// body is counted as it arrives and thrown away, as `curl -o /dev/null` does: at 100,000
+/// processes a listing is 46 MB, and keeping it would time this client growing a buffer
+/// (~30 ms) as much as the agent answering.
 pub fn http_get(addr: &str, path: &str) -> anyhow::Result<usize> {
     let mut s = TcpStream::connect(addr)?;
     write!(
