@@ -179,6 +179,7 @@ pub(crate) enum Read {
 }
 
 /// A pass over every task.
+#[derive(Default)]
 pub(crate) struct All {
     /// The processes found that the table, as it was when the pass began, would change: the
     /// rest need no look on the actor.
@@ -199,16 +200,7 @@ pub(crate) struct All {
 impl All {
     /// A pass that read nothing: applied, it changes nothing and answers every waiter.
     fn failed() -> Self {
-        Self {
-            found: Vec::new(),
-            seen: Vec::new(),
-            tasks: 0,
-            iter_us: 0,
-            procfs: Vec::new(),
-            procfs_gone: Vec::new(),
-            gc_dropped: 0,
-            map_pids: None,
-        }
+        Self::default()
     }
 }
 
@@ -256,13 +248,11 @@ pub(crate) struct Actor<K> {
     last_refresh: u64,
     /// Boot-clock ns of the last pass over every task applied.
     last_full: u64,
-    /// A pass over every task is running: one at a time.
-    refreshing: bool,
-    /// A refresh of what ran is running: one at a time.
-    refreshing_ran: bool,
-    /// Boot-clock ns each was started at (no later than the time its read begins).
-    pass_launched: u64,
-    ran_launched: u64,
+    /// A pass over every task is running (one at a time), started at this boot-clock ns (no
+    /// later than its read begins).
+    refreshing: Option<u64>,
+    /// A refresh of what ran is running (one at a time), started at this boot-clock ns.
+    refreshing_ran: Option<u64>,
     /// Questions waiting for a refresh begun after them, with the boot-clock time they were
     /// asked at.
     waiters: Vec<(u64, oneshot::Sender<Arc<Snapshot>>)>,
@@ -318,10 +308,8 @@ impl<K: TaskSource> Actor<K> {
             stats,
             last_refresh: refreshed_at,
             last_full: refreshed_at,
-            refreshing: false,
-            refreshing_ran: false,
-            pass_launched: 0,
-            ran_launched: 0,
+            refreshing: None,
+            refreshing_ran: None,
             waiters: Vec::new(),
             cached: None,
             last_losses: 0,
@@ -414,7 +402,7 @@ impl<K: TaskSource> Actor<K> {
             read,
         } = pass;
         if ran {
-            self.refreshing_ran = false;
+            self.refreshing_ran = None;
         }
         let needs = match read {
             Read::Ran(reads) => {
@@ -426,7 +414,7 @@ impl<K: TaskSource> Actor<K> {
             }
             Read::All(all) => {
                 if !ran {
-                    self.refreshing = false;
+                    self.refreshing = None;
                 }
                 match self.apply_all(started, all) {
                     Some(needs) => needs,
@@ -498,13 +486,10 @@ impl<K: TaskSource> Actor<K> {
             });
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "snapshot applied");
         // The other refresh, if one is under way, began before this one's result came.
-        let mut oldest = started;
-        if self.refreshing {
-            oldest = oldest.min(self.pass_launched);
-        }
-        if self.refreshing_ran {
-            oldest = oldest.min(self.ran_launched);
-        }
+        let oldest = [self.refreshing, self.refreshing_ran]
+            .into_iter()
+            .flatten()
+            .fold(started, u64::min);
         self.table.forget_tombstones_before(oldest);
         for rec in &procfs {
             self.table.upsert_procfs(rec, started);
@@ -611,11 +596,10 @@ impl<K: TaskSource> Actor<K> {
             self.start_pass();
             return;
         };
-        if self.refreshing_ran {
+        if self.refreshing_ran.is_some() {
             return;
         }
-        self.refreshing_ran = true;
-        self.ran_launched = self.clock.boot_ns();
+        self.refreshing_ran = Some(self.clock.boot_ns());
         start_ran(
             ran.clone(),
             self.kernel.clone(),
@@ -643,9 +627,8 @@ impl<K: TaskSource> Actor<K> {
     }
 
     fn start_pass_with(&mut self, gc: bool) {
-        if !self.refreshing {
-            self.refreshing = true;
-            self.pass_launched = self.clock.boot_ns();
+        if self.refreshing.is_none() {
+            self.refreshing = Some(self.clock.boot_ns());
             let (kernel, clock, tx) =
                 (self.kernel.clone(), self.clock.clone(), self.passes.clone());
             let (ran, ns_per_tick, snap) = (self.ran.clone(), self.ns_per_tick, self.current());
@@ -660,13 +643,13 @@ impl<K: TaskSource> Actor<K> {
     /// Whether a pass over every task is running.
     #[cfg(test)]
     pub(crate) fn pass_running(&self) -> bool {
-        self.refreshing
+        self.refreshing.is_some()
     }
 
     /// Whether a refresh of what ran is running.
     #[cfg(test)]
     pub(crate) fn ran_running(&self) -> bool {
-        self.refreshing_ran
+        self.refreshing_ran.is_some()
     }
 
     /// The latest snapshot of the table, made anew only if the table or its numbers changed
