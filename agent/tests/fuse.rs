@@ -39,18 +39,23 @@ fn on_view(view: &Path, cmd: &str) -> String {
 
 /// Runs `cmd` on the kernel's /proc, on the view, and on the kernel's /proc again. Every line
 /// that both kernel runs printed identically (nothing about it changed meanwhile) must be in the
-/// view's output; returns how many lines were compared. Skipped: lines of the agent serving the
-/// view (answering it starts and stops worker threads), and workqueue workers, whose name in
+/// view's output; returns how many lines were compared. Skipped: lines of every agent running,
+/// the one serving the view and those of tests running beside this one (answering starts and
+/// stops worker threads, and a young process that keeps using CPU has a `C` / `%CPU` ratio that
+/// is not monotonic: CPU time grows by ticks, the age by whole seconds, so two kernel runs can
+/// agree while a run between them rounds the other way), and workqueue workers, whose name in
 /// /proc carries the work item they run at that instant (`kworker/0:1-events`).
 fn agree(view: &Path, agent: &Agent, cmd: &str) -> usize {
-    let own = agent.pid().to_string();
-    let own_line =
-        |l: &&str| !l.split_whitespace().take(4).any(|f| f == own) && !l.contains("kworker/");
     let mut last = String::new();
     for _attempt in 0..3 {
+        let mut agents = agent_pids(agent);
         let before = on_kernel(cmd);
         let ours = on_view(view, cmd);
         let after = on_kernel(cmd);
+        agents.extend(agent_pids(agent));
+        let own_line = |l: &&str| {
+            !l.split_whitespace().take(4).any(|f| agents.contains(f)) && !l.contains("kworker/")
+        };
         let after: HashSet<&str> = after.lines().collect();
         let ours_set: HashSet<&str> = ours.lines().collect();
         let stable: Vec<&str> = before
@@ -77,6 +82,21 @@ fn agree(view: &Path, agent: &Agent, cmd: &str) -> usize {
         std::thread::sleep(Duration::from_millis(200));
     }
     panic!("{last}");
+}
+
+/// The pids of every bpfproc agent running now, `agent` among them.
+fn agent_pids(agent: &Agent) -> HashSet<String> {
+    let mut pids: HashSet<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.parse::<u32>().is_ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "bpfproc")
+        })
+        .collect();
+    pids.insert(agent.pid().to_string());
+    pids
 }
 
 /// Whether two lines differ only in one process-state code, running against sleeping
