@@ -199,6 +199,10 @@ pub async fn run(
     })
     .context("loading BPF programs (are you root, on a kernel with BTF?)")?;
     let ring = kernel.take_ring()?;
+    let parking = kernel
+        .parking()
+        .inspect_err(|e| tracing::warn!("the ring reader will poll even when idle: {e}"))
+        .ok();
     let bpf_log = kernel.take_logger();
     let ring_fill = match kernel::RingFill::new(std::os::fd::AsFd::as_fd(&ring)) {
         Ok(r) => Some(Arc::new(r)),
@@ -241,6 +245,7 @@ pub async fn run(
     }
     let reader = tokio::spawn(state::reader::run(
         ring,
+        parking,
         state.clone(),
         queries,
         Duration::from_millis(args.drain_ms),

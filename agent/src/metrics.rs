@@ -134,6 +134,12 @@ families! {
         partial_refreshes: IntCounter = "bpfproc_partial_refreshes_total",
         /// Processes those refreshes read, each on its own.
         partial_reads: IntCounter = "bpfproc_partial_refresh_reads_total",
+        /// Times the ring reader stopped polling an empty ring (it polls every --drain-ms
+        /// while records come, and is woken by the next record after 10 empty polls).
+        reader_parks: IntCounter = "bpfproc_ring_reader_parks_total",
+        /// Drains of the ring the kernel woke the reader for: the first record after it
+        /// parked, or a backlog of a quarter of the ring.
+        reader_woken: IntCounter = "bpfproc_ring_reader_wakeups_total",
         /// Size of the kernel ring buffer.
         ringbuf_size: IntGauge = "bpfproc_ringbuf_size_bytes",
         /// Bytes written to the ring buffer and not yet consumed by the agent.
@@ -290,6 +296,8 @@ impl Metrics {
         set(&f.process_reads, stats.process_reads);
         set(&f.partial_refreshes, stats.partial_refreshes);
         set(&f.partial_reads, stats.partial_reads);
+        set(&f.reader_parks, stats.reader_parks);
+        set(&f.reader_woken, stats.reader_woken);
         set(&f.events_received, stats.events_received);
         set(&f.rescans, stats.rescans);
         set(&f.exits_nonzero, groups.exits.nonzero);

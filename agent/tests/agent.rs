@@ -388,6 +388,54 @@ fn event_stream_reports_fork_exec_and_exit_in_order() {
     assert_eq!(kinds, ["fork", "exec", "exit"]);
 }
 
+/// On a quiet host the ring reader stops polling (an idle agent wakes for nothing), and the
+/// next record wakes it: a child started then reaches the event stream, which asks the table
+/// nothing that would drain the ring, and the kernel's wake-up is counted.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn a_parked_ring_reader_is_woken_by_the_next_record() {
+    let _one_at_a_time = one_at_a_time();
+    let agent = Agent::start();
+    let me = std::process::id();
+    let stat = |key: &str| agent.json("/v1/stats")[key].as_u64().unwrap();
+    let mut stream = agent.sse(&format!("/v1/events?ppid={me}"));
+    stream
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The host's own processes may end a lull at any time: try until a child is the record
+    // that ends one.
+    for _attempt in 0..20 {
+        let parks = stat("reader_parks");
+        eventually(30, "the ring reader parked", || {
+            (stat("reader_parks") > parks).then_some(())
+        });
+        let woken = stat("reader_woken");
+        let mut child = quiet(Command::new("sh").args(["-c", "exit 4"]))
+            .spawn()
+            .unwrap();
+        let pid = u64::from(child.id());
+        child.wait().unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(stream.read_line(&mut line).expect("event stream stalled") > 0);
+            let Some(data) = line.trim().strip_prefix("data:") else {
+                continue;
+            };
+            let ev: Value = serde_json::from_str(data.trim()).unwrap();
+            if ev["pid"].as_u64() == Some(pid) && ev["event"] == "exit" {
+                assert_eq!(ev["exit_code"].as_i64(), Some(4), "{ev}");
+                break;
+            }
+        }
+        if stat("reader_woken") > woken {
+            return;
+        }
+    }
+    panic!("no record woke the parked reader in 20 lulls");
+}
+
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn sigterm_shuts_the_agent_down_cleanly() {

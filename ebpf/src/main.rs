@@ -86,6 +86,13 @@ pub(crate) static RAN: aya_ebpf::maps::Array<[u8; RAN_CHUNK]> =
 #[map]
 pub(crate) static ON_CPU: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// Slot 0: non-zero while the agent's ring reader is parked (it found the ring empty for a
+/// while and stopped polling it on a timer). The next record clears it and wakes the reader,
+/// so an idle host costs the agent no wake-ups and the first record after a lull is read at
+/// once.
+#[map]
+static READER_PARKED: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+
 #[map]
 static ITER_SCRATCH: PerCpuArray<TaskRecord> = PerCpuArray::with_max_entries(1, 0);
 
@@ -136,8 +143,18 @@ pub(crate) fn bump(index: u32) {
     }
 }
 
-/// Flags for a ring-buffer submit: wake the reader only when a backlog has built up.
+/// Flags for a ring-buffer submit: wake the reader only when a backlog has built up, or when
+/// it is parked (then this record un-parks it; two CPUs racing here both wake it, harmlessly).
 pub(crate) fn wake_flags() -> u64 {
+    if let Some(parked) = READER_PARKED.get_ptr_mut(0) {
+        // SAFETY: a valid pointer into the array's only slot; a u32 store is atomic.
+        unsafe {
+            if core::ptr::read_volatile(parked) != 0 {
+                core::ptr::write_volatile(parked, 0);
+                return BPF_RB_FORCE_WAKEUP as u64;
+            }
+        }
+    }
     let threshold = unsafe { core::ptr::read_volatile(&WAKE_BYTES) };
     if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
         BPF_RB_FORCE_WAKEUP as u64

@@ -113,6 +113,22 @@ const RAN_HOOKS: [&str; 4] = [
     "cgroup_attach_task",
 ];
 
+/// The ring reader's parking flag (ebpf/src/main.rs `READER_PARKED`): set, the next record
+/// submitted wakes the reader and clears it. A map update costs a syscall, and a reader parks
+/// and un-parks at most once per lull.
+pub struct Parking(aya::maps::Array<MapData, u32>);
+
+impl Parking {
+    pub fn set(&mut self, parked: bool) -> Result<(), KernelError> {
+        self.0
+            .set(0, &u32::from(parked), 0)
+            .map_err(|source| KernelError::Map {
+                name: "READER_PARKED",
+                source,
+            })
+    }
+}
+
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Kernel {
     ebpf: Ebpf,
@@ -254,6 +270,20 @@ impl Kernel {
             name: "EVENTS",
             source,
         })
+    }
+
+    /// The switch that parks the ring reader (`Parking`). Once only: the map leaves the object.
+    pub fn parking(&mut self) -> Result<Parking, KernelError> {
+        let map = self
+            .ebpf
+            .take_map("READER_PARKED")
+            .ok_or(KernelError::Iter("READER_PARKED map missing".into()))?;
+        aya::maps::Array::try_from(map)
+            .map(Parking)
+            .map_err(|source| KernelError::Map {
+                name: "READER_PARKED",
+                source,
+            })
     }
 
     /// The marks of which processes ran (`Marks`), for a refresher that needs neither this

@@ -362,6 +362,11 @@ impl<K: TaskSource> Actor<K> {
         self.latest
             .in_flight
             .fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+        // Records come with activity, and so do losses: checked here, the ticker can slow
+        // down while nobody asks anything.
+        if self.losses_moved() {
+            self.start_pass();
+        }
     }
 
     /// A question for a snapshot whose numbers are at most `asked` old: answered now if the
@@ -379,6 +384,9 @@ impl<K: TaskSource> Actor<K> {
         }
         if asked < Duration::MAX {
             self.last_numbers_query = now;
+            self.latest
+                .asked
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let at = self.clock.boot_ns();
         let age = Duration::from_nanos(at.saturating_sub(self.last_refresh));
@@ -521,26 +529,36 @@ impl<K: TaskSource> Actor<K> {
     pub(crate) fn on_ahead(&mut self) {
         self.last_query = self.clock.now();
         self.demanded = true;
+        self.latest
+            .asked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.start_pass();
     }
 
     /// Periodic: a rescan when a kernel loss counter moved, a refresh ahead while a client
     /// polls faster than the bound, and the pass over every task that brings up to date what
     /// no mark tells of, while numbers are asked for.
+    /// Whether a loss counter moved since the last check (at most one check per
+    /// `loss_check`): some record never reached us, and a pass must reconcile the table now
+    /// rather than at the next query.
+    fn losses_moved(&mut self) -> bool {
+        let now = self.clock.now();
+        if now.duration_since(self.last_loss_check) < self.loss_check {
+            return false;
+        }
+        self.last_loss_check = now;
+        let losses = self.kernel_losses();
+        if losses > self.last_losses {
+            self.last_losses = losses;
+            self.stats.rescans += 1;
+            return true;
+        }
+        false
+    }
+
     pub(crate) fn on_tick(&mut self) {
         let now = self.clock.now();
-        // A moved loss counter means some record never reached us: reconcile now rather than
-        // at the next query.
-        let mut pass = false;
-        if now.duration_since(self.last_loss_check) >= self.loss_check {
-            self.last_loss_check = now;
-            let losses = self.kernel_losses();
-            if losses > self.last_losses {
-                self.last_losses = losses;
-                self.stats.rescans += 1;
-                pass = true;
-            }
-        }
+        let mut pass = self.losses_moved();
         let boot = self.clock.boot_ns();
         let age = Duration::from_nanos(boot.saturating_sub(self.last_refresh));
         // A client polling faster than the bound gets its next answer from numbers read ahead
@@ -563,6 +581,14 @@ impl<K: TaskSource> Actor<K> {
         if pass {
             self.start_pass();
         }
+        // Nobody asked for a read-ahead or a periodic pass's numbers lately: tick slowly.
+        if now.duration_since(self.last_query) >= self.max_age * 2
+            && now.duration_since(self.last_numbers_query) >= GC_EVERY
+        {
+            self.latest
+                .asked
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The agent's counters, with the table's and the kernel's as they are now.
@@ -574,6 +600,8 @@ impl<K: TaskSource> Actor<K> {
         s.fast_path_hits = self.latest.hits.load(Relaxed);
         s.fast_path_misses = self.latest.misses.load(Relaxed);
         s.process_reads = self.latest.process_reads.load(Relaxed);
+        s.reader_parks = self.latest.reader_parks.load(Relaxed);
+        s.reader_woken = self.latest.reader_woken.load(Relaxed);
         s.exited_retained = self.table.exited().len();
         if let Some(c) = &self.counters
             && let Ok(counters) = c.read()

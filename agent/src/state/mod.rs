@@ -99,6 +99,10 @@ pub struct AgentStats {
     pub bpf_map_orphans: usize,
     /// Process-map entries the periodic sweep had to drop (their process was gone).
     pub map_gc_dropped: u64,
+    /// Times the ring reader found the ring empty long enough to stop polling it, and drains
+    /// the kernel woke it for (the first record after such a lull, or a backlog).
+    pub reader_parks: u64,
+    pub reader_woken: u64,
 }
 
 /// argv and exe read for (pid, start) of a process that predates the agent.
@@ -157,7 +161,17 @@ struct Latest {
     partial: std::sync::atomic::AtomicBool,
     /// When a control command last changed each process (see `State::touch`).
     touched: Mutex<std::collections::HashMap<u32, u64>>,
+    /// Whether anyone asked for numbers lately, so the actor's ticker must keep its short
+    /// period (its read-ahead and periodic pass serve them); else it ticks at the loss checks'
+    /// pace only.
+    asked: std::sync::atomic::AtomicBool,
+    /// The ring reader's `AgentStats::reader_parks` and `reader_woken`.
+    reader_parks: std::sync::atomic::AtomicU64,
+    reader_woken: std::sync::atomic::AtomicU64,
 }
+
+/// The actor's tick while nobody asks for numbers.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// One process's numbers, read on their own: an open of one file in a table whose numbers are
 /// stale costs a read of that process's threads, not a pass over the host (26 ms at 10,000
@@ -553,6 +567,9 @@ pub fn spawn<K: TaskSource>(
 
     let ticker_tx = tx.clone();
     let tick = (cfg.max_age / 2).clamp(Duration::from_millis(5), cfg.loss_check);
+    // Losses are checked as records arrive too (`Actor::on_events`); this only bounds how
+    // late a loss that comes with no record at all is noticed.
+    let (idle_tick, ticker_latest) = (cfg.loss_check.max(IDLE_TICK), latest.clone());
     let wiring = Wiring {
         latest,
         tx,
@@ -562,10 +579,13 @@ pub fn spawn<K: TaskSource>(
     };
     let mut actor = Actor::new(kernel, clock, wiring, cfg, table, stats, started);
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(tick);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        use std::sync::atomic::Ordering::Relaxed;
         loop {
-            every.tick().await;
+            // 20 wake-ups a second where nobody asks anything cost an idle agent CPU for
+            // nothing; a question that comes while the ticker sleeps the long period waits for
+            // nothing (the actor answers it), only the read-ahead starts up to that much later.
+            let asked = ticker_latest.asked.load(Relaxed);
+            tokio::time::sleep(if asked { tick } else { idle_tick }).await;
             if ticker_tx.send(Msg::Tick).await.is_err() {
                 break;
             }

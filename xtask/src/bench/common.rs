@@ -195,3 +195,32 @@ pub(super) fn table(title: &str, series: &[Series], out: &mut String) {
         );
     }
 }
+
+/// The unit of /proc/PID/stat's times: fixed at 100 by the Linux ABI, whatever CONFIG_HZ is.
+pub(super) const USER_HZ: f64 = 100.0;
+
+/// utime + stime of a process, in clock ticks.
+pub(super) fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (up to 5 s) until `pid` uses no more than a tick of CPU in 200 ms.
+pub(super) fn settle(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = cpu_ticks(pid);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = cpu_ticks(pid);
+        if now.saturating_sub(last) <= 1 {
+            return;
+        }
+        last = now;
+    }
+}

@@ -5,6 +5,7 @@ mod common;
 mod floors;
 mod fuse;
 mod listing;
+mod rest;
 mod scale;
 mod scrape;
 mod tracing;
@@ -227,6 +228,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&work);
     }
     drop(sleepers);
+    rest::at_rest(
+        &bin,
+        &groups,
+        Duration::from_secs(if args.quick { 5 } else { 30 }),
+        &mut report,
+    )?;
     verdicts.push(tracing_cost(
         &bin,
         if args.quick { (1000, 2) } else { (5000, 5) },

@@ -1,0 +1,109 @@
+//! What an agent costs a host where nothing happens and nobody asks: its CPU time and how often
+//! its threads run, over one quiet window, next to process-exporter's in the same window
+//! (which does nothing between scrapes but its Go runtime's housekeeping).
+
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::common::{Agent, http_get, settle};
+
+/// CPU time (ns) and times scheduled in, summed over the threads of `pid` now
+/// (`/proc/PID/task/TID/schedstat`: run time, wait time, timeslices).
+fn run_and_slices(pid: u32) -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            let f: Vec<u64> = s
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some((*f.first()?, *f.get(2)?))
+        })
+        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
+}
+
+fn wait_up(addr: &str, path: &str, what: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while http_get(addr, path).is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{what} did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The agent as `cargo xtask run` starts it (HTTP and a FUSE mount, default settings) and
+/// process-exporter, both left alone for `window` once they have settled.
+pub(super) fn at_rest(
+    bin: &Path,
+    groups: &Path,
+    window: Duration,
+    report: &mut String,
+) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let work = std::env::temp_dir().join(format!("bpfproc-bench-rest-{}", std::process::id()));
+    std::fs::create_dir_all(work.join("view"))?;
+    let agent = Agent(
+        Command::new(bin)
+            .args(["agent", "--listen", &addr, "--socket"])
+            .arg(work.join("s.sock"))
+            .arg("--mount")
+            .arg(work.join("view"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the agent")?,
+    );
+    let pe_addr = "127.0.0.1:19257";
+    let pe = Agent(
+        Command::new("/usr/bin/prometheus-process-exporter")
+            .arg(format!("-config.path={}", groups.display()))
+            .arg(format!("-web.listen-address={pe_addr}"))
+            .args(["-gather-smaps=false", "-threads=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting process-exporter")?,
+    );
+    wait_up(&addr, "/healthz", "the agent")?;
+    wait_up(pe_addr, "/metrics", "process-exporter")?;
+    // Past the start-up work, and past the agent's periodic pass, which runs for 10 s after
+    // the last question for numbers (the health check asks none).
+    settle(agent.0.id());
+    settle(pe.0.id());
+    let (ours, theirs) = (agent.0.id(), pe.0.id());
+    let (o0, p0) = (run_and_slices(ours), run_and_slices(theirs));
+    std::thread::sleep(window);
+    let (o1, p1) = (run_and_slices(ours), run_and_slices(theirs));
+    drop(agent);
+    drop(pe);
+    let _ = std::fs::remove_dir_all(&work);
+    let secs = window.as_secs_f64();
+    let row = |name: &str, a: (u64, u64), b: (u64, u64)| {
+        let cpu = b.0.saturating_sub(a.0) as f64 / 1e9 / secs * 100.0;
+        let runs = b.1.saturating_sub(a.1) as f64 / secs;
+        println!("at rest: {name}: {cpu:.3} % of a CPU, {runs:.1} runs/s");
+        format!("| {name} | {cpu:.3} % | {runs:.1} |\n")
+    };
+    let _ = writeln!(
+        report,
+        "\n### At rest: {:.0} s with nothing asked\n\n| | CPU (of one core) | times its threads ran, per second |\n|---|---:|---:|\n{}{}\nThe agent as `cargo xtask run` starts it (HTTP and a FUSE mount, default settings), process-exporter with the scrape comparison's settings, both left alone together once settled; from `/proc/PID/task/*/schedstat` (run time and timeslices, all threads). The host's own processes go on meanwhile, and the agent reads every record they cause.",
+        secs,
+        row("bpfproc agent", o0, o1),
+        row("process-exporter 0.7.10", p0, p1),
+    );
+    Ok(())
+}
