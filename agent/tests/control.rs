@@ -155,20 +155,25 @@ fn signal_names_and_the_cli() {
 #[ignore = "needs root: loads BPF programs, ptraces"]
 fn hang_stops_the_execd_grandchild_at_exec_and_gdb_can_attach() {
     let agent = Agent::start();
-    // The shell waits for a line, then forks a child that execs sleep.
+    // The shell says it runs, waits for a line, then forks a child that execs sleep.
     let mut sh = Command::new("sh")
-        .args(["-c", "read go; sleep 60 & echo $!; wait"])
+        .args(["-c", "echo ready; read go; sleep 60 & echo $!; wait"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut out = BufReader::new(sh.stdout.take().unwrap());
+    let mut line = String::new();
+    // Not before: spawn() returns once the exec closed its error pipe, which is before the
+    // exec is through (and before the exec hook runs); a `hang` set then stops the shell at
+    // its own exec, and the shell never reads the line.
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
     let (status, body) = agent.ctl(sh.id(), "hang");
     assert_eq!(status, 200, "{body}");
     writeln!(sh.stdin.as_mut().unwrap(), "go").unwrap();
-    let mut line = String::new();
-    BufReader::new(sh.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
     let grandchild: u32 = line.trim().parse().expect("grandchild pid");
 
     eventually(10, "grandchild stopped at exec", || {
