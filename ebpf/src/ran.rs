@@ -11,7 +11,7 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use bpfproc_common::RAN_CHUNK;
 
-use crate::{ON_CPU, RAN, kread::ld, off};
+use crate::{ON_CPU, RAN, RAN_SUMMARY, kread::ld, off};
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
@@ -48,28 +48,41 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// Sets `tgid`'s byte in `RAN`, unless it is set already (a store would take the cache line
-/// from the agent, which clears bytes). tgid 0 is the idle task, never marked: its byte
-/// instead records that a process's byte was beyond the map (which the agent sizes for every
-/// pid the kernel allows), and the next refresh reads every process.
+/// from the agent, which clears bytes), and then its chunk's byte in `RAN_SUMMARY`, likewise.
+/// tgid 0 is the idle task, never marked: its byte instead records that a process's byte was
+/// beyond the map (which the agent sizes for every pid the kernel allows), and the next
+/// refresh reads every process.
+///
+/// The order is what the agent relies on: it clears a chunk's summary byte before the chunk's
+/// bytes, so a byte set after it looked at the chunk has its summary set again for the next
+/// look, and a byte whose store was skipped was set already, its summary with it.
 #[inline(always)]
 fn mark(tgid: u32) {
     if tgid == 0 {
         return;
     }
     let chunk = RAN_CHUNK as u32;
-    let (slot, byte) = match RAN.get_ptr_mut(tgid / chunk) {
-        Some(c) => (c, (tgid % chunk) as usize),
-        None => match RAN.get_ptr_mut(0) {
-            Some(c) => (c, 0),
-            None => return,
-        },
+    let (index, byte) = match RAN.get_ptr_mut(tgid / chunk) {
+        Some(_) => (tgid / chunk, (tgid % chunk) as usize),
+        None => (0, 0),
     };
-    // SAFETY: `byte` is below RAN_CHUNK, within the map value. Byte stores from several CPUs
-    // to one word lose none of them, and the agent clears bytes with an atomic swap.
+    let Some(slot) = RAN.get_ptr_mut(index) else {
+        return;
+    };
+    // SAFETY: `byte` is below RAN_CHUNK, within the map value; `index` is below RAN's entries,
+    // at most RAN_CHUNK of them (the agent sizes it). Byte stores from several CPUs to one word
+    // lose none of them, and the agent clears bytes with an atomic swap.
     unsafe {
         let b = (*slot).as_mut_ptr().add(byte);
-        if core::ptr::read_volatile(b) == 0 {
-            core::ptr::write_volatile(b, 1);
+        if core::ptr::read_volatile(b) != 0 {
+            return;
+        }
+        core::ptr::write_volatile(b, 1);
+        if let Some(summary) = RAN_SUMMARY.get_ptr_mut(0) {
+            let s = (*summary).as_mut_ptr().add(index as usize % RAN_CHUNK);
+            if core::ptr::read_volatile(s) == 0 {
+                core::ptr::write_volatile(s, 1);
+            }
         }
     }
 }

@@ -294,7 +294,7 @@ impl Kernel {
             _ => Err(KernelError::Iter(format!("{name} map missing"))),
         };
         let ran = take("RAN")?;
-        Marks::new(ran, take("ON_CPU")?)
+        Marks::new(ran, take("RAN_SUMMARY")?, take("ON_CPU")?)
     }
 
     /// One pass of the task iterator over every task on the host, threads included, each

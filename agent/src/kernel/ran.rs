@@ -16,11 +16,68 @@ use super::KernelError;
 
 /// The marks the hooks leave, read and cleared by whoever refreshes the table's numbers.
 pub struct Marks {
-    bytes: NonNull<c_void>,
-    len: usize,
+    bytes: Mapped,
+    /// A byte per chunk of `RAN_CHUNK` pids, set when a byte in that chunk is.
+    summary: Mapped,
     on_cpu: PerCpuArray<MapData, u32>,
-    /// The map the bytes are of, kept open while they are mapped.
-    _ran: MapData,
+}
+
+/// A BPF array's values, mapped into the agent; the map is kept open while they are.
+struct Mapped {
+    ptr: NonNull<c_void>,
+    len: usize,
+    _map: MapData,
+}
+
+impl Mapped {
+    fn new(map: MapData, name: &'static str) -> Result<Self, KernelError> {
+        let len = map
+            .info()
+            .map_err(|source| KernelError::Map { name, source })?
+            .max_entries() as usize
+            * bpfproc_common::RAN_CHUNK;
+        let size = NonZeroUsize::new(len).ok_or(KernelError::Iter(format!("{name} is empty")))?;
+        // SAFETY: a fresh shared mapping of an mmapable BPF array, exactly its size (its
+        // elements are a page each, so it is page-aligned); unmapped in Drop.
+        let ptr = unsafe {
+            mmap(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                map.fd().as_fd(),
+                0,
+            )
+        }
+        .map_err(|e| KernelError::Io(e.into()))?;
+        Ok(Self {
+            ptr,
+            len,
+            _map: map,
+        })
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is `len` bytes, page-aligned, lives as long as `self`, and the
+        // kernel only ever stores single bytes into it.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len / 8) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped.
+        let _ = unsafe { munmap(self.ptr, self.len) };
+    }
+}
+
+/// The bytes of `word` that are set, by index.
+fn set_bytes(word: u64) -> impl Iterator<Item = usize> {
+    word.to_ne_bytes()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, b)| *b != 0)
+        .map(|(j, _)| j)
 }
 
 // SAFETY: the mapping is shared with the kernel for the lifetime of this value and is only
@@ -30,38 +87,45 @@ unsafe impl Send for Marks {}
 unsafe impl Sync for Marks {}
 
 impl Marks {
-    pub(super) fn new(ran: MapData, on_cpu: MapData) -> Result<Self, KernelError> {
-        let map_err = |name, source| KernelError::Map { name, source };
-        let len = ran.info().map_err(|e| map_err("RAN", e))?.max_entries() as usize
-            * bpfproc_common::RAN_CHUNK;
-        let size = NonZeroUsize::new(len).ok_or(KernelError::Iter("RAN is empty".into()))?;
-        // SAFETY: a fresh shared mapping of an mmapable BPF array, exactly its size (its
-        // elements are a page each, so it is page-aligned); unmapped in Drop.
-        let bytes = unsafe {
-            mmap(
-                None,
-                size,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                ran.fd().as_fd(),
-                0,
-            )
-        }
-        .map_err(|e| KernelError::Io(e.into()))?;
-        let on_cpu = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(on_cpu))
-            .map_err(|e| map_err("ON_CPU", e))?;
+    pub(super) fn new(
+        ran: MapData,
+        summary: MapData,
+        on_cpu: MapData,
+    ) -> Result<Self, KernelError> {
+        let on_cpu =
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(on_cpu)).map_err(|source| {
+                KernelError::Map {
+                    name: "ON_CPU",
+                    source,
+                }
+            })?;
         Ok(Self {
-            bytes,
-            len,
+            bytes: Mapped::new(ran, "RAN")?,
+            summary: Mapped::new(summary, "RAN_SUMMARY")?,
             on_cpu,
-            _ran: ran,
         })
     }
 
-    fn words(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping is `len` bytes, page-aligned, lives as long as `self`, and the
-        // kernel only ever stores single bytes into it.
-        unsafe { std::slice::from_raw_parts(self.bytes.as_ptr().cast(), self.len / 8) }
+    /// The words of the chunks whose summary byte was set, each with the index of its first
+    /// word, the summary bytes cleared first (the hooks set a chunk's byte before its
+    /// summary's, so a mark made after this look has its summary set again for the next one).
+    fn marked_chunks(&self) -> impl Iterator<Item = (usize, &[AtomicU64])> {
+        let chunk_words = bpfproc_common::RAN_CHUNK / 8;
+        let words = self.bytes.words();
+        let chunks = words.len() / chunk_words;
+        self.summary
+            .words()
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.load(Ordering::Relaxed) != 0)
+            .flat_map(move |(i, w)| set_bytes(w.swap(0, Ordering::AcqRel)).map(move |j| i * 8 + j))
+            .filter(move |&c| c < chunks)
+            .map(move |c| {
+                (
+                    c * chunk_words,
+                    &words[c * chunk_words..(c + 1) * chunk_words],
+                )
+            })
     }
 
     /// The processes (by pid) that ran, were woken or changed cgroup since the last call, and
@@ -77,19 +141,17 @@ impl Marks {
         })?;
         let mut pids: Vec<u32> = running.iter().copied().filter(|&p| p != 0).collect();
         let mut overflow = false;
-        for (i, word) in self.words().iter().enumerate() {
-            if word.load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            // An atomic swap: a mark stored after it stays for the next call.
-            let bytes = word.swap(0, Ordering::AcqRel).to_ne_bytes();
-            for (j, b) in bytes.iter().enumerate() {
-                if *b == 0 {
+        for (first, words) in self.marked_chunks() {
+            for (i, word) in words.iter().enumerate() {
+                if word.load(Ordering::Relaxed) == 0 {
                     continue;
                 }
-                match (i * 8 + j) as u32 {
-                    0 => overflow = true,
-                    pid => pids.push(pid),
+                // An atomic swap: a mark stored after it stays for the next call.
+                for j in set_bytes(word.swap(0, Ordering::AcqRel)) {
+                    match ((first + i) * 8 + j) as u32 {
+                        0 => overflow = true,
+                        pid => pids.push(pid),
+                    }
                 }
             }
         }
@@ -103,17 +165,12 @@ impl Marks {
 
     /// Clears every mark: a pass is about to read every task.
     pub fn clear(&self) {
-        for word in self.words() {
-            if word.load(Ordering::Relaxed) != 0 {
-                word.store(0, Ordering::Release);
+        for (_, words) in self.marked_chunks() {
+            for word in words {
+                if word.load(Ordering::Relaxed) != 0 {
+                    word.store(0, Ordering::Release);
+                }
             }
         }
-    }
-}
-
-impl Drop for Marks {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `new` mapped.
-        let _ = unsafe { munmap(self.bytes, self.len) };
     }
 }

@@ -231,7 +231,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     rest::at_rest(
         &bin,
         &groups,
-        Duration::from_secs(if args.quick { 5 } else { 30 }),
+        Duration::from_secs(if args.quick { 4 } else { 30 }),
         &mut report,
     )?;
     verdicts.push(tracing_cost(

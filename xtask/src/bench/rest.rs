@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::common::{Agent, http_get, settle};
+use super::{
+    common::{Agent, http_get, settle},
+    scrape::process_exporter,
+};
 
 /// CPU time (ns) and times scheduled in, summed over the threads of `pid` now
 /// (`/proc/PID/task/TID/schedstat`: run time, wait time, timeslices).
@@ -31,19 +34,9 @@ fn run_and_slices(pid: u32) -> (u64, u64) {
         .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
 }
 
-fn wait_up(addr: &str, path: &str, what: &str) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while http_get(addr, path).is_err() {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("{what} did not come up");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 /// The agent as `cargo xtask run` starts it (HTTP and a FUSE mount, default settings) and
-/// process-exporter, both left alone for `window` once they have settled.
+/// process-exporter, once they have settled: left alone for `window`, then scraped twice in
+/// another.
 pub(super) fn at_rest(
     bin: &Path,
     groups: &Path,
@@ -68,42 +61,55 @@ pub(super) fn at_rest(
             .context("starting the agent")?,
     );
     let pe_addr = "127.0.0.1:19257";
-    let pe = Agent(
-        Command::new("/usr/bin/prometheus-process-exporter")
-            .arg(format!("-config.path={}", groups.display()))
-            .arg(format!("-web.listen-address={pe_addr}"))
-            .args(["-gather-smaps=false", "-threads=false"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting process-exporter")?,
-    );
-    wait_up(&addr, "/healthz", "the agent")?;
-    wait_up(pe_addr, "/metrics", "process-exporter")?;
+    let pe = process_exporter(groups, pe_addr)?;
+    let start = Instant::now();
+    while http_get(&addr, "/healthz").is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the agent did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Past the start-up work, and past the agent's periodic pass, which runs for 10 s after
     // the last question for numbers (the health check asks none).
     settle(agent.0.id());
     settle(pe.0.id());
     let (ours, theirs) = (agent.0.id(), pe.0.id());
-    let (o0, p0) = (run_and_slices(ours), run_and_slices(theirs));
-    std::thread::sleep(window);
-    let (o1, p1) = (run_and_slices(ours), run_and_slices(theirs));
+    let secs = window.as_secs_f64();
+    let mut rows = String::new();
+    // Left alone, then scraped as Prometheus does by default: both in the same window.
+    for scrape_every in [None, Some(window / 2)] {
+        let (o0, p0) = (run_and_slices(ours), run_and_slices(theirs));
+        match scrape_every {
+            None => std::thread::sleep(window),
+            Some(every) => {
+                for _ in 0..2 {
+                    http_get(&addr, "/metrics")?;
+                    http_get(pe_addr, "/metrics")?;
+                    std::thread::sleep(every);
+                }
+            }
+        }
+        let (o1, p1) = (run_and_slices(ours), run_and_slices(theirs));
+        let how = match scrape_every {
+            None => "nothing asked".to_string(),
+            Some(every) => format!("`/metrics` every {} s", every.as_secs()),
+        };
+        for (name, a, b) in [
+            ("bpfproc agent", o0, o1),
+            ("process-exporter 0.7.10", p0, p1),
+        ] {
+            let cpu = b.0.saturating_sub(a.0) as f64 / 1e9 / secs * 100.0;
+            let runs = b.1.saturating_sub(a.1) as f64 / secs;
+            println!("at rest, {how}: {name}: {cpu:.3} % of a CPU, {runs:.1} runs/s");
+            let _ = writeln!(rows, "| {name}, {how} | {cpu:.3} % | {runs:.1} |");
+        }
+    }
     drop(agent);
     drop(pe);
     let _ = std::fs::remove_dir_all(&work);
-    let secs = window.as_secs_f64();
-    let row = |name: &str, a: (u64, u64), b: (u64, u64)| {
-        let cpu = b.0.saturating_sub(a.0) as f64 / 1e9 / secs * 100.0;
-        let runs = b.1.saturating_sub(a.1) as f64 / secs;
-        println!("at rest: {name}: {cpu:.3} % of a CPU, {runs:.1} runs/s");
-        format!("| {name} | {cpu:.3} % | {runs:.1} |\n")
-    };
     let _ = writeln!(
         report,
-        "\n### At rest: {:.0} s with nothing asked\n\n| | CPU (of one core) | times its threads ran, per second |\n|---|---:|---:|\n{}{}\nThe agent as `cargo xtask run` starts it (HTTP and a FUSE mount, default settings), process-exporter with the scrape comparison's settings, both left alone together once settled; from `/proc/PID/task/*/schedstat` (run time and timeslices, all threads). The host's own processes go on meanwhile, and the agent reads every record they cause.",
-        secs,
-        row("bpfproc agent", o0, o1),
-        row("process-exporter 0.7.10", p0, p1),
+        "\n### At rest: two windows of {secs:.0} s\n\n| | CPU (of one core) | times its threads ran, per second |\n|---|---:|---:|\n{rows}\nThe agent as `cargo xtask run` starts it (HTTP and a FUSE mount, default settings) and process-exporter with the scrape comparison's settings, run together once both settled: first left alone, then each scraped twice, half a window apart (Prometheus' default interval is 15 s). From `/proc/PID/task/*/schedstat` (run time and timeslices, all threads). The host's own processes go on meanwhile, and the agent reads every record they cause; process-exporter does nothing between scrapes."
     );
     Ok(())
 }

@@ -14,23 +14,17 @@ use super::common::{Agent, Series, count_processes, http_get, ms, table, time};
 pub(super) const GROUPS_YAML: &str =
     "process_names:\n  - name: \"{{.Comm}}\"\n    cmdline: ['.+']\n";
 
-/// `/metrics` of the agent next to Debian's process-exporter with the same groups. Its smaps
-/// and per-thread families are off: bpfproc has neither, and both would only slow it down.
-pub(super) fn scrape_vs_process_exporter(
-    addr: &str,
-    groups: &std::path::Path,
-    rounds: usize,
-    report: &mut String,
-) -> anyhow::Result<f64> {
-    let pe_addr = "127.0.0.1:19256";
+/// Debian's process-exporter with `groups`, serving on `addr`, once it answers. Its smaps and
+/// per-thread families are off: bpfproc has neither, and both would only slow it down.
+pub(super) fn process_exporter(groups: &std::path::Path, addr: &str) -> anyhow::Result<Agent> {
     let bin = "/usr/bin/prometheus-process-exporter";
     if !std::path::Path::new(bin).exists() {
         bail!("{bin} missing: cargo xtask setup installs prometheus-process-exporter");
     }
-    let _pe = Agent(
+    let pe = Agent(
         Command::new(bin)
             .arg(format!("-config.path={}", groups.display()))
-            .arg(format!("-web.listen-address={pe_addr}"))
+            .arg(format!("-web.listen-address={addr}"))
             .args(["-gather-smaps=false", "-threads=false"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -38,12 +32,24 @@ pub(super) fn scrape_vs_process_exporter(
             .context("starting process-exporter")?,
     );
     let start = Instant::now();
-    while http_get(pe_addr, "/metrics").is_err() {
+    while http_get(addr, "/metrics").is_err() {
         if start.elapsed() > Duration::from_secs(30) {
             bail!("process-exporter did not come up");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(pe)
+}
+
+/// `/metrics` of the agent next to Debian's process-exporter with the same groups.
+pub(super) fn scrape_vs_process_exporter(
+    addr: &str,
+    groups: &std::path::Path,
+    rounds: usize,
+    report: &mut String,
+) -> anyhow::Result<f64> {
+    let pe_addr = "127.0.0.1:19256";
+    let _pe = process_exporter(groups, pe_addr)?;
     let n = count_processes();
     let mut ours = Series {
         name: "`GET /metrics` (bpfproc)".into(),
