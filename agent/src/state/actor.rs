@@ -381,12 +381,10 @@ impl<K: TaskSource> Actor<K> {
         if asked <= self.max_age {
             self.last_query = now;
             self.demanded = true;
+            self.latest.quicken_ticks();
         }
         if asked < Duration::MAX {
             self.last_numbers_query = now;
-            self.latest
-                .asked
-                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let at = self.clock.boot_ns();
         let age = Duration::from_nanos(at.saturating_sub(self.last_refresh));
@@ -529,9 +527,7 @@ impl<K: TaskSource> Actor<K> {
     pub(crate) fn on_ahead(&mut self) {
         self.last_query = self.clock.now();
         self.demanded = true;
-        self.latest
-            .asked
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.latest.quicken_ticks();
         self.start_pass();
     }
 
@@ -581,12 +577,11 @@ impl<K: TaskSource> Actor<K> {
         if pass {
             self.start_pass();
         }
-        // Nobody asked for a read-ahead or a periodic pass's numbers lately: tick slowly.
-        if now.duration_since(self.last_query) >= self.max_age * 2
-            && now.duration_since(self.last_numbers_query) >= GC_EVERY
-        {
+        // Nobody polls faster than the bound: no read-ahead to make, tick slowly (the
+        // periodic pass above is due only every GC_EVERY).
+        if now.duration_since(self.last_query) >= self.max_age * 2 {
             self.latest
-                .asked
+                .quick_ticks
                 .store(false, std::sync::atomic::Ordering::Relaxed);
         }
     }

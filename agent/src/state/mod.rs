@@ -161,17 +161,30 @@ struct Latest {
     partial: std::sync::atomic::AtomicBool,
     /// When a control command last changed each process (see `State::touch`).
     touched: Mutex<std::collections::HashMap<u32, u64>>,
-    /// Whether anyone asked for numbers lately, so the actor's ticker must keep its short
-    /// period (its read-ahead and periodic pass serve them); else it ticks at the loss checks'
-    /// pace only.
-    asked: std::sync::atomic::AtomicBool,
+    /// Whether a client asked for numbers within the bound lately, so the actor's ticker
+    /// keeps its short period for the read-ahead; else it ticks once a second. `tick_now`
+    /// wakes a ticker asleep in the long period when this turns on.
+    quick_ticks: std::sync::atomic::AtomicBool,
+    tick_now: tokio::sync::Notify,
     /// The ring reader's `AgentStats::reader_parks` and `reader_woken`.
     reader_parks: std::sync::atomic::AtomicU64,
     reader_woken: std::sync::atomic::AtomicU64,
 }
 
-/// The actor's tick while nobody asks for numbers.
+/// The actor's tick while nobody polls faster than the bound.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+
+impl Latest {
+    /// The actor's ticks at the short period from now on, starting at once.
+    fn quicken_ticks(&self) {
+        if !self
+            .quick_ticks
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.tick_now.notify_one();
+        }
+    }
+}
 
 /// One process's numbers, read on their own: an open of one file in a table whose numbers are
 /// stale costs a read of that process's threads, not a pass over the host (26 ms at 10,000
@@ -581,11 +594,13 @@ pub fn spawn<K: TaskSource>(
     tokio::spawn(async move {
         use std::sync::atomic::Ordering::Relaxed;
         loop {
-            // 20 wake-ups a second where nobody asks anything cost an idle agent CPU for
-            // nothing; a question that comes while the ticker sleeps the long period waits for
-            // nothing (the actor answers it), only the read-ahead starts up to that much later.
-            let asked = ticker_latest.asked.load(Relaxed);
-            tokio::time::sleep(if asked { tick } else { idle_tick }).await;
+            // 20 wake-ups a second cost an agent nobody polls (idle, or scraped every 15 s)
+            // CPU for nothing; a client polling within the bound wakes the ticker at once.
+            let quick = ticker_latest.quick_ticks.load(Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(if quick { tick } else { idle_tick }) => {}
+                _ = ticker_latest.tick_now.notified() => {}
+            }
             if ticker_tx.send(Msg::Tick).await.is_err() {
                 break;
             }
