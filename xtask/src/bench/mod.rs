@@ -85,6 +85,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let groups =
         std::env::temp_dir().join(format!("bpfproc-bench-groups-{}.yaml", std::process::id()));
     std::fs::write(&groups, GROUPS_YAML)?;
+    // First, while the host has only its own processes: after the scale run's teardown, a
+    // full run once read an agent that never ran for 30 s (reason not found).
+    let mut rest = String::new();
+    rest::at_rest(
+        &bin,
+        &groups,
+        Duration::from_secs(if args.quick { 4 } else { 30 }),
+        &mut rest,
+    )?;
     for &target in &counts {
         if target >= args.scale_from {
             scale::at_scale(&bin, target, &groups, &mut report, &mut verdicts)?;
@@ -228,12 +237,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&work);
     }
     drop(sleepers);
-    rest::at_rest(
-        &bin,
-        &groups,
-        Duration::from_secs(if args.quick { 4 } else { 30 }),
-        &mut report,
-    )?;
+    report.push_str(&rest);
     verdicts.push(tracing_cost(
         &bin,
         if args.quick { (1000, 2) } else { (5000, 5) },

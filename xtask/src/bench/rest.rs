@@ -18,11 +18,10 @@ use super::{
 
 /// CPU time (ns) and times scheduled in, summed over the threads of `pid` now
 /// (`/proc/PID/task/TID/schedstat`: run time, wait time, timeslices).
-fn run_and_slices(pid: u32) -> (u64, u64) {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return (0, 0);
-    };
-    tasks
+fn run_and_slices(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("reading the threads of {pid}"))?;
+    let read: Vec<(u64, u64)> = tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
         .filter_map(|s| {
             let f: Vec<u64> = s
@@ -31,7 +30,15 @@ fn run_and_slices(pid: u32) -> (u64, u64) {
                 .collect();
             Some((*f.first()?, *f.get(2)?))
         })
-        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
+        .collect();
+    // A full run once reported an agent that never ran for 30 s; a reading of nothing must
+    // not pass for one.
+    if read.is_empty() {
+        bail!("no schedstat read for any thread of {pid}");
+    }
+    Ok(read
+        .into_iter()
+        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y)))
 }
 
 /// The agent as `cargo xtask run` starts it (HTTP and a FUSE mount, default settings) and
@@ -78,7 +85,7 @@ pub(super) fn at_rest(
     let mut rows = String::new();
     // Left alone, then scraped as Prometheus does by default: both in the same window.
     for scrape_every in [None, Some(window / 2)] {
-        let (o0, p0) = (run_and_slices(ours), run_and_slices(theirs));
+        let (o0, p0) = (run_and_slices(ours)?, run_and_slices(theirs)?);
         match scrape_every {
             None => std::thread::sleep(window),
             Some(every) => {
@@ -89,7 +96,7 @@ pub(super) fn at_rest(
                 }
             }
         }
-        let (o1, p1) = (run_and_slices(ours), run_and_slices(theirs));
+        let (o1, p1) = (run_and_slices(ours)?, run_and_slices(theirs)?);
         let how = match scrape_every {
             None => "nothing asked".to_string(),
             Some(every) => format!("`/metrics` every {} s", every.as_secs()),
