@@ -62,12 +62,12 @@ fn mark(tgid: u32) {
         return;
     }
     let chunk = RAN_CHUNK as u32;
-    let (index, byte) = match RAN.get_ptr_mut(tgid / chunk) {
-        Some(_) => (tgid / chunk, (tgid % chunk) as usize),
-        None => (0, 0),
-    };
-    let Some(slot) = RAN.get_ptr_mut(index) else {
-        return;
+    let (slot, index, byte) = match RAN.get_ptr_mut(tgid / chunk) {
+        Some(c) => (c, tgid / chunk, (tgid % chunk) as usize),
+        None => match RAN.get_ptr_mut(0) {
+            Some(c) => (c, 0, 0),
+            None => return,
+        },
     };
     // SAFETY: `byte` is below RAN_CHUNK, within the map value; `index` is below RAN's entries,
     // at most RAN_CHUNK of them (the agent sizes it). Byte stores from several CPUs to one word
