@@ -288,11 +288,8 @@ impl Actor {
                 } else {
                     (0, pflag::HANG)
                 };
-                // A lock a panicking pass poisoned guards a kernel still whole (the table's
-                // actor carries on with it too); the process is not gone for that.
-                kernel
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                // A lock a panicking pass poisoned does not make the process gone.
+                crate::kernel::lock(kernel)
                     .set_flags(pid, set, clear)
                     .map_err(|e| {
                         tracing::warn!("setting the hang bit of {pid}: {e}");

@@ -113,6 +113,14 @@ const RAN_HOOKS: [&str; 4] = [
     "cgroup_attach_task",
 ];
 
+/// The kernel's lock, taken even if a panic left it poisoned: a pass that panicked took the
+/// iterator's descriptor with it, and the kernel behind the lock is still whole.
+pub fn lock<K>(kernel: &Mutex<K>) -> std::sync::MutexGuard<'_, K> {
+    kernel
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The ring reader's parking flag (ebpf/src/main.rs `READER_PARKED`): set, the next record
 /// submitted wakes the reader and clears it. A map update costs a syscall, and a reader parks
 /// and un-parks at most once per lull.

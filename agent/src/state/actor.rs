@@ -531,9 +531,6 @@ impl<K: TaskSource> Actor<K> {
         self.start_pass();
     }
 
-    /// Periodic: a rescan when a kernel loss counter moved, a refresh ahead while a client
-    /// polls faster than the bound, and the pass over every task that brings up to date what
-    /// no mark tells of, while numbers are asked for.
     /// Whether a loss counter moved since the last check (at most one check per
     /// `loss_check`): some record never reached us, and a pass must reconcile the table now
     /// rather than at the next query.
@@ -552,6 +549,9 @@ impl<K: TaskSource> Actor<K> {
         false
     }
 
+    /// Periodic: a rescan when a kernel loss counter moved, a refresh ahead while a client
+    /// polls faster than the bound, and the pass over every task that brings up to date what
+    /// no mark tells of, while numbers are asked for.
     pub(crate) fn on_tick(&mut self) {
         let now = self.clock.now();
         let mut pass = self.losses_moved();
@@ -761,7 +761,7 @@ fn read_all<K: TaskSource>(
     let mut gather = Gather::default();
     // A pass that panicked (`off_actor`) poisons the lock, and the kernel behind it is still
     // whole (the iterator's descriptor went with the panic): later passes carry on.
-    let read = lock_kernel(kernel).tasks(gc, &mut |r| gather.push(r));
+    let read = crate::kernel::lock(kernel).tasks(gc, &mut |r| gather.push(r));
     if let Err(e) = &read {
         tracing::warn!("task iterator failed: {e}");
         gather = Gather::default();
@@ -784,7 +784,7 @@ fn read_all<K: TaskSource>(
     let mut map_pids = None;
     if gc && !seen.is_empty() {
         let seen: HashSet<u32> = seen.iter().copied().collect();
-        match lock_kernel(kernel).gc(&seen, started) {
+        match crate::kernel::lock(kernel).gc(&seen, started) {
             Ok((n, kept)) => {
                 gc_dropped = n;
                 map_pids = Some(kept);
@@ -867,13 +867,6 @@ fn start_ran<K: TaskSource>(
         }
         (took_us, read)
     });
-}
-
-/// The kernel's lock, taken even if a panicking pass left it poisoned.
-fn lock_kernel<K>(kernel: &Mutex<K>) -> std::sync::MutexGuard<'_, K> {
-    kernel
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs a refresh (`ran`: of what ran, else a pass) on a blocking thread and sends its
