@@ -53,19 +53,21 @@ pub async fn run(
                 match (&mut parking, lull.after(batch.is_empty())) {
                     (Some(p), Step::Park) => {
                         if let Err(e) = p.set(true) {
-                            tracing::warn!("cannot park the ring reader: {e}");
+                            // Tried again, it would warn every drain: poll as before parking.
+                            tracing::warn!("cannot park the ring reader; it polls from now on: {e}");
+                            parking = None;
                             lull.parked = false;
                         } else {
                             state.latest.reader_parks.fetch_add(1, Relaxed);
+                            // Whatever was submitted before the flag was up, without a
+                            // wake-up: if anything was, the lull is over.
+                            let late = drain(fd.get_mut());
+                            if !late.is_empty() {
+                                let _ = p.set(false);
+                                lull = Lull::default();
+                            }
+                            batch.extend(late);
                         }
-                        // Whatever was submitted before the flag was up, without a wake-up:
-                        // if anything was, the lull is over.
-                        let late = drain(fd.get_mut());
-                        if lull.parked && !late.is_empty() {
-                            let _ = p.set(false);
-                            lull = Lull::default();
-                        }
-                        batch.extend(late);
                     }
                     (Some(p), Step::Unpark) => {
                         let _ = p.set(false);
