@@ -196,6 +196,17 @@ pub(super) fn table(title: &str, series: &[Series], out: &mut String) {
     }
 }
 
+/// Waits until `addr` answers `path`, for at most 30 s after `since`.
+pub(super) fn wait_answering(addr: &str, path: &str, since: Instant) -> anyhow::Result<()> {
+    while http_get(addr, path).is_err() {
+        if since.elapsed() > Duration::from_secs(30) {
+            bail!("{addr} did not answer {path} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 /// The unit of /proc/PID/stat's times: fixed at 100 by the Linux ABI, whatever CONFIG_HZ is.
 pub(super) const USER_HZ: f64 = 100.0;
 

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use common::{Agent, Sleepers, grow_to, http_get};
+use common::{Agent, Sleepers, grow_to, wait_answering};
 use floors::{Floor, UringSwitch, round_trip_floor};
 use fuse::{CACHE_MS, View, fuse_verdicts, fuse_vs_proc};
 use scrape::{GROUPS_YAML, scrape_vs_process_exporter};
@@ -117,12 +117,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .spawn()
                 .context("starting the agent")?,
         );
-        while http_get(&addr, "/healthz").is_err() {
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("agent did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_answering(&addr, "/healthz", start)?;
         let startup = start.elapsed();
         let (n, ps_median) =
             listing::listing_vs_ps(&addr, &agent, startup, rounds, &mut report, &mut verdicts)?;

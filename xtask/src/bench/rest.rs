@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    common::{Agent, http_get, settle},
+    common::{Agent, http_get, settle, wait_answering},
     scrape::process_exporter,
 };
 
@@ -69,13 +69,7 @@ pub(super) fn at_rest(
     );
     let pe_addr = "127.0.0.1:19257";
     let pe = process_exporter(groups, pe_addr)?;
-    let start = Instant::now();
-    while http_get(&addr, "/healthz").is_err() {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("the agent did not come up");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_answering(&addr, "/healthz", Instant::now())?;
     // Past the start-up work, and past the agent's periodic pass, which runs for 10 s after
     // the last question for numbers (the health check asks none).
     settle(agent.0.id());

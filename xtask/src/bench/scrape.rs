@@ -3,12 +3,12 @@
 use std::{
     fmt::Write as _,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
 
-use super::common::{Agent, Series, count_processes, http_get, ms, table, time};
+use super::common::{Agent, Series, count_processes, http_get, ms, table, time, wait_answering};
 
 /// Every process with a command line, grouped by name: process-exporter's usual set-up.
 pub(super) const GROUPS_YAML: &str =
@@ -31,13 +31,7 @@ pub(super) fn process_exporter(groups: &std::path::Path, addr: &str) -> anyhow::
             .spawn()
             .context("starting process-exporter")?,
     );
-    let start = Instant::now();
-    while http_get(addr, "/metrics").is_err() {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("process-exporter did not come up");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_answering(addr, "/metrics", Instant::now())?;
     Ok(pe)
 }
 

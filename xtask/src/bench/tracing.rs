@@ -10,7 +10,10 @@ use anyhow::bail;
 
 use super::{
     Verdict,
-    common::{Agent, Series, USER_HZ, agent_stat, cpu_ticks, http_get, settle, table, time},
+    common::{
+        Agent, Series, USER_HZ, agent_stat, cpu_ticks, http_get, settle, table, time,
+        wait_answering,
+    },
 };
 
 /// What watching costs the watched: a spawn loop of /bin/true (Rust's Command uses
@@ -60,13 +63,7 @@ pub(super) fn tracing_cost(
                 .stderr(Stdio::null())
                 .spawn()?,
         );
-        let start = Instant::now();
-        while http_get(&addr, "/healthz").is_err() {
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("agent did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_answering(&addr, "/healthz", Instant::now())?;
         // Steady state is what tracing costs: let the start-up work (backfill, identities,
         // the first renders) finish before the loop, or it is charged to the loop.
         settle(agent.0.id());
